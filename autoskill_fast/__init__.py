@@ -1,0 +1,33 @@
+"""autoskill-fast: model-native skills, fast.
+
+    from autoskill_fast import profile, ProfileConfig, CorpusConfig, SkillBasis
+    basis = profile(ProfileConfig(corpus=CorpusConfig("traces.jsonl", text_field="trace"), out="runs/traces"))
+    scores = basis.project(features)          # [N, k] centered projections
+"""
+
+from .basis import FeatureLayout, SkillBasis
+from .config import CorpusConfig, ModelConfig, PoolingConfig, ProfileConfig
+from .errors import AutoskillError
+from .fitting import fit, fit_basis, merge
+from .models import load_model
+from .profile import profile, project
+from .scores import Scores
+from .stats import StreamingCovariance
+
+__all__ = [
+    "AutoskillError",
+    "CorpusConfig",
+    "FeatureLayout",
+    "ModelConfig",
+    "PoolingConfig",
+    "ProfileConfig",
+    "Scores",
+    "SkillBasis",
+    "StreamingCovariance",
+    "fit",
+    "fit_basis",
+    "load_model",
+    "merge",
+    "profile",
+    "project",
+]

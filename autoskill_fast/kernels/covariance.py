@@ -1,0 +1,237 @@
+"""Streaming second moment: C += x^T x, upper triangle only, plus the converters between its storage layouts.
+
+One op, four parts: `_cov_update_kernel` (Triton), its launcher `cov_update_triton`, the plain-torch reference
+`cov_update_ref` (also the CPU path and the fallback), and the public `cov_update_`, which dispatches.
+
+Storage layouts of the symmetric D x D accumulator:
+- square: a [D, D] tensor of which only the upper triangle (i <= j) is guaranteed to hold the sum; entries below
+  the diagonal are unspecified (the Triton path writes the lower half of diagonal tiles, the reference does not).
+  `symmetrize_upper` turns it into the full symmetric matrix.
+- packed: a 1-D tensor of length D * (D + 1) // 2 holding the upper triangle row by row: row i contributes
+  cov[i, i:], so entry (i, j), i <= j, lives at  i * (2 * D - i + 1) // 2 + (j - i).  (This is LAPACK's lower
+  packed storage 'L' of the same symmetric matrix, read column-major.) Half the memory of the square.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .dispatch import interpreting, tl, triton, use_triton
+
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+REF_BLOCK_ROWS = 512  # row-block height of the reference's triangular matmuls: large enough for BLAS efficiency
+
+
+@triton.jit
+def _cov_update_kernel(
+    x_ptr,  # [N, D] fp32 / bf16 / fp16, any strides
+    cov_ptr,  # [D, D] fp32 (any strides), or [D * (D + 1) // 2] fp32 packed upper triangle when PACKED
+    tiles_ptr,  # [n_tiles * (n_tiles + 1) // 2, 2] int32: (tile row, tile col) of each upper tile, row <= col
+    N,
+    D,
+    stride_xn,
+    stride_xd,
+    stride_ci,
+    stride_cj,
+    PACKED: tl.constexpr,
+    UPCAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    # One program per upper-triangle tile pair (ti <= tj): half the FLOPs of the full product. Each program reads
+    # column blocks ti and tj of x once, accumulates in fp32 over all N rows, then reads-modifies-writes its tile of
+    # C once, so C traffic per call is one pass over the triangle.
+    pid = tl.program_id(0).to(tl.int64)
+    ti = tl.load(tiles_ptr + 2 * pid).to(tl.int64)
+    tj = tl.load(tiles_ptr + 2 * pid + 1).to(tl.int64)
+    offs_i = ti * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_j = tj * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_i = offs_i < D
+    mask_j = offs_j < D
+    acc = tl.zeros((BLOCK_D, BLOCK_D), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        mask_n = offs_n < N
+        a = tl.load(x_ptr + offs_n[:, None] * stride_xn + offs_i[None, :] * stride_xd,
+                    mask=mask_n[:, None] & mask_i[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+        b = tl.load(x_ptr + offs_n[:, None] * stride_xn + offs_j[None, :] * stride_xd,
+                    mask=mask_n[:, None] & mask_j[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+        if UPCAST:
+            # Triton's CPU interpreter multiplies bf16 operands as their raw uint16 bits (triton-lang/triton#11584,
+            # "not supported yet"); bf16 -> fp32 is exact, so the product equals a bf16 dot with an fp32 accumulator.
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(tl.trans(a), b, acc, input_precision=INPUT_PRECISION)
+    rows = offs_i[:, None]
+    cols = offs_j[None, :]
+    mask = mask_i[:, None] & mask_j[None, :]
+    if PACKED:
+        mask = mask & (rows <= cols)
+        ptrs = cov_ptr + (rows * (2 * D - rows + 1)) // 2 + (cols - rows)
+    else:
+        ptrs = cov_ptr + rows * stride_ci + cols * stride_cj
+    tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + acc, mask=mask)
+
+
+_tile_pairs_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _tile_pairs(n_tiles: int, device: torch.device) -> torch.Tensor:
+    """[n_pairs, 2] int32 upper-triangle tile coordinates in row-major order (consecutive programs share a row
+    block of x, which stays in L2)."""
+    key = (n_tiles, device)
+    if key not in _tile_pairs_cache:
+        pairs = torch.triu_indices(n_tiles, n_tiles, dtype=torch.int32).T.contiguous()
+        _tile_pairs_cache[key] = pairs.to(device)
+    return _tile_pairs_cache[key]
+
+
+def _default_config(dtype: torch.dtype) -> dict:
+    if interpreting():  # big tiles: the interpreter's cost is per program and per loop step, not per FLOP
+        return dict(BLOCK_D=64, BLOCK_N=64, num_warps=1, num_stages=1)
+    # 128 x 128 fp32 accumulator per program; K-steps of 64 (16-bit) or 32 (fp32) keep 3 pipeline stages of both
+    # operands in 96 KiB of shared memory on Hopper/Ampere.
+    return dict(BLOCK_D=128, BLOCK_N=64 if dtype != torch.float32 else 32, num_warps=8, num_stages=3)
+
+
+def _fp32_dot_precision() -> str:
+    """3xTF32 on NVIDIA (about fp32 accuracy at tensor-core speed); AMD's Triton does not offer it, so plain fp32."""
+    return "ieee" if torch.version.hip else "tf32x3"
+
+
+def cov_update_triton(cov: torch.Tensor, x: torch.Tensor, *, packed: bool = False, block_d: int | None = None,
+                      block_n: int | None = None) -> torch.Tensor:
+    """Launch `_cov_update_kernel`: cov (fp32, square or packed) += x^T x on upper-triangle tiles. No validation.
+
+    fp32 x is multiplied with 3xTF32 on NVIDIA (`input_precision="tf32x3"`): close to fp32 accuracy at tensor-core
+    speed; plain TF32 would round x to 10 mantissa bits, worse than the accumulator deserves. 16-bit x goes straight
+    to the tensor cores (products are exact in the fp32 accumulator).
+    """
+    n_rows, dim = x.shape
+    if n_rows == 0 or dim == 0:
+        return cov
+    config = _default_config(x.dtype)
+    block_d = block_d or config["BLOCK_D"]
+    block_n = block_n or config["BLOCK_N"]
+    pairs = _tile_pairs(triton.cdiv(dim, block_d), x.device)
+    stride_ci, stride_cj = (0, 0) if packed else cov.stride()
+    _cov_update_kernel[(pairs.shape[0],)](
+        x, cov, pairs,
+        n_rows, dim,
+        x.stride(0), x.stride(1),
+        stride_ci, stride_cj,
+        PACKED=packed,
+        UPCAST=interpreting() and x.dtype == torch.bfloat16,
+        INPUT_PRECISION=_fp32_dot_precision() if x.dtype == torch.float32 else None,
+        BLOCK_D=block_d, BLOCK_N=block_n, num_warps=config["num_warps"], num_stages=config["num_stages"],
+    )
+    return cov
+
+
+def _packed_offset(i: int, dim: int) -> int:
+    """Start of row i of the packed upper triangle."""
+    return i * (2 * dim - i + 1) // 2
+
+
+def _row_blocks(dim: int, block: int = REF_BLOCK_ROWS):
+    for i0 in range(0, dim, block):
+        yield i0, min(i0 + block, dim)
+
+
+def _upper_mask(n_rows: int, n_cols: int, device: torch.device) -> torch.Tensor:
+    """[n_rows, n_cols] bool, True where col >= row: the upper-triangle part of a block row starting on the diagonal.
+    Selected in row-major order, these are exactly the block's rows of the packed layout, back to back."""
+    return torch.ones(n_rows, n_cols, dtype=torch.bool, device=device).triu_()
+
+
+def cov_update_ref(cov: torch.Tensor, x: torch.Tensor, *, packed: bool = False) -> torch.Tensor:
+    """Plain-torch `cov_update_`, in cov's dtype (x is converted to it: fp32 x into an fp64 cov is upcast).
+
+    Works by row blocks of the upper triangle, cov[i0:i1, i0:] += x[:, i0:i1]^T x[:, i0:], so it also does about half
+    the FLOPs of x^T x and never allocates a D x D temporary.
+    """
+    dim = x.shape[1]
+    if x.shape[0] == 0:
+        return cov
+    xc = x.to(cov.dtype)
+    for i0, i1 in _row_blocks(dim):
+        if packed:
+            block = xc[:, i0:i1].T @ xc[:, i0:]
+            cov[_packed_offset(i0, dim):_packed_offset(i1, dim)] += block[_upper_mask(i1 - i0, dim - i0, cov.device)]
+        else:
+            cov[i0:i1, i0:].addmm_(xc[:, i0:i1].T, xc[:, i0:])
+    return cov
+
+
+def _check_cov_args(cov: torch.Tensor, x: torch.Tensor, packed: bool) -> None:
+    if x.ndim != 2 or not x.is_floating_point():
+        raise ValueError(f"cov_update_: x must be a float [N, D] tensor, got {x.dtype} {tuple(x.shape)}")
+    dim = x.shape[1]
+    if cov.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"cov_update_: cov must be float32 or float64, got {cov.dtype}")
+    if packed:
+        if cov.ndim != 1 or cov.shape[0] != dim * (dim + 1) // 2 or not cov.is_contiguous():
+            raise ValueError(f"cov_update_: packed cov must be a contiguous 1-D tensor of D*(D+1)/2 = "
+                             f"{dim * (dim + 1) // 2} entries for x of {dim} columns, got {tuple(cov.shape)}")
+    elif cov.shape != (dim, dim):
+        raise ValueError(f"cov_update_: cov must be [D, D] = ({dim}, {dim}) for x of {dim} columns, got "
+                         f"{tuple(cov.shape)} (pass packed=True for the packed triangle)")
+    if cov.device != x.device:
+        raise ValueError(f"cov_update_: cov is on {cov.device} but x is on {x.device}")
+
+
+def cov_update_(cov: torch.Tensor, x: torch.Tensor, *, packed: bool = False) -> torch.Tensor:
+    """In place C += x^T x, accumulated in fp32 (or fp64 when cov is fp64, as on the CPU path); returns cov.
+
+    x: [N, D] fp32 / bf16 / fp16 (fp64 goes to the reference), any row stride. For a compute-bound update on a GPU,
+        stage a few thousand rows per call.
+    cov: [D, D] fp32 / fp64 of which only the upper triangle (i <= j) is guaranteed updated, or with packed=True the
+        packed upper triangle (see the module docstring for the layout). The Triton kernel needs fp32 cov; an fp64
+        cov uses the reference (fp64 matmuls) on every device.
+    """
+    _check_cov_args(cov, x, packed)
+    if cov.dtype == torch.float32 and x.dtype in KERNEL_DTYPES and use_triton(cov, x):
+        return cov_update_triton(cov, x, packed=packed)
+    return cov_update_ref(cov, x, packed=packed)
+
+
+def symmetrize_upper_(cov: torch.Tensor) -> torch.Tensor:
+    """In place: copy the upper triangle of a square [D, D] onto its lower triangle; returns cov."""
+    dim = cov.shape[0]
+    for i0, i1 in _row_blocks(dim):
+        cov[i1:, i0:i1] = cov[i0:i1, i1:].T
+        diag = cov[i0:i1, i0:i1]
+        diag.copy_(diag.triu() + diag.triu(1).T)
+    return cov
+
+
+def symmetrize_upper(cov: torch.Tensor) -> torch.Tensor:
+    """Full symmetric [D, D] from a square whose upper triangle is valid (a new tensor; see `symmetrize_upper_`)."""
+    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
+        raise ValueError(f"symmetrize_upper: expected a square matrix, got {tuple(cov.shape)}")
+    return symmetrize_upper_(cov.clone())
+
+
+def pack_upper(cov_dd: torch.Tensor) -> torch.Tensor:
+    """Packed upper triangle (1-D, D*(D+1)/2 entries, row i holds cov[i, i:]) of a square [D, D]."""
+    if cov_dd.ndim != 2 or cov_dd.shape[0] != cov_dd.shape[1]:
+        raise ValueError(f"pack_upper: expected a square matrix, got {tuple(cov_dd.shape)}")
+    dim = cov_dd.shape[0]
+    packed = torch.empty(dim * (dim + 1) // 2, dtype=cov_dd.dtype, device=cov_dd.device)
+    for i0, i1 in _row_blocks(dim):
+        mask = _upper_mask(i1 - i0, dim - i0, cov_dd.device)
+        packed[_packed_offset(i0, dim):_packed_offset(i1, dim)] = cov_dd[i0:i1, i0:][mask]
+    return packed
+
+
+def unpack_upper(packed: torch.Tensor, D: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Full symmetric [D, D] (in `dtype`, default packed's) from the packed upper triangle."""
+    if packed.ndim != 1 or packed.shape[0] != D * (D + 1) // 2:
+        raise ValueError(f"unpack_upper: a packed triangle of D={D} has {D * (D + 1) // 2} entries, got "
+                         f"{tuple(packed.shape)}")
+    full = torch.empty(D, D, dtype=dtype or packed.dtype, device=packed.device)
+    for i0, i1 in _row_blocks(D):
+        mask = _upper_mask(i1 - i0, D - i0, packed.device)
+        full[i0:i1, i0:][mask] = packed[_packed_offset(i0, D):_packed_offset(i1, D)].to(full.dtype)
+    return symmetrize_upper_(full)

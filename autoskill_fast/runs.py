@@ -1,0 +1,119 @@
+"""Reading a profile run folder back: its basis, its scores, its run.json, and the original records it scored.
+
+Everything downstream of a profile (select, inspect, compare) starts here. run.json is optional: without it a folder
+with `basis.*` and `scores.*` still works, but the corpus must then be named explicitly to reach the records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from .artifacts import load_json
+from .basis import BASIS_TENSORS, SkillBasis
+from .config import CorpusConfig
+from .corpus import Record, iter_records, render
+from .errors import AutoskillError, BadExampleError
+from .scores import Scores
+
+RUN_JSON = "run.json"
+
+
+@dataclass
+class ProfileRun:
+    """A profile's outputs. `scores` are sorted by corpus row, so a position in them is also a row order."""
+
+    folder: Path
+    basis: SkillBasis
+    scores: Scores
+    meta: dict[str, Any]  # run.json, or {} when the folder has none
+
+    @property
+    def n(self) -> int:
+        return len(self.scores.ids)
+
+    def corpus_config(self, corpus_path: str | None = None) -> CorpusConfig:
+        """How the profile read its corpus (from run.json), optionally at another path (a moved corpus)."""
+        stored = (self.meta.get("config") or {}).get("corpus")
+        if stored is None and corpus_path is None:
+            raise AutoskillError(f"{self.folder}: no corpus recorded in {RUN_JSON}; pass the corpus path (--corpus)")
+        fields = {f.name for f in dataclasses.fields(CorpusConfig)}
+        options = {k: v for k, v in (stored or {}).items() if k in fields}
+        if corpus_path is not None:
+            options["path"] = str(corpus_path)
+        return CorpusConfig(**options)
+
+    def basis_fingerprint(self) -> dict[str, Any]:
+        """What identifies the basis used: its model, k, sample count and a hash of its tensors file."""
+        digest = hashlib.sha256((self.folder / BASIS_TENSORS).read_bytes()).hexdigest()
+        return {"folder": str(self.folder.resolve()), "sha256": digest, "k": self.basis.k,
+                "n_samples": self.basis.n_samples_, "model": self.basis.model}
+
+
+def load_run(folder: str | Path) -> ProfileRun:
+    """Load a run folder written by `profile` (basis, scores and, when present, run.json)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AutoskillError(f"{folder}: not a folder; pass the output folder of `autoskill-fast profile`")
+    basis = SkillBasis.load(folder)
+    scores = Scores.load(folder).sorted_by_row()
+    if scores.k != basis.k:
+        raise AutoskillError(f"{folder}: scores have {scores.k} directions but the basis has {basis.k}; the scores are "
+                             "from another fit: rerun `autoskill-fast project` against this basis")
+    meta = load_json(folder / RUN_JSON) if (folder / RUN_JSON).is_file() else {}
+    return ProfileRun(folder, basis, scores, meta)
+
+
+def fetch_records(config: CorpusConfig, wanted: dict[int, str]) -> dict[int, Record]:
+    """The original records at the given rows, checking each one still has the id the profile scored.
+
+    `wanted` maps corpus row -> expected id. Reading stops after the last wanted row.
+    """
+    found: dict[int, Record] = {}
+    if not wanted:
+        return found
+    last = max(wanted)
+    for record in iter_records(config):
+        if record.row in wanted:
+            if record.id != wanted[record.row]:
+                raise AutoskillError(
+                    f"{record.where}: this record has id {record.id!r} but the profile scored {wanted[record.row]!r} "
+                    "at this row; the corpus changed since it was profiled: pass the original corpus (--corpus) "
+                    "or profile again")
+            found[record.row] = record
+        if record.row >= last:
+            break
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise AutoskillError(f"{config.path}: has no record at row {missing[0]} (id {wanted[missing[0]]!r}), which the "
+                             "profile scored; the corpus is shorter than when it was profiled: pass the original corpus")
+    return found
+
+
+def record_text(record: Record, config: CorpusConfig) -> str:
+    """The text of a record as a person reads it. Chat records become 'role: content' lines (no tokenizer needed)."""
+    if config.messages_field is not None:
+        messages = record.data.get(config.messages_field)
+        if isinstance(messages, list):
+            return "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" for m in messages if isinstance(m, dict))
+        return ""
+    try:
+        return render(record, config).text
+    except BadExampleError:
+        return ""
+
+
+def iter_texts(config: CorpusConfig, rows: Iterable[int], ids: list[str]) -> list[str]:
+    """Texts of the given rows (ascending, with their ids), reading the corpus once."""
+    rows = list(rows)
+    records = fetch_records(config, dict(zip(rows, ids)))
+    return [record_text(records[r], config) for r in rows]
+
+
+def excerpt(text: str, chars: int) -> str:
+    """The start of a text on one line, cut at `chars` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= chars else flat[: max(chars - 1, 0)].rstrip() + "…"

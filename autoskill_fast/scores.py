@@ -1,0 +1,60 @@
+"""Per-example scores against a basis: centered projection and the paper's cosine, in corpus row order.
+
+On disk: `scores.safetensors` (projection [N, k] fp32, cosine [N, k] fp32, row [N] int64) and `scores.json`
+(ids, the basis's k). Row i of every tensor is the example with id `ids[i]`, at corpus row `row[i]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .artifacts import load_json, load_tensors, save_json, save_tensors
+from .errors import AutoskillError
+
+SCORES_TENSORS = "scores.safetensors"
+SCORES_JSON = "scores.json"
+
+
+@dataclass
+class Scores:
+    ids: list[str]
+    row: torch.Tensor  # [N] int64
+    projection: torch.Tensor  # [N, k] fp32
+    cosine: torch.Tensor  # [N, k] fp32
+
+    def __post_init__(self):
+        n = len(self.ids)
+        if not (self.row.shape == (n,) and self.projection.shape[0] == n and self.cosine.shape == self.projection.shape):
+            raise AutoskillError(
+                f"scores disagree in size: {n} ids, rows {tuple(self.row.shape)}, projection "
+                f"{tuple(self.projection.shape)}, cosine {tuple(self.cosine.shape)}"
+            )
+
+    @property
+    def k(self) -> int:
+        return self.projection.shape[1]
+
+    def sorted_by_row(self) -> "Scores":
+        order = torch.argsort(self.row, stable=True)
+        return Scores([self.ids[i] for i in order.tolist()], self.row[order], self.projection[order], self.cosine[order])
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        save_tensors(folder / SCORES_TENSORS, {"projection": self.projection.float(), "cosine": self.cosine.float(),
+                                               "row": self.row.long()})
+        save_json(folder / SCORES_JSON, {"k": self.k, "n": len(self.ids), "ids": self.ids})
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Scores":
+        folder = Path(folder)
+        if not (folder / SCORES_TENSORS).exists():
+            raise AutoskillError(f"{folder}: no {SCORES_TENSORS}; run `autoskill-fast profile` with scores (the default) "
+                                 "or `autoskill-fast project`")
+        t = load_tensors(folder / SCORES_TENSORS, required=("projection", "cosine", "row"))
+        meta = load_json(folder / SCORES_JSON)
+        if "ids" not in meta:
+            raise AutoskillError(f"{folder / SCORES_JSON}: missing 'ids'; the file is corrupted")
+        return cls(list(meta["ids"]), t["row"], t["projection"], t["cosine"])

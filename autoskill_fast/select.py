@@ -1,0 +1,284 @@
+"""Selecting training data along a skill basis, from a profile's stored scores.
+
+- pole: the examples furthest along +d or -d for one or several directions, the budget split across them;
+- coverage: greedy k-center (farthest-point sampling) in the whitened top-k score space, from the example farthest
+  from the mean (the paper's safety recipe); the order is nested: its first b lines are the selection of budget b;
+- random: a seeded uniform sample, and text: greedy k-center on TF-IDF vectors (the baselines to compare against).
+
+The output is a JSONL of the original records, unchanged but for one added key, `_autoskill` (id, row, method and the
+reason each was picked), in selection order, and a manifest JSON beside it (basis, method, budget, seed, counts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .artifacts import save_json
+from .errors import AutoskillError
+from .kcenter import farthest_point_order
+from .runs import ProfileRun, fetch_records, iter_texts, load_run
+
+METHODS = ("pole", "coverage", "random", "text")
+SCORE_KINDS = ("projection", "cosine")
+ADDED_KEY = "_autoskill"  # the one key added to each selected record
+
+
+@dataclass
+class SelectConfig:
+    """One selection from a profile run."""
+
+    run: str
+    """The profile's output folder (basis, scores, run.json)."""
+    out: str
+    """The JSONL to write; the manifest goes beside it as <name>.manifest.json."""
+    budget: int
+    """How many examples to select."""
+    method: str = "coverage"
+    """"pole", "coverage", "random" or "text"."""
+    directions: tuple[str, ...] = ()
+    """For pole: "+3" / "-3" (one pole of direction 3) or "3" (both poles); the budget is split across them."""
+    by: str = "projection"
+    """For pole: rank by the centered "projection" or by the paper's "cosine"."""
+    dims: int | None = None
+    """For coverage: use the first `dims` directions (default: all of the basis)."""
+    seed: int = 0
+    """For random (and the text baseline's random projection)."""
+    text_dim: int = 256
+    """For text: TF-IDF vectors are randomly projected to this many dimensions (distances kept within a few %)."""
+    corpus: str | None = None
+    """Read the records from this path instead of the one recorded in run.json (a moved corpus)."""
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise AutoskillError(f"unknown selection method {self.method!r}; choose one of {METHODS}")
+        if self.budget <= 0:
+            raise AutoskillError(f"--budget must be positive, got {self.budget}")
+        if self.by not in SCORE_KINDS:
+            raise AutoskillError(f"--by must be one of {SCORE_KINDS}, got {self.by!r}")
+        if self.method == "pole" and not self.directions:
+            raise AutoskillError("pole selection needs at least one direction, e.g. --direction +0 --direction -3")
+        if self.method != "pole" and self.directions:
+            raise AutoskillError(f"--direction only applies to --method pole, not {self.method}")
+        if self.dims is not None and self.dims <= 0:
+            raise AutoskillError(f"--dims must be positive, got {self.dims}")
+        if self.text_dim <= 0:
+            raise AutoskillError(f"--text-dim must be positive, got {self.text_dim}")
+        self.directions = tuple(str(d) for d in self.directions)
+
+
+@dataclass(frozen=True)
+class Pole:
+    direction: int
+    sign: int  # +1: the largest scores, -1: the smallest
+
+    @property
+    def name(self) -> str:
+        return f"{'+' if self.sign > 0 else '-'}{self.direction}"
+
+
+def parse_poles(specs: tuple[str, ...] | list[str], k: int) -> list[Pole]:
+    """"+3" / "-3" / "3" (both poles), also comma-separated ("+0,-2"), as poles of a basis with k directions."""
+    poles: list[Pole] = []
+    for spec in (part.strip() for item in specs for part in str(item).split(",")):
+        match = re.fullmatch(r"([+-]?)(\d+)", spec)
+        if not match:
+            raise AutoskillError(f"bad direction {spec!r}: write +3 or -3 for one pole of direction 3, or 3 for both")
+        sign, index = match.group(1), int(match.group(2))
+        if index >= k:
+            raise AutoskillError(f"direction {index} out of range: the basis has {k} directions (0..{k - 1})")
+        for s in ((+1,) if sign == "+" else (-1,) if sign == "-" else (+1, -1)):
+            pole = Pole(index, s)
+            if pole in poles:
+                raise AutoskillError(f"pole {pole.name} is named twice in --direction")
+            poles.append(pole)
+    if not poles:
+        raise AutoskillError("no direction given; e.g. --direction +0")
+    return poles
+
+
+def top_positions(values_n: torch.Tensor, m: int) -> torch.Tensor:
+    """Positions of the m largest values, largest first; equal values in ascending position. O(N) + O(m log m)."""
+    n = values_n.numel()
+    m = min(m, n)
+    if m >= n:
+        return torch.argsort(-values_n, stable=True)
+    threshold = torch.topk(values_n, m, sorted=False).values.min()
+    candidates = (values_n >= threshold).nonzero().flatten()  # every tie at the threshold: ascending positions
+    return candidates[torch.argsort(-values_n[candidates], stable=True)][:m]
+
+
+def pole_order(scores_nk: torch.Tensor, poles: list[Pole], budget: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Pick `budget` examples for the poles, round-robin (one per pole per round), never the same example twice.
+
+    Budgets are split evenly (the first poles get one more when it does not divide). Returns positions [budget] in
+    pick order and, for each pick, (pole index, rank within that pole's own order).
+    """
+    n = scores_nk.shape[0]
+    _check_budget(budget, n)
+    quotas = [budget // len(poles) + (1 if i < budget % len(poles) else 0) for i in range(len(poles))]
+    # A pole can lose at most (budget - its quota) candidates to the others: its top `budget` always suffice.
+    ranked = [top_positions(scores_nk[:, p.direction] * p.sign, budget).tolist() for p in poles]
+    cursor = [0] * len(poles)
+    taken: set[int] = set()
+    picks: list[int] = []
+    reasons: list[tuple[int, int]] = []
+    for _ in range(max(quotas)):
+        for i, order in enumerate(ranked):
+            if quotas[i] == 0:
+                continue
+            while order[cursor[i]] in taken:
+                cursor[i] += 1
+            position = order[cursor[i]]
+            taken.add(position)
+            picks.append(position)
+            reasons.append((i, cursor[i]))
+            quotas[i] -= 1
+    return torch.tensor(picks, dtype=torch.int64), reasons
+
+
+def random_order(n: int, budget: int, seed: int) -> torch.Tensor:
+    """A seeded uniform sample without replacement, as positions [budget]; nested across budgets for one seed."""
+    _check_budget(budget, n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:budget]
+
+
+def text_vectors(texts: list[str], dim: int, seed: int) -> torch.Tensor:
+    """TF-IDF vectors (sublinear tf, unit L2 norm) randomly projected to `dim` dimensions: [N, dim] fp32."""
+    try:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.random_projection import SparseRandomProjection
+    except ImportError:
+        raise AutoskillError("the text baseline needs scikit-learn: pip install 'autoskill-fast[report]'") from None
+    if not any(t.strip() for t in texts):
+        raise AutoskillError("the text baseline found no text in the selected corpus rows")
+    # Words of two or more characters, as scikit-learn's default; capped vocabulary bounds memory on big corpora.
+    tfidf = TfidfVectorizer(sublinear_tf=True, max_features=1 << 18, dtype=np.float32).fit_transform(texts)
+    if tfidf.shape[1] <= dim:
+        return torch.from_numpy(tfidf.toarray()).float()
+    projected = SparseRandomProjection(n_components=dim, dense_output=True, random_state=seed).fit_transform(tfidf)
+    return torch.from_numpy(projected).float()
+
+
+def _check_budget(budget: int, n: int) -> None:
+    if budget > n:
+        raise AutoskillError(f"budget {budget} is larger than the {n} scored examples; lower --budget to at most {n}")
+    if budget <= 0:
+        raise AutoskillError(f"budget must be positive, got {budget}")
+
+
+@dataclass
+class Selection:
+    """What was selected: positions into the run's scores (in pick order) and why each one was picked."""
+
+    positions: torch.Tensor  # [budget] int64
+    reasons: list[dict[str, Any]]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def choose(run: ProfileRun, config: SelectConfig) -> Selection:
+    """The selection itself, without reading or writing records (except the text baseline, which reads texts)."""
+    n, basis, scores = run.n, run.basis, run.scores
+    _check_budget(config.budget, n)
+    if config.method == "pole":
+        poles = parse_poles(config.directions, basis.k)
+        values = scores.projection if config.by == "projection" else scores.cosine
+        positions, picks = pole_order(values, poles, config.budget)
+        reasons = []
+        for position, (i, rank) in zip(positions.tolist(), picks):
+            pole = poles[i]
+            reasons.append({"method": "pole", "direction": pole.direction, "pole": pole.name[0],
+                            "label": basis.labels[pole.direction], "by": config.by,
+                            "score": float(values[position, pole.direction]), "rank": rank})
+        return Selection(positions, reasons, {"poles": [p.name for p in poles], "by": config.by})
+    if config.method == "coverage":
+        dims = config.dims or basis.k
+        if dims > basis.k:
+            raise AutoskillError(f"--dims {dims} is more than the basis's {basis.k} directions")
+        eig = basis.eigenvalues_[:dims]
+        if not (eig > 0).all():
+            bad = int((eig <= 0).nonzero()[0])
+            raise AutoskillError(f"direction {bad} has no variance and cannot be whitened; use --dims {bad}")
+        whitened = scores.projection[:, :dims].float() / eig.sqrt().float()  # unit variance on the profiled corpus
+        positions, distance = farthest_point_order(whitened, config.budget)
+        reasons = [{"method": "coverage", "rank": r, "distance": float(d)} for r, d in enumerate(distance.tolist())]
+        return Selection(positions, reasons, {"dims": dims, "space": "whitened projection",
+                                              "first_distance": float(distance[0]), "last_distance": float(distance[-1])})
+    if config.method == "random":
+        positions = random_order(n, config.budget, config.seed)
+        return Selection(positions, [{"method": "random", "rank": r, "seed": config.seed} for r in range(config.budget)])
+    texts = iter_texts(run.corpus_config(config.corpus), scores.row.tolist(), scores.ids)
+    vectors = text_vectors(texts, config.text_dim, config.seed)
+    positions, distance = farthest_point_order(vectors - vectors.mean(0), config.budget)
+    reasons = [{"method": "text", "rank": r, "distance": float(d)} for r, d in enumerate(distance.tolist())]
+    return Selection(positions, reasons, {"text_dim": config.text_dim, "space": "tf-idf, random projection"})
+
+
+def select(config: SelectConfig) -> Selection:
+    """Select from a profile run and write the records (JSONL, pick order) and the manifest beside them."""
+    t0 = time.perf_counter()
+    run = load_run(config.run)
+    selection = choose(run, config)
+    t_selected = time.perf_counter()
+    ids, rows = run.scores.ids, run.scores.row
+    corpus = run.corpus_config(config.corpus)
+    wanted = {int(rows[p]): ids[p] for p in selection.positions.tolist()}
+    records = fetch_records(corpus, wanted)
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for position, reason in zip(selection.positions.tolist(), selection.reasons):
+            record = records[int(rows[position])]
+            annotated = _annotated(record.data, {"id": record.id, "row": record.row, **reason})
+            # default=str: Parquet/datasets values JSON cannot hold (dates, bytes) are written as text.
+            f.write(json.dumps(annotated, ensure_ascii=False, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(out)
+    t_written = time.perf_counter()
+    selection.manifest = {
+        "method": config.method,
+        "budget": config.budget,
+        "seed": config.seed,
+        "config": asdict(config),
+        "basis": run.basis_fingerprint(),
+        "corpus": run.meta.get("corpus", {"path": corpus.path}),
+        "counts": {"candidates": run.n, "selected": len(selection.reasons), **_per_pole_counts(selection)},
+        **selection.manifest,
+        "output": str(out),
+        "timings": {"select_s": t_selected - t0, "write_s": t_written - t_selected},
+    }
+    save_json(manifest_path(out), selection.manifest)
+    return selection
+
+
+def manifest_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(".jsonl") + ".manifest.json")
+
+
+def _annotated(data: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """The record with `_autoskill` added; an earlier selection's annotation is kept under `previous`."""
+    if ADDED_KEY in data:
+        info = {**info, "previous": data[ADDED_KEY]}
+    return {**data, ADDED_KEY: info}
+
+
+def _per_pole_counts(selection: Selection) -> dict[str, Any]:
+    if not selection.reasons or selection.reasons[0]["method"] != "pole":
+        return {}
+    counts: dict[str, int] = {}
+    for reason in selection.reasons:
+        key = f"{reason['pole']}{reason['direction']}"
+        counts[key] = counts.get(key, 0) + 1
+    return {"per_pole": counts}
+

@@ -1,0 +1,64 @@
+"""Synthetic profile run folders with planted structure: the right answer of select / inspect / compare is known.
+
+The basis is the identity (features = scores, mean 0), so an example's centered projection is its row of
+`projection` and its cosine is that row divided by its norm.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from autoskill_fast.artifacts import save_json
+from autoskill_fast.basis import FeatureLayout, SkillBasis
+from autoskill_fast.scores import Scores
+
+
+def make_run(folder: Path, projection_nk: torch.Tensor, *, texts: list[str] | None = None, ids: list[str] | None = None,
+             eigenvalues: torch.Tensor | None = None, model: str = "synthetic-model", extra_fields: bool = True,
+             write_run_json: bool = True) -> Path:
+    """Write basis.*, scores.*, run.json and corpus.jsonl (records {"uid", "text", "meta"}) into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n, k = projection_nk.shape
+    ids = ids or [f"ex{i:05d}" for i in range(n)]
+    texts = texts or [f"example number {i} about topic {i % 7}" for i in range(n)]
+    projection = projection_nk.to(torch.float32)
+    if eigenvalues is None:
+        eigenvalues = projection.to(torch.float64).var(0)
+    total = float(eigenvalues.sum()) * 1.25  # the top k explain 80%
+    basis = SkillBasis(
+        components_=torch.eye(k), eigenvalues_=eigenvalues.to(torch.float64),
+        explained_variance_ratio_=eigenvalues.to(torch.float64) / total, mean_=torch.zeros(k, dtype=torch.float64),
+        n_samples_=n, total_variance_=total, layout=FeatureLayout((0,), k),
+        model={"name": model, "config_hash": "0" * 8, "num_layers": 1, "hidden_size": k},
+        pooling={"mode": "mean", "skip_bos": True, "layer_ids": [0], "layer_scaling": "none"},
+    )
+    basis.save(folder)
+    cosine = projection / projection.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    Scores(ids, torch.arange(n, dtype=torch.int64), projection, cosine).save(folder)
+    corpus = folder / "corpus.jsonl"
+    with open(corpus, "w", encoding="utf-8") as f:
+        for i, (example_id, text) in enumerate(zip(ids, texts)):
+            record = {"uid": example_id, "text": text}
+            if extra_fields:
+                record["meta"] = {"source": "synthetic", "n": i}
+            f.write(json.dumps(record) + "\n")
+    if write_run_json:
+        save_json(folder / "run.json", {
+            "status": "complete",
+            "config": {"corpus": {"path": str(corpus), "format": "auto", "text_field": "text", "template": None,
+                                  "messages_field": None, "id_field": "uid", "limit": None},
+                       "model": {"model": model}, "k": k},
+            "model": {"name": model},
+            "corpus": {"path": str(corpus), "sha256": "synthetic"},
+            "counts": {"examples": n, "profiled": n, "skipped": 0},
+            "timings": {"total_s": 1.5},
+            "skipped": [],
+        })
+    return folder
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

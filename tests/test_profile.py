@@ -1,0 +1,203 @@
+"""The profile job against the paper's recipe computed the slow way, and its streaming invariants."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from autoskill_fast import CorpusConfig, ModelConfig, PoolingConfig, ProfileConfig, SkillBasis, fit, merge, profile
+from autoskill_fast.features import iter_feature_shards
+from autoskill_fast.scores import Scores
+from autoskill_fast.stats import StreamingCovariance
+from model_fixtures import default_model_dir, tiny_model, write_jsonl  # noqa: F401 (fixtures)
+from reference import paper_features
+
+WORDS = "the cat sat on a mat while seven ducks counted eggs and sold them for two dollars each day".split()
+
+
+def make_texts(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 40)))) for _ in range(n)]
+
+
+def run(tmp_path, model_dir, corpus, name="run", **kw) -> SkillBasis:
+    pooling = kw.pop("pooling", PoolingConfig())
+    config = ProfileConfig(corpus=corpus, out=str(tmp_path / name), model=ModelConfig(str(model_dir)),
+                           pooling=pooling, quiet=True, save_features=True, **{"k": 4, **kw})
+    return profile(config)
+
+
+def load_features(folder) -> tuple[torch.Tensor, list[str]]:
+    rows, feats, ids = [], [], []
+    for f, r, i in iter_feature_shards(folder / "features"):
+        feats.append(f)
+        rows.append(r)
+        ids.extend(i)
+    order = torch.argsort(torch.cat(rows))
+    return torch.cat(feats)[order], [ids[i] for i in order]
+
+
+def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float) -> None:
+    err = (actual.double() - expected.double()).norm(dim=-1) / expected.double().norm(dim=-1)
+    assert err.max() <= rtol, f"max relative error {err.max():.2e} > {rtol:.0e}"
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+def test_features_match_paper_recipe(tmp_path, tiny_model, arch):
+    model_dir = tiny_model(arch)
+    texts = make_texts(23, seed=1)
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in texts])))
+    basis = run(tmp_path, model_dir, corpus, token_budget=96)  # several batches, ragged lengths
+    features, ids = load_features(tmp_path / "run")
+    assert ids == [str(i) for i in range(len(texts))]
+    expected = paper_features(model_dir, texts, basis.layout.layer_ids)
+    assert basis.layout.layer_ids == (1, 2)  # blocks 1 .. L-2 of 4
+    assert_rel_close(features, expected, 1e-5)
+
+
+def test_features_skip_leading_bos_and_last_pooling(tmp_path, tiny_model):
+    model_dir = tiny_model("llama")
+    # Chat-rendered texts begin with the tokenizer's BOS token (<|im_start|>), which the recipe leaves out of the mean.
+    texts = ["<|im_start|>user\n" + t for t in make_texts(9, seed=2)]
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in texts])))
+    basis = run(tmp_path, model_dir, corpus, k=2)
+    features, _ = load_features(tmp_path / "run")
+    assert_rel_close(features, paper_features(model_dir, texts, basis.layout.layer_ids), 1e-5)
+    with_bos = paper_features(model_dir, ["x" + t for t in texts[:1]], basis.layout.layer_ids)  # sanity: BOS matters
+    assert not torch.allclose(features[:1], with_bos, rtol=1e-3)
+
+    basis = run(tmp_path, model_dir, corpus, name="last", k=2, pooling=PoolingConfig(mode="last", layers=(2,)))
+    features, _ = load_features(tmp_path / "last")
+    assert_rel_close(features, paper_features(model_dir, texts, (2,), pooling="last"), 1e-5)
+
+
+@pytest.mark.slow
+def test_default_model_matches_paper_recipe(tmp_path, default_model_dir):
+    from autoskill_fast.corpus import default_corpus_path
+
+    records = [json.loads(line) for line in default_corpus_path().read_text().splitlines()[:6]]
+    texts = [f"{r['question']}\n{r['answer']}" for r in records]
+    corpus = CorpusConfig(str(default_corpus_path()), template="{question}\n{answer}", limit=6)
+    basis = run(tmp_path, default_model_dir, corpus, k=3, token_budget=1024)
+    assert basis.layout.layer_ids == tuple(range(1, 29)) and basis.feature_dim == 28 * 576
+    features, _ = load_features(tmp_path / "run")
+    assert_rel_close(features, paper_features(default_model_dir, texts, basis.layout.layer_ids), 1e-5)
+
+
+def stats_of(folder) -> StreamingCovariance:
+    return StreamingCovariance.load(folder / "stats.safetensors")
+
+
+def assert_same_stats(a: StreamingCovariance, b: StreamingCovariance, rtol=1e-5) -> None:
+    assert a.n == b.n
+    scale = a.covariance().abs().max()
+    assert (a.mean - b.mean).abs().max() <= rtol * a.mean.abs().max()
+    assert (a.covariance() - b.covariance()).abs().max() <= rtol * scale
+
+
+def test_batching_padding_and_order_do_not_change_statistics(tmp_path, tiny_model):
+    model_dir = tiny_model("qwen2")
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(31, seed=3)])))
+    run(tmp_path, model_dir, corpus, name="base", token_budget=4096)
+    variants = {
+        "small_batches": {"token_budget": 48},
+        "left_padding": {"token_budget": 300, "padding_side": "left"},
+        "tiny_windows": {"sort_window": 3, "max_batch_size": 2},
+    }
+    for name, kw in variants.items():
+        run(tmp_path, model_dir, corpus, name=name, **kw)
+        assert_same_stats(stats_of(tmp_path / "base"), stats_of(tmp_path / name))
+
+
+def test_shards_merge_to_one_pass_and_basis_matches_numpy(tmp_path, tiny_model):
+    model_dir = tiny_model("llama")
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(29, seed=4)])))
+    whole = run(tmp_path, model_dir, corpus, name="whole", k=5)
+    for i in range(3):
+        run(tmp_path, model_dir, corpus, name=f"s{i}", k=5, shard=(i, 3))
+    merged = merge([tmp_path / f"s{i}" for i in range(3)], tmp_path / "merged")
+    assert_same_stats(stats_of(tmp_path / "whole"), stats_of(tmp_path / "merged"))
+    assert torch.allclose(merged.components_, whole.components_, atol=1e-4)
+
+    features, _ = load_features(tmp_path / "whole")
+    x = features.double().numpy()
+    evals, evecs = np.linalg.eigh(np.cov(x, rowvar=False))
+    np.testing.assert_allclose(whole.eigenvalues_.numpy(), evals[::-1][:5], rtol=1e-5)
+    cosines = np.abs(np.sum(whole.components_.double().numpy() * evecs[:, ::-1][:, :5].T, axis=1))
+    np.testing.assert_allclose(cosines, 1.0, atol=1e-4)
+
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=5, svd_solver="full").fit(x)
+    np.testing.assert_allclose(whole.explained_variance_ratio_.numpy(), pca.explained_variance_ratio_, rtol=1e-5)
+    scores = Scores.load(tmp_path / "whole")
+    ref = pca.transform(x)
+    signs = np.sign(np.sum(ref * scores.projection.double().numpy(), axis=0))
+    np.testing.assert_allclose(scores.projection.numpy(), ref * signs, atol=1e-4 * np.abs(ref).max())
+    merged_scores = Scores.load(tmp_path / "merged")
+    assert merged_scores.ids == scores.ids
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, tiny_model, monkeypatch):
+    from autoskill_fast import capture as capture_mod
+
+    model_dir = tiny_model("llama")
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(37, seed=5)])))
+    common = dict(token_budget=64, checkpoint_every=2)
+    whole = run(tmp_path, model_dir, corpus, name="whole", **common)
+
+    calls = {"n": 0}
+    original = capture_mod.PooledCapture.__call__
+
+    def dies_on_seventh_batch(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt  # as if killed mid-run
+        return original(self, batch)
+
+    monkeypatch.setattr(capture_mod.PooledCapture, "__call__", dies_on_seventh_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, model_dir, corpus, name="resumed", **common)
+    progress = json.loads((tmp_path / "resumed" / "checkpoint" / "progress.json").read_text())
+    assert progress["batches"] == 6
+    monkeypatch.setattr(capture_mod.PooledCapture, "__call__", original)
+    calls["n"] = 0
+    resumed = run(tmp_path, model_dir, corpus, name="resumed", **common)
+
+    a, b = stats_of(tmp_path / "whole"), stats_of(tmp_path / "resumed")
+    assert a.n == b.n == 37
+    assert torch.equal(a.sumsq, b.sumsq) and torch.equal(a.sum, b.sum) and torch.equal(a.shift, b.shift)
+    assert torch.equal(whole.components_, resumed.components_)
+    fa, ia = load_features(tmp_path / "whole")
+    fb, ib = load_features(tmp_path / "resumed")
+    assert ia == ib and torch.equal(fa, fb)
+    assert not (tmp_path / "resumed" / "checkpoint").exists()
+
+
+def test_fit_refits_from_saved_statistics(tmp_path, tiny_model):
+    model_dir = tiny_model("llama")
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(20, seed=6)])))
+    big = run(tmp_path, model_dir, corpus, name="r", k=6)
+    small = fit(tmp_path / "r", 3)
+    assert small.k == 3 and SkillBasis.load(tmp_path / "r").k == 3
+    assert torch.allclose(small.components_, big.components_[:3], atol=1e-4)
+    assert Scores.load(tmp_path / "r").k == 3
+
+
+def test_layer_scaling_options(tmp_path, tiny_model):
+    model_dir = tiny_model("llama")
+    texts = make_texts(12, seed=7)
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in texts])))
+    basis = run(tmp_path, model_dir, corpus, name="l2", pooling=PoolingConfig(layer_scaling="l2"))
+    features, _ = load_features(tmp_path / "l2")
+    ref = paper_features(model_dir, texts, basis.layout.layer_ids)
+    for chunk, ref_chunk in zip(features.split(48, dim=1), ref.split(48, dim=1)):
+        assert_rel_close(chunk, ref_chunk / ref_chunk.norm(dim=1, keepdim=True), 1e-5)
+    basis = run(tmp_path, model_dir, corpus, name="pilot", pooling=PoolingConfig(layer_scaling="pilot"))
+    assert basis.layer_scale is not None and basis.layer_scale.shape == (2,)
+    features, _ = load_features(tmp_path / "pilot")
+    for j, (chunk, ref_chunk) in enumerate(zip(features.split(48, dim=1), ref.split(48, dim=1))):
+        assert_rel_close(chunk, ref_chunk * basis.layer_scale[j], 1e-5)

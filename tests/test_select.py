@@ -1,0 +1,275 @@
+"""Selection on synthetic runs whose right answer is known: planted poles, a planted cluster, ties, budgets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from autoskill_fast.cli import cli
+from autoskill_fast.errors import AutoskillError
+from autoskill_fast.kcenter import farthest_point_order, farthest_point_order_ref
+from autoskill_fast.select import (Pole, SelectConfig, manifest_path, parse_poles, pole_order, random_order, select,
+                                   top_positions)
+from synthetic_runs import make_run, read_jsonl
+
+
+def gaussian(n: int, k: int, seed: int, scale=None) -> torch.Tensor:
+    x = torch.randn(n, k, generator=torch.Generator().manual_seed(seed))
+    return x * torch.as_tensor(scale, dtype=torch.float32) if scale is not None else x
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """300 examples on 4 directions; rows 10-14 far along +1 (in that order of size), rows 20-24 far along -1."""
+    proj = gaussian(300, 4, 0, [3.0, 2.0, 1.0, 0.5])
+    proj[10:15, 1] = torch.tensor([30.0, 29.0, 28.0, 27.0, 26.0])
+    proj[20:25, 1] = -torch.tensor([30.0, 29.0, 28.0, 27.0, 26.0])
+    return make_run(tmp_path / "run", proj), proj
+
+
+# ---- poles ------------------------------------------------------------------------------------------------------
+
+
+def test_top_positions_breaks_ties_by_position():
+    values = torch.tensor([1.0, 3.0, 3.0, 2.0, 3.0, 0.0])
+    assert top_positions(values, 2).tolist() == [1, 2]
+    assert top_positions(values, 4).tolist() == [1, 2, 4, 3]
+    assert top_positions(values, 6).tolist() == [1, 2, 4, 3, 0, 5]
+    assert top_positions(-values, 2).tolist() == [5, 0]
+    assert top_positions(torch.zeros(7), 3).tolist() == [0, 1, 2]
+
+
+def test_pole_selection_returns_planted_examples(planted, tmp_path):
+    run, _ = planted
+    out = tmp_path / "plus.jsonl"
+    selection = select(SelectConfig(run=str(run), out=str(out), budget=5, method="pole", directions=("+1",)))
+    assert selection.positions.tolist() == [10, 11, 12, 13, 14]
+    records = read_jsonl(out)
+    assert [r["uid"] for r in records] == [f"ex{i:05d}" for i in range(10, 15)]
+    assert [r["_autoskill"]["rank"] for r in records] == list(range(5))
+    assert all(r["_autoskill"]["pole"] == "+" and r["_autoskill"]["direction"] == 1 for r in records)
+    assert records[0]["_autoskill"]["score"] == pytest.approx(30.0)
+
+    both = select(SelectConfig(run=str(run), out=str(tmp_path / "both.jsonl"), budget=10, method="pole",
+                               directions=("1",)))
+    assert both.positions.tolist() == [10, 20, 11, 21, 12, 22, 13, 23, 14, 24]  # round-robin over + and -
+    minus = select(SelectConfig(run=str(run), out=str(tmp_path / "m.jsonl"), budget=3, method="pole",
+                                directions=("-1",), by="cosine"))
+    assert set(minus.positions.tolist()) <= set(range(20, 25))
+
+
+def test_pole_records_are_unchanged_plus_one_key(planted, tmp_path):
+    run, _ = planted
+    out = tmp_path / "sel.jsonl"
+    select(SelectConfig(run=str(run), out=str(out), budget=7, method="pole", directions=("+0", "-2")))
+    original = {json.loads(line)["uid"]: json.loads(line) for line in (run / "corpus.jsonl").read_text().splitlines()}
+    for record in read_jsonl(out):
+        info = record.pop("_autoskill")
+        assert record == original[info["id"]]
+        assert info["row"] == int(info["id"][2:])
+    manifest = json.loads(manifest_path(out).read_text())
+    assert manifest["method"] == "pole" and manifest["budget"] == 7
+    assert manifest["counts"] == {"candidates": 300, "selected": 7, "per_pole": {"+0": 4, "-2": 3}}
+    assert manifest["basis"]["model"]["name"] == "synthetic-model" and len(manifest["basis"]["sha256"]) == 64
+
+
+def test_poles_never_repeat_an_example():
+    # Example 0 is the top of both directions; example 1 second on both.
+    scores = torch.tensor([[9.0, 9.0], [8.0, 8.0], [1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    positions, picks = pole_order(scores, [Pole(0, 1), Pole(1, 1)], 4)
+    assert positions.tolist() == [0, 1, 2, 3]
+    assert picks == [(0, 0), (1, 1), (0, 2), (1, 2)]  # (pole, rank in its own order): direction 1 skipped taken ones
+    assert len(set(positions.tolist())) == 4
+
+
+def test_pole_ties_are_broken_by_row():
+    scores = torch.tensor([[1.0], [2.0], [2.0], [0.0], [2.0]])
+    assert pole_order(scores, [Pole(0, 1)], 3)[0].tolist() == [1, 2, 4]
+    assert pole_order(scores, [Pole(0, -1)], 2)[0].tolist() == [3, 0]
+
+
+def test_parse_poles_and_errors():
+    assert parse_poles(["+0", "-2", "1"], 3) == [Pole(0, 1), Pole(2, -1), Pole(1, 1), Pole(1, -1)]
+    assert parse_poles(["+0,-1"], 2) == [Pole(0, 1), Pole(1, -1)]
+    with pytest.raises(AutoskillError, match="direction 5 out of range: the basis has 3 directions"):
+        parse_poles(["+5"], 3)
+    with pytest.raises(AutoskillError, match="bad direction 'x1'"):
+        parse_poles(["x1"], 3)
+    with pytest.raises(AutoskillError, match="named twice"):
+        parse_poles(["+1", "1"], 3)
+
+
+def test_budget_larger_than_corpus_is_a_clear_error(planted, tmp_path):
+    run, _ = planted
+    for method, extra in (("coverage", {}), ("random", {}), ("pole", {"directions": ("0",)}), ("text", {})):
+        with pytest.raises(AutoskillError, match="budget 301 is larger than the 300 scored examples"):
+            select(SelectConfig(run=str(run), out=str(tmp_path / "x.jsonl"), budget=301, method=method, **extra))
+    assert not (tmp_path / "x.jsonl").exists()
+    with pytest.raises(AutoskillError, match="--budget must be positive"):
+        SelectConfig(run=str(run), out="x", budget=0)
+    with pytest.raises(AutoskillError, match="needs at least one direction"):
+        SelectConfig(run=str(run), out="x", budget=3, method="pole")
+    with pytest.raises(AutoskillError, match="only applies to --method pole"):
+        SelectConfig(run=str(run), out="x", budget=3, method="coverage", directions=("1",))
+    with pytest.raises(AutoskillError, match="--dims 9 is more than"):
+        select(SelectConfig(run=str(run), out=str(tmp_path / "x.jsonl"), budget=3, dims=9))
+
+
+# ---- coverage ---------------------------------------------------------------------------------------------------
+
+
+def clustered(seed: int = 0) -> tuple[torch.Tensor, list[int]]:
+    """Four big clusters of 150 in the plane of directions 0-1, and a 3-example cluster hidden inside one of them
+    except along direction 2, whose variance is tiny: far away once whitened, within the noise before. Returns the
+    scores and each example's cluster (4 = the small one)."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.tensor([[3.0, 0.0, 0.0], [-3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, -3.0, 0.0], [3.0, 0.0, 0.2]])
+    sizes = [150, 150, 150, 150, 3]
+    noise = torch.tensor([0.3, 0.3, 0.003])
+    parts, cluster = [], []
+    for c, (center, size) in enumerate(zip(centers, sizes)):
+        parts.append(center + torch.randn(size, 3, generator=g) * noise)
+        cluster += [c] * size
+    order = torch.randperm(len(cluster), generator=g)  # the small cluster at random rows
+    return torch.cat(parts)[order], [cluster[i] for i in order.tolist()]
+
+
+def test_coverage_reaches_the_small_cluster_before_repeating_another(tmp_path):
+    proj, cluster = clustered()
+    run = make_run(tmp_path / "run", proj)
+    selection = select(SelectConfig(run=str(run), out=str(tmp_path / "cov.jsonl"), budget=12))
+    picked = [cluster[p] for p in selection.positions.tolist()]
+    first_repeat = next(t for t in range(len(picked)) if picked[t] in picked[:t])
+    assert 4 in picked[:first_repeat], picked
+    assert sorted(picked[:5]) == [0, 1, 2, 3, 4]
+    distances = [r["distance"] for r in selection.reasons]
+    assert all(a >= b - 1e-5 for a, b in zip(distances[1:], distances[2:]))  # greedy distances never increase
+    # Without whitening the small cluster hides in the noise of its big neighbour: whitening is what finds it.
+    raw_order, _ = farthest_point_order(proj, 12)
+    assert 4 not in [cluster[p] for p in raw_order[:5].tolist()]
+
+
+def test_coverage_starts_farthest_from_the_mean_and_budgets_are_nested(planted, tmp_path):
+    run, proj = planted
+    whitened = proj / proj.double().var(0).sqrt().float()
+    big = select(SelectConfig(run=str(run), out=str(tmp_path / "b.jsonl"), budget=40))
+    small = select(SelectConfig(run=str(run), out=str(tmp_path / "s.jsonl"), budget=15))
+    assert big.positions[0] == int(torch.argmax(whitened.pow(2).sum(1)))
+    assert torch.equal(big.positions[:15], small.positions)
+    assert [r["uid"] for r in read_jsonl(tmp_path / "b.jsonl")][:15] == [r["uid"] for r in read_jsonl(tmp_path / "s.jsonl")]
+    dims = select(SelectConfig(run=str(run), out=str(tmp_path / "d.jsonl"), budget=5, dims=2))
+    assert dims.manifest["dims"] == 2
+
+
+@pytest.mark.parametrize("n,d,budget,frontier", [(1, 3, 1, 4096), (97, 2, 97, 4096), (500, 5, 123, 16),
+                                                 (1500, 8, 400, 1), (4097, 3, 300, 64)])
+def test_farthest_point_order_matches_plain_greedy(n, d, budget, frontier):
+    x = gaussian(n, d, seed=n) * torch.linspace(0.5, 3.0, d)
+    expected, expected_dist = farthest_point_order_ref(x, budget)
+    order, dist = farthest_point_order(x.double(), budget, frontier=frontier)
+    assert torch.equal(order, expected)
+    torch.testing.assert_close(dist, expected_dist, rtol=1e-9, atol=1e-9)
+    # fp32: every pick is the farthest point up to fp32 rounding of the squared distances.
+    order32, _ = farthest_point_order(x, budget, frontier=frontier)
+    assert len(set(order32.tolist())) == budget
+    assert_greedy(x.double(), order32, tol=1e-6)
+
+
+def assert_greedy(x, order, tol):
+    scale = float(x.pow(2).sum(1).max())
+    nearest = x.pow(2).sum(1)
+    for t, p in enumerate(order.tolist()):
+        assert float(nearest.max() - nearest[p]) <= tol * scale, f"pick {t} is not the farthest point"
+        to_p = (x - x[p]).pow(2).sum(1)
+        nearest = to_p if t == 0 else torch.minimum(nearest, to_p)
+        nearest[order[: t + 1]] = -1.0
+
+
+def test_farthest_point_ties_go_to_the_lower_row():
+    x = torch.tensor([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.0], [0.0, -1.0], [0.0, 0.0], [1.0, 0.0]])
+    order, dist = farthest_point_order(x, 6)
+    # All of rows 0-3 and 5 are at distance 1 from the origin: row 0 first; then row 3 (distance 2); rows 1 and 2 tie
+    # (sqrt 2): row 1; then row 2; then the centre (4) at distance 1, and the duplicate of row 1 last, at distance 0.
+    assert order.tolist() == [0, 3, 1, 2, 4, 5]
+    assert dist[-1] == 0
+    assert farthest_point_order_ref(x, 6)[0].tolist() == order.tolist()
+
+
+def test_farthest_point_order_errors():
+    with pytest.raises(AutoskillError, match="budget 4 must be between 1 and the number of examples"):
+        farthest_point_order(torch.zeros(3, 2), 4)
+    with pytest.raises(AutoskillError, match="NaN"):
+        farthest_point_order(torch.tensor([[0.0], [float("nan")]]), 1)
+
+
+# ---- baselines --------------------------------------------------------------------------------------------------
+
+
+def test_random_is_seeded_and_nested(planted, tmp_path):
+    run, _ = planted
+    a = select(SelectConfig(run=str(run), out=str(tmp_path / "a.jsonl"), budget=20, method="random", seed=7))
+    b = select(SelectConfig(run=str(run), out=str(tmp_path / "b.jsonl"), budget=20, method="random", seed=7))
+    c = select(SelectConfig(run=str(run), out=str(tmp_path / "c.jsonl"), budget=20, method="random", seed=8))
+    assert torch.equal(a.positions, b.positions) and not torch.equal(a.positions, c.positions)
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    assert torch.equal(random_order(300, 5, 7), a.positions[:5])
+    assert len(set(a.positions.tolist())) == 20
+
+
+def test_text_baseline_covers_the_topics(tmp_path):
+    topics = ["the cat chased a mouse around the garden", "stock prices fell sharply on the exchange today",
+              "the rocket engine ignited and lifted off the pad"]
+    texts = [f"{topics[i % 3]} {'again' * (i % 2)}".strip() for i in range(60)] + ["violin sonata in a minor key"]
+    run = make_run(tmp_path / "run", gaussian(61, 3, 1), texts=texts)
+    selection = select(SelectConfig(run=str(run), out=str(tmp_path / "t.jsonl"), budget=4, method="text"))
+    chosen = [texts[p] for p in selection.positions.tolist()]
+    assert "violin sonata in a minor key" in chosen
+    assert {next(i for i, t in enumerate(topics) if c.startswith(t)) for c in chosen if "violin" not in c} == {0, 1, 2}
+    again = select(SelectConfig(run=str(run), out=str(tmp_path / "t2.jsonl"), budget=2, method="text"))
+    assert torch.equal(again.positions, selection.positions[:2])
+
+
+# ---- records and the CLI ----------------------------------------------------------------------------------------
+
+
+def test_changed_corpus_is_refused(planted, tmp_path):
+    run, _ = planted
+    lines = (run / "corpus.jsonl").read_text().splitlines()
+    moved = tmp_path / "moved.jsonl"
+    moved.write_text("\n".join(lines[1:]) + "\n")  # one record fewer: every row shifts
+    with pytest.raises(AutoskillError, match="corpus changed since it was profiled"):
+        select(SelectConfig(run=str(run), out=str(tmp_path / "x.jsonl"), budget=3, corpus=str(moved)))
+    same = tmp_path / "same.jsonl"
+    same.write_text("\n".join(lines) + "\n")
+    select(SelectConfig(run=str(run), out=str(tmp_path / "y.jsonl"), budget=3, corpus=str(same)))
+
+
+def test_previous_annotation_is_kept(planted, tmp_path):
+    run, proj = planted
+    first = tmp_path / "first.jsonl"
+    select(SelectConfig(run=str(run), out=str(first), budget=50, method="random"))
+    records = read_jsonl(first)
+    rerun = make_run(tmp_path / "rerun", proj[:50], ids=[r["uid"] for r in records], texts=[r["text"] for r in records])
+    (rerun / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    select(SelectConfig(run=str(rerun), out=str(tmp_path / "second.jsonl"), budget=2, method="random"))
+    second = read_jsonl(tmp_path / "second.jsonl")
+    assert all(r["_autoskill"]["previous"]["method"] == "random" for r in second)
+
+
+def test_cli_select(planted, tmp_path):
+    run, _ = planted
+    out = tmp_path / "cli.jsonl"
+    result = CliRunner().invoke(cli, ["select", str(run), "--out", str(out), "-n", "6", "--method", "pole",
+                                      "-d", "-1", "-d", "+0"])
+    assert result.exit_code == 0, result.output
+    assert "selected 6 of 300 examples (pole)" in result.output
+    assert {r["uid"] for r in read_jsonl(out)} >= {"ex00020", "ex00021", "ex00022"}
+    bad = CliRunner().invoke(cli, ["select", str(run), "--out", str(out), "-n", "1000"])
+    assert bad.exit_code == 2
+    assert "error: budget 1000 is larger than the 300 scored examples" in bad.output
+    assert "Traceback" not in bad.output
+    bad_dir = CliRunner().invoke(cli, ["select", str(run), "--out", str(out), "-n", "2", "--method", "pole", "-d", "+7"])
+    assert bad_dir.exit_code == 2 and "direction 7 out of range" in bad_dir.output
