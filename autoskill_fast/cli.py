@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 import click
 
@@ -181,6 +182,8 @@ def fit_cmd(run_dir, k, eig_tol):
     """Refit RUN_DIR's basis with k directions from its saved statistics (no model needed)."""
     basis = fit(run_dir, k, tol=eig_tol)
     click.echo(f"refit {run_dir}: k={basis.k}, top {basis.k} explain {float(basis.explained_variance_ratio_.sum()):.3f} of the variance")
+    if not (Path(run_dir) / "scores.safetensors").exists():
+        click.echo("no saved features, so the old scores were removed; rescore with `autoskill-fast project`")
 
 
 @cli.command("merge")

@@ -222,6 +222,8 @@ def _render_chat(record: Record, config: CorpusConfig, tokenizer, *, prompt_only
 def fingerprint(config: CorpusConfig) -> dict[str, Any]:
     """What identifies the corpus: its content hash and how texts are made from it."""
     path = Path(config.path)
+    if not path.exists():
+        raise AutoskillError(f"{path}: corpus file not found")
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     size = 0

@@ -125,8 +125,9 @@ def pole_order(scores_nk: torch.Tensor, poles: list[Pole], budget: int) -> tuple
     n = scores_nk.shape[0]
     _check_budget(budget, n)
     quotas = [budget // len(poles) + (1 if i < budget % len(poles) else 0) for i in range(len(poles))]
-    # A pole can lose at most (budget - its quota) candidates to the others: its top `budget` always suffice.
-    ranked = [top_positions(scores_nk[:, p.direction] * p.sign, budget).tolist() for p in poles]
+    values = [scores_nk[:, p.direction] * p.sign for p in poles]
+    # Each pole's order is ranked only as deep as needed (twice its quota, deeper on demand): many poles stay cheap.
+    ranked = [top_positions(v, 2 * q + 8).tolist() for v, q in zip(values, quotas)]
     cursor = [0] * len(poles)
     taken: set[int] = set()
     picks: list[int] = []
@@ -135,7 +136,11 @@ def pole_order(scores_nk: torch.Tensor, poles: list[Pole], budget: int) -> tuple
         for i, order in enumerate(ranked):
             if quotas[i] == 0:
                 continue
-            while order[cursor[i]] in taken:
+            while True:
+                if cursor[i] == len(order):  # never past n: budget <= n leaves an untaken example
+                    ranked[i] = order = top_positions(values[i], 2 * len(order)).tolist()
+                if order[cursor[i]] not in taken:
+                    break
                 cursor[i] += 1
             position = order[cursor[i]]
             taken.add(position)

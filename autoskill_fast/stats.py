@@ -40,6 +40,7 @@ class StreamingCovariance:
 
     def update(self, x_nd: torch.Tensor) -> None:
         """Add raw rows; the first call sets the shift to its own mean if none was given."""
+        self._check_rows(x_nd)
         if self.shift is None:
             self.set_shift(x_nd.detach().to(torch.float64).mean(dim=0))
         work = torch.float64 if self.accum_dtype == torch.float64 else torch.float32  # keep the GPU kernel in fp32
@@ -49,14 +50,17 @@ class StreamingCovariance:
         """Add rows that already had the shift subtracted (as the fused capture kernel writes them)."""
         if self.shift is None:
             raise AutoskillError("set_shift() must be called before update_shifted()")
-        if xc_nd.ndim != 2 or xc_nd.shape[1] != self.dim:
-            raise AutoskillError(f"rows of shape {tuple(xc_nd.shape)} do not match the statistics' {self.dim} dims")
+        self._check_rows(xc_nd)
         if xc_nd.shape[0] == 0:
             return
         xc_nd = xc_nd.to(self.device)
         self.sum += xc_nd.sum(dim=0, dtype=torch.float64)
         cov_update_(self.sumsq, xc_nd)
         self.n += xc_nd.shape[0]
+
+    def _check_rows(self, x_nd: torch.Tensor) -> None:
+        if x_nd.ndim != 2 or x_nd.shape[1] != self.dim:
+            raise AutoskillError(f"rows of shape {tuple(x_nd.shape)} do not match the statistics' {self.dim} dims")
 
     def merge(self, other: "StreamingCovariance") -> "StreamingCovariance":
         """Add another accumulator's rows (exact: re-expresses the other's sums around this shift)."""

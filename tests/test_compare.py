@@ -15,6 +15,7 @@ from autoskill_fast.compare import (CompareConfig, canonical_correlations, compa
 from autoskill_fast.errors import AutoskillError
 from autoskill_fast.runs import load_run
 from headless_chromium import chromium_path, open_page
+from model_fixtures import default_model_dir, tiny_model, write_jsonl  # noqa: F401 (fixtures)
 from synthetic_runs import make_run
 
 
@@ -160,8 +161,6 @@ def test_cli_compare(tmp_path):
 
 # ---- end to end: profile -> inspect / select / compare ----------------------------------------------------------
 
-from model_fixtures import default_model_dir, tiny_model, write_jsonl  # noqa: E402,F401 (fixtures)
-
 ARITHMETIC = ["{a} plus {b} equals {c}", "what is {a} times {b}? it is {c}", "subtract {b} from {c} to get {a}"]
 PROSE = ["the old lighthouse keeper watched the storm roll in", "she folded the letter and hid it in a drawer",
          "a quiet village woke to the smell of fresh bread"]
@@ -211,7 +210,7 @@ def test_end_to_end_on_default_model_and_corpus(tmp_path, default_model_dir):
     from autoskill_fast.report import InspectConfig, inspect
     from autoskill_fast.select import SelectConfig, select
 
-    corpus = CorpusConfig(str(default_corpus_path()), template="{question}\n{answer}", limit=48)
+    corpus = CorpusConfig(str(default_corpus_path()), template="{question}\n{answer}", limit=32)
     out = tmp_path / "run"
     profile(ProfileConfig(corpus=corpus, out=str(out), model=ModelConfig(str(default_model_dir)), k=8, quiet=True))
     result = inspect(InspectConfig(run=str(out), labeling_prompts=str(tmp_path / "prompts.jsonl")))
@@ -219,7 +218,7 @@ def test_end_to_end_on_default_model_and_corpus(tmp_path, default_model_dir):
     assert all("####" in e.text for d in result.directions for e in d.poles["projection"]["top"])
     prompts = [json.loads(line) for line in (tmp_path / "prompts.jsonl").read_text().splitlines()]
     assert len(prompts) == 8 and all("Group A:" in p["prompt"] for p in prompts)
-    originals = [json.loads(line) for line in default_corpus_path().read_text().splitlines()[:48]]
+    originals = [json.loads(line) for line in default_corpus_path().read_text().splitlines()[:32]]
     selection = select(SelectConfig(run=str(out), out=str(tmp_path / "cov.jsonl"), budget=12))
     chosen = [json.loads(line) for line in (tmp_path / "cov.jsonl").read_text().splitlines()]
     for record, position in zip(chosen, selection.positions.tolist()):

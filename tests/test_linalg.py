@@ -121,8 +121,16 @@ def test_topk_eigh_matches_numpy_on_gaussian(dim, k, method, dtype_name):
 def test_topk_eigh_awkward_spectra(kind, dim, k, method, dtype_name):
     dtype = DTYPES[dtype_name]
     a = torch.from_numpy(make_matrix(kind, dim, seed=dim + k)).to(dtype)
-    result = topk_eigh(a, k, method=method, tol=TOL[dtype])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = topk_eigh(a, k, method=method, tol=TOL[dtype])
     check_eigenpairs(a.double().numpy(), k, result, dtype, TOL[dtype])
+    if caught:  # only allowed where tol (relative to the top-k) is below what the dtype resolves (relative to ||A||)
+        assert [w.category for w in caught] == [EighConvergenceWarning]
+        values = np.linalg.eigvalsh(a.double().numpy())
+        scale = max(abs(float(result.eigenvalues[0])), abs(float(result.eigenvalues[-1])))
+        assert torch.finfo(dtype).eps * np.abs(values).max() / scale > TOL[dtype]
+        assert float(result.residuals.max()) > TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))

@@ -83,6 +83,11 @@ def test_poles_never_repeat_an_example():
     assert positions.tolist() == [0, 1, 2, 3]
     assert picks == [(0, 0), (1, 1), (0, 2), (1, 2)]  # (pole, rank in its own order): direction 1 skipped taken ones
     assert len(set(positions.tolist())) == 4
+    # Three identical directions fight over the same examples: each must rank deeper than its first guess.
+    same = torch.arange(50.0)[:, None].repeat(1, 3)
+    positions, picks = pole_order(same, [Pole(0, 1), Pole(1, 1), Pole(2, 1)], 50)
+    assert positions.tolist() == list(range(49, -1, -1))
+    assert [rank for _, rank in picks[:6]] == [0, 1, 2, 3, 4, 5]
 
 
 def test_pole_ties_are_broken_by_row():

@@ -255,7 +255,7 @@ def test_sliding_window_caps_the_context(tmp_path):
                        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})
     with pytest.raises(AutoskillError, match="'linear' RoPE"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bake(vector, scaled, tmp_path / "scaled-baked", verify=False)
+        bake(SteeringVector(vector.chunks), scaled, tmp_path / "scaled-baked", verify=False)
 
 
 def test_bake_refuses_unsupported_and_existing(tmp_path, tiny):

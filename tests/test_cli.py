@@ -1,0 +1,118 @@
+"""The CLI end to end on a tiny model: outputs, and one-line errors (never a traceback) for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from autoskill_fast.cli import cli
+from model_fixtures import default_model_dir, tiny_model, write_jsonl  # noqa: F401 (fixtures)
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    crashed = "" if result.exception is None or isinstance(result.exception, SystemExit) else repr(result.exception)
+    return result.exit_code, result.output + crashed
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return write_jsonl(tmp_path / "c.jsonl", [{"text": f"example number {i} " * (1 + i % 5)} for i in range(12)])
+
+
+def test_profile_fit_project_round_trip(tmp_path, tiny_model, corpus):
+    model = tiny_model("llama")
+    code, out = invoke("profile", "--model", model, "--corpus", corpus, "--out", tmp_path / "run", "-k", 4, "--quiet",
+                       "--save-features")
+    assert code == 0, out
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["counts"]["profiled"] == 12 and run["status"] == "complete"
+    assert run["model"]["num_layers"] == 4 and run["layout"]["layer_ids"] == [1, 2]
+    assert not (tmp_path / "run" / ".features-tmp").exists()
+    assert len(list((tmp_path / "run" / "features").glob("shard-*.safetensors"))) >= 1
+    code, out = invoke("fit", tmp_path / "run", "-k", 2)
+    assert code == 0 and "k=2" in out, out
+    code, out = invoke("project", tmp_path / "run", "--model", model, "--corpus", corpus, "--out", tmp_path / "proj", "--quiet")
+    assert code == 0, out
+    from autoskill_fast.scores import Scores
+
+    projected, profiled = Scores.load(tmp_path / "proj"), Scores.load(tmp_path / "run")
+    assert projected.ids == profiled.ids
+    torch.testing.assert_close(projected.projection, profiled.projection, rtol=1e-4, atol=1e-4)
+
+
+def test_fit_without_features_drops_stale_scores(tmp_path, tiny_model, corpus):
+    code, out = invoke("profile", "--model", tiny_model("llama"), "--corpus", corpus, "--out", tmp_path / "r", "-k", 3, "--quiet")
+    assert code == 0 and (tmp_path / "r" / "scores.safetensors").exists(), out
+    code, out = invoke("fit", tmp_path / "r", "-k", 2)
+    assert code == 0 and "autoskill-fast project" in out, out
+    assert not (tmp_path / "r" / "scores.safetensors").exists()
+
+
+def test_skip_policy_records_skipped_ids(tmp_path, tiny_model):
+    model = tiny_model("llama")
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": "a b c"}, {"text": ""}, {"text": "d e f g"}, {"text": "h i"}])
+    code, out = invoke("profile", "--model", model, "--corpus", corpus, "--out", tmp_path / "r", "-k", 1, "--quiet")
+    assert code == 2 and "c.jsonl:2: example '1': empty text" in out and "--on-bad-example skip" in out
+    code, out = invoke("profile", "--model", model, "--corpus", corpus, "--out", tmp_path / "r", "-k", 1, "--quiet",
+                       "--on-bad-example", "skip")
+    assert code == 0, out
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["skipped"] == [{"id": "1", "reason": "empty text"}] and run["counts"]["profiled"] == 3
+
+
+def test_truncation_is_counted(tmp_path, tiny_model, corpus):
+    code, out = invoke("profile", "--model", tiny_model("llama"), "--corpus", corpus, "--out", tmp_path / "r", "-k", 2,
+                       "--max-length", 4)
+    assert code == 0, out
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["counts"]["truncated"] > 0
+    assert "truncated" in out
+
+
+def one_line_error(code, out, *fragments):
+    assert code == 2, out
+    assert "Traceback" not in out and out.startswith("error: "), out
+    for fragment in fragments:
+        assert fragment in out, out
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model, corpus):
+    model = tiny_model("llama")
+    base = ("profile", "--model", model, "--out", tmp_path / "r", "--quiet")
+    one_line_error(*invoke(*base, "--corpus", tmp_path / "missing.jsonl"), "missing.jsonl: corpus file not found")
+    one_line_error(*invoke(*base, "--corpus", corpus, "--text-field", "body"), "c.jsonl:1", "missing text field 'body'")
+    one_line_error(*invoke(*base, "--corpus", corpus, "--layers", "9"), "layer 9 out of range", "4 decoder blocks")
+    one_line_error(*invoke(*base, "--corpus", corpus, "--model", tmp_path), "not a Hugging Face model folder")
+    one_line_error(*invoke(*base, "--corpus", corpus, "-k", 50), "-k 50 is more directions than the data has")
+    bos_only = write_jsonl(tmp_path / "bos.jsonl", [{"text": "fine text"}, {"text": "<|im_start|>"}])
+    one_line_error(*invoke(*base, "--corpus", bos_only, "--out", tmp_path / "b"), "no valid token after BOS removal")
+
+
+def test_basis_refuses_another_model_and_corrupted_artifacts(tmp_path, tiny_model, corpus):
+    code, out = invoke("profile", "--model", tiny_model("llama"), "--corpus", corpus, "--out", tmp_path / "r", "-k", 2, "--quiet")
+    assert code == 0, out
+    one_line_error(*invoke("project", tmp_path / "r", "--model", tiny_model("qwen2"), "--corpus", corpus,
+                           "--out", tmp_path / "p", "--quiet"), "basis was made from model")
+    one_line_error(*invoke("project", tmp_path / "r", "--model", tiny_model("llama"), "--corpus", corpus,
+                           "--out", tmp_path / "p", "--quiet", "--pooling", "last"), "pooling")
+    blob = (tmp_path / "r" / "basis.safetensors").read_bytes()
+    (tmp_path / "r" / "basis.safetensors").write_bytes(blob[: len(blob) // 2])
+    one_line_error(*invoke("fit", tmp_path / "r", "-k", 1), "basis.safetensors: corrupted or truncated")
+
+
+def test_non_finite_activations_name_the_example(tmp_path, tiny_model, corpus):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model("llama"), broken)
+    weights = load_file(broken / "model.safetensors")
+    key = "model.layers.0.mlp.down_proj.weight"
+    weights[key] = torch.full_like(weights[key], float("inf"))
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    one_line_error(*invoke("profile", "--model", broken, "--corpus", corpus, "--out", tmp_path / "r", "--quiet"),
+                   "non-finite activations for example(s) [")

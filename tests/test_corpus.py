@@ -1,0 +1,72 @@
+"""Corpus readers, templates, chat rendering, ids."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autoskill_fast.config import CorpusConfig
+from autoskill_fast.corpus import iter_records, render
+from autoskill_fast.errors import AutoskillError, BadExampleError
+from model_fixtures import default_model_dir, write_jsonl  # noqa: F401 (fixture)
+
+RECORDS = [{"uid": f"q{i}", "question": f"What is {i}+{i}?", "answer": f"{2 * i}"} for i in range(5)]
+
+
+def texts(config, tokenizer=None):
+    return [(r.id, render(r, config, tokenizer).text) for r in iter_records(config)]
+
+
+def test_jsonl_parquet_and_datasets_folder_agree(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_jsonl(tmp_path / "c.jsonl", RECORDS)
+    pq.write_table(pa.Table.from_pylist(RECORDS), tmp_path / "c.parquet")
+    datasets.Dataset.from_list(RECORDS).save_to_disk(str(tmp_path / "ds"))
+    expected = [(r["uid"], f"{r['question']}\n{r['answer']}") for r in RECORDS]
+    for path in ("c.jsonl", "c.parquet", "ds"):
+        config = CorpusConfig(str(tmp_path / path), template="{question}\n{answer}", id_field="uid")
+        assert texts(config) == expected, path
+
+
+def test_text_file_rows_and_limit(tmp_path):
+    (tmp_path / "c.txt").write_text("first line\nsecond line\nthird\n", encoding="utf-8")
+    assert texts(CorpusConfig(str(tmp_path / "c.txt"), limit=2)) == [("0", "first line"), ("1", "second line")]
+
+
+def test_chat_messages_rendered_with_template(tmp_path, default_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    messages = [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}]
+    write_jsonl(tmp_path / "chat.jsonl", [{"messages": messages}])
+    config = CorpusConfig(str(tmp_path / "chat.jsonl"), messages_field="messages")
+    example = render(next(iter_records(config)), config, tokenizer)
+    assert example.text == tokenizer.apply_chat_template(messages, tokenize=False)
+    assert example.prompt is not None and example.text.startswith(example.prompt) and example.text.endswith("5<|im_end|>\n")
+
+
+@pytest.mark.parametrize("content,match", [
+    (b'{"text": "ok"}\n{"text": broken}\n', r"c.jsonl:2: malformed JSON"),
+    (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', r"c.jsonl:2: not valid UTF-8"),
+    (b'{"text": "ok"}\n[1, 2]\n', r"c.jsonl:2: expected a JSON object"),
+    (b'{"text": "a", "id": 1}\n{"text": "b", "id": 1}\n', r"c.jsonl:2: duplicate id '1'"),
+])
+def test_bad_files_name_file_and_line(tmp_path, content, match):
+    (tmp_path / "c.jsonl").write_bytes(content)
+    with pytest.raises(AutoskillError, match=match):
+        texts(CorpusConfig(str(tmp_path / "c.jsonl"), id_field="id" if b'"id"' in content else None))
+
+
+def test_missing_field_and_empty_text_are_bad_examples(tmp_path):
+    write_jsonl(tmp_path / "c.jsonl", [{"text": "fine"}, {"body": "x"}, {"text": "   "}])
+    config = CorpusConfig(str(tmp_path / "c.jsonl"))
+    records = list(iter_records(config))
+    assert render(records[0], config).text == "fine"
+    with pytest.raises(BadExampleError, match=r"c.jsonl:2: example '1': missing text field 'text'"):
+        render(records[1], config)
+    with pytest.raises(BadExampleError, match="empty text"):
+        render(records[2], config)
