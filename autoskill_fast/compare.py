@@ -38,7 +38,7 @@ def _pole_indicators(values_nk: torch.Tensor, n: int) -> tuple[torch.Tensor, tor
     bottom = torch.zeros(values_nk.shape, dtype=torch.bool)
     for i in range(values_nk.shape[1]):
         top[top_positions(values_nk[:, i], n), i] = True
-        bottom[top_positions(-values_nk[:, i], n), i] = True
+        bottom[top_positions(values_nk[:, i], n, largest=False), i] = True
     return top, bottom
 
 

@@ -85,7 +85,7 @@ class Direction:
 def pole_positions(values_nk: torch.Tensor, n: int) -> tuple[list[list[int]], list[list[int]]]:
     """Per direction: positions of its n largest and n smallest values (ties by position)."""
     top = [top_positions(values_nk[:, i], n).tolist() for i in range(values_nk.shape[1])]
-    bottom = [top_positions(-values_nk[:, i], n).tolist() for i in range(values_nk.shape[1])]
+    bottom = [top_positions(values_nk[:, i], n, largest=False).tolist() for i in range(values_nk.shape[1])]
     return top, bottom
 
 

@@ -105,15 +105,19 @@ def parse_poles(specs: tuple[str, ...] | list[str], k: int) -> list[Pole]:
     return poles
 
 
-def top_positions(values_n: torch.Tensor, m: int) -> torch.Tensor:
-    """Positions of the m largest values, largest first; equal values in ascending position. O(N) + O(m log m)."""
+def top_positions(values_n: torch.Tensor, m: int, *, largest: bool = True) -> torch.Tensor:
+    """Positions of the m largest (or smallest) values, most extreme first; equal values in ascending position."""
     n = values_n.numel()
     m = min(m, n)
     if m >= n:
-        return torch.argsort(-values_n, stable=True)
-    threshold = torch.topk(values_n, m, sorted=False).values.min()
-    candidates = (values_n >= threshold).nonzero().flatten()  # every tie at the threshold: ascending positions
-    return candidates[torch.argsort(-values_n[candidates], stable=True)][:m]
+        return torch.argsort(values_n, descending=largest, stable=True)
+    threshold = torch.topk(values_n, m, largest=largest, sorted=False).values
+    # Every tie at the threshold is a candidate (in ascending position); the stable sort then orders ties by position.
+    if largest:
+        candidates = (values_n >= threshold.min()).nonzero().flatten()
+    else:
+        candidates = (values_n <= threshold.max()).nonzero().flatten()
+    return candidates[torch.argsort(values_n[candidates], descending=largest, stable=True)][:m]
 
 
 def pole_order(scores_nk: torch.Tensor, poles: list[Pole], budget: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -125,9 +129,15 @@ def pole_order(scores_nk: torch.Tensor, poles: list[Pole], budget: int) -> tuple
     n = scores_nk.shape[0]
     _check_budget(budget, n)
     quotas = [budget // len(poles) + (1 if i < budget % len(poles) else 0) for i in range(len(poles))]
-    values = [scores_nk[:, p.direction] * p.sign for p in poles]
+    directions = sorted({p.direction for p in poles})
+    columns = scores_nk[:, directions].T.contiguous()  # [d, N]: one strided pass instead of one per pole
+    values = [columns[directions.index(p.direction)] for p in poles]
+
+    def ranking(i: int, depth: int) -> list[int]:
+        return top_positions(values[i], depth, largest=poles[i].sign > 0).tolist()
+
     # Each pole's order is ranked only as deep as needed (twice its quota, deeper on demand): many poles stay cheap.
-    ranked = [top_positions(v, 2 * q + 8).tolist() for v, q in zip(values, quotas)]
+    ranked = [ranking(i, 2 * q + 8) for i, q in enumerate(quotas)]
     cursor = [0] * len(poles)
     taken: set[int] = set()
     picks: list[int] = []
@@ -138,7 +148,7 @@ def pole_order(scores_nk: torch.Tensor, poles: list[Pole], budget: int) -> tuple
                 continue
             while True:
                 if cursor[i] == len(order):  # never past n: budget <= n leaves an untaken example
-                    ranked[i] = order = top_positions(values[i], 2 * len(order)).tolist()
+                    ranked[i] = order = ranking(i, 2 * len(order))
                 if order[cursor[i]] not in taken:
                     break
                 cursor[i] += 1

@@ -38,7 +38,9 @@ def test_top_positions_breaks_ties_by_position():
     assert top_positions(values, 2).tolist() == [1, 2]
     assert top_positions(values, 4).tolist() == [1, 2, 4, 3]
     assert top_positions(values, 6).tolist() == [1, 2, 4, 3, 0, 5]
-    assert top_positions(-values, 2).tolist() == [5, 0]
+    assert top_positions(values, 2, largest=False).tolist() == [5, 0]
+    assert top_positions(values, 6, largest=False).tolist() == [5, 0, 3, 1, 2, 4]
+    assert top_positions(-values, 3, largest=False).tolist() == [1, 2, 4]
     assert top_positions(torch.zeros(7), 3).tolist() == [0, 1, 2]
 
 
