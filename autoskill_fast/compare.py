@@ -166,7 +166,9 @@ class CompareConfig:
     """Compare two profiles of one corpus."""
 
     run_a: str
+    """The first profile's folder (A)."""
     run_b: str
+    """The second profile's folder (B), of the same corpus with another model."""
     n_pole: int = 50
     """Examples per pole in the Jaccard overlaps (at most a quarter of the shared examples)."""
     by: str = "projection"

@@ -49,6 +49,7 @@ class InspectConfig:
     corpus: str | None = None
     """Read the records from this path instead of the one recorded in run.json."""
     excerpt_chars: int = 240
+    """Characters of each example shown on its line of a card (the full text unfolds below it)."""
     max_points: int = 5000
     """At most this many examples in the scatter plot (an even subsample, plus the poles of its two directions)."""
 

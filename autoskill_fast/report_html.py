@@ -79,6 +79,11 @@ def _meta_table(run: ProfileRun) -> str:
             f"<details><summary>run.json</summary><pre>{full}</pre></details>")
 
 
+def _index_axis(title: str, count: int) -> dict:
+    """An x axis of integer indices (plotly would otherwise tick 0.5, 1.5, ... on a short range)."""
+    return {"title": title, "tickmode": "linear", "tick0": 0, "dtick": max(1, count // 16)}
+
+
 def _scree(figs: _Figures, run: ProfileRun) -> str:
     go = figs.go
     evr = run.basis.explained_variance_ratio_.to(torch.float64)
@@ -89,9 +94,10 @@ def _scree(figs: _Figures, run: ProfileRun) -> str:
         go.Scatter(x=x, y=(100 * torch.cumsum(evr, 0)).tolist(), name="cumulative (%)", mode="lines+markers",
                    yaxis="y2"),
     ])
-    fig.update_layout(title="Explained variance per direction", xaxis_title="direction",
+    fig.update_layout(title="Explained variance per direction", xaxis=_index_axis("direction", run.basis.k),
                       yaxis={"title": "% of total variance"},
-                      yaxis2={"title": "cumulative %", "overlaying": "y", "side": "right", "range": [0, 100]},
+                      yaxis2={"title": "cumulative %", "overlaying": "y", "side": "right", "range": [0, 100],
+                              "tickmode": "linear", "dtick": 20, "showgrid": False},
                       legend={"orientation": "h", "y": -0.2})
     return figs.div(fig, "scree")
 
@@ -163,7 +169,8 @@ def _comparison_section(figs: _Figures, c) -> str:
     jac.update_layout(title=f"Pole overlap (Jaccard, {c.n_pole} examples per pole, signs aligned)",
                       yaxis={"autorange": "reversed"})
     cca = go.Figure(go.Bar(x=list(range(c.canonical.numel())), y=c.canonical.tolist(), name="canonical correlation"))
-    cca.update_layout(title="Canonical correlations between the two score spaces", xaxis_title="pair",
+    cca.update_layout(title="Canonical correlations between the two score spaces",
+                      xaxis=_index_axis("pair", c.canonical.numel()),
                       yaxis={"title": "correlation", "range": [0, 1]})
     rows = []
     for m in c.best_matches("a"):

@@ -22,9 +22,14 @@ class StreamingCovariance:
     """Exact streaming first and second moments of [N, D] rows."""
 
     def __init__(self, dim: int, *, shift: torch.Tensor | None = None, accum_dtype: torch.dtype | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", stage_rows: int | None = None):
         self.dim = int(dim)
         self.device = torch.device(device)
+        # Rows are staged and added in blocks: C += X^T X then reads and writes C once per block, so the update is
+        # compute-bound (a few thousand rows on a GPU; a few hundred keep CPU GEMMs efficient and memory small).
+        self.stage_rows = stage_rows or (4096 if self.device.type == "cuda" else 256)
+        self._staged: list[torch.Tensor] = []
+        self._staged_n = 0
         # fp64 where it is cheap (CPU); fp32 on accelerators, where fp64 matmuls are slow and the shift keeps fp32 exact enough.
         self.accum_dtype = accum_dtype or (torch.float64 if self.device.type == "cpu" else torch.float32)
         self.n = 0
@@ -55,8 +60,18 @@ class StreamingCovariance:
             return
         xc_nd = xc_nd.to(self.device)
         self.sum += xc_nd.sum(dim=0, dtype=torch.float64)
-        cov_update_(self.sumsq, xc_nd)
         self.n += xc_nd.shape[0]
+        self._staged.append(xc_nd)
+        self._staged_n += xc_nd.shape[0]
+        if self._staged_n >= self.stage_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add the staged rows into the second-moment sums (done before any result is read or saved)."""
+        if self._staged:
+            block = self._staged[0] if len(self._staged) == 1 else torch.cat(self._staged)
+            self._staged, self._staged_n = [], 0
+            cov_update_(self.sumsq, block)
 
     def _check_rows(self, x_nd: torch.Tensor) -> None:
         if x_nd.ndim != 2 or x_nd.shape[1] != self.dim:
@@ -68,6 +83,8 @@ class StreamingCovariance:
             raise AutoskillError(f"cannot merge statistics of {other.dim} dims into {self.dim} dims")
         if other.n == 0:
             return self
+        self.flush()
+        other.flush()
         if self.n == 0 and self.shift is None:
             self.shift = other.shift.to(self.device).clone()
         delta = other.shift.to(self.device) - self.shift  # other rows around our shift: (x - s') + delta
@@ -88,6 +105,7 @@ class StreamingCovariance:
     def covariance(self, *, ddof: int = 1) -> torch.Tensor:
         """Full symmetric [D, D] covariance in fp64 (CPU) or the accumulation dtype (GPU)."""
         self._require_rows(ddof + 1)
+        self.flush()
         out_dtype = torch.float64 if self.device.type == "cpu" else self.accum_dtype
         s2 = symmetrize_upper(self.sumsq.to(out_dtype))
         mu = (self.sum / self.n).to(out_dtype)
@@ -97,6 +115,7 @@ class StreamingCovariance:
 
     def total_variance(self, *, ddof: int = 1) -> float:
         self._require_rows(ddof + 1)
+        self.flush()
         diag = self.sumsq.diagonal().to(torch.float64)
         return float((diag.sum() - (self.sum * self.sum).sum() / self.n) / (self.n - ddof))
 
@@ -108,6 +127,7 @@ class StreamingCovariance:
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.shift is None:
             raise AutoskillError("cannot save statistics before the shift is set")
+        self.flush()
         return {
             "count": torch.tensor([self.n], dtype=torch.int64),
             "shift": self.shift,

@@ -201,3 +201,32 @@ def test_layer_scaling_options(tmp_path, tiny_model):
     features, _ = load_features(tmp_path / "pilot")
     for j, (chunk, ref_chunk) in enumerate(zip(features.split(48, dim=1), ref.split(48, dim=1))):
         assert_rel_close(chunk, ref_chunk * basis.layer_scale[j], 1e-5)
+
+
+def test_chat_response_mean_and_prompt_last_token(tmp_path, tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = tiny_model("llama")
+    texts = make_texts(8, seed=8)
+    records = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+               for q, a in zip(texts, reversed(texts))]
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "chat.jsonl", records)), messages_field="messages")
+    run(tmp_path, model_dir, corpus, name="resp", k=2, pooling=PoolingConfig(mode="response_mean"))
+    run(tmp_path, model_dir, corpus, name="last", k=2, pooling=PoolingConfig(mode="last", layers=(1,)))
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    expected_resp, expected_last = [], []
+    with torch.no_grad():
+        for record in records:
+            msgs = record["messages"]
+            prompt = tokenizer.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(msgs, tokenize=False)
+            n_prompt = len(tokenizer(prompt)["input_ids"])
+            ids = tokenizer(full, return_tensors="pt")["input_ids"]
+            hidden = model(ids, output_hidden_states=True).hidden_states
+            expected_resp.append(torch.cat([hidden[l + 1][0, n_prompt:].mean(0) for l in (1, 2)]))
+            prompt_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+            expected_last.append(model(prompt_ids, output_hidden_states=True).hidden_states[2][0, -1])
+    assert_rel_close(load_features(tmp_path / "resp")[0], torch.stack(expected_resp), 1e-5)
+    assert_rel_close(load_features(tmp_path / "last")[0], torch.stack(expected_last), 1e-5)
