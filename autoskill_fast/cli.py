@@ -163,13 +163,16 @@ def set_threads(threads: int | None) -> None:
 @click.option("--checkpoint-seconds", type=float, default=600, show_default=True, help="... and at least this often.")
 @click.option("--shard", default="0/1", show_default=True, help="Profile the i-th of n slices; combine with `merge`.")
 @click.option("--eig-tol", type=float, default=1e-6, show_default=True, help="Relative residual of every eigenpair.")
+@click.option("--sketch-size", type=int, default=None,
+              help="Keep a Frequent Directions sketch of this many rows instead of the exact D x D covariance.")
 @friendly_errors
-def profile_cmd(threads, save_features, features_dtype, no_scores, checkpoint_every, checkpoint_seconds, shard, eig_tol, **kw):
+def profile_cmd(threads, save_features, features_dtype, no_scores, checkpoint_every, checkpoint_seconds, shard, eig_tol,
+                sketch_size, **kw):
     """Profile a model over a corpus: pooled activations -> streaming covariance -> skill basis (+ scores)."""
     set_threads(threads)
     config = build_profile_config(**kw, save_features=save_features, features_dtype=features_dtype, scores=not no_scores,
                                   checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
-                                  shard=parse_shard(shard), eig_tol=eig_tol)
+                                  shard=parse_shard(shard), eig_tol=eig_tol, sketch_size=sketch_size)
     profile(config)
 
 

@@ -115,6 +115,8 @@ class ProfileConfig:
     shard: tuple[int, int] = (0, 1)
     """(i, n): profile only the i-th of n interleaved slices of the corpus; merge the results with `merge`."""
     eig_tol: float = 1e-6
+    sketch_size: int | None = None
+    """Rows of a Frequent Directions sketch used in place of the exact D x D covariance (for when it cannot fit)."""
     quiet: bool = False
 
     def __post_init__(self):
@@ -131,6 +133,8 @@ class ProfileConfig:
         i, n = self.shard
         if not (n >= 1 and 0 <= i < n):
             raise AutoskillError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
+        if self.sketch_size is not None and self.sketch_size < 2 * self.k:
+            raise AutoskillError(f"--sketch-size {self.sketch_size} is too small for -k {self.k}; use at least {2 * self.k}")
         if self.checkpoint_every <= 0:
             raise AutoskillError("--checkpoint-every must be positive")
 

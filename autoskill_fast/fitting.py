@@ -16,23 +16,21 @@ from .artifacts import load_json, save_json
 from .basis import FeatureLayout, SkillBasis, canonical_signs
 from .errors import AutoskillError
 from .features import iter_feature_shards
-from .linalg import topk_eigh
 from .scores import Scores
-from .stats import StreamingCovariance
+from .stats import SketchedCovariance, StreamingCovariance, load_statistics
 
 
-def fit_basis(stats: StreamingCovariance, k: int, layout: FeatureLayout, *, model: dict[str, Any], pooling: dict[str, Any],
+def fit_basis(stats: StreamingCovariance | SketchedCovariance, k: int, layout: FeatureLayout, *, model: dict[str, Any], pooling: dict[str, Any],
               tol: float = 1e-6, layer_scale: torch.Tensor | None = None) -> SkillBasis:
     """The top-k eigenpairs of the streamed covariance as a SkillBasis."""
     rank_bound = min(stats.n - 1, stats.dim)
     if k > rank_bound:
         raise AutoskillError(f"-k {k} is more directions than the data has: {stats.n} examples in {stats.dim} dims "
                              f"give at most {rank_bound}; use -k {rank_bound} or less")
-    cov = stats.covariance()
     t0 = time.perf_counter()
-    result = topk_eigh(cov, k, tol=tol)
+    result = stats.top_eigenpairs(k, tol=tol)
     solve_s = time.perf_counter() - t0
-    total = float(cov.diagonal().sum())
+    total = stats.total_variance()
     components = canonical_signs(result.eigenvectors.T.to(torch.float64)).to(torch.float32)
     eigenvalues = result.eigenvalues.to(torch.float64).cpu()
     return SkillBasis(
@@ -62,13 +60,13 @@ def scores_from_features(basis: SkillBasis, shards: Iterable[tuple[torch.Tensor,
     return Scores(ids, torch.cat(rows), torch.cat(projections), torch.cat(cosines)).sorted_by_row()
 
 
-def _load_run(folder: Path) -> tuple[dict[str, Any], StreamingCovariance]:
+def _load_run(folder: Path) -> tuple[dict[str, Any], StreamingCovariance | SketchedCovariance]:
     from .profile import RUN_JSON, STATS_FILE
 
     run = load_json(folder / RUN_JSON)
     if run.get("status") != "complete":
         raise AutoskillError(f"{folder}: the run is not complete; rerun its profile command to resume it")
-    return run, StreamingCovariance.load(folder / STATS_FILE)
+    return run, load_statistics(folder / STATS_FILE)
 
 
 def _features_dir(folder: Path) -> Path | None:

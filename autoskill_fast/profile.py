@@ -29,7 +29,7 @@ from .features import FeatureWriter, iter_feature_shards
 from .fitting import fit_basis, scores_from_features
 from .models import LoadedModel, load_model
 from .progress import Progress
-from .stats import StreamingCovariance
+from .stats import SketchedCovariance, StreamingCovariance, load_statistics
 
 RUN_JSON = "run.json"
 STATS_FILE = "stats.safetensors"
@@ -141,7 +141,7 @@ class _Checkpoint:
                                  "use another --out or delete that folder")
         return progress
 
-    def save(self, stats: StreamingCovariance, progress: dict[str, Any]) -> None:
+    def save(self, stats: StreamingCovariance | SketchedCovariance, progress: dict[str, Any]) -> None:
         name = f"stats-{progress['batches']:09d}.safetensors"
         stats.save(self.dir / name)
         old = load_json(self.dir / "progress.json").get("stats_file") if (self.dir / "progress.json").exists() else None
@@ -176,7 +176,9 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
     checkpoint = _Checkpoint(out, key)
     progress = checkpoint.load()
     if progress:
-        stats = StreamingCovariance.load(checkpoint.dir / progress["stats_file"], device=loaded.device)
+        stats = load_statistics(checkpoint.dir / progress["stats_file"], device=loaded.device)
+    elif config.sketch_size:
+        stats = SketchedCovariance(layout.feature_dim, config.sketch_size, device=loaded.device)
     else:
         stats = StreamingCovariance(layout.feature_dim, device=loaded.device)
     done_batches = progress["batches"] if progress else 0

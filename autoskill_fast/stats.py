@@ -15,7 +15,9 @@ import torch
 
 from .artifacts import load_tensors, save_tensors
 from .errors import AutoskillError
+from .frequent_directions import FrequentDirections
 from .kernels import cov_update_, pack_upper, symmetrize_upper, unpack_upper
+from .linalg import EighResult, topk_eigh
 
 
 class StreamingCovariance:
@@ -113,6 +115,10 @@ class StreamingCovariance:
         s2 /= self.n - ddof
         return s2
 
+    def top_eigenpairs(self, k: int, *, tol: float = 1e-6) -> EighResult:
+        """Top-k eigenpairs of the covariance (the C++ / on-device block Krylov solver)."""
+        return topk_eigh(self.covariance(), k, tol=tol)
+
     def total_variance(self, *, ddof: int = 1) -> float:
         self._require_rows(ddof + 1)
         self.flush()
@@ -153,3 +159,97 @@ class StreamingCovariance:
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "StreamingCovariance":
         return cls.from_state_dict(load_tensors(path, required=("count", "shift", "sum", "sumsq_upper")), device=device)
+
+
+class SketchedCovariance:
+    """The fallback when D x D cannot fit: a Frequent Directions sketch of l rows in place of the second moment.
+
+    Memory is O(l D) instead of O(D^2). Count, mean and total variance stay exact (count, sum and the sum of squared
+    norms are tracked in fp64); the top eigenpairs are within the sketch's reported error bound (`error_bound`).
+    Merging needs the same shift on both sides (runs resumed from one checkpoint, or given one shift).
+    """
+
+    def __init__(self, dim: int, sketch_size: int, *, shift: torch.Tensor | None = None, device: str | torch.device = "cpu"):
+        self.dim = int(dim)
+        self.device = torch.device(device)
+        self.sketch = FrequentDirections(self.dim, sketch_size, dtype=torch.float32, device=self.device)
+        self.shift: torch.Tensor | None = None if shift is None else shift.to(self.device, torch.float64).clone()
+        self.sq_norm = torch.zeros((), dtype=torch.float64, device=self.device)
+
+    @property
+    def n(self) -> int:
+        return self.sketch.count
+
+    @property
+    def sum(self) -> torch.Tensor:
+        return self.sketch.sum
+
+    def set_shift(self, shift_d: torch.Tensor) -> None:
+        if self.n:
+            raise AutoskillError("the shift of the statistics is fixed once rows have been added")
+        self.shift = shift_d.detach().to(self.device, torch.float64).clone()
+
+    def update_shifted(self, xc_nd: torch.Tensor) -> None:
+        if xc_nd.ndim != 2 or xc_nd.shape[1] != self.dim:
+            raise AutoskillError(f"rows of shape {tuple(xc_nd.shape)} do not match the statistics' {self.dim} dims")
+        xc_nd = xc_nd.to(self.device)
+        self.sq_norm += xc_nd.to(torch.float64).pow(2).sum()
+        self.sketch.update(xc_nd.to(torch.float32))
+
+    def merge(self, other: "SketchedCovariance") -> "SketchedCovariance":
+        if self.n and other.n and not torch.equal(self.shift, other.shift.to(self.device)):
+            raise AutoskillError("sketched statistics merge only with the same shift; profile shards with exact "
+                                 "statistics (no --sketch-size) to merge them")
+        if self.shift is None:
+            self.shift = other.shift.to(self.device).clone()
+        self.sketch.merge(other.sketch)
+        self.sq_norm += other.sq_norm.to(self.device)
+        return self
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.shift + self.sketch.sum / self.n
+
+    def total_variance(self, *, ddof: int = 1) -> float:
+        if self.n <= ddof:
+            raise AutoskillError(f"statistics hold {self.n} examples; at least {ddof + 1} are needed")
+        return float((self.sq_norm - self.sketch.sum.pow(2).sum() / self.n) / (self.n - ddof))
+
+    def error_bound(self) -> float:
+        return self.sketch.error_bound()
+
+    def top_eigenpairs(self, k: int, *, tol: float = 1e-6) -> EighResult:
+        if k > self.sketch.sketch_size // 2:
+            raise AutoskillError(f"-k {k} is too many directions for a sketch of {self.sketch.sketch_size} rows; "
+                                 f"use --sketch-size {2 * k} or more")
+        values, vectors = self.sketch.components(k)
+        bound = torch.full((k,), self.error_bound() / max(float(values[0]), 1e-300), dtype=torch.float64)
+        return EighResult(values, vectors, bound, "frequent-directions")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.shift is None:
+            raise AutoskillError("cannot save statistics before the shift is set")
+        return {**{f"fd.{k}": v for k, v in self.sketch.state_dict().items()}, "shift": self.shift,
+                "sq_norm": self.sq_norm.reshape(1)}
+
+    def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+        save_tensors(path, self.state_dict(), metadata=metadata)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], *, device: str | torch.device = "cpu") -> "SketchedCovariance":
+        sketch = FrequentDirections.from_state_dict({k[3:]: v for k, v in state.items() if k.startswith("fd.")}, device=device)
+        stats = cls(sketch.dim, sketch.sketch_size, shift=state["shift"], device=device)
+        stats.sketch = sketch
+        stats.sq_norm = state["sq_norm"].to(stats.device, torch.float64).reshape(())
+        return stats
+
+
+def load_statistics(path: str | Path, *, device: str | torch.device = "cpu") -> StreamingCovariance | SketchedCovariance:
+    """Exact or sketched statistics, whichever the file holds."""
+    state = load_tensors(path)
+    if "fd.sketch" in state:
+        return SketchedCovariance.from_state_dict(state, device=device)
+    missing = [k for k in ("count", "shift", "sum", "sumsq_upper") if k not in state]
+    if missing:
+        raise AutoskillError(f"{path}: missing tensors {missing}; not a statistics file of autoskill-fast")
+    return StreamingCovariance.from_state_dict(state, device=device)

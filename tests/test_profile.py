@@ -230,3 +230,20 @@ def test_chat_response_mean_and_prompt_last_token(tmp_path, tiny_model):
             expected_last.append(model(prompt_ids, output_hidden_states=True).hidden_states[2][0, -1])
     assert_rel_close(load_features(tmp_path / "resp")[0], torch.stack(expected_resp), 1e-5)
     assert_rel_close(load_features(tmp_path / "last")[0], torch.stack(expected_last), 1e-5)
+
+
+def test_frequent_directions_fallback_against_exact(tmp_path, tiny_model):
+    model_dir = tiny_model("llama")
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(60, seed=9)])))
+    exact = run(tmp_path, model_dir, corpus, name="exact", k=4, token_budget=128)
+    # A sketch with room for every row is exact (up to fp32 storage of the sketch rows).
+    roomy = run(tmp_path, model_dir, corpus, name="roomy", k=4, token_budget=128, sketch_size=64)
+    torch.testing.assert_close(roomy.eigenvalues_, exact.eigenvalues_, rtol=1e-4, atol=0)
+    assert torch.allclose((roomy.components_ * exact.components_).sum(1).abs(), torch.ones(4), atol=1e-4)
+    assert roomy.total_variance_ == pytest.approx(exact.total_variance_, rel=1e-9)
+    # A small sketch: every eigenvalue within the bound it reports, and the top direction still found.
+    small = run(tmp_path, model_dir, corpus, name="small", k=4, token_budget=128, sketch_size=12)
+    bound = small.solver["max_residual"] * float(small.eigenvalues_[0])
+    assert (small.eigenvalues_ - exact.eigenvalues_).abs().max() <= bound + 1e-9 * float(exact.eigenvalues_[0])
+    assert float((small.components_[0] * exact.components_[0]).sum().abs()) > 0.95
+    assert json.loads((tmp_path / "small" / "run.json").read_text())["basis"]["solver"]["method"] == "frequent-directions"
