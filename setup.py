@@ -5,9 +5,10 @@ Everything else (name, version, dependencies, packages) lives in pyproject.toml.
 
 Finding the library at run time: pip may build in an isolated environment that is deleted afterwards, so no
 build-time path can be trusted. The extension links `libscipy_openblas.so` by its SONAME, with an rpath to the
-scipy_openblas32 package next to an installed autoskill_fast (`$ORIGIN/../scipy_openblas32/lib`) and to the
-build-time copy; above all, autoskill_fast/linalg.py imports `scipy_openblas32` (which loads the library
-RTLD_GLOBAL) before `_core`, so the loader reuses the already-loaded library wherever it lives.
+scipy_openblas32 package next to an installed autoskill_fast (`$ORIGIN/../scipy_openblas32/lib`) and, unless pip's
+temporary build environment provided it, to the build-time copy. Above all, autoskill_fast/linalg.py imports
+`scipy_openblas32` (which loads the library RTLD_GLOBAL) before `_core`, so the loader reuses the already-loaded
+library wherever it lives; scipy-openblas32 is therefore a runtime dependency too.
 """
 
 import glob
@@ -24,7 +25,7 @@ elif sys.platform == "darwin":
 else:
     origin = None
 
-rpaths = [scipy_openblas32.get_lib_dir()]
+rpaths = [] if "pip-build-env" in scipy_openblas32.get_lib_dir() else [scipy_openblas32.get_lib_dir()]  # temporary
 if origin:
     rpaths.insert(0, f"{origin}/../scipy_openblas32/lib")
 

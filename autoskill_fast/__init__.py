@@ -6,16 +6,25 @@
 """
 
 from .basis import FeatureLayout, SkillBasis
+from .compare import CompareConfig, compare
 from .config import CorpusConfig, ModelConfig, PoolingConfig, ProfileConfig
 from .errors import AutoskillError
 from .fitting import fit, fit_basis, merge
 from .models import load_model
 from .profile import profile, project
+from .report import InspectConfig, inspect
 from .scores import Scores
+from .select import SelectConfig, select
 from .stats import StreamingCovariance
 
 __all__ = [
     "AutoskillError",
+    "CompareConfig",
+    "InspectConfig",
+    "SelectConfig",
+    "compare",
+    "inspect",
+    "select",
     "CorpusConfig",
     "FeatureLayout",
     "ModelConfig",

@@ -12,10 +12,13 @@ tensors, and the CPU fallback when the extension is not built):
 
 The matrix must be the full symmetric matrix (both triangles are read; a cheap spot check rejects clearly
 non-symmetric input). Residuals are relative: ``||A v - lambda v|| / max(|lambda_0|, |lambda_{k-1}|)``, the largest
-magnitude among the returned eigenvalues (the top eigenvalue of a covariance). fp32 input reaches about 1e-7 on
-that scale, so the default ``tol=1e-6`` is attainable; an eigenvalue far below the top one is accurate to about
-``tol * lambda_0`` in absolute terms, not relative to itself. Eigenvectors have a deterministic sign: the
-largest-magnitude entry of each is positive. ``AUTOSKILL_FAST_DISABLE_CORE=1`` ignores the compiled extension.
+magnitude among the returned eigenvalues (for a covariance: its top eigenvalue, i.e. ||A||). An eigenvalue far below
+the top one is therefore accurate to about ``tol * lambda_0`` in absolute terms, not relative to itself. Products in
+fp32 carry rounding of about 1e-7 * ||A||: the default ``tol=1e-6`` is reached on covariances, but when the top-k are
+much smaller in magnitude than ||A|| (an indefinite matrix) fp32 may not reach tol; the Krylov solver then stops at
+that floor with an `EighConvergenceWarning` and returns the residuals it reached. Eigenvectors have a deterministic
+sign: the largest-magnitude entry of each is positive. ``AUTOSKILL_FAST_DISABLE_CORE=1`` ignores the compiled
+extension. Block Krylov resolves an eigenvalue of multiplicity up to its block size (16-32 on CPU) reliably.
 """
 
 from __future__ import annotations
@@ -155,7 +158,8 @@ def _eigh_torch(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
 
 def _krylov_torch(matrix: torch.Tensor, k: int, tol: float, max_steps: int, block_size: int,
                   seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, bool]:
-    """Thick-restart block Lanczos in torch: the algorithm of csrc/eigensolver.cpp, step for step.
+    """Thick-restart block Lanczos in torch: the algorithm of csrc/eigensolver.cpp step for step (with torch's
+    random stream, so results agree to tol, not bitwise).
 
     The basis Q [D, m], W = A Q and the O(D m b) work are fp64 on the matrix's device; only the product with A runs
     in the matrix dtype (the block is rounded to it first, so Q holds exactly what A multiplied). The small

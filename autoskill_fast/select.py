@@ -221,7 +221,8 @@ def choose(run: ProfileRun, config: SelectConfig) -> Selection:
         eig = basis.eigenvalues_[:dims]
         if not (eig > 0).all():
             bad = int((eig <= 0).nonzero()[0])
-            raise AutoskillError(f"direction {bad} has no variance and cannot be whitened; use --dims {bad}")
+            hint = f"; use --dims {bad}" if bad else ""
+            raise AutoskillError(f"direction {bad} has no variance and cannot be whitened{hint}")
         whitened = scores.projection[:, :dims].float() / eig.sqrt().float()  # unit variance on the profiled corpus
         positions, distance = farthest_point_order(whitened, config.budget)
         reasons = [{"method": "coverage", "rank": r, "distance": float(d)} for r, d in enumerate(distance.tolist())]
@@ -250,15 +251,18 @@ def select(config: SelectConfig) -> Selection:
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for position, reason in zip(selection.positions.tolist(), selection.reasons):
-            record = records[int(rows[position])]
-            annotated = _annotated(record.data, {"id": record.id, "row": record.row, **reason})
-            # default=str: Parquet/datasets values JSON cannot hold (dates, bytes) are written as text.
-            f.write(json.dumps(annotated, ensure_ascii=False, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(out)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for position, reason in zip(selection.positions.tolist(), selection.reasons):
+                record = records[int(rows[position])]
+                annotated = _annotated(record.data, {"id": record.id, "row": record.row, **reason})
+                # default=str: Parquet/datasets values JSON cannot hold (dates, bytes) are written as text.
+                f.write(json.dumps(annotated, ensure_ascii=False, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     t_written = time.perf_counter()
     selection.manifest = {
         "method": config.method,

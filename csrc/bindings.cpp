@@ -95,7 +95,9 @@ template <typename T>
 void check_symmetric_sample(const T* a, int64_t n, const char* name) {
     if (n < 2) return;
     double diag_max = 0.0;
-    for (int64_t i = 0; i < n; i += std::max<int64_t>(1, n / 1024)) diag_max = std::max(diag_max, std::abs(double(a[i * n + i])));
+    for (int64_t i = 0; i < n; i += std::max<int64_t>(1, n / 1024)) {
+        diag_max = std::max(diag_max, std::abs(static_cast<double>(a[i * n + i])));
+    }
     uint64_t state = 0x2545F4914F6CDD1DULL;
     for (int trial = 0; trial < 4096; ++trial) {
         state ^= state << 13, state ^= state >> 7, state ^= state << 17;
@@ -168,7 +170,9 @@ py::tuple topk_eigh_exact(const py::object& obj, int k) {
 py::tuple topk_eigh_krylov(const py::object& obj, int k, double tol, int max_steps, int block_size, int max_basis,
                            uint64_t seed) {
     py::array a = checked_matrix(obj, k);
-    if (!(tol > 0.0) || !std::isfinite(tol)) throw py::value_error("tol must be a positive number, got " + std::to_string(tol));
+    if (!(tol > 0.0) || !std::isfinite(tol)) {
+        throw py::value_error("tol must be a positive number, got " + std::to_string(tol));
+    }
     if (max_steps < 1) throw py::value_error("max_steps must be >= 1, got " + std::to_string(max_steps));
     if (block_size < 1) throw py::value_error("block_size must be >= 1, got " + std::to_string(block_size));
     if (max_basis < 0) throw py::value_error("max_basis must be >= 0 (0: automatic), got " + std::to_string(max_basis));
@@ -226,9 +230,9 @@ py::array project(const py::object& x_obj, const py::object& mean_obj, const py:
     }
     if (x_is_bfloat16 ? !has_dtype<uint16_t>(x)
                       : !(has_dtype<float>(x) || (f64 && has_dtype<double>(x)))) {
-        throw py::type_error(std::string("x must be ") +
-                             (x_is_bfloat16 ? "uint16 holding bfloat16 bits" : (f64 ? "float32 or float64" : "float32")) +
-                             " for " + dtype_name(components) + " components, got " + dtype_name(x));
+        const char* expected = x_is_bfloat16 ? "uint16 holding bfloat16 bits" : (f64 ? "float32 or float64" : "float32");
+        throw py::type_error(std::string("x must be ") + expected + " for " + dtype_name(components) +
+                             " components, got " + dtype_name(x));
     }
     if (mean.shape(0) != x.shape(1) || components.shape(1) != x.shape(1)) {
         throw py::value_error("shapes do not match: x is [" + std::to_string(x.shape(0)) + ", " +

@@ -120,7 +120,9 @@ void thin_qr(int m, int n, T* a, T* r) {
     geqrf(work.data());
     check_info(info, "?geqrf");
     for (int j = 0; j < n; ++j) {
-        for (int i = 0; i < n; ++i) r[i + static_cast<size_t>(j) * n] = i <= j ? a[i + static_cast<size_t>(j) * m] : T(0);
+        for (int i = 0; i < n; ++i) {
+            r[i + static_cast<size_t>(j) * n] = i <= j ? a[i + static_cast<size_t>(j) * m] : T(0);
+        }
     }
     orgqr(work.data());
     check_info(info, "?orgqr");

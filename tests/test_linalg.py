@@ -294,7 +294,8 @@ def test_project_names_the_non_finite_row_and_bad_shapes():
 
 def test_project_batches_equals_one_pass_for_any_split():
     gen = torch.Generator().manual_seed(1)
-    x, mean, comps = torch.randn(301, 64, generator=gen), torch.randn(64, generator=gen), torch.randn(8, 64, generator=gen)
+    x, mean = torch.randn(301, 64, generator=gen), torch.randn(64, generator=gen)
+    comps = torch.randn(8, 64, generator=gen)
     whole = project(x, mean, comps)
     bound = torch.from_numpy(_project_reference(x, mean, comps)[1]).float()
     for sizes in ([301], [1, 300], [100, 0, 150, 51], [7] * 43):  # BLAS may round row blocks differently

@@ -1,0 +1,391 @@
+"""Profiler overhead over the bare forward on GPU, at the real shapes of Qwen2.5-3B and Llama-3-8B (issue 3, bench 3).
+
+    python bench/gpu_profile.py [--models qwen2.5-3b,llama-3-8b] [--tokens-per-batch 16384] [--seq-len 512]
+                                [--batches 8] [--reps 5] [--json results.json]
+
+Models are built from hand-written configs with random bf16 weights directly on the GPU (nothing is downloaded), base
+model only (no LM head). Batches are random token ids with ragged lengths (half to all of --seq-len, right padding,
+fixed seed), put through `batching.collate` so the profiler's own masks, positions and pooling weights are used, and
+moved to the GPU once, before timing (host-to-device copies are left out of every variant).
+
+Three variants run over the same batches, interleaved with rotating order, after one warm-up pass each; a pass is all
+--batches batches, timed with CUDA events; medians over --reps passes:
+  floor     the bare base model, full depth, no hooks
+  capture   `PooledCapture` on the default layers 1..L-2 (it stops the forward after block L-2), rows discarded
+  profiler  the same plus `check_finite` and `StreamingCovariance.update_shifted(rows)` per batch, i.e. what
+            `profile()` does per batch (less the optional feature writer), and a `flush()` at the end of every pass:
+            C is read and written once per pass, not once per 4096 rows as in a long run, so this overstates the
+            covariance's share (its time is printed as "flush ms").
+Overhead = profiler / floor - 1 (target <= 3%); it can be negative because the capture skips the last block. Tokens/s
+count real (unpadded) tokens.
+Peak memory is `torch.cuda.max_memory_allocated`: for the floor before the accumulator exists, for the profiler with it.
+
+The accumulator is what fits: the square fp32 [D, D] of `StreamingCovariance` when it leaves room for the activations,
+else the packed upper triangle (`cov_update_(..., packed=True)`, half the bytes; same staging), else a square over the
+first layers only (the capture still pools every default layer). The output says which (column "cov storage").
+
+Then the covariance kernel alone: `cov_update_` (Triton on CUDA) on N = 4096 bf16 rows into an fp32 [D, D], against a
+plain bf16 `torch.matmul(x.T, x)` of the same shape, timed with `triton.testing.do_bench` (median). FLOPs are counted
+as 2*N*D*D for both; the kernel computes only the upper-triangle tiles, so its rate can exceed the matmul's
+(target >= 70%). The same rows in fp32, which is what `profile()` stages (3xTF32 in the kernel), are timed beside them.
+`bench/gpu_kernels.py` has the finer kernel breakdown.
+
+    python bench/gpu_profile.py --cpu-smoke
+runs the same code on CPU with tiny shapes (2 layers, hidden 64, vocab 1000) and the torch reference kernels: it checks
+the script; its timings mean nothing. Record real runs (command, device, date) in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# Runnable as `python bench/gpu_profile.py` without installing, and importable from tests (for gpu_kernels).
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+import torch  # noqa: E402
+
+from autoskill_fast.basis import FeatureLayout  # noqa: E402
+from autoskill_fast.batching import Batch, Tokenized, collate  # noqa: E402
+from autoskill_fast.capture import PooledCapture  # noqa: E402
+from autoskill_fast.corpus import Example  # noqa: E402
+from autoskill_fast.kernels import cov_update_  # noqa: E402
+from autoskill_fast.models import decoder_blocks  # noqa: E402
+from autoskill_fast.profile import check_finite, resolve_layers  # noqa: E402
+from autoskill_fast.stats import StreamingCovariance  # noqa: E402
+from gpu_kernels import free_bytes, median_ms, peak_mib, reset_peak  # noqa: E402
+
+GIB = 2**30
+# The published configs of the two models, shape-relevant fields only.
+MODEL_CONFIGS = {
+    "qwen2.5-3b": dict(model_type="qwen2", hidden_size=2048, num_hidden_layers=36, num_attention_heads=16,
+                       num_key_value_heads=2, intermediate_size=11008, vocab_size=151936, tie_word_embeddings=True,
+                       rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=32768),  # Qwen2: q/k/v carry biases
+    "llama-3-8b": dict(model_type="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8, intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False,
+                       rope_theta=5e5, rms_norm_eps=1e-5, max_position_embeddings=8192, attention_bias=False,
+                       mlp_bias=False),
+}
+TINY_SHAPES = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                   intermediate_size=128, vocab_size=1000)
+VARIANTS = ("floor", "capture", "profiler")
+
+
+def hf_config(name: str, tiny: bool):
+    from transformers import AutoConfig
+
+    fields = dict(MODEL_CONFIGS[name], **(TINY_SHAPES if tiny else {}))
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+def build_model(config, device: torch.device) -> torch.nn.Module:
+    """Random-weight base model in bf16, allocated and initialized on `device` (no CPU copy, no download)."""
+    from transformers import AutoModel
+
+    with torch.device(device):
+        model = AutoModel.from_config(config, dtype=torch.bfloat16)
+    return model.eval().requires_grad_(False)
+
+
+def model_bytes(config) -> int:
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        model = AutoModel.from_config(config, dtype=torch.bfloat16)
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def synthetic_batches(vocab: int, tokens_per_batch: int, seq_len: int, n_batches: int, device: torch.device,
+                      seed: int = 0) -> list[Batch]:
+    """Ragged random batches, collated as profile() collates them (right padding, mean pooling after BOS)."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = max(1, tokens_per_batch // seq_len)
+    batches = []
+    for b in range(n_batches):
+        lengths = torch.randint(max(2, seq_len // 2), seq_len + 1, (rows,), generator=gen)
+        lengths[0] = seq_len  # every batch pads to exactly rows x seq_len
+        items = []
+        for i, n in enumerate(lengths.tolist()):
+            row = b * rows + i
+            ids = torch.randint(0, vocab, (n,), generator=gen).tolist()
+            example = Example(row, f"synthetic-{row}", "")
+            items.append(Tokenized(example, ids, pool_start=1, pool_end=n, truncated=False))  # BOS not pooled
+        batch = collate(items, pad_id=0, padding_side="right", mode="mean")
+        batches.append(dataclasses.replace(batch, **{f: getattr(batch, f).to(device) for f in (
+            "input_ids", "attention_mask", "position_ids", "weights", "last_index")}))
+    return batches
+
+
+class PackedSecondMoment:
+    """`StreamingCovariance`'s accumulation (staged rows, one `cov_update_` per block) into the packed upper
+    triangle: half the memory of its square [D, D]. Only what a pass costs; no results are read from it."""
+
+    def __init__(self, dim: int, device: torch.device, stage_rows: int = 4096):
+        self.dim, self.stage_rows = dim, stage_rows
+        self.sumsq = torch.zeros(dim * (dim + 1) // 2, dtype=torch.float32, device=device)
+        self.sum = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.n = 0
+        self._staged: list[torch.Tensor] = []
+
+    def update_shifted(self, xc_nd: torch.Tensor) -> None:
+        self.sum += xc_nd.sum(dim=0, dtype=torch.float64)
+        self.n += xc_nd.shape[0]
+        self._staged.append(xc_nd)
+        if sum(x.shape[0] for x in self._staged) >= self.stage_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._staged:
+            block = torch.cat(self._staged) if len(self._staged) > 1 else self._staged[0]
+            self._staged = []
+            cov_update_(self.sumsq, block, packed=True)
+
+
+def choose_accumulator(layout: FeatureLayout, free: int, reserve: int, forced: str) -> tuple[str, int]:
+    """(storage, covariance dims): square if it fits next to `reserve` bytes, else packed, else a square over the
+    first layers. `forced` ("square" / "packed") skips the search but not the check."""
+    D, H = layout.feature_dim, layout.hidden_size
+    options = [("square", D, 4 * D * D), ("packed", D, 2 * D * (D + 1))]
+    for kind, dim, size in options:
+        if forced in ("auto", kind) and size + reserve <= free:
+            return kind, dim
+    if forced != "auto":
+        raise MemoryError(f"a {forced} accumulator of D={D} needs {options[forced == 'packed'][2] / GIB:.1f} GiB + "
+                          f"{reserve / GIB:.1f} GiB reserve; {free / GIB:.1f} GiB are free")
+    for n_layers in range(len(layout.layer_ids) - 1, 0, -1):
+        if 4 * (n_layers * H) ** 2 + reserve <= free:
+            return f"square, first {n_layers} of {len(layout.layer_ids)} layers", n_layers * H
+    raise MemoryError(f"not even one layer's covariance fits next to a {reserve / GIB:.1f} GiB reserve")
+
+
+def _mark(device: torch.device):
+    if device.type == "cuda":
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+    return time.perf_counter()
+
+
+def _ms(start, end) -> float:
+    if isinstance(start, float):
+        return (end - start) * 1e3
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def bench_model(name: str, args, device: torch.device) -> dict:
+    config = hf_config(name, args.cpu_smoke)
+    weights = model_bytes(config)
+    result = dict(model=name, layers=config.num_hidden_layers, hidden=config.hidden_size, weights_gib=weights / GIB)
+    if weights + 2 * GIB > free_bytes(device):
+        return dict(result, skipped=f"{weights / GIB:.1f} GiB of weights + 2 GiB do not fit in the "
+                                    f"{free_bytes(device) / GIB:.1f} GiB free")
+    model = build_model(config, device)
+    blocks = decoder_blocks(model)
+    layout = FeatureLayout(resolve_layers(None, len(blocks)), config.hidden_size)
+    batches = synthetic_batches(config.vocab_size, args.tokens_per_batch, args.seq_len, args.batches, device)
+    real_tokens = sum(b.n_tokens for b in batches)
+    result.update(layer_ids=[layout.layer_ids[0], layout.layer_ids[-1]], feature_dim=layout.feature_dim,
+                  batches=len(batches), rows_per_pass=sum(len(b) for b in batches), tokens_per_pass=real_tokens,
+                  padded_tokens_per_pass=sum(b.input_ids.numel() for b in batches))
+
+    def floor_pass():
+        with torch.inference_mode():
+            for batch in batches:
+                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                      position_ids=batch.position_ids, use_cache=False)
+
+    # Warm-up floor pass first, before the accumulator exists: its peak is the model's own, and it sizes the reserve.
+    reset_peak(device)
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    floor_pass()
+    result["peak_floor_gib"] = (peak_mib(device) or 0) / 1024 or None
+    activations = (torch.cuda.max_memory_allocated(device) - before) if device.type == "cuda" else 0
+    reset_peak(device)  # also empties the cache, so free_bytes sees what the allocator could hand out
+
+    capture = PooledCapture(model, blocks, layout, mode="mean", device=device)
+    with capture:
+        shift = capture(batches[0]).to(torch.float64).mean(dim=0)  # the pilot mean, as profile() takes it
+    capture.shift = shift.to(torch.float32)
+    reset_peak(device)
+    max_rows = max(len(b) for b in batches) * len(batches)
+    # Room for the activations (twice the floor's, in case the allocator fragments), the staged rows and their
+    # concatenation, and a tenth of the device (at least 4 GiB) for everything not counted.
+    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 0
+    reserve = 2 * activations + 2 * 4 * max_rows * layout.feature_dim + max(4 * GIB, total // 10)
+    try:
+        storage, cov_dim = choose_accumulator(layout, free_bytes(device), reserve, args.cov_storage)
+    except MemoryError as e:
+        return dict(result, skipped=str(e))
+    if storage == "packed":
+        stats = PackedSecondMoment(cov_dim, device)
+    else:
+        stats = StreamingCovariance(cov_dim, device=device)
+        stats.set_shift(shift[:cov_dim])
+    result.update(cov_storage=storage, cov_dim=cov_dim,
+                  accumulator_gib=stats.sumsq.numel() * stats.sumsq.element_size() / GIB)
+
+    def capture_pass():
+        with capture:  # hooks on for this pass only: the floor runs the same model without them
+            for batch in batches:
+                capture(batch)
+
+    def profiler_pass():
+        with capture:
+            for batch in batches:
+                rows = capture(batch)
+                check_finite(rows, batch)  # profile() checks every batch (one device sync each); all are finite here
+                stats.update_shifted(rows[:, :cov_dim])
+        flush_start = _mark(device)
+        stats.flush()
+        return flush_start
+
+    passes = dict(floor=floor_pass, capture=capture_pass, profiler=profiler_pass)
+    times = {v: [] for v in VARIANTS}
+    flush_ms, peak_profiler = [], 0.0
+    try:
+        for rep in range(1 + args.reps):  # rep 0 is the warm-up
+            for variant in VARIANTS[rep % 3:] + VARIANTS[:rep % 3]:  # rotating order: no variant always goes first
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                    torch.cuda.reset_peak_memory_stats(device)
+                start = _mark(device)
+                flush_start = passes[variant]()
+                elapsed = _ms(start, _mark(device))
+                if rep == 0:
+                    continue
+                times[variant].append(elapsed)
+                if variant == "profiler":
+                    flush_ms.append(elapsed - _ms(start, flush_start))
+                    peak_profiler = max(peak_profiler, peak_mib(device) or 0.0)
+    except torch.cuda.OutOfMemoryError as e:
+        return dict(result, skipped=f"out of GPU memory during the timed passes ({e}); try --cov-storage packed "
+                                    "or a smaller --tokens-per-batch")
+    medians = {v: statistics.median(times[v]) for v in VARIANTS}
+    result.update({f"{v}_ms": medians[v] for v in VARIANTS})
+    result.update({f"{v}_tokens_per_s": real_tokens / medians[v] * 1e3 for v in VARIANTS})
+    result.update(flush_ms=statistics.median(flush_ms), peak_profiler_gib=peak_profiler / 1024 or None,
+                  capture_overhead_pct=100 * (medians["capture"] / medians["floor"] - 1),
+                  overhead_pct=100 * (medians["profiler"] / medians["floor"] - 1), reps=args.reps)
+    return result
+
+
+def bench_cov_rate(D: int, N: int, device: torch.device) -> dict:
+    result = dict(D=D, N=N, flops=2 * N * D * D)
+    need = 4 * D * D + 2 * D * D + 6 * N * D  # fp32 accumulator, bf16 matmul product, bf16 and fp32 rows
+    if need * 1.2 + GIB > free_bytes(device):
+        return dict(result, skipped=f"needs {need / GIB:.1f} GiB, {free_bytes(device) / GIB:.1f} GiB free")
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(N, D, device=device, dtype=torch.bfloat16, generator=gen)
+    cov = torch.zeros(D, D, device=device)
+    product = torch.empty(D, D, device=device, dtype=torch.bfloat16)
+    x_fp32 = x.float()  # what profile() feeds it: the capture's staging rows are fp32 (3xTF32 in the kernel)
+    kernel_ms = median_ms(lambda: cov_update_(cov, x), device)
+    fp32_kernel_ms = median_ms(lambda: cov_update_(cov, x_fp32), device)
+    matmul_ms = median_ms(lambda: torch.matmul(x.T, x, out=product), device)
+    del x, x_fp32, cov, product
+    reset_peak(device)
+    return dict(result, kernel_ms=kernel_ms, kernel_tflops=result["flops"] / kernel_ms / 1e9, matmul_ms=matmul_ms,
+                matmul_tflops=result["flops"] / matmul_ms / 1e9, ratio=matmul_ms / kernel_ms,
+                fp32_kernel_ms=fp32_kernel_ms, fp32_kernel_tflops=result["flops"] / fp32_kernel_ms / 1e9,
+                fp32_ratio=matmul_ms / fp32_kernel_ms)
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_tables(models: list[dict], covs: list[dict]) -> None:
+    print(f"\n{'model':<12} {'D':>7} {'cov storage':<30} {'tokens/pass':>11} {'floor ms':>9} {'capture ms':>10} "
+          f"{'profiler ms':>11} {'flush ms':>8} {'capture %':>9} {'overhead %':>10} {'floor tok/s':>11} "
+          f"{'profiler tok/s':>14} {'peak floor GiB':>14} {'peak profiler GiB':>17}")
+    for r in models:
+        if "skipped" in r:
+            print(f"{r['model']:<12} skipped: {r['skipped']}")
+            continue
+        print(f"{r['model']:<12} {r['feature_dim']:>7} {r['cov_storage']:<30} {r['tokens_per_pass']:>11} "
+              f"{r['floor_ms']:>9.1f} {r['capture_ms']:>10.1f} {r['profiler_ms']:>11.1f} {r['flush_ms']:>8.1f} "
+              f"{r['capture_overhead_pct']:>+9.2f} {r['overhead_pct']:>+10.2f} {r['floor_tokens_per_s']:>11.0f} "
+              f"{r['profiler_tokens_per_s']:>14.0f} {_fmt(r['peak_floor_gib'], '.2f'):>14} "
+              f"{_fmt(r['peak_profiler_gib'], '.2f'):>17}")
+    print(f"\ncovariance kernel (bf16 rows; fp32 rows as profile() feeds them) vs bf16 matmul, "
+          f"FLOPs = 2*N*D*D for all\n"
+          f"{'D':>7} {'N':>6} {'kernel ms':>10} {'kernel TFLOP/s':>14} {'matmul ms':>10} {'matmul TFLOP/s':>14} "
+          f"{'kernel/matmul':>13} {'fp32-rows TFLOP/s':>17} {'fp32/matmul':>11}")
+    for r in covs:
+        if "skipped" in r:
+            print(f"{r['D']:>7} {r['N']:>6} skipped: {r['skipped']}")
+            continue
+        print(f"{r['D']:>7} {r['N']:>6} {r['kernel_ms']:>10.3f} {r['kernel_tflops']:>14.2f} {r['matmul_ms']:>10.3f} "
+              f"{r['matmul_tflops']:>14.2f} {r['ratio']:>13.2f} {r['fp32_kernel_tflops']:>17.2f} "
+              f"{r['fp32_ratio']:>11.2f}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODEL_CONFIGS), help=f"comma-separated, of {list(MODEL_CONFIGS)}")
+    parser.add_argument("--tokens-per-batch", type=int, default=16384, help="padded tokens per batch (rows x seq-len)")
+    parser.add_argument("--seq-len", type=int, default=512, help="longest example; others are half to all of it")
+    parser.add_argument("--batches", type=int, default=8, help="batches per timed pass")
+    parser.add_argument("--reps", type=int, default=5, help="timed passes per variant (after one warm-up)")
+    parser.add_argument("--cov-storage", choices=("auto", "square", "packed"), default="auto",
+                        help="accumulator layout; auto: square if it fits, else packed, else fewer layers")
+    parser.add_argument("--cov-dims", type=int, nargs="+", default=[4096, 16384, 32768])
+    parser.add_argument("--cov-rows", type=int, default=4096, help="N, rows per covariance update")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on CPU: checks the script, times nothing")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    for n in names:
+        if n not in MODEL_CONFIGS:
+            parser.error(f"unknown model {n!r}; choose from {list(MODEL_CONFIGS)}")
+    if args.cpu_smoke:
+        device = torch.device("cpu")
+        args.tokens_per_batch, args.seq_len, args.batches, args.reps = 48, 16, 2, 1
+        args.cov_dims, args.cov_rows = [64, 96], 32
+        print("--cpu-smoke: tiny shapes on CPU with the torch reference kernels; the timings below mean nothing")
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+    else:
+        parser.error("no CUDA device: run on a GPU, or pass --cpu-smoke to check the script")
+
+    import transformers
+    import triton
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    header = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), command=" ".join(sys.argv),
+                  device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+                  torch=torch.__version__, triton=triton.__version__, transformers=transformers.__version__,
+                  cuda=torch.version.cuda, threads=torch.get_num_threads(), cpu_smoke=args.cpu_smoke)
+    print(json.dumps(header), flush=True)
+    torch.manual_seed(0)
+    models = []
+    for name in names:
+        models.append(bench_model(name, args, device))
+        print(json.dumps(models[-1]), flush=True)
+        gc.collect()  # the model, its hooks and the accumulator are garbage now; hand their memory back
+        reset_peak(device)
+    covs = []
+    for D in args.cov_dims:
+        covs.append(bench_cov_rate(D, args.cov_rows, device))
+        print(json.dumps(covs[-1]), flush=True)
+    print_tables(models, covs)
+    out = dict(header, models=models, covariance=covs)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    main()
