@@ -92,34 +92,33 @@ def _record_id(data: dict[str, Any], row: int, id_field: str | None, where: str)
     return str(data[id_field])
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def _utf8_lines(path: Path) -> Iterator[tuple[str, str]]:
+    """("file:line", decoded line) for each line; bytes that are not UTF-8 are an error naming the line."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
             try:
-                line = raw.decode("utf-8")
+                yield where, raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise AutoskillError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start}); re-encode the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise AutoskillError(f"{where}: malformed JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
-            if not isinstance(data, dict):
-                raise AutoskillError(f"{where}: expected a JSON object per line, got {type(data).__name__}")
-            yield where, data
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    for where, line in _utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise AutoskillError(f"{where}: malformed JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
+        if not isinstance(data, dict):
+            raise AutoskillError(f"{where}: expected a JSON object per line, got {type(data).__name__}")
+        yield where, data
 
 
 def _read_text(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise AutoskillError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start}); re-encode the file as UTF-8") from None
-            yield where, {"text": line.rstrip("\r\n")}
+    for where, line in _utf8_lines(path):
+        yield where, {"text": line.rstrip("\r\n")}
 
 
 def _read_table_batches(path: Path, batches) -> Iterator[tuple[str, dict[str, Any]]]:

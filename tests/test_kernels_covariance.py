@@ -12,28 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoskill_fast.kernels import (TOLERANCES, cov_update_, cov_update_triton, covariance, dispatch, pack_upper,
+from autoskill_fast.kernels import (TOLERANCES, cov_update_, cov_update_triton, covariance, pack_upper,
                                     symmetrize_upper, symmetrize_upper_, unpack_upper)
 from autoskill_fast.kernels.dispatch import DISABLE_ENV, FORCE_ENV
+from kernel_testing import DEVICE, DTYPES, TRITON_RUNNABLE, impl, needs_triton  # noqa: F401 (impl is a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-TRITON_RUNNABLE = dispatch.HAS_TRITON and (DEVICE == "cuda" or dispatch.interpreting())
-SKIP_REASON = ("Triton is not installed" if not dispatch.HAS_TRITON else
-               "no GPU and TRITON_INTERPRET=1 was not set before triton was imported (tests/conftest.py sets it)")
-needs_triton = pytest.mark.skipif(not TRITON_RUNNABLE, reason=SKIP_REASON)
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
-@pytest.fixture(params=["ref", pytest.param("triton", marks=needs_triton)])
-def impl(request, monkeypatch):
-    """Route cov_update_ to one implementation through the dispatch environment variables."""
-    if request.param == "triton":
-        monkeypatch.setenv(FORCE_ENV, "1")
-        monkeypatch.delenv(DISABLE_ENV, raising=False)
-    else:
-        monkeypatch.setenv(DISABLE_ENV, "1")
-    return request.param
 
 
 def expected_cov(init: torch.Tensor, x: torch.Tensor):

@@ -11,25 +11,11 @@ import torch
 
 from autoskill_fast.kernels import TOLERANCES, dispatch, last_token_pool, masked_pool, masked_pool_triton, pooling
 from autoskill_fast.kernels.dispatch import DISABLE_ENV, FORCE_ENV
+from kernel_testing import DEVICE, DTYPES, TRITON_RUNNABLE, impl, needs_triton  # noqa: F401 (impl is a fixture)
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-TRITON_RUNNABLE = dispatch.HAS_TRITON and (DEVICE == "cuda" or dispatch.interpreting())
-SKIP_REASON = ("Triton is not installed" if not dispatch.HAS_TRITON else
-               "no GPU and TRITON_INTERPRET=1 was not set before triton was imported (tests/conftest.py sets it)")
-needs_triton = pytest.mark.skipif(not TRITON_RUNNABLE, reason=SKIP_REASON)
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 MASKS = ["all_valid", "empty_row", "left_pad", "right_pad", "random"]
 
 
-@pytest.fixture(params=["ref", pytest.param("triton", marks=needs_triton)])
-def impl(request, monkeypatch):
-    """Route the public functions to one implementation through the dispatch environment variables."""
-    if request.param == "triton":
-        monkeypatch.setenv(FORCE_ENV, "1")
-        monkeypatch.delenv(DISABLE_ENV, raising=False)
-    else:
-        monkeypatch.setenv(DISABLE_ENV, "1")
-    return request.param
 
 
 def make_weights(kind: str, B: int, S: int, gen: torch.Generator) -> torch.Tensor:
