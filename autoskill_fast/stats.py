@@ -92,7 +92,7 @@ class StreamingCovariance:
         delta = other.shift.to(self.device) - self.shift  # other rows around our shift: (x - s') + delta
         s1 = other.sum.to(self.device)
         s2 = symmetrize_upper(other.sumsq.to(self.device, torch.float64))
-        s2 = s2 + torch.outer(s1, delta) + torch.outer(delta, s1) + other.n * torch.outer(delta, delta)
+        s2.addr_(s1, delta).addr_(delta, s1).addr_(delta, delta, alpha=other.n)
         self.sum += s1 + other.n * delta
         self.sumsq += s2.to(self.accum_dtype)
         self.n += other.n
@@ -109,9 +109,9 @@ class StreamingCovariance:
         self._require_rows(ddof + 1)
         self.flush()
         out_dtype = torch.float64 if self.device.type == "cpu" else self.accum_dtype
-        s2 = symmetrize_upper(self.sumsq.to(out_dtype))
+        s2 = symmetrize_upper(self.sumsq.to(out_dtype))  # the one D x D copy; everything below is in place
         mu = (self.sum / self.n).to(out_dtype)
-        s2 -= self.n * torch.outer(mu, mu)
+        s2.addr_(mu, mu, alpha=-self.n)
         s2 /= self.n - ddof
         return s2
 

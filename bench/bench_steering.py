@@ -5,7 +5,8 @@
 The default model is baked with a steering vector on blocks 1..28 (a random unit direction at the paper's alpha = 0.5:
 the cost does not depend on the direction). vLLM (CPU build, in .venv-vllm: `bash scripts/vllm_env.sh`) runs in one
 subprocess holding both engines (unsteered and baked) at once: after a warm-up pass each, the timed passes alternate
-between them, so load from other processes on a shared machine falls on both alike. transformers runs in this
+between them, so load from other processes on a shared machine falls on both alike; this is done twice, with the
+load order swapped, and the passes pooled. transformers runs in this
 process, alternating unsteered and hook-steered `generate` calls the same way. Every sequence has exactly
 --max-tokens new tokens (EOS ignored). Reported: generated tokens/s, best pass (the least disturbed by other load)
 and median, and the ratios within each engine.
@@ -52,18 +53,19 @@ def bench_vllm(plain: Path, baked: Path, prompt_ids, args, tmp: Path) -> dict[st
     if not python.exists():
         raise SystemExit(f"no vLLM environment at {python}: run `bash scripts/vllm_env.sh`")
     (tmp / "prompts.json").write_text(json.dumps(prompt_ids))
-    order = [plain, baked]
-    cmd = [str(python), str(REPO / "scripts" / "vllm_generate.py"), "--prompts", str(tmp / "prompts.json"),
-           "--max-tokens", str(args.max_tokens), "--dtype", args.vllm_dtype, "--repeat", str(args.repeat),
-           "--interleave", "--out", str(tmp / "vllm.json")]
-    for model in order:
-        cmd += ["--model", str(model)]
-    subprocess.run(cmd, check=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL if not args.verbose else None)
     rates: dict[str, list[float]] = {"plain": [], "baked": []}
-    for model, run in zip(order, json.loads((tmp / "vllm.json").read_text())["runs"]):
-        key = "baked" if model == baked else "plain"
-        rates[key] += [run["generated_tokens_per_pass"] / s for s in run["pass_s"]]
+    # The engine loaded second ran a few percent faster in either role here: run both orders and pool the passes.
+    for order in ([plain, baked], [baked, plain]):
+        cmd = [str(python), str(REPO / "scripts" / "vllm_generate.py"), "--prompts", str(tmp / "prompts.json"),
+               "--max-tokens", str(args.max_tokens), "--dtype", args.vllm_dtype, "--repeat", str(args.repeat),
+               "--interleave", "--out", str(tmp / "vllm.json")]
+        for model in order:
+            cmd += ["--model", str(model)]
+        subprocess.run(cmd, check=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL if not args.verbose else None)
+        for model, run in zip(order, json.loads((tmp / "vllm.json").read_text())["runs"]):
+            key = "baked" if model == baked else "plain"
+            rates[key] += [run["generated_tokens_per_pass"] / s for s in run["pass_s"]]
     return rates
 
 
@@ -83,10 +85,13 @@ def bench_transformers(loaded, vector, prompts_text, args) -> dict[str, list[flo
 
     run()  # warm-up
     rates: dict[str, list[float]] = {"plain": [], "hooks": []}
-    for _ in range(args.repeat):
-        rates["plain"].append(run())
-        with steer(model, vector):
-            rates["hooks"].append(run())
+    for i in range(args.repeat):
+        for key in ("plain", "hooks") if i % 2 == 0 else ("hooks", "plain"):
+            if key == "plain":
+                rates[key].append(run())
+            else:
+                with steer(model, vector):
+                    rates[key].append(run())
     return rates
 
 
