@@ -15,12 +15,17 @@ from safetensors.torch import load_file, save_file
 from .errors import AutoskillError
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _atomic_write(path: Path, write) -> None:
     """Write through a temp file in the same folder, fsync, then rename: a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); artifacts get the usual permissions
     try:
         write(tmp)
         with open(tmp, "rb") as f:
