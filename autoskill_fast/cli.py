@@ -107,7 +107,7 @@ def pooling_options(fn):
         click.option("--layer-scaling", default="none", show_default=True, type=click.Choice(["none", "l2", "pilot"]),
                      help="Per-layer scaling before concatenation."),
         click.option("--max-length", type=int, default=None, help="Truncate examples to N tokens (counted and reported)."),
-        click.option("--token-budget", type=int, default=8192, show_default=True, help="Padded tokens per batch."),
+        click.option("--token-budget", type=int, default=None, help="Padded tokens per batch (default: 512 on CPU, 32768 on GPU)."),
         click.option("--max-batch-size", type=int, default=64, show_default=True),
         click.option("--sort-window", type=int, default=4096, show_default=True, help="Examples sorted by length at a time."),
         click.option("--padding-side", default="right", show_default=True, type=click.Choice(["right", "left"])),

@@ -98,8 +98,9 @@ class ProfileConfig:
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
     k: int = 64
     """Number of directions in the basis."""
-    token_budget: int = 8192
-    """Upper bound on padded tokens per batch (batch size x longest example)."""
+    token_budget: int | None = None
+    """Upper bound on padded tokens per batch (batch size x longest example). None: 512 on CPU, where small batches
+    stay in cache and ran 1.8x faster than 8192-token ones on the default model; 32768 on GPU."""
     max_batch_size: int = 64
     sort_window: int = 4096
     """Examples read ahead and sorted by length into buckets; bounds memory on huge corpora."""
@@ -122,7 +123,7 @@ class ProfileConfig:
     def __post_init__(self):
         if self.k <= 0:
             raise AutoskillError(f"-k must be positive, got {self.k}")
-        if self.token_budget <= 0 or self.max_batch_size <= 0 or self.sort_window <= 0:
+        if (self.token_budget is not None and self.token_budget <= 0) or self.max_batch_size <= 0 or self.sort_window <= 0:
             raise AutoskillError("--token-budget, --max-batch-size and --sort-window must be positive")
         if self.padding_side not in PADDING_SIDES:
             raise AutoskillError(f"--padding-side must be one of {PADDING_SIDES}")

@@ -12,7 +12,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -51,6 +51,17 @@ def resolve_layers(layers: tuple[int, ...] | None, num_layers: int) -> tuple[int
     if len(set(resolved)) != len(resolved):
         raise AutoskillError(f"--layers names a layer twice: {list(layers)}")
     return tuple(resolved)
+
+
+CPU_TOKEN_BUDGET = 512
+GPU_TOKEN_BUDGET = 32768
+
+
+def resolve_token_budget(config: ProfileConfig, device: torch.device) -> ProfileConfig:
+    """The config with its token budget fixed for the device (part of what a resumed run must match)."""
+    if config.token_budget is not None:
+        return config
+    return replace(config, token_budget=GPU_TOKEN_BUDGET if device.type == "cuda" else CPU_TOKEN_BUDGET)
 
 
 def pooling_record(config: ProfileConfig, layout: FeatureLayout, tokenizer) -> dict[str, Any]:
@@ -159,6 +170,7 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     loaded = loaded or load_model(config.model)
+    config = resolve_token_budget(config, loaded.device)
     t_loaded = time.perf_counter()
     num_layers = len(loaded.blocks)
     layout = FeatureLayout(resolve_layers(config.pooling.layers, num_layers), int(loaded.model.config.hidden_size))
@@ -320,6 +332,7 @@ def project(basis_dir: str | Path, config: ProfileConfig, *, loaded: LoadedModel
     """Scores of a corpus against an existing basis (same model and pooling required); written to config.out."""
     basis = SkillBasis.load(basis_dir)
     loaded = loaded or load_model(config.model)
+    config = resolve_token_budget(config, loaded.device)
     layout = FeatureLayout(resolve_layers(config.pooling.layers, len(loaded.blocks)), int(loaded.model.config.hidden_size))
     basis.check_compatible(loaded.fingerprint, pooling_record(config, layout, loaded.tokenizer), what="corpus features")
     if layout != basis.layout:
