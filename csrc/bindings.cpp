@@ -230,7 +230,8 @@ py::array project(const py::object& x_obj, const py::object& mean_obj, const py:
     }
     if (x_is_bfloat16 ? !has_dtype<uint16_t>(x)
                       : !(has_dtype<float>(x) || (f64 && has_dtype<double>(x)))) {
-        const char* expected = x_is_bfloat16 ? "uint16 holding bfloat16 bits" : (f64 ? "float32 or float64" : "float32");
+        const char* expected =
+            x_is_bfloat16 ? "uint16 holding bfloat16 bits" : (f64 ? "float32 or float64" : "float32");
         throw py::type_error(std::string("x must be ") + expected + " for " + dtype_name(components) +
                              " components, got " + dtype_name(x));
     }
