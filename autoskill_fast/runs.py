@@ -17,9 +17,8 @@ from .basis import BASIS_TENSORS, SkillBasis
 from .config import CorpusConfig
 from .corpus import Record, iter_records, render
 from .errors import AutoskillError, BadExampleError
+from .profile import RUN_JSON
 from .scores import Scores
-
-RUN_JSON = "run.json"
 
 
 @dataclass

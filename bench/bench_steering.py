@@ -4,9 +4,9 @@
 
 The default model is baked with a steering vector on blocks 1..28 (a random unit direction at the paper's alpha = 0.5:
 the cost does not depend on the direction). vLLM (CPU build, in .venv-vllm: `bash scripts/vllm_env.sh`) runs in one
-subprocess holding both engines (unsteered and baked) at once: after a warm-up pass each, the timed passes alternate
-between them, so load from other processes on a shared machine falls on both alike; this is done twice, with the
-load order swapped, and the passes pooled. transformers runs in this
+subprocess holding three engines at once, A/B/A (unsteered, baked, unsteered), then again B/A/B: after a warm-up pass
+each, the timed passes alternate between the engines, so load from other processes on a shared machine falls on all
+alike, and the two engines of the same model in each run measure the noise floor. transformers runs in this
 process, alternating unsteered and hook-steered `generate` calls the same way. Every sequence has exactly
 --max-tokens new tokens (EOS ignored). Reported: generated tokens/s, best pass (the least disturbed by other load)
 and median, and the ratios within each engine.
@@ -53,9 +53,10 @@ def bench_vllm(plain: Path, baked: Path, prompt_ids, args, tmp: Path) -> dict[st
     if not python.exists():
         raise SystemExit(f"no vLLM environment at {python}: run `bash scripts/vllm_env.sh`")
     (tmp / "prompts.json").write_text(json.dumps(prompt_ids))
-    rates: dict[str, list[float]] = {"plain": [], "baked": []}
-    # The engine loaded second ran a few percent faster in either role here: run both orders and pool the passes.
-    for order in ([plain, baked], [baked, plain]):
+    rates: dict[str, list[float]] = {"plain": [], "baked": [], "same_model_ratio": []}
+    # Engines of the same model differ by a few percent depending on their position (seen here: up to 4%), so each
+    # run is A/B/A, both ways round; the two copies of A give the noise floor (`same_model_ratio`).
+    for order in ([plain, baked, plain], [baked, plain, baked]):
         cmd = [str(python), str(REPO / "scripts" / "vllm_generate.py"), "--prompts", str(tmp / "prompts.json"),
                "--max-tokens", str(args.max_tokens), "--dtype", args.vllm_dtype, "--repeat", str(args.repeat),
                "--interleave", "--out", str(tmp / "vllm.json")]
@@ -63,9 +64,11 @@ def bench_vllm(plain: Path, baked: Path, prompt_ids, args, tmp: Path) -> dict[st
             cmd += ["--model", str(model)]
         subprocess.run(cmd, check=True, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL if not args.verbose else None)
-        for model, run in zip(order, json.loads((tmp / "vllm.json").read_text())["runs"]):
-            key = "baked" if model == baked else "plain"
-            rates[key] += [run["generated_tokens_per_pass"] / s for s in run["pass_s"]]
+        runs = json.loads((tmp / "vllm.json").read_text())["runs"]
+        per_engine = [[run["generated_tokens_per_pass"] / s for s in run["pass_s"]] for run in runs]
+        for model, engine_rates in zip(order, per_engine):
+            rates["baked" if model == baked else "plain"] += engine_rates
+        rates["same_model_ratio"].append(statistics.median(per_engine[2]) / statistics.median(per_engine[0]))
     return rates
 
 
@@ -119,6 +122,7 @@ def main() -> None:
         vllm = bench_vllm(loaded.path, baked, prompt_ids, args, tmp)
     hf = bench_transformers(loaded, vector, prompts_text, args)
 
+    noise = vllm.pop("same_model_ratio")
     rates = {"vllm_plain": vllm["plain"], "vllm_baked": vllm["baked"], "transformers_plain": hf["plain"],
              "transformers_hooks": hf["hooks"]}
     best = {k: max(v) for k, v in rates.items()}
@@ -133,6 +137,7 @@ def main() -> None:
                        ("transformers hooks / unsteered", "transformers_hooks", "transformers_plain"),
                        ("vLLM baked / transformers hooks", "vllm_baked", "transformers_hooks")]:
         print(f"{name:32s} best {best[a] / best[b]:.3f}   median {med[a] / med[b]:.3f}")
+    print(f"noise floor, vLLM same model in two engines (A/B/A, B/A/B): {', '.join(f'{r:.3f}' for r in noise)}")
 
 
 if __name__ == "__main__":
