@@ -15,7 +15,8 @@ from .profile import profile, project
 from .report import InspectConfig, inspect
 from .scores import Scores
 from .select import SelectConfig, select
-from .stats import StreamingCovariance
+from .stats import SketchedCovariance, StreamingCovariance
+from .steering import SteerConfig, SteeringVector, bake, export_llamacpp, export_steering, steer
 
 __all__ = [
     "AutoskillError",
@@ -31,6 +32,13 @@ __all__ = [
     "PoolingConfig",
     "ProfileConfig",
     "Scores",
+    "SketchedCovariance",
+    "SteerConfig",
+    "SteeringVector",
+    "bake",
+    "export_llamacpp",
+    "export_steering",
+    "steer",
     "SkillBasis",
     "StreamingCovariance",
     "fit",

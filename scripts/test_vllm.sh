@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/vllm_env.sh
-OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" "${PYTHON:-python}" -m pytest -m vllm tests/test_vllm.py -v "$@"
+OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" "${PYTHON:-python3}" -m pytest -m vllm tests/test_vllm.py -v "$@"

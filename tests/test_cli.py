@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from autoskill_fast.cli import cli
-from model_fixtures import default_model_dir, tiny_model, write_jsonl  # noqa: F401 (fixtures)
+from model_fixtures import write_jsonl
 
 
 def invoke(*args):

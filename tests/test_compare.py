@@ -15,7 +15,7 @@ from autoskill_fast.compare import (CompareConfig, canonical_correlations, compa
 from autoskill_fast.errors import AutoskillError
 from autoskill_fast.runs import load_run
 from headless_chromium import chromium_path, open_page
-from model_fixtures import default_model_dir, tiny_model, write_jsonl  # noqa: F401 (fixtures)
+from model_fixtures import write_jsonl
 from synthetic_runs import make_run
 
 

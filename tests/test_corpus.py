@@ -8,7 +8,7 @@ import pytest
 from autoskill_fast.config import CorpusConfig
 from autoskill_fast.corpus import iter_records, render
 from autoskill_fast.errors import AutoskillError, BadExampleError
-from model_fixtures import default_model_dir, write_jsonl  # noqa: F401 (fixture)
+from model_fixtures import write_jsonl
 
 RECORDS = [{"uid": f"q{i}", "question": f"What is {i}+{i}?", "answer": f"{2 * i}"} for i in range(5)]
 

@@ -15,7 +15,7 @@ import torch
 from autoskill_fast.kernels import (TOLERANCES, cov_update_, cov_update_triton, covariance, pack_upper,
                                     symmetrize_upper, symmetrize_upper_, unpack_upper)
 from autoskill_fast.kernels.dispatch import DISABLE_ENV, FORCE_ENV
-from kernel_testing import DEVICE, DTYPES, TRITON_RUNNABLE, impl, needs_triton  # noqa: F401 (impl is a fixture)
+from kernel_testing import DEVICE, DTYPES, needs_triton
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import torch
 
 from autoskill_fast.kernels import TOLERANCES, dispatch, last_token_pool, masked_pool, masked_pool_triton, pooling
 from autoskill_fast.kernels.dispatch import DISABLE_ENV, FORCE_ENV
-from kernel_testing import DEVICE, DTYPES, TRITON_RUNNABLE, impl, needs_triton  # noqa: F401 (impl is a fixture)
+from kernel_testing import DEVICE, DTYPES, needs_triton
 
 MASKS = ["all_valid", "empty_row", "left_pad", "right_pad", "random"]
 

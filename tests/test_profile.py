@@ -12,7 +12,7 @@ from autoskill_fast import CorpusConfig, ModelConfig, PoolingConfig, ProfileConf
 from autoskill_fast.features import iter_feature_shards
 from autoskill_fast.scores import Scores
 from autoskill_fast.stats import StreamingCovariance
-from model_fixtures import default_model_dir, tiny_model, write_jsonl  # noqa: F401 (fixtures)
+from model_fixtures import write_jsonl
 from reference import paper_features
 
 WORDS = "the cat sat on a mat while seven ducks counted eggs and sold them for two dollars each day".split()

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from model_fixtures import default_model_dir  # noqa: F401 (fixture)
 
 from autoskill_fast.basis import FeatureLayout, SkillBasis
 from autoskill_fast.errors import AutoskillError

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from model_fixtures import default_model_dir  # noqa: F401 (fixture)
 
 from autoskill_fast.basis import FeatureLayout, SkillBasis
 from autoskill_fast.config import ModelConfig

@@ -93,7 +93,11 @@ def bake(vector: SteeringVector, model_dir: str | Path, out: str | Path, *, veri
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if verify:
-        record["verified_max_abs_diff"] = verify_bake(src, out, vector)
+        try:
+            record["verified_max_abs_diff"] = verify_bake(src, out, vector)
+        except AutoskillError as e:
+            shutil.rmtree(out, ignore_errors=True)  # never leave a wrong checkpoint where a server could pick it up
+            raise AutoskillError(f"{e} ({out} was removed)") from None
         save_json(out / "steering" / "bake.json", record)
         share_permissions(out / "steering" / "bake.json")
     return out

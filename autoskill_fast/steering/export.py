@@ -75,7 +75,9 @@ class SteerConfig:
 
 def run_model_spec(run: Path) -> str | None:
     """The --model a profile run used (None = the embedded default), from its run.json."""
-    run_json = run / "run.json"
+    from ..profile import RUN_JSON
+
+    run_json = run / RUN_JSON
     if not run_json.is_file():
         raise AutoskillError(f"{run}: no run.json to say which model was profiled; give --model")
     return load_json(run_json).get("config", {}).get("model", {}).get("model")
