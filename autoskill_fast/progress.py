@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 class Progress:
     def __init__(self, *, disable: bool, initial_examples: int = 0, initial_tokens: int = 0, desc: str = "profile"):
-        self.bar = tqdm(desc=desc, unit="ex", initial=initial_examples, disable=disable, dynamic_ncols=True)
+        self.bar = tqdm(desc=desc, unit="ex", initial=initial_examples, disable=disable, dynamic_ncols=True, mininterval=1.0)
         self.tokens = 0
         self.examples = 0
         self.t0 = time.perf_counter()
