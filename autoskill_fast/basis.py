@@ -106,7 +106,8 @@ class SkillBasis:
         from .linalg import project
 
         self._check_dim(features_nd)
-        return project(features_nd, self.mean_.to(torch.float32), self.components_)
+        device = features_nd.device  # features captured on a GPU are projected there
+        return project(features_nd, self.mean_.to(device, torch.float32), self.components_.to(device))
 
     def cosine(self, features_nd: torch.Tensor) -> torch.Tensor:
         """The paper's score: cosine of the raw (uncentered) feature with each direction -> [N, k] fp32."""

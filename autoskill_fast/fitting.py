@@ -53,9 +53,9 @@ def scores_from_features(basis: SkillBasis, shards: Iterable[tuple[torch.Tensor,
     ids: list[str] = []
     rows, projections, cosines = [], [], []
     for features, row, shard_ids in shards:
-        projections.append(basis.project(features))
-        cosines.append(basis.cosine(features))
-        rows.append(row)
+        projections.append(basis.project(features).cpu())
+        cosines.append(basis.cosine(features).cpu())
+        rows.append(row.cpu())
         ids.extend(shard_ids)
     return Scores(ids, torch.cat(rows), torch.cat(projections), torch.cat(cosines)).sorted_by_row()
 
