@@ -76,11 +76,14 @@ def pooling_record(config: ProfileConfig, layout: FeatureLayout, tokenizer) -> d
 
 
 @dataclass
-class Skipped:
-    items: list[dict[str, str]] = field(default_factory=list)
+class InputTally:
+    """What happened to the input on the way in: examples skipped (with why) and examples truncated."""
 
-    def add(self, error: BadExampleError) -> None:
-        self.items.append({"id": error.example_id, "reason": error.reason})
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    truncated: int = 0
+
+    def skip(self, error: BadExampleError) -> None:
+        self.skipped.append({"id": error.example_id, "reason": error.reason})
 
 
 @dataclass
@@ -92,7 +95,7 @@ class Counts:
     batches: int = 0
 
 
-def iter_tokenized(config: ProfileConfig, tokenizer, skipped: Skipped, counts_truncated: list[int]) -> Iterator[Tokenized]:
+def iter_tokenized(config: ProfileConfig, tokenizer, tally: InputTally) -> Iterator[Tokenized]:
     """Records of this shard, rendered and tokenized, under the bad-example policy."""
     shard, n_shards = config.shard
     prompt_only = config.pooling.mode == "last" and config.corpus.messages_field is not None
@@ -105,21 +108,21 @@ def iter_tokenized(config: ProfileConfig, tokenizer, skipped: Skipped, counts_tr
             if config.on_bad_example == "error":
                 raise AutoskillError(f"{record.where}: example {e.example_id!r}: {e.reason} "
                                      "(rerun with --on-bad-example skip to skip such examples)") from None
-            skipped.add(e)
+            tally.skip(e)
             continue
-        counts_truncated[0] += item.truncated
+        tally.truncated += item.truncated
         yield item
 
 
-def iter_batches(config: ProfileConfig, tokenizer, skipped: Skipped, counts_truncated: list[int]) -> Iterator[Batch]:
+def iter_batches(config: ProfileConfig, tokenizer, tally: InputTally) -> Iterator[Batch]:
     pad_id = tokenizer.pad_token_id
-    items = iter_tokenized(config, tokenizer, skipped, counts_truncated)
+    items = iter_tokenized(config, tokenizer, tally)
     for group in buckets(items, token_budget=config.token_budget, max_batch_size=config.max_batch_size,
                          sort_window=config.sort_window):
         yield collate(group, pad_id=pad_id, padding_side=config.padding_side, mode=config.pooling.mode)
 
 
-def check_finite(rows: torch.Tensor, batch: Batch) -> list[int]:
+def check_finite(rows: torch.Tensor) -> list[int]:
     """Indices of rows with non-finite values."""
     finite = torch.isfinite(rows).all(dim=1)
     return [] if bool(finite.all()) else (~finite).nonzero().flatten().tolist()
@@ -194,14 +197,14 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
     else:
         stats = StreamingCovariance(layout.feature_dim, device=loaded.device)
     done_batches = progress["batches"] if progress else 0
-    forward_skipped = Skipped(list(progress["forward_skipped"]) if progress else [])
+    forward_skipped = InputTally(list(progress["forward_skipped"]) if progress else [])
     layer_scale = torch.tensor(progress["layer_scale"]) if progress and progress.get("layer_scale") else None
 
     keep_features = config.save_features or config.scores
     features_dir = out / ("features" if config.save_features else ".features-tmp")
     writer = FeatureWriter(features_dir, dtype=getattr(torch, config.features_dtype), resume_shards=progress["shards"] if progress else 0) if keep_features else None
 
-    skipped, truncated = Skipped(), [0]
+    tally = InputTally()
     counts = Counts(**progress["counts"]) if progress else Counts()
     forward_s = progress["forward_s"] if progress else 0.0
     last_checkpoint = time.perf_counter()
@@ -213,19 +216,16 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
     capture.layer_scale = None if layer_scale is None else layer_scale.to(loaded.device)
 
     with capture:
-        for index, batch in enumerate(iter_batches(config, loaded.tokenizer, skipped, truncated)):
+        for index, batch in enumerate(iter_batches(config, loaded.tokenizer, tally)):
             if index < done_batches:
                 continue  # replayed up to the checkpoint: tokenized again, never run through the model
             t0 = time.perf_counter()
             if index == 0 and config.pooling.layer_scaling == "pilot":
                 capture.layer_scale = _pilot_layer_scale(capture, batch, layout).to(loaded.device)
-            rows = capture(batch)
-            bad = check_finite(rows, batch)
-            if bad:
-                rows, batch = _drop_non_finite(rows, batch, bad, config, forward_skipped)
-                if not len(batch):
-                    continue
-            if stats.shift is None and len(batch):
+            rows, batch = drop_non_finite(capture(batch), batch, config, forward_skipped)
+            if not len(batch):
+                continue
+            if stats.shift is None:
                 # The pilot mean, rounded to fp32 so the kernel's fp32 subtraction and the fp64 statistics agree exactly.
                 shift = rows.to(torch.float64).mean(dim=0).to(torch.float32)
                 stats.set_shift(shift.to(torch.float64))
@@ -243,11 +243,11 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
             if counts.batches % config.checkpoint_every == 0 or time.perf_counter() - last_checkpoint > config.checkpoint_seconds:
                 shards = writer.flush() if writer is not None else 0
                 checkpoint.save(stats, {"batches": counts.batches, "counts": vars(counts), "shards": shards,
-                                        "forward_s": forward_s, "forward_skipped": forward_skipped.items,
+                                        "forward_s": forward_s, "forward_skipped": forward_skipped.skipped,
                                         "layer_scale": None if capture.layer_scale is None else capture.layer_scale.tolist()})
                 last_checkpoint = time.perf_counter()
     bar.close()
-    counts.truncated = truncated[0]
+    counts.truncated = tally.truncated
     if stats.n < 2:
         raise AutoskillError(f"{config.corpus.path}: only {stats.n} usable example(s) in this corpus (shard); "
                              "a basis needs at least 2")
@@ -265,7 +265,7 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
         if not config.save_features:
             shutil.rmtree(features_dir, ignore_errors=True)
     t_end = time.perf_counter()
-    all_skipped = skipped.items + forward_skipped.items
+    all_skipped = tally.skipped + forward_skipped.skipped
     save_json(out / RUN_JSON, {
         "status": "complete",
         "key": key,
@@ -300,13 +300,17 @@ def _pilot_layer_scale(capture: PooledCapture, batch: Batch, layout: FeatureLayo
     return 1.0 / norms.clamp_min(torch.finfo(torch.float32).tiny)
 
 
-def _drop_non_finite(rows, batch, bad, config, forward_skipped):
+def drop_non_finite(rows: torch.Tensor, batch: Batch, config: ProfileConfig, tally: InputTally) -> tuple[torch.Tensor, Batch]:
+    """Rows and batch without the examples whose activations are not finite (an error under --on-bad-example error)."""
+    bad = check_finite(rows)
+    if not bad:
+        return rows, batch
     ids = [batch.ids[i] for i in bad]
     if config.on_bad_example == "error":
         raise AutoskillError(f"non-finite activations for example(s) {ids[:5]} (model {config.model.model or 'default'}, "
                              f"dtype {config.model.dtype}); try --dtype float32, or --on-bad-example skip")
     for example_id in ids:
-        forward_skipped.add(BadExampleError(example_id, "non-finite activations"))
+        tally.skip(BadExampleError(example_id, "non-finite activations"))
     keep = torch.ones(len(batch), dtype=torch.bool)
     keep[bad] = False
     batch.ids = [i for i, k in zip(batch.ids, keep.tolist()) if k]
@@ -341,16 +345,13 @@ def project(basis_dir: str | Path, config: ProfileConfig, *, loaded: LoadedModel
     capture = PooledCapture(loaded.model, loaded.blocks, layout, mode=config.pooling.mode,
                             layer_scaling=config.pooling.layer_scaling, device=loaded.device)
     capture.layer_scale = None if basis.layer_scale is None else basis.layer_scale.to(loaded.device)
-    skipped, truncated = Skipped(), [0]
+    tally = InputTally()
     bar = Progress(disable=config.quiet, desc="project")
 
     def shards():
         with capture:
-            for batch in iter_batches(config, loaded.tokenizer, skipped, truncated):
-                rows = capture(batch)
-                bad = check_finite(rows, batch)
-                if bad:
-                    rows, batch = _drop_non_finite(rows, batch, bad, config, skipped)
+            for batch in iter_batches(config, loaded.tokenizer, tally):
+                rows, batch = drop_non_finite(capture(batch), batch, config, tally)
                 bar.update(len(batch), batch.n_tokens)
                 yield rows, batch.rows, batch.ids
 
@@ -360,5 +361,5 @@ def project(basis_dir: str | Path, config: ProfileConfig, *, loaded: LoadedModel
     scores.save(out)
     save_json(out / "project.json", {"basis": str(Path(basis_dir).resolve()), "config": config.to_json(),
                                      "corpus": corpus_mod.fingerprint(config.corpus), "n": len(scores.ids),
-                                     "truncated": truncated[0], "skipped": skipped.items})
+                                     "truncated": tally.truncated, "skipped": tally.skipped})
     return scores

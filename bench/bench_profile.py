@@ -50,11 +50,11 @@ def run_method(method: str, n: int, k: int, batch_size: int) -> dict:
         with tempfile.TemporaryDirectory() as out:
             profile(ProfileConfig(corpus=corpus, out=out, k=k, quiet=True), loaded=loaded)
     elif method == "floor":
-        from autoskill_fast.profile import Skipped, iter_batches, resolve_token_budget
+        from autoskill_fast.profile import InputTally, iter_batches, resolve_token_budget
 
         config = resolve_token_budget(ProfileConfig(corpus=corpus, out="/nonexistent", k=k), loaded.device)
         with torch.inference_mode():
-            for batch in iter_batches(config, tokenizer, Skipped(), [0]):
+            for batch in iter_batches(config, tokenizer, InputTally()):
                 loaded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                              position_ids=batch.position_ids, use_cache=False)
     else:

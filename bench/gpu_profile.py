@@ -242,7 +242,7 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         with capture:
             for batch in batches:
                 rows = capture(batch)
-                check_finite(rows, batch)  # profile() checks every batch (one device sync each); all are finite here
+                check_finite(rows)  # profile() checks every batch (one device sync each); all are finite here
                 stats.update_shifted(rows[:, :cov_dim])
         flush_start = _mark(device)
         stats.flush()
