@@ -3,7 +3,8 @@
 Two ops, each with a compiled CPU path (``autoskill_fast._core``, C++ over OpenBLAS/LAPACK) and a torch path (CUDA
 tensors, and the CPU fallback when the extension is not built):
 
-- `topk_eigh`: the k algebraically largest eigenpairs of a full symmetric matrix. Methods: ``"exact"`` (LAPACK
+- `topk_eigh`: the k algebraically largest eigenpairs of a full symmetric matrix, or of a `SymmetricOperator` (a
+  matrix known by its products, e.g. a packed covariance: the Krylov solvers need nothing else). Methods: ``"exact"`` (LAPACK
   ``dsyevr`` for the index range D-k+1..D on CPU; ``torch.linalg.eigh`` on CUDA), ``"krylov"`` (thick-restart block
   Lanczos: BLAS-3 products of the matrix with D x b blocks, fp64 basis and Rayleigh-Ritz; `_krylov_torch` is the
   same algorithm as ``csrc/eigensolver.cpp`` in torch), ``"torch"`` (``torch.linalg.eigh``, all D pairs), and
@@ -55,6 +56,28 @@ class EighConvergenceWarning(RuntimeWarning):
     """The block Krylov solver stopped before every residual reached tol; the result carries what was reached."""
 
 
+class SymmetricOperator:
+    """A symmetric [D, D] matrix known by its products with blocks of vectors, for `topk_eigh`.
+
+    Subclasses set `shape` (D, D), `dtype` (float32 / float64: the precision of the products), `device`, and define
+    `__matmul__(x [D, c]) -> A x [D, c]` and `to_dense() -> [D, D]` (used where an exact solver is chosen: small D).
+    """
+
+    shape: tuple[int, int]
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def __matmul__(self, x_dc: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_dense(self) -> torch.Tensor:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class EighResult:
     eigenvalues: torch.Tensor  # [k], descending, dtype and device of the matrix
@@ -104,12 +127,13 @@ def _choose_method(method: str, matrix: torch.Tensor, k: int, block_size: int) -
     return "exact" if dim <= EXACT_MAX_DIM_CPU or 3 * krylov_basis >= dim else "krylov"
 
 
-def _check_eigh_args(matrix: torch.Tensor, k: int, tol: float, method: str, max_iter: int | None) -> None:
-    if not isinstance(matrix, torch.Tensor):
-        raise TypeError(f"matrix must be a torch.Tensor, got {type(matrix).__name__}")
+def _check_eigh_args(matrix: torch.Tensor | SymmetricOperator, k: int, tol: float, method: str,
+                     max_iter: int | None) -> None:
+    if not isinstance(matrix, (torch.Tensor, SymmetricOperator)):
+        raise TypeError(f"matrix must be a torch.Tensor or a SymmetricOperator, got {type(matrix).__name__}")
     if matrix.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"matrix must be float32 or float64, got {matrix.dtype}; convert it with .double()")
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
+    if len(matrix.shape) != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
         raise ValueError(f"matrix must be a non-empty square [D, D] tensor, got shape {tuple(matrix.shape)}")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= matrix.shape[0]:
         raise ValueError(f"k must be an integer in [1, {matrix.shape[0]}], got {k!r}")
@@ -257,59 +281,83 @@ def _krylov_torch(matrix: torch.Tensor, k: int, tol: float, max_steps: int, bloc
             m = keep
 
 
-def topk_eigh(matrix: torch.Tensor, k: int, *, tol: float = 1e-6, method: str = "auto", max_iter: int | None = None,
-              seed: int = 0) -> EighResult:
+def topk_eigh(matrix: torch.Tensor | SymmetricOperator, k: int, *, tol: float = 1e-6, method: str = "auto",
+              max_iter: int | None = None, seed: int = 0) -> EighResult:
     """The k algebraically largest eigenpairs of the full symmetric [D, D] fp32/fp64 `matrix`, descending.
 
-    method: "auto" (see `_choose_method`), "exact", "krylov" or "torch" (module docstring). tol: relative residual
-    every returned pair must reach (Krylov only; the exact methods report what they reach). max_iter: block products
-    allowed to the Krylov solver (default 300); when it stops early an EighConvergenceWarning says why and the result
-    carries the residuals reached. seed: starting block of the Krylov solver (deterministic per seed, device and
-    thread count).
+    matrix: a tensor, or a `SymmetricOperator` (products only; the Krylov solvers use nothing else, the exact ones
+    densify it). method: "auto" (see `_choose_method`), "exact", "krylov" or "torch" (module docstring). tol:
+    relative residual every returned pair must reach (Krylov only; the exact methods report what they reach).
+    max_iter: block products allowed to the Krylov solver (default 300); when it stops early an
+    EighConvergenceWarning says why and the result carries the residuals reached. seed: starting block of the Krylov
+    solver (deterministic per seed, device and thread count).
     """
     _check_eigh_args(matrix, k, tol, method, max_iter)
     block_size = _default_block_size(k, matrix.is_cuda)
     chosen = _choose_method(method, matrix, k, block_size)
     max_steps = DEFAULT_MAX_ITER if max_iter is None else max_iter
+    if isinstance(matrix, SymmetricOperator):
+        if chosen == "krylov":
+            return _krylov(matrix, k, tol, max_steps, block_size, seed)
+        matrix = matrix.to_dense()
     dense = matrix.detach()
-    converged, steps = True, 0
-    if chosen == "krylov" and _use_core(dense):
-        values, vectors, residuals, steps, converged = _core.topk_eigh_krylov(
-            dense.contiguous().numpy(), k, tol=tol, max_steps=max_steps, block_size=block_size, seed=seed)
+    if chosen == "krylov":
+        return _krylov(dense, k, tol, max_steps, block_size, seed)
+    if chosen == "exact" and _use_core(dense):
+        values, vectors, residuals, _, _ = _core.topk_eigh_exact(dense.contiguous().numpy(), k)
+        values, vectors, residuals = map(torch.from_numpy, (values, vectors, residuals.astype("float64")))
+        return EighResult(values, _fix_signs(vectors), residuals, "lapack-syevr")
+    if not bool(torch.isfinite(dense).all()):
+        raise ValueError("matrix contains NaN or Inf")
+    _check_symmetric_sample(dense)
+    values, vectors = _eigh_torch(dense, k)
+    residuals = _relative_residuals(dense, values, vectors).cpu()
+    return EighResult(values, _fix_signs(vectors), residuals, "torch-eigh")
+
+
+def _krylov(matrix: torch.Tensor | SymmetricOperator, k: int, tol: float, max_steps: int, block_size: int,
+            seed: int) -> EighResult:
+    """The block Krylov solver: the compiled one for CPU matrices and operators, `_krylov_torch` on CUDA."""
+    operator = isinstance(matrix, SymmetricOperator)
+    on_cpu = matrix.device.type == "cpu"
+    if on_cpu and _use_core() and operator:
+        dtype = str(matrix.dtype).removeprefix("torch.")
+
+        def multiply(x):
+            return (matrix @ torch.from_numpy(x)).to(torch.float64).numpy()
+
+        values, vectors, residuals, steps, converged = _core.topk_eigh_krylov_operator(
+            multiply, matrix.shape[0], dtype, k, tol=tol, max_steps=max_steps, block_size=block_size, seed=seed)
         values, vectors, residuals = map(torch.from_numpy, (values, vectors, residuals.astype("float64")))
         name = "block-krylov"
-    elif chosen == "krylov":
-        _check_symmetric_sample(dense)
-        if dense.is_cuda and dense.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+    elif on_cpu and _use_core():
+        values, vectors, residuals, steps, converged = _core.topk_eigh_krylov(
+            matrix.contiguous().numpy(), k, tol=tol, max_steps=max_steps, block_size=block_size, seed=seed)
+        values, vectors, residuals = map(torch.from_numpy, (values, vectors, residuals.astype("float64")))
+        name = "block-krylov"
+    else:
+        if not operator:
+            _check_symmetric_sample(matrix)
+        if matrix.is_cuda and matrix.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
             previous = torch.get_float32_matmul_precision()
             torch.set_float32_matmul_precision("highest")  # TF32 products would put a 1e-3 floor under residuals
             try:
-                values, vectors, residuals, steps, converged = _krylov_torch(dense, k, tol, max_steps, block_size, seed)
+                values, vectors, residuals, steps, converged = _krylov_torch(matrix, k, tol, max_steps, block_size,
+                                                                             seed)
             finally:
                 torch.set_float32_matmul_precision(previous)
         else:
-            values, vectors, residuals, steps, converged = _krylov_torch(dense, k, tol, max_steps, block_size, seed)
+            values, vectors, residuals, steps, converged = _krylov_torch(matrix, k, tol, max_steps, block_size, seed)
         name = "torch-block-krylov"
-    elif chosen == "exact" and _use_core(dense):
-        values, vectors, residuals, _, _ = _core.topk_eigh_exact(dense.contiguous().numpy(), k)
-        values, vectors, residuals = map(torch.from_numpy, (values, vectors, residuals.astype("float64")))
-        name = "lapack-syevr"
-    else:
-        if not bool(torch.isfinite(dense).all()):
-            raise ValueError("matrix contains NaN or Inf")
-        _check_symmetric_sample(dense)
-        values, vectors = _eigh_torch(dense, k)
-        residuals = _relative_residuals(dense, values, vectors).cpu()
-        name = "torch-eigh"
     if not converged:
         reason = (f"max_iter={max_steps} block products were used up; raise max_iter or loosen tol"
                   if steps >= max_steps else
-                  f"rounding in {str(dense.dtype).removeprefix('torch.')} stopped progress (fp32 reaches about 1e-7 of "
+                  f"rounding in {str(matrix.dtype).removeprefix('torch.')} stopped progress (fp32 reaches about 1e-7 of "
                   "the largest |eigenvalue| of the matrix, which may be far above the top-k ones); loosen tol or pass "
                   "a float64 matrix")
         warnings.warn(f"topk_eigh: the block Krylov solver stopped with a largest relative residual of "
                       f"{float(residuals.max()):.2e} > tol={tol:.1e}: {reason}. The eigenpairs are returned with the "
-                      "residuals they reached.", EighConvergenceWarning, stacklevel=2)
+                      "residuals they reached.", EighConvergenceWarning, stacklevel=3)
     return EighResult(values, _fix_signs(vectors), residuals, name)
 
 

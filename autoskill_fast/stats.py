@@ -4,7 +4,9 @@ The accumulators are sums of shifted rows, S1 = sum(x - s) and S2 = sum (x - s)(
 mean fixed before the first update. Because s is close to the true mean, S2 - S1 S1^T / n loses almost nothing to
 cancellation even when S2 is accumulated in fp32 on a GPU; on CPU it is fp64. Two accumulators merge exactly
 (Chan et al.'s pairwise formula, re-expressed for different shifts), so shards computed apart add up to one pass.
-Only the upper triangle of S2 is maintained (the Triton kernel computes only those tiles).
+Only the upper triangle of S2 is kept, block-packed (`PackedSymmetric`: half the memory of the square, 30 GB in fp32
+for Llama-3-8B's 122,880 dims), and the basis is solved from it in place: `CovarianceOperator` gives the Krylov solver
+products with (S2 - S1 S1^T / n) / (n - ddof) without ever forming the D x D covariance.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ import torch
 from .artifacts import load_tensors, save_tensors
 from .errors import AutoskillError
 from .frequent_directions import FrequentDirections
-from .kernels import cov_update_, pack_upper, symmetrize_upper, unpack_upper
-from .linalg import EighResult, topk_eigh
+from .kernels import PackedSymmetric, cov_update_
+from .kernels.packed import BlockPackedLayout
+from .linalg import EighResult, SymmetricOperator, topk_eigh
+
+STATE_KEYS = ("count", "shift", "sum", "sumsq_packed", "sumsq_tile")
+LEGACY_STATE_KEYS = ("count", "shift", "sum", "sumsq_upper")  # row-by-row packed triangle (version 0.1 files)
 
 
 class StreamingCovariance:
@@ -37,7 +43,7 @@ class StreamingCovariance:
         self.n = 0
         self.shift: torch.Tensor | None = None if shift is None else shift.to(self.device, torch.float64).clone()
         self.sum = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
-        self.sumsq = torch.zeros(self.dim, self.dim, dtype=self.accum_dtype, device=self.device)  # upper triangle valid
+        self.sumsq = PackedSymmetric.zeros(self.dim, dtype=self.accum_dtype, device=self.device)
 
     # ---- accumulation ------------------------------------------------------------------------------------
     def set_shift(self, shift_d: torch.Tensor) -> None:
@@ -91,10 +97,9 @@ class StreamingCovariance:
             self.shift = other.shift.to(self.device).clone()
         delta = other.shift.to(self.device) - self.shift  # other rows around our shift: (x - s') + delta
         s1 = other.sum.to(self.device)
-        s2 = symmetrize_upper(other.sumsq.to(self.device, torch.float64))
-        s2.addr_(s1, delta).addr_(delta, s1).addr_(delta, delta, alpha=other.n)
+        self.sumsq.add_(other.sumsq)
+        self.sumsq.add_outer_(s1, delta).add_outer_(delta, s1).add_outer_(delta, delta, alpha=other.n)
         self.sum += s1 + other.n * delta
-        self.sumsq += s2.to(self.accum_dtype)
         self.n += other.n
         return self
 
@@ -105,19 +110,29 @@ class StreamingCovariance:
         return self.shift + self.sum / self.n
 
     def covariance(self, *, ddof: int = 1) -> torch.Tensor:
-        """Full symmetric [D, D] covariance in fp64 (CPU) or the accumulation dtype (GPU)."""
+        """Full symmetric [D, D] covariance in fp64 (CPU) or the accumulation dtype (GPU): D^2 entries, so for
+        small D; the fit uses `covariance_operator` instead."""
         self._require_rows(ddof + 1)
         self.flush()
         out_dtype = torch.float64 if self.device.type == "cpu" else self.accum_dtype
-        s2 = symmetrize_upper(self.sumsq.to(out_dtype))  # the one D x D copy; everything below is in place
+        cov = self.sumsq.to_dense(out_dtype)
         mu = (self.sum / self.n).to(out_dtype)
-        s2.addr_(mu, mu, alpha=-self.n)
-        s2 /= self.n - ddof
-        return s2
+        cov.addr_(mu, mu, alpha=-self.n)
+        cov /= self.n - ddof
+        return cov
+
+    def covariance_operator(self, *, ddof: int = 1, dtype: torch.dtype | None = None) -> "CovarianceOperator":
+        """The covariance as a `SymmetricOperator` over the packed sums, its products in `dtype` (default: the
+        sums' dtype): no D x D copy."""
+        self._require_rows(ddof + 1)
+        self.flush()
+        return CovarianceOperator(self.sumsq, self.sum / self.n, self.n, ddof, dtype=dtype)
 
     def top_eigenpairs(self, k: int, *, tol: float = 1e-6) -> EighResult:
-        """Top-k eigenpairs of the covariance (the C++ / on-device block Krylov solver)."""
-        return topk_eigh(self.covariance(), k, tol=tol)
+        """Top-k eigenpairs of the covariance: block Krylov with fp32 products (fp64 basis and Rayleigh-Ritz; fp32
+        reaches residuals near 1e-7 of the top eigenvalue, under the default tol), or exact LAPACK on the fp64
+        covariance for small D."""
+        return topk_eigh(self.covariance_operator(dtype=torch.float32), k, tol=tol)
 
     def total_variance(self, *, ddof: int = 1) -> float:
         self._require_rows(ddof + 1)
@@ -138,19 +153,27 @@ class StreamingCovariance:
             "count": torch.tensor([self.n], dtype=torch.int64),
             "shift": self.shift,
             "sum": self.sum,
-            "sumsq_upper": pack_upper(self.sumsq),  # half the bytes of the square
+            "sumsq_packed": self.sumsq.data,  # the accumulator itself: half the bytes of the square, no copy
+            "sumsq_tile": torch.tensor([self.sumsq.layout.tile], dtype=torch.int64),
         }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor], *, device: str | torch.device = "cpu") -> "StreamingCovariance":
         dim = state["shift"].numel()
-        packed = state["sumsq_upper"]
-        if packed.numel() != dim * (dim + 1) // 2 or state["sum"].numel() != dim:
+        if state["sum"].numel() != dim:
             raise AutoskillError("statistics tensors have inconsistent sizes; the file is corrupted")
-        stats = cls(dim, shift=state["shift"], accum_dtype=packed.dtype, device=device)
+        if "sumsq_packed" in state:
+            try:
+                layout = BlockPackedLayout(dim, int(state["sumsq_tile"][0]))
+                sumsq = PackedSymmetric(state["sumsq_packed"].to(device), layout)
+            except ValueError as exc:
+                raise AutoskillError(f"statistics tensors have inconsistent sizes ({exc}); the file is corrupted")
+        else:
+            sumsq = _from_row_packed(state["sumsq_upper"], dim, device)
+        stats = cls(dim, shift=state["shift"], accum_dtype=sumsq.dtype, device=device)
         stats.n = int(state["count"][0])
         stats.sum = state["sum"].to(stats.device, torch.float64).clone()
-        stats.sumsq = unpack_upper(packed.to(stats.device), dim)
+        stats.sumsq = sumsq
         return stats
 
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
@@ -158,7 +181,60 @@ class StreamingCovariance:
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "StreamingCovariance":
-        return cls.from_state_dict(load_tensors(path, required=("count", "shift", "sum", "sumsq_upper")), device=device)
+        return load_statistics(path, device=device, expect=cls)
+
+
+def _from_row_packed(packed: torch.Tensor, dim: int, device: str | torch.device) -> PackedSymmetric:
+    """A block-packed copy of the row-by-row packed upper triangle of version 0.1 statistics files."""
+    if packed.ndim != 1 or packed.numel() != dim * (dim + 1) // 2:
+        raise AutoskillError("statistics tensors have inconsistent sizes; the file is corrupted")
+    out = PackedSymmetric.zeros(dim, dtype=packed.dtype, device=device)
+    start = 0
+    for r0, r1, block in out.block_rows():
+        for i in range(r0, r1):  # row i holds cov[i, i:]
+            block[i - r0, i - r0:dim - r0] = packed[start:start + dim - i]
+            start += dim - i
+    return out
+
+
+class CovarianceOperator(SymmetricOperator):
+    """(S2 - n m m^T) / (n - ddof), m = S1 / n, as products with the packed S2: the covariance without its square.
+
+    Each product reads the packed sums once and adds the rank-one centring term, in `dtype`. When that is the sums'
+    own dtype (fp32 on a GPU) the sums are read in place: no copy of the 30 GB that Llama-3-8B's sums take. When it is
+    lower (the fp64 sums of the CPU path multiplied in fp32: 2.4x faster products, which dominate the solve), the sums
+    are rounded once into a packed copy of half their bytes. `to_dense` always keeps the sums' precision.
+    """
+
+    def __init__(self, sumsq: PackedSymmetric, mean_shifted: torch.Tensor, n: int, ddof: int, *,
+                 dtype: torch.dtype | None = None):
+        self.sumsq = sumsq
+        self.shape = sumsq.shape
+        self.dtype = dtype or sumsq.dtype
+        self.device = sumsq.device
+        self.mean_shifted = mean_shifted.to(self.device, sumsq.dtype)
+        self.n, self.ddof = n, ddof
+        self._products: tuple[PackedSymmetric, list[torch.Tensor]] | None = None
+
+    def _prepare_products(self) -> tuple[PackedSymmetric, list[torch.Tensor]]:
+        """The packed sums in the product dtype (one cast, made on the first product) and their diagonal tiles."""
+        if self._products is None:
+            packed = self.sumsq.to(dtype=self.dtype)
+            self._products = (packed, packed.diagonal_tiles())
+        return self._products
+
+    def __matmul__(self, x_dc: torch.Tensor) -> torch.Tensor:
+        packed, tiles = self._prepare_products()
+        x = x_dc.to(self.device, self.dtype)
+        out = packed.matmul(x, diagonal_tiles=tiles)
+        mean = self.mean_shifted.to(self.dtype)  # small: the sums were shifted by a pilot mean
+        out.addr_(mean, mean @ x, alpha=-self.n)
+        return out.div_(self.n - self.ddof)
+
+    def to_dense(self) -> torch.Tensor:
+        cov = self.sumsq.to_dense()
+        cov.addr_(self.mean_shifted, self.mean_shifted, alpha=-self.n)
+        return cov.div_(self.n - self.ddof)
 
 
 class SketchedCovariance:
@@ -244,12 +320,18 @@ class SketchedCovariance:
         return stats
 
 
-def load_statistics(path: str | Path, *, device: str | torch.device = "cpu") -> StreamingCovariance | SketchedCovariance:
-    """Exact or sketched statistics, whichever the file holds."""
+def load_statistics(path: str | Path, *, device: str | torch.device = "cpu",
+                    expect: type | None = None) -> StreamingCovariance | SketchedCovariance:
+    """Exact or sketched statistics, whichever the file holds (`expect`: the class the caller needs)."""
     state = load_tensors(path)
     if "fd.sketch" in state:
-        return SketchedCovariance.from_state_dict(state, device=device)
-    missing = [k for k in ("count", "shift", "sum", "sumsq_upper") if k not in state]
-    if missing:
-        raise AutoskillError(f"{path}: missing tensors {missing}; not a statistics file of autoskill-fast")
-    return StreamingCovariance.from_state_dict(state, device=device)
+        stats = SketchedCovariance.from_state_dict(state, device=device)
+    else:
+        keys = STATE_KEYS if "sumsq_packed" in state else LEGACY_STATE_KEYS
+        missing = [k for k in keys if k not in state]
+        if missing:
+            raise AutoskillError(f"{path}: missing tensors {missing}; not a statistics file of autoskill-fast")
+        stats = StreamingCovariance.from_state_dict(state, device=device)
+    if expect is not None and not isinstance(stats, expect):
+        raise AutoskillError(f"{path} holds {type(stats).__name__} statistics, not {expect.__name__}")
+    return stats

@@ -33,7 +33,7 @@ if "--cpu-smoke" in sys.argv:  # Triton reads it when the kernels are decorated,
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from autoskill_fast.kernels import covariance, masked_pool_ref, masked_pool_triton  # noqa: E402
+from autoskill_fast.kernels import PackedSymmetric, covariance, masked_pool_ref, masked_pool_triton  # noqa: E402
 from autoskill_fast.kernels.covariance import cov_update_triton  # noqa: E402
 
 
@@ -71,13 +71,13 @@ def bench_covariance(D: int, N: int, packed: bool, device: torch.device) -> dict
     executed_flops = 2 * N * block_d * block_d * n_tiles * (n_tiles + 1) // 2
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(N, D, device=device, dtype=torch.bfloat16, generator=gen)
-    cov = torch.zeros(D * (D + 1) // 2 if packed else (D, D), device=device)
+    cov = PackedSymmetric.zeros(D, device=device) if packed else torch.zeros(D, D, device=device)
 
-    # Correctness on one update into zeros: the first rows of the result against fp64.
-    cov_update_triton(cov, x, packed=packed)
-    k = min(D, 256)
+    # Correctness on one update into zeros: the first rows of the result (block row 0 when packed) against fp64.
+    cov_update_triton(cov, x)
+    k = min(D, cov.layout.tile if packed else 256)
     upper = torch.ones(k, D, dtype=torch.bool, device=device).triu()  # rows 0..k-1, columns >= row
-    got = cov[:covariance._packed_offset(k, D)] if packed else cov[:k][upper]  # packed rows are back to back
+    got = (cov.block_row(0)[:k, :D] if packed else cov[:k])[upper]
     x64 = x.double()
     want = (x64[:, :k].T @ x64)[upper]
     bound = (x64[:, :k].abs().T @ x64.abs())[upper]
@@ -85,7 +85,7 @@ def bench_covariance(D: int, N: int, packed: bool, device: torch.device) -> dict
     del x64
 
     reset_peak(device)
-    t_kernel = median_ms(lambda: cov_update_triton(cov, x, packed=packed), device)
+    t_kernel = median_ms(lambda: cov_update_triton(cov, x), device)
     peak_kernel = peak_mib(device)
     result = dict(op="covariance", D=D, N=N, packed=packed, dtype="bf16", block_d=block_d, kernel_ms=t_kernel,
                   useful_tflops=useful_flops / t_kernel / 1e9, executed_tflops=executed_flops / t_kernel / 1e9,
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = []
     for D in args.dims:
         # The square fp32 accumulator takes 4 * D^2 bytes: where that is over half the free memory, time only the
-        # packed one (2 * D^2 bytes).
+        # block-packed one (about 2 * D^2 bytes), which is what StreamingCovariance keeps.
         for packed in ([False, True] if 4 * D * D < free_bytes(device) / 2 else [True]):
             results.append(bench_covariance(D, args.n, packed, device))
             print(json.dumps(results[-1]), flush=True)

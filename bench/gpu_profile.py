@@ -1,7 +1,7 @@
 """Profiler overhead over the bare forward on GPU, at the real shapes of Qwen2.5-3B and Llama-3-8B (issue 3, bench 3).
 
     python bench/gpu_profile.py [--models qwen2.5-3b,llama-3-8b] [--tokens-per-batch 16384] [--seq-len 512]
-                                [--batches 8] [--reps 5] [--json results.json]
+                                [--batches 8] [--reps 5] [--fit-k 64] [--json results.json]
 
 Models are built from hand-written configs with random bf16 weights directly on the GPU (nothing is downloaded), base
 model only (no LM head). Batches are random token ids with ragged lengths (half to all of --seq-len, right padding,
@@ -20,14 +20,19 @@ Overhead = profiler / floor - 1 (target <= 3%); it can be negative because the c
 count real (unpadded) tokens.
 Peak memory is `torch.cuda.max_memory_allocated`: for the floor before the accumulator exists, for the profiler with it.
 
-The accumulator is what fits: the square fp32 [D, D] of `StreamingCovariance` when it leaves room for the activations,
-else the packed upper triangle (`cov_update_(..., packed=True)`, half the bytes; same staging), else a square over the
-first layers only (the capture still pools every default layer). The output says which (column "cov storage").
+The accumulator is `StreamingCovariance`'s own (block-packed fp32 upper triangle: 30 GiB for Llama-3-8B's 122,880
+dims) over all default layers when it leaves room for the activations, else over the first layers only (the capture
+still pools every default layer). The output says which (column "cov dims").
 
-Then the covariance kernel alone: `cov_update_` (Triton on CUDA) on N = 4096 bf16 rows into an fp32 [D, D], against a
-plain bf16 `torch.matmul(x.T, x)` of the same shape, timed with `triton.testing.do_bench` (median). FLOPs are counted
-as 2*N*D*D for both; the kernel computes only the upper-triangle tiles, so its rate can exceed the matmul's
-(target >= 70%). The same rows in fp32, which is what `profile()` stages (3xTF32 in the kernel), are timed beside them.
+After the passes, the fit: `StreamingCovariance.top_eigenpairs(--fit-k)` on the device (block Krylov in torch, products
+with the packed sums in place), timed once, with its peak memory. The passes repeat the same rows, so the covariance
+has low rank (rows per pass): this times the solver's products and bookkeeping, not its behaviour on a real spectrum.
+
+Then the covariance kernel alone: `cov_update_` (Triton on CUDA) on N = 4096 bf16 rows into a block-packed fp32
+accumulator, against a plain bf16 `torch.matmul(x.T, x)` of the same shape, timed with `triton.testing.do_bench`
+(median). FLOPs are counted as 2*N*D*D for both; the kernel computes only the upper-triangle tiles, so its rate can
+exceed the matmul's (target >= 70%). The same rows in fp32, which is what `profile()` stages (3xTF32 in the kernel), are
+timed beside them.
 `bench/gpu_kernels.py` has the finer kernel breakdown.
 
     python bench/gpu_profile.py --cpu-smoke
@@ -57,7 +62,8 @@ from autoskill_fast.basis import FeatureLayout  # noqa: E402
 from autoskill_fast.batching import Batch, Tokenized, collate  # noqa: E402
 from autoskill_fast.capture import PooledCapture  # noqa: E402
 from autoskill_fast.corpus import Example  # noqa: E402
-from autoskill_fast.kernels import cov_update_  # noqa: E402
+from autoskill_fast.kernels import PackedSymmetric, cov_update_  # noqa: E402
+from autoskill_fast.kernels.packed import BlockPackedLayout, default_tile  # noqa: E402
 from autoskill_fast.models import decoder_blocks  # noqa: E402
 from autoskill_fast.profile import check_finite, resolve_layers  # noqa: E402
 from autoskill_fast.stats import StreamingCovariance  # noqa: E402
@@ -124,46 +130,19 @@ def synthetic_batches(vocab: int, tokens_per_batch: int, seq_len: int, n_batches
     return batches
 
 
-class PackedSecondMoment:
-    """`StreamingCovariance`'s accumulation (staged rows, one `cov_update_` per block) into the packed upper
-    triangle: half the memory of its square [D, D]. Only what a pass costs; no results are read from it."""
-
-    def __init__(self, dim: int, device: torch.device, stage_rows: int = 4096):
-        self.dim, self.stage_rows = dim, stage_rows
-        self.sumsq = torch.zeros(dim * (dim + 1) // 2, dtype=torch.float32, device=device)
-        self.sum = torch.zeros(dim, dtype=torch.float64, device=device)
-        self.n = 0
-        self._staged: list[torch.Tensor] = []
-
-    def update_shifted(self, xc_nd: torch.Tensor) -> None:
-        self.sum += xc_nd.sum(dim=0, dtype=torch.float64)
-        self.n += xc_nd.shape[0]
-        self._staged.append(xc_nd)
-        if sum(x.shape[0] for x in self._staged) >= self.stage_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._staged:
-            block = torch.cat(self._staged) if len(self._staged) > 1 else self._staged[0]
-            self._staged = []
-            cov_update_(self.sumsq, block, packed=True)
+def packed_bytes(dim: int) -> int:
+    return 4 * BlockPackedLayout(dim, default_tile(dim)).numel
 
 
-def choose_accumulator(layout: FeatureLayout, free: int, reserve: int, forced: str) -> tuple[str, int]:
-    """(storage, covariance dims): square if it fits next to `reserve` bytes, else packed, else a square over the
-    first layers. `forced` ("square" / "packed") skips the search but not the check."""
-    D, H = layout.feature_dim, layout.hidden_size
-    options = [("square", D, 4 * D * D), ("packed", D, 2 * D * (D + 1))]
-    for kind, dim, size in options:
-        if forced in ("auto", kind) and size + reserve <= free:
-            return kind, dim
-    if forced != "auto":
-        raise MemoryError(f"a {forced} accumulator of D={D} needs {options[forced == 'packed'][2] / GIB:.1f} GiB + "
-                          f"{reserve / GIB:.1f} GiB reserve; {free / GIB:.1f} GiB are free")
-    for n_layers in range(len(layout.layer_ids) - 1, 0, -1):
-        if 4 * (n_layers * H) ** 2 + reserve <= free:
-            return f"square, first {n_layers} of {len(layout.layer_ids)} layers", n_layers * H
-    raise MemoryError(f"not even one layer's covariance fits next to a {reserve / GIB:.1f} GiB reserve")
+def choose_accumulator(layout: FeatureLayout, free: int, reserve: int) -> tuple[str, int]:
+    """(description, covariance dims): every default layer if the packed fp32 sums fit next to `reserve` bytes, else
+    the most leading layers that do."""
+    D, H, n_layers = layout.feature_dim, layout.hidden_size, len(layout.layer_ids)
+    for used in range(n_layers, 0, -1):
+        if packed_bytes(used * H) + reserve <= free:
+            return ("all layers" if used == n_layers else f"first {used} of {n_layers} layers"), used * H
+    raise MemoryError(f"not even one layer's covariance fits next to a {reserve / GIB:.1f} GiB reserve "
+                      f"(D={D} would need {packed_bytes(D) / GIB:.1f} GiB)")
 
 
 def _mark(device: torch.device):
@@ -222,16 +201,13 @@ def bench_model(name: str, args, device: torch.device) -> dict:
     total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 0
     reserve = 2 * activations + 2 * 4 * max_rows * layout.feature_dim + max(4 * GIB, total // 10)
     try:
-        storage, cov_dim = choose_accumulator(layout, free_bytes(device), reserve, args.cov_storage)
+        storage, cov_dim = choose_accumulator(layout, free_bytes(device), reserve)
     except MemoryError as e:
         return dict(result, skipped=str(e))
-    if storage == "packed":
-        stats = PackedSecondMoment(cov_dim, device)
-    else:
-        stats = StreamingCovariance(cov_dim, device=device)
-        stats.set_shift(shift[:cov_dim])
+    stats = StreamingCovariance(cov_dim, device=device)
+    stats.set_shift(shift[:cov_dim])
     result.update(cov_storage=storage, cov_dim=cov_dim,
-                  accumulator_gib=stats.sumsq.numel() * stats.sumsq.element_size() / GIB)
+                  accumulator_gib=stats.sumsq.data.numel() * stats.sumsq.data.element_size() / GIB)
 
     def capture_pass():
         with capture:  # hooks on for this pass only: the floor runs the same model without them
@@ -267,25 +243,31 @@ def bench_model(name: str, args, device: torch.device) -> dict:
                     flush_ms.append(elapsed - _ms(start, flush_start))
                     peak_profiler = max(peak_profiler, peak_mib(device) or 0.0)
     except torch.cuda.OutOfMemoryError as e:
-        return dict(result, skipped=f"out of GPU memory during the timed passes ({e}); try --cov-storage packed "
-                                    "or a smaller --tokens-per-batch")
+        return dict(result, skipped=f"out of GPU memory during the timed passes ({e}); try a smaller "
+                                    "--tokens-per-batch")
     medians = {v: statistics.median(times[v]) for v in VARIANTS}
     result.update({f"{v}_ms": medians[v] for v in VARIANTS})
     result.update({f"{v}_tokens_per_s": real_tokens / medians[v] * 1e3 for v in VARIANTS})
     result.update(flush_ms=statistics.median(flush_ms), peak_profiler_gib=peak_profiler / 1024 or None,
                   capture_overhead_pct=100 * (medians["capture"] / medians["floor"] - 1),
                   overhead_pct=100 * (medians["profiler"] / medians["floor"] - 1), reps=args.reps)
+    del model, capture, batches
+    reset_peak(device)
+    start = _mark(device)
+    fit = stats.top_eigenpairs(min(args.fit_k, cov_dim))
+    result.update(fit_s=_ms(start, _mark(device)) / 1e3, fit_method=fit.method, fit_k=len(fit.eigenvalues),
+                  fit_max_residual=float(fit.residuals.max()), peak_fit_gib=(peak_mib(device) or 0) / 1024 or None)
     return result
 
 
 def bench_cov_rate(D: int, N: int, device: torch.device) -> dict:
     result = dict(D=D, N=N, flops=2 * N * D * D)
-    need = 4 * D * D + 2 * D * D + 6 * N * D  # fp32 accumulator, bf16 matmul product, bf16 and fp32 rows
+    need = packed_bytes(D) + 2 * D * D + 6 * N * D  # packed fp32 accumulator, bf16 matmul product, bf16 and fp32 rows
     if need * 1.2 + GIB > free_bytes(device):
         return dict(result, skipped=f"needs {need / GIB:.1f} GiB, {free_bytes(device) / GIB:.1f} GiB free")
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(N, D, device=device, dtype=torch.bfloat16, generator=gen)
-    cov = torch.zeros(D, D, device=device)
+    cov = PackedSymmetric.zeros(D, device=device)
     product = torch.empty(D, D, device=device, dtype=torch.bfloat16)
     x_fp32 = x.float()  # what profile() feeds it: the capture's staging rows are fp32 (3xTF32 in the kernel)
     kernel_ms = median_ms(lambda: cov_update_(cov, x), device)
@@ -304,9 +286,9 @@ def _fmt(value, spec: str) -> str:
 
 
 def print_tables(models: list[dict], covs: list[dict]) -> None:
-    print(f"\n{'model':<12} {'D':>7} {'cov storage':<30} {'tokens/pass':>11} {'floor ms':>9} {'capture ms':>10} "
+    print(f"\n{'model':<12} {'D':>7} {'cov dims':<30} {'tokens/pass':>11} {'floor ms':>9} {'capture ms':>10} "
           f"{'profiler ms':>11} {'flush ms':>8} {'capture %':>9} {'overhead %':>10} {'floor tok/s':>11} "
-          f"{'profiler tok/s':>14} {'peak floor GiB':>14} {'peak profiler GiB':>17}")
+          f"{'profiler tok/s':>14} {'peak floor GiB':>14} {'peak profiler GiB':>17} {'fit s':>7} {'peak fit GiB':>12}")
     for r in models:
         if "skipped" in r:
             print(f"{r['model']:<12} skipped: {r['skipped']}")
@@ -315,7 +297,7 @@ def print_tables(models: list[dict], covs: list[dict]) -> None:
               f"{r['floor_ms']:>9.1f} {r['capture_ms']:>10.1f} {r['profiler_ms']:>11.1f} {r['flush_ms']:>8.1f} "
               f"{r['capture_overhead_pct']:>+9.2f} {r['overhead_pct']:>+10.2f} {r['floor_tokens_per_s']:>11.0f} "
               f"{r['profiler_tokens_per_s']:>14.0f} {_fmt(r['peak_floor_gib'], '.2f'):>14} "
-              f"{_fmt(r['peak_profiler_gib'], '.2f'):>17}")
+              f"{_fmt(r['peak_profiler_gib'], '.2f'):>17} {r['fit_s']:>7.2f} {_fmt(r['peak_fit_gib'], '.2f'):>12}")
     print(f"\ncovariance kernel (bf16 rows; fp32 rows as profile() feeds them) vs bf16 matmul, "
           f"FLOPs = 2*N*D*D for all\n"
           f"{'D':>7} {'N':>6} {'kernel ms':>10} {'kernel TFLOP/s':>14} {'matmul ms':>10} {'matmul TFLOP/s':>14} "
@@ -336,8 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seq-len", type=int, default=512, help="longest example; others are half to all of it")
     parser.add_argument("--batches", type=int, default=8, help="batches per timed pass")
     parser.add_argument("--reps", type=int, default=5, help="timed passes per variant (after one warm-up)")
-    parser.add_argument("--cov-storage", choices=("auto", "square", "packed"), default="auto",
-                        help="accumulator layout; auto: square if it fits, else packed, else fewer layers")
+    parser.add_argument("--fit-k", type=int, default=64, help="directions of the timed fit")
     parser.add_argument("--cov-dims", type=int, nargs="+", default=[4096, 16384, 32768])
     parser.add_argument("--cov-rows", type=int, default=4096, help="N, rows per covariance update")
     parser.add_argument("--json", help="also write the results here")

@@ -6,6 +6,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -198,6 +199,58 @@ py::tuple topk_eigh_krylov(const py::object& obj, int k, double tol, int max_ste
     return has_dtype<float>(a) ? run(float{}) : run(double{});
 }
 
+// The Krylov solver over a Python callable `multiply(x) -> A @ x` (x: [n, c] Fortran-ordered float32/float64, a
+// copy the callable may keep; the result: any [n, c] array, converted to float64). The GIL is released while the
+// solver works and taken back for each product.
+py::tuple topk_eigh_krylov_operator(const py::function& multiply, int64_t n, const std::string& dtype, int k,
+                                    double tol, int max_steps, int block_size, int max_basis, uint64_t seed) {
+    if (n < 1) throw py::value_error("n must be >= 1, got " + std::to_string(n));
+    if (n > std::numeric_limits<int>::max()) throw py::value_error("n is too large: " + std::to_string(n));
+    if (k < 1 || k > n) {
+        throw py::value_error("k must be in [1, " + std::to_string(n) + "], got " + std::to_string(k));
+    }
+    if (dtype != "float32" && dtype != "float64") {
+        throw py::value_error("dtype must be 'float32' or 'float64', got '" + dtype + "'");
+    }
+    if (!(tol > 0.0) || !std::isfinite(tol)) {
+        throw py::value_error("tol must be a positive number, got " + std::to_string(tol));
+    }
+    if (max_steps < 1) throw py::value_error("max_steps must be >= 1, got " + std::to_string(max_steps));
+    if (block_size < 1) throw py::value_error("block_size must be >= 1, got " + std::to_string(block_size));
+    if (max_basis < 0) throw py::value_error("max_basis must be >= 0 (0: automatic), got " + std::to_string(max_basis));
+    askf::KrylovOptions opt;
+    opt.tol = tol;
+    opt.max_steps = max_steps;
+    opt.block_size = block_size;
+    opt.max_basis = max_basis;
+    opt.seed = seed;
+    auto run = [&](auto tag) {
+        using T = decltype(tag);
+        const askf::BlockProduct<T> product = [&](const T* x, int c, double* out) {
+            py::gil_scoped_acquire acquire;
+            py::array_t<T, py::array::f_style> x_arr({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(c)});
+            std::copy_n(x, static_cast<size_t>(n) * c, x_arr.mutable_data());
+            py::object returned = multiply(x_arr);
+            auto result = py::array_t<double, py::array::f_style | py::array::forcecast>::ensure(returned);
+            if (!result || result.ndim() != 2 || result.shape(0) != n || result.shape(1) != c) {
+                throw py::value_error("multiply(x) must return an array of shape (" + std::to_string(n) + ", " +
+                                      std::to_string(c) + ") for x of that shape, got " +
+                                      std::string(py::str(py::getattr(returned, "shape", py::none()))));
+            }
+            std::copy_n(result.data(), static_cast<size_t>(n) * c, out);
+        };
+        askf::TopkEigh<T> result;
+        try {
+            py::gil_scoped_release release;
+            result = askf::topk_eigh_krylov<T>(product, n, k, opt);
+        } catch (const askf::NonFiniteMatrix&) {
+            throw py::value_error("the operator's product holds NaN or Inf: its matrix is not finite");
+        }
+        return to_python(std::move(result), n, k);
+    };
+    return dtype == "float32" ? run(float{}) : run(double{});
+}
+
 template <typename Tin, typename T>
 py::array run_projection(const py::array& x, const py::array& mean, const py::array& components) {
     const int64_t rows = x.shape(0), dim = x.shape(1), k = components.shape(0);
@@ -270,6 +323,11 @@ PYBIND11_MODULE(_core, m) {
           "products of `a` with D x block_size blocks, fp64 Rayleigh-Ritz).\n\nStops when every residual "
           "(relative as for topk_eigh_exact) is <= tol, after max_steps block products, or when rounding stops "
           "progress. Returns (values, vectors, residuals, steps, converged).");
+    m.def("topk_eigh_krylov_operator", &topk_eigh_krylov_operator, "multiply"_a, "n"_a, "dtype"_a, "k"_a,
+          "tol"_a = 1e-6, "max_steps"_a = 300, "block_size"_a = 32, "max_basis"_a = 0, "seed"_a = 0,
+          "topk_eigh_krylov for a symmetric operator given by `multiply(x) -> A @ x` (x [n, c] Fortran-ordered in "
+          "`dtype`, 'float32' or 'float64'; the result is read as float64), e.g. a packed matrix. Returns (values, "
+          "vectors, residuals, steps, converged).");
     m.def("project", &project, "x"_a, "mean"_a, "components"_a, "x_is_bfloat16"_a = false,
           "(x - mean) @ components.T for x [N, D], mean [D], components [k, D]; centred and multiplied in blocks "
           "of rows in the dtype of components (float32 or float64). x may be float32, float64 (with float64 "

@@ -200,6 +200,16 @@ TopkEigh<T> topk_eigh_syevr(const T* a, int64_t n64, int k) {
 template <typename T>
 TopkEigh<T> topk_eigh_krylov(const T* a, int64_t n64, int k, const KrylovOptions& opt) {
     const int n = static_cast<int>(n64);
+    std::vector<T> xt_a(static_cast<size_t>(n) * std::clamp(opt.block_size, 1, n));
+    const BlockProduct<T> multiply = [&](const T* x, int c, double* out) {
+        multiply_by_a(a, n, x, c, xt_a.data(), out);
+    };
+    return topk_eigh_krylov<T>(multiply, n64, k, opt);
+}
+
+template <typename T>
+TopkEigh<T> topk_eigh_krylov(const BlockProduct<T>& multiply, int64_t n64, int k, const KrylovOptions& opt) {
+    const int n = static_cast<int>(n64);
     const size_t nz = static_cast<size_t>(n);
     const int b = std::clamp(opt.block_size, 1, n);
     const int mmax = std::min(opt.max_basis > 0 ? opt.max_basis : std::max(2 * k + 2 * b, k + 6 * b), n);
@@ -220,7 +230,7 @@ TopkEigh<T> topk_eigh_krylov(const T* a, int64_t n64, int k, const KrylovOptions
     // O(n^2 b) part, runs in T; the block is rounded to T first so that Q holds exactly what A multiplied.
     std::vector<double> q(nz * mmax), w(nz * mmax), p(nz * b), coef, scratch, rf(static_cast<size_t>(b) * b),
         r2(static_cast<size_t>(b) * b), w_norm(static_cast<size_t>(b));
-    std::vector<T> p_t(std::is_same_v<T, double> ? 0 : nz * b), w_t(nz * b);
+    std::vector<T> p_t(std::is_same_v<T, double> ? 0 : nz * b);
     std::vector<double> h(static_cast<size_t>(mmax) * mmax, 0.0), theta, s;
     Gaussian rng(opt.seed);
 
@@ -239,10 +249,10 @@ TopkEigh<T> topk_eigh_krylov(const T* a, int64_t n64, int k, const KrylovOptions
                 p_t[i] = static_cast<T>(p[i]);
                 q_new[i] = p_t[i];
             }
-            multiply_by_a(a, n, p_t.data(), bw, w_t.data(), w_new);
+            multiply(p_t.data(), bw, w_new);
         } else {
             std::copy_n(p.data(), nz * bw, q_new);
-            multiply_by_a(a, n, q_new, bw, w_t.data(), w_new);
+            multiply(q_new, bw, w_new);
         }
         if (out.steps == 0) {  // every entry of A reaches A P (P is dense), so a NaN or Inf shows up here
             bool bad = false;
@@ -392,5 +402,7 @@ template TopkEigh<float> topk_eigh_syevr<float>(const float*, int64_t, int);
 template TopkEigh<double> topk_eigh_syevr<double>(const double*, int64_t, int);
 template TopkEigh<float> topk_eigh_krylov<float>(const float*, int64_t, int, const KrylovOptions&);
 template TopkEigh<double> topk_eigh_krylov<double>(const double*, int64_t, int, const KrylovOptions&);
+template TopkEigh<float> topk_eigh_krylov<float>(const BlockProduct<float>&, int64_t, int, const KrylovOptions&);
+template TopkEigh<double> topk_eigh_krylov<double>(const BlockProduct<double>&, int64_t, int, const KrylovOptions&);
 
 }  // namespace askf

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <stdexcept>
 #include <vector>
 
@@ -41,5 +42,15 @@ TopkEigh<T> topk_eigh_syevr(const T* a, int64_t n, int k);
 
 template <typename T>
 TopkEigh<T> topk_eigh_krylov(const T* a, int64_t n, int k, const KrylovOptions& opt);
+
+// The product of a symmetric operator with a block: out[n x c] (fp64, column-major) = A x, x [n x c] column-major
+// in T. The Krylov solver needs nothing else of A, so A may be stored in any form (e.g. packed, or on a device).
+template <typename T>
+using BlockProduct = std::function<void(const T* x, int c, double* out)>;
+
+// The same block Krylov solver over an operator given by its product (called once per block step, with c <= the
+// block size, from the calling thread).
+template <typename T>
+TopkEigh<T> topk_eigh_krylov(const BlockProduct<T>& multiply, int64_t n, int k, const KrylovOptions& opt);
 
 }  // namespace askf

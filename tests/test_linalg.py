@@ -347,3 +347,69 @@ def test_cuda_paths_match_numpy(dtype_name):
     x, mean, comps = torch.randn(300, 2500).to(dtype), torch.randn(2500), torch.randn(24, 2500)
     torch.testing.assert_close(project(x.cuda(), mean.cuda(), comps.cuda()).cpu(), project(x, mean, comps),
                                rtol=1e-5, atol=1e-4)
+
+
+# ---- symmetric operators (matrices known by their products, e.g. packed) ---------------------------------------
+class DenseOperator(linalg.SymmetricOperator):
+    """A symmetric matrix seen only through products, counting them."""
+
+    def __init__(self, a: torch.Tensor):
+        self.a, self.shape, self.dtype, self.device = a, tuple(a.shape), a.dtype, a.device
+        self.products = 0
+
+    def __matmul__(self, x):
+        self.products += 1
+        return self.a @ x.to(self.dtype)
+
+    def to_dense(self):
+        return self.a.clone()
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("core", [True, False], ids=["core", "torch"])
+@pytest.mark.parametrize("kind,dim,k", [("covariance", 513, 16), ("clustered", 600, 9), ("gaussian", 777, 40)])
+def test_operator_krylov_matches_numpy(kind, dim, k, core, dtype_name, monkeypatch):
+    if core and not core_available():
+        pytest.skip("autoskill_fast._core is not built")
+    if not core:
+        monkeypatch.setenv(linalg.DISABLE_CORE_ENV, "1")
+    dtype = DTYPES[dtype_name]
+    a64 = make_matrix(kind, dim, seed=dim)
+    operator = DenseOperator(torch.from_numpy(a64).to(dtype))
+    result = topk_eigh(operator, k, tol=TOL[dtype], method="auto")
+    assert result.method == ("block-krylov" if core else "torch-block-krylov") and operator.products > 0
+    check_eigenpairs(a64.astype(np.float32).astype(np.float64) if dtype == torch.float32 else a64, k, result,
+                     dtype, TOL[dtype])
+
+
+def test_operator_small_or_exact_is_densified():
+    a64 = make_matrix("gaussian", 97, seed=1)
+    operator = DenseOperator(torch.from_numpy(a64))
+    for method in ("auto", "exact", "torch"):
+        result = topk_eigh(operator, 5, method=method)
+        assert result.method in ("lapack-syevr", "torch-eigh") and operator.products == 0
+        check_eigenpairs(a64, 5, result, torch.float64, TOL[torch.float64])
+
+
+@needs_core
+def test_core_operator_boundary_errors():
+    from autoskill_fast import _core
+
+    eye = np.eye(40)
+    with pytest.raises(ValueError, match=r"must return an array of shape \(40, 8\)"):
+        _core.topk_eigh_krylov_operator(lambda x: np.zeros((39, x.shape[1])), 40, "float64", 3, block_size=8)
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64'"):
+        _core.topk_eigh_krylov_operator(lambda x: eye @ x, 40, "float16", 3)
+    with pytest.raises(ValueError, match=r"k must be in \[1, 40\]"):
+        _core.topk_eigh_krylov_operator(lambda x: eye @ x, 40, "float64", 41)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        _core.topk_eigh_krylov_operator(lambda x: np.full(x.shape, np.nan), 40, "float64", 3)
+
+    def fails(x):
+        raise RuntimeError("product failed on purpose")
+
+    with pytest.raises(RuntimeError, match="product failed on purpose"):
+        _core.topk_eigh_krylov_operator(fails, 40, "float32", 3)
+    seen = []
+    values, *_ = _core.topk_eigh_krylov_operator(lambda x: seen.append(x.dtype) or eye @ x, 40, "float32", 3)
+    assert seen and set(seen) == {np.dtype(np.float32)} and np.allclose(values, 1.0)

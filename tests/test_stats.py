@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from autoskill_fast.errors import AutoskillError
-from autoskill_fast.stats import StreamingCovariance
+from autoskill_fast.artifacts import save_tensors
+from autoskill_fast.kernels import PackedSymmetric
+from autoskill_fast.stats import StreamingCovariance, load_statistics
 
 
 def data(n: int, d: int, seed: int, offset: float = 50.0) -> torch.Tensor:
@@ -67,3 +69,77 @@ def test_errors_are_clear(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(AutoskillError, match="corrupted or truncated"):
         StreamingCovariance.load(tmp_path / "bad.safetensors")
+
+
+def test_sums_are_block_packed_and_half_the_square():
+    stats = StreamingCovariance(1000)
+    assert isinstance(stats.sumsq, PackedSymmetric) and stats.sumsq.layout.tile == 128
+    assert stats.sumsq.data.numel() < 0.6 * 1000 * 1000
+
+
+@pytest.mark.parametrize("accum", [torch.float64, torch.float32], ids=str)
+def test_covariance_operator_is_the_covariance(accum):
+    x = data(200, 300, seed=4)
+    stats = StreamingCovariance(300, accum_dtype=accum)
+    for chunk in x.split(33):
+        stats.update(chunk)
+    cov = torch.from_numpy(np.cov(x.numpy(), rowvar=False))
+    q = torch.randn(300, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for ddof in (0, 1):
+        want = torch.from_numpy(np.cov(x.numpy(), rowvar=False, ddof=ddof))
+        for dtype in (torch.float64, torch.float32):
+            operator = stats.covariance_operator(ddof=ddof, dtype=dtype)
+            got = operator @ q
+            assert got.dtype == dtype
+            rtol = 1e-10 if dtype == accum == torch.float64 else 1e-5
+            assert float((got.double() - want @ q).abs().max()) <= rtol * float((want.abs() @ q.abs()).max())
+        assert torch.allclose(stats.covariance_operator(ddof=ddof).to_dense().double(), want,
+                              rtol=0, atol=(1e-10 if accum == torch.float64 else 1e-4) * float(cov.abs().max()))
+
+
+def test_top_eigenpairs_from_the_packed_sums_match_numpy():
+    """D = 1100 (three block rows): the Krylov path, fp32 products over the fp64 sums, against numpy fp64."""
+    gen = torch.Generator().manual_seed(5)
+    D = 1100
+    x = (torch.randn(400, D, generator=gen, dtype=torch.float64) * torch.arange(1, D + 1) ** -0.5
+         + 7.0).float()
+    stats = StreamingCovariance(D)
+    for chunk in x.split(128):
+        stats.update(chunk)
+    result = stats.top_eigenpairs(12)
+    assert result.method in ("block-krylov", "torch-block-krylov")
+    values, vectors = np.linalg.eigh(np.cov(x.double().numpy(), rowvar=False))
+    values, vectors = values[::-1][:12], vectors[:, ::-1][:, :12]
+    assert np.abs(result.eigenvalues.double().numpy() - values).max() <= 2e-6 * values[0]
+    assert float(result.residuals.max()) <= 1e-6
+    overlap = np.abs(np.sum(result.eigenvectors.double().numpy() * vectors, axis=0))
+    gaps = np.minimum(np.abs(np.diff(values, prepend=np.inf)), np.abs(np.diff(values, append=-np.inf)))
+    assert np.all((overlap > 1 - 1e-6) | (gaps < 1e-3 * values[0]))
+
+
+def test_packed_state_round_trips_and_version_0_1_files_still_load(tmp_path):
+    x = data(50, 300, seed=6)
+    stats = StreamingCovariance(300)
+    stats.update(x)
+    stats.save(tmp_path / "s.safetensors")
+    loaded = StreamingCovariance.load(tmp_path / "s.safetensors")
+    assert loaded.sumsq.layout == stats.sumsq.layout and torch.equal(loaded.sumsq.data, stats.sumsq.data)
+    # The row-by-row packed triangle of version 0.1 (row i holds S2[i, i:]).
+    dense = stats.sumsq.to_dense()
+    legacy = {"count": torch.tensor([50]), "shift": stats.shift, "sum": stats.sum,
+              "sumsq_upper": torch.cat([dense[i, i:] for i in range(300)])}
+    save_tensors(tmp_path / "old.safetensors", legacy)
+    old = load_statistics(tmp_path / "old.safetensors")
+    assert isinstance(old, StreamingCovariance) and torch.equal(old.covariance(), stats.covariance())
+
+
+def test_corrupted_packed_state_is_named(tmp_path):
+    stats = StreamingCovariance(20)
+    stats.update(data(5, 20, seed=7))
+    state = stats.state_dict()
+    save_tensors(tmp_path / "short.safetensors", dict(state, sumsq_packed=state["sumsq_packed"][:-1].clone()))
+    with pytest.raises(AutoskillError, match="corrupted"):
+        StreamingCovariance.load(tmp_path / "short.safetensors")
+    save_tensors(tmp_path / "partial.safetensors", {k: v for k, v in state.items() if k != "sumsq_tile"})
+    with pytest.raises(AutoskillError, match=r"missing tensors \['sumsq_tile'\]"):
+        StreamingCovariance.load(tmp_path / "partial.safetensors")

@@ -1,15 +1,13 @@
-"""Streaming second moment: C += x^T x, upper triangle only, plus the converters between its storage layouts.
+"""Streaming second moment: C += x^T x, upper triangle only, on a square or block-packed accumulator.
 
 One op, four parts: `_cov_update_kernel` (Triton), its launcher `cov_update_triton`, the plain-torch reference
-`cov_update_ref` (also the CPU path and the fallback), and the public `cov_update_`, which dispatches.
+`cov_update_ref` (also the CPU path and the fallback), and the public `cov_update_`, which dispatches. Beside them,
+`symmetrize_upper(_)` completes a square accumulator.
 
-Storage layouts of the symmetric D x D accumulator:
+Storage of the symmetric D x D accumulator:
 - square: a [D, D] tensor of which only the upper triangle (i <= j) is guaranteed to hold the sum; entries below
   the diagonal are unspecified (the Triton path writes the lower half of diagonal tiles, the reference does not).
-  `symmetrize_upper` turns it into the full symmetric matrix.
-- packed: a 1-D tensor of length D * (D + 1) // 2 holding the upper triangle row by row: row i contributes
-  cov[i, i:], so entry (i, j), i <= j, lives at  i * (2 * D - i + 1) // 2 + (j - i).  (This is LAPACK's lower
-  packed storage 'L' of the same symmetric matrix, read column-major.) Half the memory of the square.
+- packed: a `PackedSymmetric` (see packed.py): the upper block triangle, block row after block row, half the memory.
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .dispatch import interpreting, tl, triton, use_triton
+from .packed import PackedSymmetric
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 REF_BLOCK_ROWS = 512  # row-block height of the reference's triangular matmuls: large enough for BLAS efficiency
@@ -25,7 +24,7 @@ REF_BLOCK_ROWS = 512  # row-block height of the reference's triangular matmuls: 
 @triton.jit
 def _cov_update_kernel(
     x_ptr,  # [N, D] fp32 / bf16 / fp16, any strides
-    cov_ptr,  # [D, D] fp32 (any strides), or [D * (D + 1) // 2] fp32 packed upper triangle when PACKED
+    cov_ptr,  # [D, D] fp32 (any strides), or the 1-D fp32 storage of a block-packed matrix when PACKED
     tiles_ptr,  # [n_tiles * (n_tiles + 1) // 2, 2] int32: (tile row, tile col) of each upper tile, row <= col
     N,
     D,
@@ -33,7 +32,9 @@ def _cov_update_kernel(
     stride_xd,
     stride_ci,
     stride_cj,
+    padded_dim,  # PACKED: the packed layout's padded_dim (D rounded up to a multiple of TILE)
     PACKED: tl.constexpr,
+    TILE: tl.constexpr,  # PACKED: the layout's tile, a multiple of BLOCK_D
     UPCAST: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -67,8 +68,12 @@ def _cov_update_kernel(
     cols = offs_j[None, :]
     mask = mask_i[:, None] & mask_j[None, :]
     if PACKED:
-        mask = mask & (rows <= cols)
-        ptrs = cov_ptr + (rows * (2 * D - rows + 1)) // 2 + (cols - rows)
+        # This tile lies in block row I of the layout (TILE is a multiple of BLOCK_D), which starts at
+        # TILE * (I * padded_dim - TILE * I * (I - 1) / 2) and is a row-major [TILE, padded_dim - I * TILE] matrix.
+        block = (ti * BLOCK_D) // TILE
+        first = block * TILE
+        start = TILE * (block * padded_dim - TILE * block * (block - 1) // 2)
+        ptrs = cov_ptr + start + (rows - first) * (padded_dim - first) + (cols - first)
     else:
         ptrs = cov_ptr + rows * stride_ci + cols * stride_cj
     tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + acc, mask=mask)
@@ -100,8 +105,8 @@ def _fp32_dot_precision() -> str:
     return "ieee" if torch.version.hip else "tf32x3"
 
 
-def cov_update_triton(cov: torch.Tensor, x: torch.Tensor, *, packed: bool = False, block_d: int | None = None,
-                      block_n: int | None = None) -> torch.Tensor:
+def cov_update_triton(cov: torch.Tensor | PackedSymmetric, x: torch.Tensor, *, block_d: int | None = None,
+                      block_n: int | None = None) -> torch.Tensor | PackedSymmetric:
     """Launch `_cov_update_kernel`: cov (fp32, square or packed) += x^T x on upper-triangle tiles. No validation.
 
     fp32 x is multiplied with 3xTF32 on NVIDIA (`input_precision="tf32x3"`): close to fp32 accuracy at tensor-core
@@ -114,14 +119,20 @@ def cov_update_triton(cov: torch.Tensor, x: torch.Tensor, *, packed: bool = Fals
     config = _default_config(x.dtype)
     block_d = block_d or config["BLOCK_D"]
     block_n = block_n or config["BLOCK_N"]
+    packed = isinstance(cov, PackedSymmetric)
+    if packed and cov.layout.tile % block_d:
+        raise ValueError(f"cov_update_triton: the packed tile {cov.layout.tile} is not a multiple of block_d={block_d}")
     pairs = _tile_pairs(triton.cdiv(dim, block_d), x.device)
+    storage = cov.data if packed else cov
     stride_ci, stride_cj = (0, 0) if packed else cov.stride()
     _cov_update_kernel[(pairs.shape[0],)](
-        x, cov, pairs,
+        x, storage, pairs,
         n_rows, dim,
         x.stride(0), x.stride(1),
         stride_ci, stride_cj,
+        cov.layout.padded_dim if packed else 0,
         PACKED=packed,
+        TILE=cov.layout.tile if packed else 1,
         UPCAST=interpreting() and x.dtype == torch.bfloat16,
         INPUT_PRECISION=_fp32_dot_precision() if x.dtype == torch.float32 else None,
         BLOCK_D=block_d, BLOCK_N=block_n, num_warps=config["num_warps"], num_stages=config["num_stages"],
@@ -129,71 +140,60 @@ def cov_update_triton(cov: torch.Tensor, x: torch.Tensor, *, packed: bool = Fals
     return cov
 
 
-def _packed_offset(i: int, dim: int) -> int:
-    """Start of row i of the packed upper triangle."""
-    return i * (2 * dim - i + 1) // 2
-
-
 def _row_blocks(dim: int, block: int = REF_BLOCK_ROWS):
     for i0 in range(0, dim, block):
         yield i0, min(i0 + block, dim)
 
 
-def _upper_mask(n_rows: int, n_cols: int, device: torch.device) -> torch.Tensor:
-    """[n_rows, n_cols] bool, True where col >= row: the upper-triangle part of a block row starting on the diagonal.
-    Selected in row-major order, these are exactly the block's rows of the packed layout, back to back."""
-    return torch.ones(n_rows, n_cols, dtype=torch.bool, device=device).triu_()
-
-
-def cov_update_ref(cov: torch.Tensor, x: torch.Tensor, *, packed: bool = False) -> torch.Tensor:
+def cov_update_ref(cov: torch.Tensor | PackedSymmetric, x: torch.Tensor) -> torch.Tensor | PackedSymmetric:
     """Plain-torch `cov_update_`, in cov's dtype (x is converted to it: fp32 x into an fp64 cov is upcast).
 
-    Works by row blocks of the upper triangle, cov[i0:i1, i0:] += x[:, i0:i1]^T x[:, i0:], so it also does about half
-    the FLOPs of x^T x and never allocates a D x D temporary.
+    Works by row blocks of the upper triangle, cov[i0:i1, i0:] += x[:, i0:i1]^T x[:, i0:] (a packed matrix's own
+    block rows), so it also does about half the FLOPs of x^T x and never allocates a D x D temporary.
     """
     dim = x.shape[1]
     if x.shape[0] == 0:
         return cov
     xc = x.to(cov.dtype)
+    if isinstance(cov, PackedSymmetric):
+        for r0, r1, block in cov.block_rows():
+            block[:r1 - r0, :dim - r0].addmm_(xc[:, r0:r1].T, xc[:, r0:])
+        return cov
     for i0, i1 in _row_blocks(dim):
-        if packed:
-            block = xc[:, i0:i1].T @ xc[:, i0:]
-            cov[_packed_offset(i0, dim):_packed_offset(i1, dim)] += block[_upper_mask(i1 - i0, dim - i0, cov.device)]
-        else:
-            cov[i0:i1, i0:].addmm_(xc[:, i0:i1].T, xc[:, i0:])
+        cov[i0:i1, i0:].addmm_(xc[:, i0:i1].T, xc[:, i0:])
     return cov
 
 
-def _check_cov_args(cov: torch.Tensor, x: torch.Tensor, packed: bool) -> None:
+def _check_cov_args(cov: torch.Tensor | PackedSymmetric, x: torch.Tensor) -> None:
     if x.ndim != 2 or not x.is_floating_point():
         raise ValueError(f"cov_update_: x must be a float [N, D] tensor, got {x.dtype} {tuple(x.shape)}")
     dim = x.shape[1]
     if cov.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"cov_update_: cov must be float32 or float64, got {cov.dtype}")
-    if packed:
-        if cov.ndim != 1 or cov.shape[0] != dim * (dim + 1) // 2 or not cov.is_contiguous():
-            raise ValueError(f"cov_update_: packed cov must be a contiguous 1-D tensor of D*(D+1)/2 = "
-                             f"{dim * (dim + 1) // 2} entries for x of {dim} columns, got {tuple(cov.shape)}")
-    elif cov.shape != (dim, dim):
+    if isinstance(cov, PackedSymmetric):
+        if cov.dim != dim:
+            raise ValueError(f"cov_update_: the packed cov is {cov.dim} x {cov.dim} but x has {dim} columns")
+    elif cov.ndim != 2 or cov.shape != (dim, dim):
         raise ValueError(f"cov_update_: cov must be [D, D] = ({dim}, {dim}) for x of {dim} columns, got "
-                         f"{tuple(cov.shape)} (pass packed=True for the packed triangle)")
+                         f"{tuple(cov.shape)}")
     if cov.device != x.device:
         raise ValueError(f"cov_update_: cov is on {cov.device} but x is on {x.device}")
 
 
-def cov_update_(cov: torch.Tensor, x: torch.Tensor, *, packed: bool = False) -> torch.Tensor:
+def cov_update_(cov: torch.Tensor | PackedSymmetric, x: torch.Tensor) -> torch.Tensor | PackedSymmetric:
     """In place C += x^T x, accumulated in fp32 (or fp64 when cov is fp64, as on the CPU path); returns cov.
 
     x: [N, D] fp32 / bf16 / fp16 (fp64 goes to the reference), any row stride. For a compute-bound update on a GPU,
         stage a few thousand rows per call.
-    cov: [D, D] fp32 / fp64 of which only the upper triangle (i <= j) is guaranteed updated, or with packed=True the
-        packed upper triangle (see the module docstring for the layout). The Triton kernel needs fp32 cov; an fp64
-        cov uses the reference (fp64 matmuls) on every device.
+    cov: [D, D] fp32 / fp64 of which only the upper triangle (i <= j) is guaranteed updated, or a `PackedSymmetric`
+        (half the memory). The Triton kernel needs fp32 cov; an fp64 cov uses the reference (fp64 matmuls) on every
+        device.
     """
-    _check_cov_args(cov, x, packed)
-    if cov.dtype == torch.float32 and x.dtype in KERNEL_DTYPES and use_triton(cov, x):
-        return cov_update_triton(cov, x, packed=packed)
-    return cov_update_ref(cov, x, packed=packed)
+    _check_cov_args(cov, x)
+    storage = cov.data if isinstance(cov, PackedSymmetric) else cov
+    if cov.dtype == torch.float32 and x.dtype in KERNEL_DTYPES and use_triton(storage, x):
+        return cov_update_triton(cov, x)
+    return cov_update_ref(cov, x)
 
 
 def symmetrize_upper_(cov: torch.Tensor) -> torch.Tensor:
@@ -211,28 +211,3 @@ def symmetrize_upper(cov: torch.Tensor) -> torch.Tensor:
     if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
         raise ValueError(f"symmetrize_upper: expected a square matrix, got {tuple(cov.shape)}")
     return symmetrize_upper_(cov.clone())
-
-
-def pack_upper(cov_dd: torch.Tensor) -> torch.Tensor:
-    """Packed upper triangle (1-D, D*(D+1)/2 entries, row i holds cov[i, i:]) of a square [D, D]."""
-    if cov_dd.ndim != 2 or cov_dd.shape[0] != cov_dd.shape[1]:
-        raise ValueError(f"pack_upper: expected a square matrix, got {tuple(cov_dd.shape)}")
-    dim = cov_dd.shape[0]
-    packed = torch.empty(dim * (dim + 1) // 2, dtype=cov_dd.dtype, device=cov_dd.device)
-    # One contiguous copy per row: ~25x faster than boolean-mask selection at D = 16k, and no mask in memory.
-    for i in range(dim):
-        start = _packed_offset(i, dim)
-        packed[start:start + dim - i].copy_(cov_dd[i, i:])
-    return packed
-
-
-def unpack_upper(packed: torch.Tensor, D: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Full symmetric [D, D] (in `dtype`, default packed's) from the packed upper triangle."""
-    if packed.ndim != 1 or packed.shape[0] != D * (D + 1) // 2:
-        raise ValueError(f"unpack_upper: a packed triangle of D={D} has {D * (D + 1) // 2} entries, got "
-                         f"{tuple(packed.shape)}")
-    full = torch.empty(D, D, dtype=dtype or packed.dtype, device=packed.device)
-    for i in range(D):
-        start = _packed_offset(i, D)
-        full[i, i:].copy_(packed[start:start + D - i])
-    return symmetrize_upper_(full)
