@@ -159,12 +159,14 @@ def set_threads(threads: int | None) -> None:
 @click.option("--save-features", is_flag=True, help="Keep the pooled features (sharded safetensors).")
 @click.option("--features-dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
 @click.option("--no-scores", is_flag=True, help="Skip per-example scores (saves the temporary feature copy).")
-@click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Checkpoint every N batches.")
-@click.option("--checkpoint-seconds", type=float, default=600, show_default=True, help="... and at least this often.")
+@click.option("--checkpoint-every", type=int, default=None, help="Also checkpoint every N batches (default: by time).")
+@click.option("--checkpoint-seconds", type=float, default=600, show_default=True,
+              help="Checkpoint at least this often (stretched so that saving costs at most 1% of the run).")
 @click.option("--shard", default="0/1", show_default=True, help="Profile the i-th of n slices; combine with `merge`.")
 @click.option("--eig-tol", type=float, default=1e-6, show_default=True, help="Relative residual of every eigenpair.")
 @click.option("--sketch-size", type=int, default=None,
-              help="Keep a Frequent Directions sketch of this many rows instead of the exact D x D covariance.")
+              help="Keep a Frequent Directions sketch of this many rows instead of the exact packed D x D second moment "
+                   "(D^2 / 2 numbers).")
 @friendly_errors
 def profile_cmd(threads, save_features, features_dtype, no_scores, checkpoint_every, checkpoint_seconds, shard, eig_tol,
                 sketch_size, **kw):

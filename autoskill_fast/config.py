@@ -110,14 +110,17 @@ class ProfileConfig:
     scores: bool = True
     """Write per-example scores (centered projection and the paper's cosine) for every direction."""
     on_bad_example: str = "error"
-    checkpoint_every: int = 200
-    """Save statistics and position every this many batches (and at most every `checkpoint_seconds`)."""
+    checkpoint_every: int | None = None
+    """Also save statistics and position every this many batches (default: by time only)."""
     checkpoint_seconds: float = 600.0
+    """Save statistics and position at least this often; a save that takes s seconds (the packed statistics are D^2 / 2
+    numbers) stretches the interval to 100 s, so that checkpoints cost at most 1% of the run."""
     shard: tuple[int, int] = (0, 1)
     """(i, n): profile only the i-th of n interleaved slices of the corpus; merge the results with `merge`."""
     eig_tol: float = 1e-6
     sketch_size: int | None = None
-    """Rows of a Frequent Directions sketch used in place of the exact D x D covariance (for when it cannot fit)."""
+    """Rows of a Frequent Directions sketch used in place of the exact (packed, D^2 / 2) second moment, for when it
+    cannot fit."""
     quiet: bool = False
 
     def __post_init__(self):
@@ -136,8 +139,10 @@ class ProfileConfig:
             raise AutoskillError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
         if self.sketch_size is not None and self.sketch_size < 2 * self.k:
             raise AutoskillError(f"--sketch-size {self.sketch_size} is too small for -k {self.k}; use at least {2 * self.k}")
-        if self.checkpoint_every <= 0:
+        if self.checkpoint_every is not None and self.checkpoint_every <= 0:
             raise AutoskillError("--checkpoint-every must be positive")
+        if not self.checkpoint_seconds > 0:
+            raise AutoskillError("--checkpoint-seconds must be positive")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -34,6 +34,7 @@ from .stats import SketchedCovariance, StreamingCovariance, load_statistics
 RUN_JSON = "run.json"
 STATS_FILE = "stats.safetensors"
 CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_COST_RATIO = 100  # the checkpoint interval is at least this many times the last save's duration
 
 
 def resolve_layers(layers: tuple[int, ...] | None, num_layers: int) -> tuple[int, ...]:
@@ -207,7 +208,7 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
     tally = InputTally()
     counts = Counts(**progress["counts"]) if progress else Counts()
     forward_s = progress["forward_s"] if progress else 0.0
-    last_checkpoint = time.perf_counter()
+    last_checkpoint, checkpoint_interval = time.perf_counter(), config.checkpoint_seconds
     bar = Progress(disable=config.quiet, initial_examples=counts.examples, initial_tokens=counts.tokens)
     capture = PooledCapture(loaded.model, loaded.blocks, layout, mode=config.pooling.mode,
                             layer_scaling=config.pooling.layer_scaling, device=loaded.device)
@@ -240,12 +241,15 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
             counts.padded_tokens += batch.input_ids.numel()
             counts.batches = index + 1
             bar.update(len(batch), batch.n_tokens)
-            if counts.batches % config.checkpoint_every == 0 or time.perf_counter() - last_checkpoint > config.checkpoint_seconds:
+            every = config.checkpoint_every
+            if (every and counts.batches % every == 0) or time.perf_counter() - last_checkpoint > checkpoint_interval:
+                saving = time.perf_counter()
                 shards = writer.flush() if writer is not None else 0
                 checkpoint.save(stats, {"batches": counts.batches, "counts": vars(counts), "shards": shards,
                                         "forward_s": forward_s, "forward_skipped": forward_skipped.skipped,
                                         "layer_scale": None if capture.layer_scale is None else capture.layer_scale.tolist()})
                 last_checkpoint = time.perf_counter()
+                checkpoint_interval = max(config.checkpoint_seconds, CHECKPOINT_COST_RATIO * (last_checkpoint - saving))
     bar.close()
     counts.truncated = tally.truncated
     if stats.n < 2:
