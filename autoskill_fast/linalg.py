@@ -4,11 +4,11 @@ Two ops, each with a compiled CPU path (``autoskill_fast._core``, C++ over OpenB
 tensors, and the CPU fallback when the extension is not built):
 
 - `topk_eigh`: the k algebraically largest eigenpairs of a full symmetric matrix, or of a `SymmetricOperator` (a
-  matrix known by its products, e.g. a packed covariance: the Krylov solvers need nothing else). Methods: ``"exact"`` (LAPACK
-  ``dsyevr`` for the index range D-k+1..D on CPU; ``torch.linalg.eigh`` on CUDA), ``"krylov"`` (thick-restart block
-  Lanczos: BLAS-3 products of the matrix with D x b blocks, fp64 basis and Rayleigh-Ritz; `_krylov_torch` is the
-  same algorithm as ``csrc/eigensolver.cpp`` in torch), ``"torch"`` (``torch.linalg.eigh``, all D pairs), and
-  ``"auto"`` (`_choose_method`, the one place where the path is decided).
+  matrix known by its products, e.g. a packed covariance: the Krylov solvers need nothing else). Methods:
+  ``"exact"`` (LAPACK ``dsyevr`` for the index range D-k+1..D on CPU; ``torch.linalg.eigh`` on CUDA), ``"krylov"``
+  (thick-restart block Lanczos: BLAS-3 products of the matrix with D x b blocks, fp64 basis and Rayleigh-Ritz;
+  `_krylov_torch` is the same algorithm as ``csrc/eigensolver.cpp`` in torch), ``"torch"`` (``torch.linalg.eigh``,
+  all D pairs), and ``"auto"`` (`_choose_method`, the one place where the path is decided).
 - `project` / `project_batches`: ``(x - mean) @ components.T`` in row blocks, in fp32 at least.
 
 The matrix must be the full symmetric matrix (both triangles are read; a cheap spot check rejects clearly
@@ -352,8 +352,8 @@ def _krylov(matrix: torch.Tensor | SymmetricOperator, k: int, tol: float, max_st
     if not converged:
         reason = (f"max_iter={max_steps} block products were used up; raise max_iter or loosen tol"
                   if steps >= max_steps else
-                  f"rounding in {str(matrix.dtype).removeprefix('torch.')} stopped progress (fp32 reaches about 1e-7 of "
-                  "the largest |eigenvalue| of the matrix, which may be far above the top-k ones); loosen tol or pass "
+                  f"rounding in {str(matrix.dtype).removeprefix('torch.')} stopped progress (fp32 reaches about 1e-7 "
+                  "of the largest |eigenvalue| of the matrix, which may be far above the top-k ones); loosen tol or pass "
                   "a float64 matrix")
         warnings.warn(f"topk_eigh: the block Krylov solver stopped with a largest relative residual of "
                       f"{float(residuals.max()):.2e} > tol={tol:.1e}: {reason}. The eigenpairs are returned with the "

@@ -1,8 +1,9 @@
 """Fused kernels of the capture and statistics stages, each a Triton kernel with a plain-torch reference beside it.
 
 `masked_pool` pools hidden states into per-example features; `cov_update_` adds rows into the upper triangle of a
-second-moment matrix, square or block-packed (`PackedSymmetric`). Which implementation runs is decided in `dispatch.use_triton` (CUDA + Triton, unless
-AUTOSKILL_FAST_DISABLE_TRITON=1; AUTOSKILL_FAST_FORCE_TRITON=1 forces the kernels, e.g. under TRITON_INTERPRET=1).
+second-moment matrix, square or block-packed (`PackedSymmetric`). Which implementation runs is decided in
+`dispatch.use_triton` (CUDA + Triton, unless AUTOSKILL_FAST_DISABLE_TRITON=1; AUTOSKILL_FAST_FORCE_TRITON=1 forces the
+kernels, e.g. under TRITON_INTERPRET=1).
 """
 
 from .covariance import (

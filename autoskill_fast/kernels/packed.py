@@ -4,14 +4,16 @@ The [D, D] matrix is cut into tiles of `tile` x `tile` (D padded up to a multipl
 triangle is stored, one block row after another: block row I is a dense row-major [tile, padded_dim - I * tile]
 matrix holding rows I * tile ... and columns I * tile ... of the matrix. So
 
-    storage = [ block row 0 | block row 1 | ... ],  block row I at offset tile * (I * padded_dim - tile * I * (I - 1) / 2)
+    storage = [ block row 0 | block row 1 | ... ]
+    block row I starts at tile * (I * padded_dim - tile * I * (I - 1) / 2)
 
 which is tile^2 * n_blocks * (n_blocks + 1) / 2 entries: D^2 / 2 plus about D * tile / 2. Llama-3-8B's 122,880 dims
 with tile 512 are 7.6e9 entries (30.4 GB in fp32) against 15.1e9 (60.4 GB) for the square.
 
 Why blocks rather than LAPACK's row-by-row packing: a block row is an ordinary strided matrix, so the streaming update
-(`cov_update_`, one `addmm_` or Triton tile per block) and the product with a block of vectors (`PackedSymmetric.matmul`,
-three GEMMs per block row) run at BLAS/tensor-core speed without unpacking, and a product reads the stored half once.
+(`cov_update_`, one `addmm_` or Triton tile per block) and the product with a block of vectors
+(`PackedSymmetric.matmul`, three GEMMs per block row) run at BLAS / tensor-core speed without unpacking, and a
+product reads the stored half once.
 
 Only the upper triangle is meaningful: entries of a diagonal tile below its diagonal are unspecified (the Triton
 kernel skips those sub-tiles; the reference writes them), so readers symmetrize diagonal tiles from their upper part.
