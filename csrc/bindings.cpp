@@ -168,22 +168,28 @@ py::tuple topk_eigh_exact(const py::object& obj, int k) {
     return has_dtype<float>(a) ? run(float{}) : run(double{});
 }
 
-py::tuple topk_eigh_krylov(const py::object& obj, int k, double tol, int max_steps, int block_size, int max_basis,
-                           uint64_t seed) {
-    py::array a = checked_matrix(obj, k);
+// The Krylov options, validated (the messages name the argument).
+askf::KrylovOptions krylov_options(double tol, int max_steps, int block_size, int max_basis, uint64_t seed) {
     if (!(tol > 0.0) || !std::isfinite(tol)) {
         throw py::value_error("tol must be a positive number, got " + std::to_string(tol));
     }
     if (max_steps < 1) throw py::value_error("max_steps must be >= 1, got " + std::to_string(max_steps));
     if (block_size < 1) throw py::value_error("block_size must be >= 1, got " + std::to_string(block_size));
     if (max_basis < 0) throw py::value_error("max_basis must be >= 0 (0: automatic), got " + std::to_string(max_basis));
-    const int64_t n = a.shape(0);
     askf::KrylovOptions opt;
     opt.tol = tol;
     opt.max_steps = max_steps;
     opt.block_size = block_size;
     opt.max_basis = max_basis;
     opt.seed = seed;
+    return opt;
+}
+
+py::tuple topk_eigh_krylov(const py::object& obj, int k, double tol, int max_steps, int block_size, int max_basis,
+                           uint64_t seed) {
+    py::array a = checked_matrix(obj, k);
+    const int64_t n = a.shape(0);
+    const askf::KrylovOptions opt = krylov_options(tol, max_steps, block_size, max_basis, seed);
     auto run = [&](auto tag) {
         using T = decltype(tag);
         askf::TopkEigh<T> result;
@@ -212,18 +218,7 @@ py::tuple topk_eigh_krylov_operator(const py::function& multiply, int64_t n, con
     if (dtype != "float32" && dtype != "float64") {
         throw py::value_error("dtype must be 'float32' or 'float64', got '" + dtype + "'");
     }
-    if (!(tol > 0.0) || !std::isfinite(tol)) {
-        throw py::value_error("tol must be a positive number, got " + std::to_string(tol));
-    }
-    if (max_steps < 1) throw py::value_error("max_steps must be >= 1, got " + std::to_string(max_steps));
-    if (block_size < 1) throw py::value_error("block_size must be >= 1, got " + std::to_string(block_size));
-    if (max_basis < 0) throw py::value_error("max_basis must be >= 0 (0: automatic), got " + std::to_string(max_basis));
-    askf::KrylovOptions opt;
-    opt.tol = tol;
-    opt.max_steps = max_steps;
-    opt.block_size = block_size;
-    opt.max_basis = max_basis;
-    opt.seed = seed;
+    const askf::KrylovOptions opt = krylov_options(tol, max_steps, block_size, max_basis, seed);
     auto run = [&](auto tag) {
         using T = decltype(tag);
         const askf::BlockProduct<T> product = [&](const T* x, int c, double* out) {
