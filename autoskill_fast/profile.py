@@ -12,6 +12,7 @@ import hashlib
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -259,10 +260,16 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
         writer.flush()
 
     t_fit = time.perf_counter()
-    basis = fit_basis(stats, config.k, layout, model=model_fp, pooling=pooling, tol=config.eig_tol,
-                      layer_scale=None if capture.layer_scale is None else capture.layer_scale.cpu())
-    basis.save(out)
-    stats.save(out / STATS_FILE)
+    if isinstance(stats, StreamingCovariance):
+        stats.flush()  # from here on the sums are only read, by the writer and by the solver alike
+    with ThreadPoolExecutor(max_workers=1) as writer_thread:
+        # Writing the statistics (D^2 / 2 numbers, disk-bound) overlaps the solve (compute-bound); they are saved
+        # even if the fit fails.
+        stats_saved = writer_thread.submit(stats.save, out / STATS_FILE)
+        basis = fit_basis(stats, config.k, layout, model=model_fp, pooling=pooling, tol=config.eig_tol,
+                          layer_scale=None if capture.layer_scale is None else capture.layer_scale.cpu())
+        basis.save(out)
+        stats_saved.result()
     t_scores = time.perf_counter()
     if config.scores:
         scores_from_features(basis, iter_feature_shards(features_dir)).save(out)

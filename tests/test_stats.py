@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +148,12 @@ def test_corrupted_packed_state_is_named(tmp_path):
     save_tensors(tmp_path / "partial.safetensors", {k: v for k, v in state.items() if k != "sumsq_tile"})
     with pytest.raises(AutoskillError, match=r"missing tensors \['sumsq_tile'\]"):
         StreamingCovariance.load(tmp_path / "partial.safetensors")
+
+
+def test_fit_benchmark_runs_and_both_paths_agree():
+    script = Path(__file__).resolve().parents[1] / "bench" / "bench_fit.py"
+    proc = subprocess.run([sys.executable, str(script), "--dim", "700", "--k", "6", "--rows", "300", "--reps", "1"],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    diff = float(proc.stdout.split("eigenvalues differ by ")[1].split()[0])
+    assert diff < 1e-5 and "packed" in proc.stdout and "square" in proc.stdout
