@@ -266,10 +266,12 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
         # Writing the statistics (D^2 / 2 numbers, disk-bound) overlaps the solve (compute-bound); they are saved
         # even if the fit fails.
         stats_saved = writer_thread.submit(stats.save, out / STATS_FILE)
-        basis = fit_basis(stats, config.k, layout, model=model_fp, pooling=pooling, tol=config.eig_tol,
-                          layer_scale=None if capture.layer_scale is None else capture.layer_scale.cpu())
-        basis.save(out)
-        stats_saved.result()
+        try:
+            basis = fit_basis(stats, config.k, layout, model=model_fp, pooling=pooling, tol=config.eig_tol,
+                              layer_scale=None if capture.layer_scale is None else capture.layer_scale.cpu())
+            basis.save(out)
+        finally:
+            stats_saved.result()  # a failed write is raised too (chained to the fit's error, if any)
     t_scores = time.perf_counter()
     if config.scores:
         scores_from_features(basis, iter_feature_shards(features_dir)).save(out)

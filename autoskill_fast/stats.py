@@ -30,7 +30,7 @@ class StreamingCovariance:
     """Exact streaming first and second moments of [N, D] rows."""
 
     def __init__(self, dim: int, *, shift: torch.Tensor | None = None, accum_dtype: torch.dtype | None = None,
-                 device: str | torch.device = "cpu", stage_rows: int | None = None):
+                 device: str | torch.device = "cpu", stage_rows: int | None = None, tile: int | None = None):
         self.dim = int(dim)
         self.device = torch.device(device)
         # Rows are staged and added in blocks: C += X^T X then reads and writes C once per block, so the update is
@@ -43,7 +43,7 @@ class StreamingCovariance:
         self.n = 0
         self.shift: torch.Tensor | None = None if shift is None else shift.to(self.device, torch.float64).clone()
         self.sum = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
-        self.sumsq = PackedSymmetric.zeros(self.dim, dtype=self.accum_dtype, device=self.device)
+        self.sumsq = PackedSymmetric.zeros(self.dim, dtype=self.accum_dtype, device=self.device, tile=tile)
 
     # ---- accumulation ------------------------------------------------------------------------------------
     def set_shift(self, shift_d: torch.Tensor) -> None:
@@ -163,17 +163,23 @@ class StreamingCovariance:
         if state["sum"].numel() != dim:
             raise AutoskillError("statistics tensors have inconsistent sizes; the file is corrupted")
         if "sumsq_packed" in state:
+            packed = state["sumsq_packed"]
             try:
-                layout = BlockPackedLayout(dim, int(state["sumsq_tile"][0]))
-                sumsq = PackedSymmetric(state["sumsq_packed"].to(device), layout)
-            except ValueError as exc:
+                layout = BlockPackedLayout(dim, int(state["sumsq_tile"].flatten()[0]))
+                PackedSymmetric(packed, layout)  # validates the size
+            except (ValueError, IndexError) as exc:
                 raise AutoskillError(f"statistics tensors have inconsistent sizes ({exc}); the file is corrupted")
         else:
-            sumsq = _from_row_packed(state["sumsq_upper"], dim, device)
-        stats = cls(dim, shift=state["shift"], accum_dtype=sumsq.dtype, device=device)
+            packed = _from_row_packed(state["sumsq_upper"], dim)
+            layout = packed.layout
+            packed = packed.data
+        if packed.dtype not in (torch.float32, torch.float64):
+            raise AutoskillError(f"the second-moment sums are {packed.dtype}, not float32/float64; the file is corrupted")
+        # The sums are copied straight into the accumulator's own storage: one copy on the device, never two.
+        stats = cls(dim, shift=state["shift"], accum_dtype=packed.dtype, device=device, tile=layout.tile)
+        stats.sumsq.data.copy_(packed)
         stats.n = int(state["count"][0])
         stats.sum = state["sum"].to(stats.device, torch.float64).clone()
-        stats.sumsq = sumsq
         return stats
 
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
@@ -184,11 +190,12 @@ class StreamingCovariance:
         return load_statistics(path, device=device, expect=cls)
 
 
-def _from_row_packed(packed: torch.Tensor, dim: int, device: str | torch.device) -> PackedSymmetric:
-    """A block-packed copy of the row-by-row packed upper triangle of version 0.1 statistics files."""
+def _from_row_packed(packed: torch.Tensor, dim: int) -> PackedSymmetric:
+    """A block-packed copy (on the CPU: D row copies) of the row-by-row packed upper triangle of version 0.1 files."""
     if packed.ndim != 1 or packed.numel() != dim * (dim + 1) // 2:
         raise AutoskillError("statistics tensors have inconsistent sizes; the file is corrupted")
-    out = PackedSymmetric.zeros(dim, dtype=packed.dtype, device=device)
+    packed = packed.cpu()
+    out = PackedSymmetric.zeros(dim, dtype=packed.dtype)
     start = 0
     for r0, r1, block in out.block_rows():
         for i in range(r0, r1):  # row i holds cov[i, i:]

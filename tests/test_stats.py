@@ -157,3 +157,15 @@ def test_fit_benchmark_runs_and_both_paths_agree():
     assert proc.returncode == 0, proc.stderr[-2000:]
     diff = float(proc.stdout.split("eigenvalues differ by ")[1].split()[0])
     assert diff < 1e-5 and "packed" in proc.stdout and "square" in proc.stdout
+
+
+def test_bad_dtype_or_tile_in_a_packed_state_is_named(tmp_path):
+    stats = StreamingCovariance(20)
+    stats.update(data(5, 20, seed=8))
+    state = stats.state_dict()
+    save_tensors(tmp_path / "ints.safetensors", dict(state, sumsq_packed=state["sumsq_packed"].long()))
+    with pytest.raises(AutoskillError, match="not float32/float64"):
+        StreamingCovariance.load(tmp_path / "ints.safetensors")
+    save_tensors(tmp_path / "tile.safetensors", dict(state, sumsq_tile=torch.zeros(0, dtype=torch.int64)))
+    with pytest.raises(AutoskillError, match="corrupted"):
+        StreamingCovariance.load(tmp_path / "tile.safetensors")
