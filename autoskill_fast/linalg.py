@@ -326,8 +326,15 @@ def _krylov(matrix: torch.Tensor | SymmetricOperator, k: int, tol: float, max_st
         def multiply(x):
             return (matrix @ torch.from_numpy(x)).to(torch.float64).numpy()
 
-        values, vectors, residuals, steps, converged = _core.topk_eigh_krylov_operator(
-            multiply, matrix.shape[0], dtype, k, tol=tol, max_steps=max_steps, block_size=block_size, seed=seed)
+        # The products run on torch's threads. Idle OpenBLAS threads of the core spin-wait beside them and took a core
+        # away (2x slower products on 2 cores); the core's own O(D m b) work is small, so it gets one thread here.
+        threads = _core.get_num_threads()
+        _core.set_num_threads(1)
+        try:
+            values, vectors, residuals, steps, converged = _core.topk_eigh_krylov_operator(
+                multiply, matrix.shape[0], dtype, k, tol=tol, max_steps=max_steps, block_size=block_size, seed=seed)
+        finally:
+            _core.set_num_threads(threads)
         values, vectors, residuals = map(torch.from_numpy, (values, vectors, residuals.astype("float64")))
         name = "block-krylov"
     elif on_cpu and _use_core():

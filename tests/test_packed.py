@@ -8,7 +8,8 @@ import torch
 from autoskill_fast.kernels import BlockPackedLayout, PackedSymmetric
 from autoskill_fast.kernels.packed import default_tile
 
-SHAPES = [(1, 128), (97, 128), (128, 128), (129, 128), (300, 128), (700, 256)]  # (D, tile): 1 to 6 block rows
+SHAPES = [(1, 128), (97, 128), (128, 128), (129, 128), (300, 128), (700, 256), (2500, 128)]  # (D, tile)
+# 1 to 20 block rows; at D = 2500 the block rows are multiplied in several column chunks (MATMUL_CHUNK_COLUMNS)
 
 
 def random_symmetric(D: int, seed: int) -> torch.Tensor:
