@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -315,53 +316,60 @@ def topk_eigh(matrix: torch.Tensor | SymmetricOperator, k: int, *, tol: float = 
     return EighResult(values, _fix_signs(vectors), residuals, "torch-eigh")
 
 
+@contextmanager
+def _core_threads(n: int):
+    """The core's OpenBLAS on `n` threads for a while. Used while torch computes an operator's products: idle
+    OpenBLAS threads spin-wait beside torch's and took a core away (2x slower products on 2 cores), and the core's
+    own O(D m b) work is small."""
+    previous = _core.get_num_threads()
+    _core.set_num_threads(n)
+    try:
+        yield
+    finally:
+        _core.set_num_threads(previous)
+
+
+@contextmanager
+def _full_precision_fp32_matmuls():
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 def _krylov(matrix: torch.Tensor | SymmetricOperator, k: int, tol: float, max_steps: int, block_size: int,
             seed: int) -> EighResult:
     """The block Krylov solver: the compiled one for CPU matrices and operators, `_krylov_torch` on CUDA."""
     operator = isinstance(matrix, SymmetricOperator)
-    on_cpu = matrix.device.type == "cpu"
-    if on_cpu and _use_core() and operator:
-        dtype = str(matrix.dtype).removeprefix("torch.")
+    if matrix.device.type == "cpu" and _use_core():
+        if operator:
+            def multiply(x):
+                return (matrix @ torch.from_numpy(x)).to(torch.float64).numpy()
 
-        def multiply(x):
-            return (matrix @ torch.from_numpy(x)).to(torch.float64).numpy()
-
-        # The products run on torch's threads. Idle OpenBLAS threads of the core spin-wait beside them and took a core
-        # away (2x slower products on 2 cores); the core's own O(D m b) work is small, so it gets one thread here.
-        threads = _core.get_num_threads()
-        _core.set_num_threads(1)
-        try:
-            values, vectors, residuals, steps, converged = _core.topk_eigh_krylov_operator(
-                multiply, matrix.shape[0], dtype, k, tol=tol, max_steps=max_steps, block_size=block_size, seed=seed)
-        finally:
-            _core.set_num_threads(threads)
-        values, vectors, residuals = map(torch.from_numpy, (values, vectors, residuals.astype("float64")))
-        name = "block-krylov"
-    elif on_cpu and _use_core():
-        values, vectors, residuals, steps, converged = _core.topk_eigh_krylov(
-            matrix.contiguous().numpy(), k, tol=tol, max_steps=max_steps, block_size=block_size, seed=seed)
+            dtype = str(matrix.dtype).removeprefix("torch.")
+            with _core_threads(1):
+                raw = _core.topk_eigh_krylov_operator(multiply, matrix.shape[0], dtype, k, tol=tol, max_steps=max_steps,
+                                                      block_size=block_size, seed=seed)
+        else:
+            raw = _core.topk_eigh_krylov(matrix.contiguous().numpy(), k, tol=tol, max_steps=max_steps,
+                                         block_size=block_size, seed=seed)
+        values, vectors, residuals, steps, converged = raw
         values, vectors, residuals = map(torch.from_numpy, (values, vectors, residuals.astype("float64")))
         name = "block-krylov"
     else:
         if not operator:
             _check_symmetric_sample(matrix)
-        if matrix.is_cuda and matrix.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
-            previous = torch.get_float32_matmul_precision()
-            torch.set_float32_matmul_precision("highest")  # TF32 products would put a 1e-3 floor under residuals
-            try:
-                values, vectors, residuals, steps, converged = _krylov_torch(matrix, k, tol, max_steps, block_size,
-                                                                             seed)
-            finally:
-                torch.set_float32_matmul_precision(previous)
-        else:
+        with _full_precision_fp32_matmuls():  # TF32 products on CUDA would put a 1e-3 floor under residuals
             values, vectors, residuals, steps, converged = _krylov_torch(matrix, k, tol, max_steps, block_size, seed)
         name = "torch-block-krylov"
     if not converged:
         reason = (f"max_iter={max_steps} block products were used up; raise max_iter or loosen tol"
                   if steps >= max_steps else
                   f"rounding in {str(matrix.dtype).removeprefix('torch.')} stopped progress (fp32 reaches about 1e-7 "
-                  "of the largest |eigenvalue| of the matrix, which may be far above the top-k ones); loosen tol or pass "
-                  "a float64 matrix")
+                  "of the largest |eigenvalue| of the matrix, which may be far above the top-k ones); loosen tol or "
+                  "pass a float64 matrix")
         warnings.warn(f"topk_eigh: the block Krylov solver stopped with a largest relative residual of "
                       f"{float(residuals.max()):.2e} > tol={tol:.1e}: {reason}. The eigenpairs are returned with the "
                       "residuals they reached.", EighConvergenceWarning, stacklevel=3)

@@ -260,8 +260,7 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
         writer.flush()
 
     t_fit = time.perf_counter()
-    if isinstance(stats, StreamingCovariance):
-        stats.flush()  # from here on the sums are only read, by the writer and by the solver alike
+    stats.flush()  # from here on the sums are only read, by the writer and by the solver alike
     with ThreadPoolExecutor(max_workers=1) as writer_thread:
         # Writing the statistics (D^2 / 2 numbers, disk-bound) overlaps the solve (compute-bound); they are saved
         # even if the fit fails.

@@ -112,14 +112,8 @@ class StreamingCovariance:
     def covariance(self, *, ddof: int = 1) -> torch.Tensor:
         """Full symmetric [D, D] covariance in fp64 (CPU) or the accumulation dtype (GPU): D^2 entries, so for
         small D; the fit uses `covariance_operator` instead."""
-        self._require_rows(ddof + 1)
-        self.flush()
         out_dtype = torch.float64 if self.device.type == "cpu" else self.accum_dtype
-        cov = self.sumsq.to_dense(out_dtype)
-        mu = (self.sum / self.n).to(out_dtype)
-        cov.addr_(mu, mu, alpha=-self.n)
-        cov /= self.n - ddof
-        return cov
+        return self.covariance_operator(ddof=ddof).to_dense(out_dtype)
 
     def covariance_operator(self, *, ddof: int = 1, dtype: torch.dtype | None = None) -> "CovarianceOperator":
         """The covariance as a `SymmetricOperator` over the packed sums, its products in `dtype` (default: the
@@ -174,7 +168,8 @@ class StreamingCovariance:
             layout = packed.layout
             packed = packed.data
         if packed.dtype not in (torch.float32, torch.float64):
-            raise AutoskillError(f"the second-moment sums are {packed.dtype}, not float32/float64; the file is corrupted")
+            raise AutoskillError(f"the second-moment sums are {packed.dtype}, not float32/float64; "
+                                 "the file is corrupted")
         # The sums are copied straight into the accumulator's own storage: one copy on the device, never two.
         stats = cls(dim, shift=state["shift"], accum_dtype=packed.dtype, device=device, tile=layout.tile)
         stats.sumsq.data.copy_(packed)
@@ -210,7 +205,7 @@ class CovarianceOperator(SymmetricOperator):
     Each product reads the packed sums once and adds the rank-one centring term, in `dtype`. When that is the sums'
     own dtype (fp32 on a GPU) the sums are read in place: no copy of the 30 GB that Llama-3-8B's sums take. When it is
     lower (the fp64 sums of the CPU path multiplied in fp32: 2.4x faster products, which dominate the solve), the sums
-    are rounded once into a packed copy of half their bytes. `to_dense` always keeps the sums' precision.
+    are rounded once into a packed copy of half their bytes. `to_dense` keeps the sums' precision unless told otherwise.
     """
 
     def __init__(self, sumsq: PackedSymmetric, mean_shifted: torch.Tensor, n: int, ddof: int, *,
@@ -219,7 +214,7 @@ class CovarianceOperator(SymmetricOperator):
         self.shape = sumsq.shape
         self.dtype = dtype or sumsq.dtype
         self.device = sumsq.device
-        self.mean_shifted = mean_shifted.to(self.device, sumsq.dtype)
+        self.mean_shifted = mean_shifted.to(self.device)
         self.n, self.ddof = n, ddof
         self._products: tuple[PackedSymmetric, list[torch.Tensor]] | None = None
 
@@ -238,9 +233,11 @@ class CovarianceOperator(SymmetricOperator):
         out.addr_(mean, mean @ x, alpha=-self.n)
         return out.div_(self.n - self.ddof)
 
-    def to_dense(self) -> torch.Tensor:
-        cov = self.sumsq.to_dense()
-        cov.addr_(self.mean_shifted, self.mean_shifted, alpha=-self.n)
+    def to_dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The full [D, D] covariance in `dtype` (default: the sums' own precision)."""
+        cov = self.sumsq.to_dense(dtype)
+        mean = self.mean_shifted.to(cov.dtype)
+        cov.addr_(mean, mean, alpha=-self.n)
         return cov.div_(self.n - self.ddof)
 
 
@@ -278,6 +275,9 @@ class SketchedCovariance:
         xc_nd = xc_nd.to(self.device)
         self.sq_norm += xc_nd.to(torch.float64).pow(2).sum()
         self.sketch.update(xc_nd.to(torch.float32))
+
+    def flush(self) -> None:
+        """Nothing is staged: every update goes straight into the sketch (here for the common interface)."""
 
     def merge(self, other: "SketchedCovariance") -> "SketchedCovariance":
         if self.n and other.n and not torch.equal(self.shift, other.shift.to(self.device)):

@@ -10,11 +10,9 @@ from .covariance import (
     cov_update_,
     cov_update_ref,
     cov_update_triton,
-    symmetrize_upper,
-    symmetrize_upper_,
 )
 from .dispatch import DISABLE_ENV, FORCE_ENV, HAS_TRITON, TOLERANCES, use_triton
-from .packed import BlockPackedLayout, PackedSymmetric
+from .packed import BlockPackedLayout, PackedSymmetric, symmetrize_upper, symmetrize_upper_
 from .pooling import last_token_pool, masked_pool, masked_pool_ref, masked_pool_triton
 
 __all__ = [

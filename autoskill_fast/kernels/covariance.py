@@ -1,8 +1,8 @@
 """Streaming second moment: C += x^T x, upper triangle only, on a square or block-packed accumulator.
 
 One op, four parts: `_cov_update_kernel` (Triton), its launcher `cov_update_triton`, the plain-torch reference
-`cov_update_ref` (also the CPU path and the fallback), and the public `cov_update_`, which dispatches. Beside them,
-`symmetrize_upper(_)` completes a square accumulator.
+`cov_update_ref` (also the CPU path and the fallback), and the public `cov_update_`, which dispatches.
+packed.py's `symmetrize_upper(_)` completes a square accumulator.
 
 Storage of the symmetric D x D accumulator:
 - square: a [D, D] tensor of which only the upper triangle (i <= j) is guaranteed to hold the sum; entries below
@@ -194,20 +194,3 @@ def cov_update_(cov: torch.Tensor | PackedSymmetric, x: torch.Tensor) -> torch.T
     if cov.dtype == torch.float32 and x.dtype in KERNEL_DTYPES and use_triton(storage, x):
         return cov_update_triton(cov, x)
     return cov_update_ref(cov, x)
-
-
-def symmetrize_upper_(cov: torch.Tensor) -> torch.Tensor:
-    """In place: copy the upper triangle of a square [D, D] onto its lower triangle; returns cov."""
-    dim = cov.shape[0]
-    for i0, i1 in _row_blocks(dim):
-        cov[i1:, i0:i1].copy_(cov[i0:i1, i1:].T)
-        diag = cov[i0:i1, i0:i1]
-        diag.copy_(diag.triu() + diag.triu(1).T)
-    return cov
-
-
-def symmetrize_upper(cov: torch.Tensor) -> torch.Tensor:
-    """Full symmetric [D, D] from a square whose upper triangle is valid (a new tensor; see `symmetrize_upper_`)."""
-    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
-        raise ValueError(f"symmetrize_upper: expected a square matrix, got {tuple(cov.shape)}")
-    return symmetrize_upper_(cov.clone())

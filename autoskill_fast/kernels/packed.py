@@ -30,6 +30,7 @@ import torch
 TILE_MULTIPLE = 128  # tiles are whole multiples of the Triton kernel's BLOCK_D (128 on GPU, 64 interpreted)
 TILES = (512, 256, 128)  # candidates, preferred in this order: taller block rows make fewer, larger GEMMs
 TILE_SLACK = 1.01  # a taller tile may cost this much more memory than the most compact one
+SYMMETRIZE_BLOCK_ROWS = 512  # rows per copy of `symmetrize_upper_`
 MATMUL_CHUNK_COLUMNS = 1024  # a tile-high chunk of a block row: 0.5-2 MB in fp32, which stays in L2 for its second use
 
 
@@ -171,10 +172,7 @@ class PackedSymmetric:
         full = torch.empty(self.dim, self.dim, dtype=dtype or self.dtype, device=self.device)
         for r0, r1, block in self.block_rows():
             full[r0:r1, r0:] = block[:r1 - r0, :self.dim - r0]
-            full[r1:, r0:r1] = block[:r1 - r0, r1 - r0:self.dim - r0].T
-            diag = full[r0:r1, r0:r1]
-            diag.copy_(diag.triu() + diag.triu(1).T)
-        return full
+        return symmetrize_upper_(full)
 
     def matmul(self, x_dc: torch.Tensor, *, diagonal_tiles: list[torch.Tensor] | None = None) -> torch.Tensor:
         """self @ x for x [D, c], in self's dtype, reading the stored half from memory once.
@@ -200,3 +198,21 @@ class PackedSymmetric:
         return out
 
     __matmul__ = matmul
+
+
+def symmetrize_upper_(cov: torch.Tensor) -> torch.Tensor:
+    """In place: copy the upper triangle of a square [D, D] onto its lower triangle; returns cov."""
+    dim = cov.shape[0]
+    for i0 in range(0, dim, SYMMETRIZE_BLOCK_ROWS):
+        i1 = min(i0 + SYMMETRIZE_BLOCK_ROWS, dim)
+        cov[i1:, i0:i1].copy_(cov[i0:i1, i1:].T)
+        diag = cov[i0:i1, i0:i1]
+        diag.copy_(diag.triu() + diag.triu(1).T)
+    return cov
+
+
+def symmetrize_upper(cov: torch.Tensor) -> torch.Tensor:
+    """Full symmetric [D, D] from a square whose upper triangle is valid (a new tensor; see `symmetrize_upper_`)."""
+    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
+        raise ValueError(f"symmetrize_upper: expected a square matrix, got {tuple(cov.shape)}")
+    return symmetrize_upper_(cov.clone())
