@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -185,6 +186,34 @@ def test_fit_refits_from_saved_statistics(tmp_path, tiny_model):
     assert small.k == 3 and SkillBasis.load(tmp_path / "r").k == 3
     assert torch.allclose(small.components_, big.components_[:3], atol=1e-4)
     assert Scores.load(tmp_path / "r").k == 3
+
+
+@pytest.mark.parametrize("fit_fails", [False, True])
+def test_solve_leaves_a_core_to_the_statistics_writer(tmp_path, tiny_model, monkeypatch, fit_fails):
+    profile_mod = importlib.import_module("autoskill_fast.profile")  # the package exports a function of that name
+    seen = []
+    real_fit = profile_mod.fit_basis
+
+    def recording_fit(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        if fit_fails:
+            raise RuntimeError("solver blew up")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(profile_mod, "fit_basis", recording_fit)
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(8, seed=9)])))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        if fit_fails:
+            with pytest.raises(RuntimeError, match="solver blew up"):
+                run(tmp_path, tiny_model("llama"), corpus, k=2)
+        else:
+            run(tmp_path, tiny_model("llama"), corpus, k=2)
+        assert seen == [1] and torch.get_num_threads() == 2
+        assert (tmp_path / "run" / "stats.safetensors").is_file()  # written beside the solve, even when it failed
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_layer_scaling_options(tmp_path, tiny_model):
