@@ -111,6 +111,18 @@ def test_small_tiles(packed):
     assert_upper_close(as_dense(cov), *expected_cov(torch.zeros(D, D), x), torch.float16)
 
 
+@pytest.mark.parametrize("n_tiles", [1, 5, covariance.TILE_GROUP, covariance.TILE_GROUP + 1, 3 * covariance.TILE_GROUP + 7])
+def test_tile_pairs_cover_the_upper_triangle_in_groups_of_rows(n_tiles):
+    pairs = covariance._tile_pairs(n_tiles, torch.device("cpu")).tolist()
+    assert sorted(map(tuple, pairs)) == [(i, j) for i in range(n_tiles) for j in range(i, n_tiles)]
+    group = covariance.TILE_GROUP
+    groups = [i // group for i, _ in pairs]
+    assert groups == sorted(groups)  # one group of tile rows after another
+    for g in set(groups):  # within a group: column by column, rows ascending within a column
+        cols_rows = [(j, i) for i, j in pairs if i // group == g]
+        assert cols_rows == sorted(cols_rows)
+
+
 @needs_triton
 def test_packed_tile_must_hold_whole_kernel_tiles():
     with pytest.raises(ValueError, match="not a multiple of block_d"):

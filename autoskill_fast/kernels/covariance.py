@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import torch
 
-from .dispatch import interpreting, tl, triton, use_triton
+from .dispatch import interpreting, on_tensor_device, tl, triton, use_triton
 from .packed import PackedSymmetric
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 REF_BLOCK_ROWS = 512  # row-block height of the reference's triangular matmuls: large enough for BLAS efficiency
+TILE_GROUP = 16  # tile rows visited together, column by column, in the kernel's launch order (see _tile_pairs)
 
 
 @triton.jit
@@ -83,11 +84,18 @@ _tile_pairs_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
 
 
 def _tile_pairs(n_tiles: int, device: torch.device) -> torch.Tensor:
-    """[n_pairs, 2] int32 upper-triangle tile coordinates in row-major order (consecutive programs share a row
-    block of x, which stays in L2)."""
+    """[n_pairs, 2] int32 upper-triangle tile coordinates (row <= col) in launch order, grouped as in Triton's matmul
+    tutorial: the tiles of TILE_GROUP tile rows are visited column by column.
+
+    Programs that run at the same time then read about 2 x TILE_GROUP column blocks of x, which L2 serves to all of
+    them. In row-major order each program would bring its own column block from memory: at D = 122,880 the rows
+    (1 GB in bf16) are far larger than L2, and the update would be bound by memory at ~128 FLOP per byte.
+    """
     key = (n_tiles, device)
     if key not in _tile_pairs_cache:
-        pairs = torch.triu_indices(n_tiles, n_tiles, dtype=torch.int32).T.contiguous()
+        rows, cols = torch.triu_indices(n_tiles, n_tiles)
+        order = torch.argsort((rows // TILE_GROUP * n_tiles + cols) * TILE_GROUP + rows % TILE_GROUP)
+        pairs = torch.stack([rows[order], cols[order]], dim=1).to(torch.int32)
         _tile_pairs_cache[key] = pairs.to(device)
     return _tile_pairs_cache[key]
 
@@ -125,18 +133,19 @@ def cov_update_triton(cov: torch.Tensor | PackedSymmetric, x: torch.Tensor, *, b
     pairs = _tile_pairs(triton.cdiv(dim, block_d), x.device)
     storage = cov.data if packed else cov
     stride_ci, stride_cj = (0, 0) if packed else cov.stride()
-    _cov_update_kernel[(pairs.shape[0],)](
-        x, storage, pairs,
-        n_rows, dim,
-        x.stride(0), x.stride(1),
-        stride_ci, stride_cj,
-        cov.layout.padded_dim if packed else 0,
-        PACKED=packed,
-        TILE=cov.layout.tile if packed else 1,
-        UPCAST=interpreting() and x.dtype == torch.bfloat16,
-        INPUT_PRECISION=_fp32_dot_precision() if x.dtype == torch.float32 else None,
-        BLOCK_D=block_d, BLOCK_N=block_n, num_warps=config["num_warps"], num_stages=config["num_stages"],
-    )
+    with on_tensor_device(x):
+        _cov_update_kernel[(pairs.shape[0],)](
+            x, storage, pairs,
+            n_rows, dim,
+            x.stride(0), x.stride(1),
+            stride_ci, stride_cj,
+            cov.layout.padded_dim if packed else 0,
+            PACKED=packed,
+            TILE=cov.layout.tile if packed else 1,
+            UPCAST=interpreting() and x.dtype == torch.bfloat16,
+            INPUT_PRECISION=_fp32_dot_precision() if x.dtype == torch.float32 else None,
+            BLOCK_D=block_d, BLOCK_N=block_n, num_warps=config["num_warps"], num_stages=config["num_stages"],
+        )
     return cov
 
 

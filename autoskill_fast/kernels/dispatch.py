@@ -14,6 +14,7 @@ When Triton is not installed, ``triton`` and ``tl`` below are stand-ins that let
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -69,6 +70,12 @@ def interpreting() -> bool:
     if knobs is not None:
         return bool(knobs.runtime.interpret)
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def on_tensor_device(tensor: torch.Tensor):
+    """The context a kernel is launched in. Triton launches on the current CUDA device and its current stream, not
+    on the arguments' device: a tensor on another GPU (`--device cuda:1`) needs its device made current."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 def use_triton(*tensors: torch.Tensor) -> bool:

@@ -17,7 +17,7 @@ import functools
 
 import torch
 
-from .dispatch import interpreting, tl, triton, use_triton
+from .dispatch import interpreting, on_tensor_device, tl, triton, use_triton
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_SPLITS = 64
@@ -29,7 +29,7 @@ def _masked_pool_kernel(
     weights_ptr,  # [B, S] (or [T] when VARLEN) fp32
     cu_seqlens_ptr,  # [B + 1] int32 / int64, only read when VARLEN
     shift_ptr,  # [H] fp32, only read when HAS_SHIFT
-    out_ptr,  # [B, H] fp32 (any strides), or [NUM_SPLITS, B, H] fp32 partial sums when NUM_SPLITS > 1
+    out_ptr,  # [B, H] fp32 (any strides), or [num_splits, B, H] fp32 partial sums when num_splits > 1
     S,
     H,
     stride_hb,
@@ -41,14 +41,14 @@ def _masked_pool_kernel(
     stride_osplit,
     stride_ob,
     stride_oh,
+    num_splits,  # a runtime value (it varies with the batch size): one compiled kernel serves every split count
     VARLEN: tl.constexpr,
     HAS_SHIFT: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
     # Grid: (row b, block of BLOCK_H features, split of the sequence). Split k reads the sequence blocks k,
-    # k + NUM_SPLITS, ... so short and long rows spread their work the same way and no sequence length is needed
+    # k + num_splits, ... so short and long rows spread their work the same way and no sequence length is needed
     # on the host (varlen lengths stay on the device).
     b = tl.program_id(0).to(tl.int64)
     offs_h = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -67,7 +67,7 @@ def _masked_pool_kernel(
     # A 2-D fp32 accumulator, reduced once at the end: each lane sums only seqlen / BLOCK_S terms, which keeps the
     # fp32 rounding error of long sequences small.
     acc = tl.zeros((BLOCK_S, BLOCK_H), dtype=tl.float32)
-    for s0 in range(split * BLOCK_S, seqlen, NUM_SPLITS * BLOCK_S):
+    for s0 in range(split * BLOCK_S, seqlen, num_splits * BLOCK_S):
         offs_s = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
         w = tl.load(weights_row + offs_s * stride_ws, mask=offs_s < seqlen, other=0.0)
         keep = w != 0.0
@@ -133,17 +133,19 @@ def masked_pool_triton(hidden: torch.Tensor, weights: torch.Tensor, out: torch.T
     else:
         dest = torch.empty(num_splits, n_rows, H, dtype=torch.float32, device=out.device)
         stride_osplit, stride_ob, stride_oh = dest.stride()
-    _masked_pool_kernel[(n_rows, n_hblocks, num_splits)](
-        hidden, weights, cu_seqlens if varlen else dummy,
-        shift if (shift is not None and num_splits == 1) else dummy, dest,
-        seq_len, H,
-        stride_hb, stride_hs, stride_hh,
-        stride_wb, stride_ws,
-        shift.stride(0) if shift is not None else 0,
-        stride_osplit, stride_ob, stride_oh,
-        VARLEN=varlen, HAS_SHIFT=shift is not None and num_splits == 1, NUM_SPLITS=num_splits,
-        BLOCK_S=block_s, BLOCK_H=block_h, num_warps=num_warps,
-    )
+    with on_tensor_device(hidden):
+        _masked_pool_kernel[(n_rows, n_hblocks, num_splits)](
+            hidden, weights, cu_seqlens if varlen else dummy,
+            shift if (shift is not None and num_splits == 1) else dummy, dest,
+            seq_len, H,
+            stride_hb, stride_hs, stride_hh,
+            stride_wb, stride_ws,
+            shift.stride(0) if shift is not None else 0,
+            stride_osplit, stride_ob, stride_oh,
+            num_splits,
+            VARLEN=varlen, HAS_SHIFT=shift is not None and num_splits == 1,
+            BLOCK_S=block_s, BLOCK_H=block_h, num_warps=num_warps,
+        )
     if num_splits > 1:
         out.copy_(dest.sum(dim=0))
         if shift is not None:

@@ -1,0 +1,98 @@
+"""Atomic artifacts: the streamed safetensors writer against safetensors' own reader."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from autoskill_fast.artifacts import load_tensors, save_tensors, write_safetensors
+from autoskill_fast.errors import AutoskillError
+
+DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int8,
+          torch.uint8, torch.bool)
+
+
+def random_tensors(seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for i, dtype in enumerate(DTYPES):
+        shape = [(3, 5, 7), (1,), (0, 4), (), (13,)][i % 5]
+        if dtype.is_floating_point:
+            t = torch.randn(shape, generator=gen).to(dtype)
+        elif dtype == torch.bool:
+            t = torch.randint(0, 2, shape, generator=gen).bool()
+        else:
+            t = torch.randint(-100 if dtype != torch.uint8 else 0, 100, shape, generator=gen).to(dtype)
+        tensors[f"t{i}.{str(dtype).removeprefix('torch.')}"] = t
+    tensors["transposed"] = torch.randn(6, 9, generator=gen).T.contiguous()
+    return tensors
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 64, 1 << 20])
+def test_streamed_writer_is_read_back_exactly_by_safetensors(tmp_path, chunk_bytes):
+    tensors = random_tensors(chunk_bytes)
+    path = tmp_path / "x.safetensors"
+    write_safetensors(path, tensors, {"format": "pt", "note": "é ünïcode"}, chunk_bytes=chunk_bytes)
+    loaded = load_file(str(path))
+    assert set(loaded) == set(tensors)
+    for name, t in tensors.items():
+        assert loaded[name].dtype == t.dtype and loaded[name].shape == t.shape, name
+        assert torch.equal(loaded[name], t), name
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == {"format": "pt", "note": "é ünïcode"}
+    header_len = int.from_bytes(path.read_bytes()[:8], "little")
+    assert header_len % 8 == 0
+    assert path.stat().st_size == 8 + header_len + sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def test_streamed_writer_without_metadata_and_without_tensors(tmp_path):
+    write_safetensors(tmp_path / "empty.safetensors", {})
+    assert load_file(str(tmp_path / "empty.safetensors")) == {}
+    t = torch.arange(10, dtype=torch.float32)
+    write_safetensors(tmp_path / "one.safetensors", {"a": t})
+    with safe_open(str(tmp_path / "one.safetensors"), framework="pt") as f:
+        assert f.metadata() is None
+        assert torch.equal(f.get_tensor("a"), t)
+
+
+def test_streamed_writer_rejects_what_safetensors_cannot_hold(tmp_path):
+    with pytest.raises(TypeError, match="complex128"):
+        write_safetensors(tmp_path / "c.safetensors", {"c": torch.zeros(2, dtype=torch.complex128)})
+    with pytest.raises(TypeError, match="metadata"):
+        write_safetensors(tmp_path / "m.safetensors", {"a": torch.zeros(2)}, {"n": 3})
+
+
+def test_save_tensors_is_atomic_and_loads_back(tmp_path, monkeypatch):
+    path = tmp_path / "a.safetensors"
+    save_tensors(path, {"a": torch.arange(6.0).reshape(2, 3).T})  # a non-contiguous view is written as its values
+    assert torch.equal(load_tensors(path)["a"], torch.arange(6.0).reshape(2, 3).T)
+
+    import autoskill_fast.artifacts as artifacts
+
+    def failing_write(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(artifacts, "save_file", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        save_tensors(path, {"a": torch.zeros(3)})
+    assert torch.equal(load_tensors(path)["a"], torch.arange(6.0).reshape(2, 3).T)  # the old file is intact
+    assert os.listdir(tmp_path) == ["a.safetensors"]  # and no temporary file is left behind
+    with pytest.raises(AutoskillError, match="missing tensors"):
+        load_tensors(path, required=("b",))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_tensors_are_streamed_through_pinned_chunks(tmp_path):
+    tensors = {k: v.cuda() for k, v in random_tensors(3).items()}
+    big = torch.randn(3 * (1 << 18) + 5, device="cuda")  # several chunks of the size used below, and a remainder
+    tensors["big"] = big * 2  # produced by a kernel on the default stream just before the write
+    write_safetensors(tmp_path / "d.safetensors", tensors, chunk_bytes=1 << 20)
+    loaded = load_file(str(tmp_path / "d.safetensors"))
+    for name, t in tensors.items():
+        assert torch.equal(loaded[name], t.cpu()), name
+    save_tensors(tmp_path / "e.safetensors", {"big": big})
+    assert torch.equal(load_tensors(tmp_path / "e.safetensors")["big"], big.cpu())
