@@ -6,8 +6,9 @@ import json
 import os
 import struct
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -24,15 +25,21 @@ _SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16
                        torch.uint8: "U8", torch.bool: "BOOL"}
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temp file in the same folder, fsync, then rename: a reader never sees half a file."""
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Write `path` through a temporary file in the same folder: yields the temporary path; after the block the file is
+    given the usual permissions (0666 less the umask), synced, and renamed over `path`, so a reader never sees half a
+    file. Every output of autoskill-fast is written through here."""
     path = Path(path)
+    if path.is_dir():
+        raise AutoskillError(f"{path}: is a folder, not a file; choose another output path")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); artifacts get the usual permissions
     try:
-        write(tmp)
+        yield Path(tmp)
+        # After the writer: mkstemp makes files private (0600), and some writers (safetensors) recreate the file.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -42,14 +49,24 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def save_text(path: str | Path, text: str) -> Path:
+    """A UTF-8 text file (HTML, JSONL, ...), written atomically."""
+    with atomic_file(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def save_jsonl(path: str | Path, items: Iterable[Any]) -> Path:
+    """One JSON value per line, UTF-8 (non-ASCII kept as is), written atomically."""
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for item in items:
+            # default=str: values JSON cannot hold (dates, bytes from Parquet) are written as text.
+            f.write(json.dumps(item, ensure_ascii=False, default=str) + "\n")
+    return Path(path)
+
+
 def save_json(path: str | Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
-
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    _atomic_write(Path(path), write)
+    save_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
 def _json_default(obj):
@@ -75,10 +92,11 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     memory. When a tensor lives on an accelerator the file is streamed from it in chunks (`write_safetensors`): the
     host never holds a whole copy (30 GB for Llama-3-8B's statistics) and the device's own stream is not held up."""
     tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
-    if all(v.device.type == "cpu" for v in tensors.values()):
-        _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    else:
-        _atomic_write(Path(path), lambda tmp: write_safetensors(tmp, tensors, metadata))
+    with atomic_file(path) as tmp:
+        if all(v.device.type == "cpu" for v in tensors.values()):
+            save_file(tensors, str(tmp), metadata=metadata)
+        else:
+            write_safetensors(tmp, tensors, metadata)
 
 
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None, *,

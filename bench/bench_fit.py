@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from autoskill_fast.linalg import core_available, topk_eigh  # noqa: E402
-from autoskill_fast.stats import StreamingCovariance  # noqa: E402
+from autoskill_fast.decomposition.linalg import core_available, topk_eigh  # noqa: E402
+from autoskill_fast.decomposition.statistics import StreamingCovariance  # noqa: E402
 
 
 def streamed_statistics(dim: int, rows: int, seed: int = 0) -> StreamingCovariance:

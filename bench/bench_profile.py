@@ -27,7 +27,7 @@ METHODS = ("ours", "floor", "careful", "paper")
 
 
 def load_texts(n: int) -> list[str]:
-    from autoskill_fast.corpus import default_corpus_path
+    from autoskill_fast.config import default_corpus_path
 
     lines = default_corpus_path().read_text(encoding="utf-8").splitlines()[:n]
     return [f"{r['question']}\n{r['answer']}" for r in map(json.loads, lines)]
@@ -37,8 +37,8 @@ def run_method(method: str, n: int, k: int, batch_size: int) -> dict:
     import torch
 
     from autoskill_fast import CorpusConfig, ModelConfig, ProfileConfig, profile
-    from autoskill_fast.corpus import default_corpus_path
-    from autoskill_fast.models import load_model
+    from autoskill_fast.config import default_corpus_path
+    from autoskill_fast.capture.models import load_model
 
     texts = load_texts(n)
     loaded = load_model(ModelConfig())
@@ -50,11 +50,17 @@ def run_method(method: str, n: int, k: int, batch_size: int) -> dict:
         with tempfile.TemporaryDirectory() as out:
             profile(ProfileConfig(corpus=corpus, out=out, k=k, quiet=True), loaded=loaded)
     elif method == "floor":
-        from autoskill_fast.profile import InputTally, iter_batches, resolve_token_budget
+        from autoskill_fast.capture.features import resolve_pooling
+        from autoskill_fast.config import BatchingConfig, PoolingConfig, token_budget_for
+        from autoskill_fast.data.stream import InputTally, iter_batches, iter_tokenized
 
-        config = resolve_token_budget(ProfileConfig(corpus=corpus, out="/nonexistent", k=k), loaded.device)
+        pooling = resolve_pooling(PoolingConfig(), loaded.model, tokenizer).config  # as profile() resolves it
+        batching = BatchingConfig()
+        items = iter_tokenized(corpus, tokenizer, pooling, InputTally())
+        batches = iter_batches(items, batching, token_budget=token_budget_for(batching, loaded.device.type),
+                               pad_id=tokenizer.pad_token_id, mode=pooling.mode)
         with torch.inference_mode():
-            for batch in iter_batches(config, tokenizer, InputTally()):
+            for batch in batches:
                 loaded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                              position_ids=batch.position_ids, use_cache=False)
     else:

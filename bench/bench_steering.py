@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from autoskill_fast.basis import FeatureLayout, SkillBasis
+from autoskill_fast.basis import SkillBasis
+from autoskill_fast.capture.layout import FeatureLayout
 from autoskill_fast.config import ModelConfig
-from autoskill_fast.models import load_model
+from autoskill_fast.capture.models import load_model
 from autoskill_fast.steering import SteeringVector, bake, steer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,17 +12,17 @@ Three variants run over the same batches, interleaved with rotating order, after
 --batches batches, timed with CUDA events; medians over --reps passes:
   floor     the bare base model, full depth, no hooks
   capture   `PooledCapture` on the default layers 1..L-2 (it stops the forward after block L-2), rows discarded
-  profiler  the same plus `check_finite` and `StreamingCovariance.update_shifted(rows)` per batch, i.e. what
-            `profile()` does per batch (less the optional feature writer), and a `flush()` at the end of every pass:
+  profiler  `Profiler.step(batch)` per batch, the per-batch body of `profile()` itself (capture, non-finite check,
+            shift, `StreamingCovariance.update_shifted`; no feature writer), and a `flush()` at the end of every pass:
             C is read and written once per pass, not once per 4096 rows as in a long run, so this overstates the
             covariance's share (its time is printed as "flush ms").
 Overhead = profiler / floor - 1 (target <= 3%); it can be negative because the capture skips the last block. Tokens/s
 count real (unpadded) tokens.
 Peak memory is `torch.cuda.max_memory_allocated`: for the floor before the accumulator exists, for the profiler with it.
 
-The accumulator is `StreamingCovariance`'s own (block-packed fp32 upper triangle: 30 GiB for Llama-3-8B's 122,880
-dims) over all default layers when it leaves room for the activations, else over the first layers only (the capture
-still pools every default layer). The output says which (column "cov dims").
+The accumulator is the Profiler's `StreamingCovariance` (block-packed fp32 upper triangle: 30 GiB for Llama-3-8B's
+122,880 dims) over all default layers; a model whose accumulator does not fit beside its activations is reported as
+skipped, with the sizes.
 
 After the passes, the fit: `StreamingCovariance.top_eigenpairs(--fit-k)` on the device (block Krylov in torch, products
 with the packed sums in place), timed once, with its peak memory. The passes repeat the same rows, so the covariance
@@ -58,15 +58,14 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 import torch  # noqa: E402
 
-from autoskill_fast.basis import FeatureLayout  # noqa: E402
-from autoskill_fast.batching import Batch, Tokenized, collate  # noqa: E402
-from autoskill_fast.capture import PooledCapture  # noqa: E402
-from autoskill_fast.corpus import Example  # noqa: E402
+from autoskill_fast.capture.features import resolve_pooling  # noqa: E402
+from autoskill_fast.capture.hooks import PooledCapture  # noqa: E402
+from autoskill_fast.config import PoolingConfig  # noqa: E402
+from autoskill_fast.data.batching import Batch, Tokenized, collate  # noqa: E402
+from autoskill_fast.data.rendering import Example  # noqa: E402
+from autoskill_fast.jobs.profiling import Profiler  # noqa: E402
 from autoskill_fast.kernels import PackedSymmetric, cov_update_  # noqa: E402
 from autoskill_fast.kernels.packed import BlockPackedLayout, default_tile  # noqa: E402
-from autoskill_fast.models import decoder_blocks  # noqa: E402
-from autoskill_fast.profile import check_finite, resolve_layers  # noqa: E402
-from autoskill_fast.stats import StreamingCovariance  # noqa: E402
 from gpu_kernels import free_bytes, median_ms, peak_mib, reset_peak  # noqa: E402
 
 GIB = 2**30
@@ -126,7 +125,7 @@ def synthetic_batches(vocab: int, tokens_per_batch: int, seq_len: int, n_batches
             items.append(Tokenized(example, ids, pool_start=1, pool_end=n, truncated=False))  # BOS not pooled
         batch = collate(items, pad_id=0, padding_side="right", mode="mean")
         batches.append(dataclasses.replace(batch, **{f: getattr(batch, f).to(device) for f in (
-            "input_ids", "attention_mask", "position_ids", "weights", "last_index")}))
+            "input_ids", "attention_mask", "position_ids", "weights")}))
     return batches
 
 
@@ -134,15 +133,9 @@ def packed_bytes(dim: int) -> int:
     return 4 * BlockPackedLayout(dim, default_tile(dim)).numel
 
 
-def choose_accumulator(layout: FeatureLayout, free: int, reserve: int) -> tuple[str, int]:
-    """(description, covariance dims): every default layer if the packed fp32 sums fit next to `reserve` bytes, else
-    the most leading layers that do."""
-    D, H, n_layers = layout.feature_dim, layout.hidden_size, len(layout.layer_ids)
-    for used in range(n_layers, 0, -1):
-        if packed_bytes(used * H) + reserve <= free:
-            return ("all layers" if used == n_layers else f"first {used} of {n_layers} layers"), used * H
-    raise MemoryError(f"not even one layer's covariance fits next to a {reserve / GIB:.1f} GiB reserve "
-                      f"(D={D} would need {packed_bytes(D) / GIB:.1f} GiB)")
+def accumulator_fits(dim: int, free: int, reserve: int) -> bool:
+    """Whether the packed fp32 sums of `dim` features fit in `free` bytes next to `reserve` bytes."""
+    return packed_bytes(dim) + reserve <= free
 
 
 def _mark(device: torch.device):
@@ -168,8 +161,8 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         return dict(result, skipped=f"{weights / GIB:.1f} GiB of weights + 2 GiB do not fit in the "
                                     f"{free_bytes(device) / GIB:.1f} GiB free")
     model = build_model(config, device)
-    blocks = decoder_blocks(model)
-    layout = FeatureLayout(resolve_layers(None, len(blocks)), config.hidden_size)
+    resolved = resolve_pooling(PoolingConfig(), model, None)  # the default layers 1 .. L-2, as profile() takes them
+    layout = resolved.layout
     batches = synthetic_batches(config.vocab_size, args.tokens_per_batch, args.seq_len, args.batches, device)
     real_tokens = sum(b.n_tokens for b in batches)
     result.update(layer_ids=[layout.layer_ids[0], layout.layer_ids[-1]], feature_dim=layout.feature_dim,
@@ -190,36 +183,35 @@ def bench_model(name: str, args, device: torch.device) -> dict:
     activations = (torch.cuda.max_memory_allocated(device) - before) if device.type == "cuda" else 0
     reset_peak(device)  # also empties the cache, so free_bytes sees what the allocator could hand out
 
-    capture = PooledCapture(model, blocks, layout, mode="mean", device=device)
-    with capture:
-        shift = capture(batches[0]).to(torch.float64).mean(dim=0)  # the pilot mean, as profile() takes it
-    capture.shift = shift.to(torch.float32)
-    reset_peak(device)
+    capture = PooledCapture(model, layout)
     max_rows = max(len(b) for b in batches) * len(batches)
     # Room for the activations (twice the floor's, in case the allocator fragments), the staged rows and their
     # concatenation, and a tenth of the device (at least 4 GiB) for everything not counted.
     total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 0
     reserve = 2 * activations + 2 * 4 * max_rows * layout.feature_dim + max(4 * GIB, total // 10)
-    try:
-        storage, cov_dim = choose_accumulator(layout, free_bytes(device), reserve)
-    except MemoryError as e:
-        return dict(result, skipped=str(e))
-    stats = StreamingCovariance(cov_dim, device=device)
-    stats.set_shift(shift[:cov_dim])
-    result.update(cov_storage=storage, cov_dim=cov_dim,
+    if not accumulator_fits(layout.feature_dim, free_bytes(device), reserve):
+        return dict(result, skipped=f"the packed sums of {layout.feature_dim} dims "
+                                    f"({packed_bytes(layout.feature_dim) / GIB:.1f} GiB) do not fit in "
+                                    f"{free_bytes(device) / GIB:.1f} GiB free next to a {reserve / GIB:.1f} GiB reserve")
+    profiler = Profiler(model, resolved)
+    profiler.prepare()
+    profiler.__exit__(None, None, None)  # hooks on only during its own passes: the floor runs the model without them
+    stats = profiler.stats
+    result.update(cov_storage="all layers", cov_dim=layout.feature_dim,
                   accumulator_gib=stats.sumsq.data.numel() * stats.sumsq.data.element_size() / GIB)
 
     def capture_pass():
-        with capture:  # hooks on for this pass only: the floor runs the same model without them
+        with capture:  # hooks on for this pass only
             for batch in batches:
                 capture(batch)
 
     def profiler_pass():
-        with capture:
+        profiler.capture.__enter__()
+        try:
             for batch in batches:
-                rows = capture(batch)
-                check_finite(rows)  # profile() checks every batch (one device sync each); all are finite here
-                stats.update_shifted(rows[:, :cov_dim])
+                profiler.step(batch)  # profile()'s own per-batch body
+        finally:
+            profiler.capture.__exit__(None, None, None)
         flush_start = _mark(device)
         stats.flush()
         return flush_start
@@ -251,11 +243,11 @@ def bench_model(name: str, args, device: torch.device) -> dict:
     result.update(flush_ms=statistics.median(flush_ms), peak_profiler_gib=peak_profiler / 1024 or None,
                   capture_overhead_pct=100 * (medians["capture"] / medians["floor"] - 1),
                   overhead_pct=100 * (medians["profiler"] / medians["floor"] - 1), reps=args.reps)
-    del model, blocks, capture, batches  # blocks holds every decoder layer: the fit's peak must not count the weights
+    del model, capture, profiler, batches  # they hold the weights: the fit's peak must not count them
     gc.collect()
     reset_peak(device)
     start = _mark(device)
-    fit = stats.top_eigenpairs(min(args.fit_k, cov_dim))
+    fit = stats.top_eigenpairs(min(args.fit_k, layout.feature_dim))
     result.update(fit_s=_ms(start, _mark(device)) / 1e3, fit_method=fit.method, fit_k=len(fit.eigenvalues),
                   fit_max_residual=float(fit.residuals.max()), peak_fit_gib=(peak_mib(device) or 0) / 1024 or None)
     return result

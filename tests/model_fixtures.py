@@ -23,7 +23,7 @@ def write_jsonl(path: Path, records) -> Path:
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The embedded default model, converted once from its GGUF file (cached across sessions)."""
-    from autoskill_fast.models import convert_gguf, default_gguf_path
+    from autoskill_fast.capture.models import convert_gguf, default_gguf_path
 
     return convert_gguf(default_gguf_path())
 

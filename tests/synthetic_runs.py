@@ -11,9 +11,12 @@ from pathlib import Path
 
 import torch
 
-from autoskill_fast.artifacts import save_json
-from autoskill_fast.basis import FeatureLayout, SkillBasis
-from autoskill_fast.scores import Scores
+from autoskill_fast.basis import SkillBasis
+from autoskill_fast.decomposition.pca import PrincipalComponents
+from autoskill_fast.capture.layout import FeatureLayout
+from autoskill_fast.run.folder import RunFolder
+from autoskill_fast.run.record import RunRecord
+from autoskill_fast.run.scores import Scores
 
 
 def make_run(folder: Path, projection_nk: torch.Tensor, *, texts: list[str] | None = None, ids: list[str] | None = None,
@@ -28,16 +31,15 @@ def make_run(folder: Path, projection_nk: torch.Tensor, *, texts: list[str] | No
     if eigenvalues is None:
         eigenvalues = projection.to(torch.float64).var(0)
     total = float(eigenvalues.sum()) * 1.25  # the top k explain 80%
-    basis = SkillBasis(
-        components_=torch.eye(k), eigenvalues_=eigenvalues.to(torch.float64),
-        explained_variance_ratio_=eigenvalues.to(torch.float64) / total, mean_=torch.zeros(k, dtype=torch.float64),
-        n_samples_=n, total_variance_=total, layout=FeatureLayout((0,), k),
-        model={"name": model, "config_hash": "0" * 8, "num_layers": 1, "hidden_size": k},
-        pooling={"mode": "mean", "skip_bos": True, "layer_ids": [0], "layer_scaling": "none"},
-    )
+    pca = PrincipalComponents(torch.eye(k), eigenvalues.to(torch.float64), torch.zeros(k, dtype=torch.float64), n,
+                              total)
+    basis = SkillBasis(pca, FeatureLayout((0,), k),
+                       model={"name": model, "config_hash": "0" * 8, "num_layers": 1, "hidden_size": k},
+                       pooling={"mode": "mean", "skip_bos": True, "layer_ids": [0], "layer_scaling": "none"},
+                       run_key="synthetic")
     basis.save(folder)
     cosine = projection / projection.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    Scores(ids, torch.arange(n, dtype=torch.int64), projection, cosine).save(folder)
+    Scores(ids, torch.arange(n, dtype=torch.int64), projection, cosine, "synthetic").save(folder)
     corpus = folder / "corpus.jsonl"
     with open(corpus, "w", encoding="utf-8") as f:
         for i, (example_id, text) in enumerate(zip(ids, texts)):
@@ -46,17 +48,14 @@ def make_run(folder: Path, projection_nk: torch.Tensor, *, texts: list[str] | No
                 record["meta"] = {"source": "synthetic", "n": i}
             f.write(json.dumps(record) + "\n")
     if write_run_json:
-        save_json(folder / "run.json", {
-            "status": "complete",
-            "config": {"corpus": {"path": str(corpus), "format": "auto", "text_field": "text", "template": None,
-                                  "messages_field": None, "id_field": "uid", "limit": None},
-                       "model": {"model": model}, "k": k},
-            "model": {"name": model},
-            "corpus": {"path": str(corpus), "sha256": "synthetic"},
-            "counts": {"examples": n, "profiled": n, "skipped": 0},
-            "timings": {"total_s": 1.5},
-            "skipped": [],
-        })
+        RunFolder(folder).write_record(RunRecord(
+            status="complete", key="synthetic",
+            config={"corpus": {"path": str(corpus), "format": "auto", "text_field": "text", "template": None,
+                               "messages_field": None, "id_field": "uid", "limit": None},
+                    "model": {"model": model}, "k": k},
+            model={"name": model}, corpus={"path": str(corpus), "sha256": "synthetic"}, pooling=basis.pooling,
+            layout=basis.layout.to_json(), counts={"examples": n, "profiled": n, "skipped": 0},
+            timings={"total_s": 1.5}))
     return folder
 
 

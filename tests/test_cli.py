@@ -37,7 +37,7 @@ def test_profile_fit_project_round_trip(tmp_path, tiny_model, corpus):
     assert code == 0 and "k=2" in out, out
     code, out = invoke("project", tmp_path / "run", "--model", model, "--corpus", corpus, "--out", tmp_path / "proj", "--quiet")
     assert code == 0, out
-    from autoskill_fast.scores import Scores
+    from autoskill_fast.run.scores import Scores
 
     projected, profiled = Scores.load(tmp_path / "proj"), Scores.load(tmp_path / "run")
     assert projected.ids == profiled.ids
@@ -81,14 +81,14 @@ def one_line_error(code, out, *fragments):
 
 def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model, corpus):
     model = tiny_model("llama")
-    base = ("profile", "--model", model, "--out", tmp_path / "r", "--quiet")
+    base = ("profile", "--model", model, "--out", tmp_path / "r", "--quiet", "-k", 2)
     one_line_error(*invoke(*base, "--corpus", tmp_path / "missing.jsonl"), "missing.jsonl: corpus file not found")
     one_line_error(*invoke(*base, "--corpus", corpus, "--text-field", "body"), "c.jsonl:1", "missing text field 'body'")
     one_line_error(*invoke(*base, "--corpus", corpus, "--layers", "9"), "layer 9 out of range", "4 decoder blocks")
     one_line_error(*invoke(*base, "--corpus", corpus, "--model", tmp_path), "not a Hugging Face model folder")
     one_line_error(*invoke(*base, "--corpus", corpus, "-k", 50), "-k 50 is more directions than the data has")
     bos_only = write_jsonl(tmp_path / "bos.jsonl", [{"text": "fine text"}, {"text": "<|im_start|>"}])
-    one_line_error(*invoke(*base, "--corpus", bos_only, "--out", tmp_path / "b"), "no valid token after BOS removal")
+    one_line_error(*invoke(*base, "--corpus", bos_only, "--out", tmp_path / "b", "-k", 1), "no valid token after BOS removal")
 
 
 def test_basis_refuses_another_model_and_corrupted_artifacts(tmp_path, tiny_model, corpus):
@@ -114,5 +114,5 @@ def test_non_finite_activations_name_the_example(tmp_path, tiny_model, corpus):
     key = "model.layers.0.mlp.down_proj.weight"
     weights[key] = torch.full_like(weights[key], float("inf"))
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
-    one_line_error(*invoke("profile", "--model", broken, "--corpus", corpus, "--out", tmp_path / "r", "--quiet"),
+    one_line_error(*invoke("profile", "--model", broken, "--corpus", corpus, "--out", tmp_path / "r", "--quiet", "-k", 2),
                    "non-finite activations for example(s) [")

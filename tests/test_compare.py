@@ -10,10 +10,10 @@ import torch
 from click.testing import CliRunner
 
 from autoskill_fast.cli import cli
-from autoskill_fast.compare import (CompareConfig, canonical_correlations, compare, compare_runs, match_ids,
+from autoskill_fast.analysis.comparison import (CompareConfig, canonical_correlations, compare, compare_runs, match_ids,
                                     pole_jaccard, score_correlation)
 from autoskill_fast.errors import AutoskillError
-from autoskill_fast.runs import load_run
+from autoskill_fast.run.reading import load_run
 from headless_chromium import chromium_path, open_page
 from model_fixtures import write_jsonl
 from synthetic_runs import make_run
@@ -135,7 +135,7 @@ def test_compare_errors(tmp_path):
     run_b = make_run(tmp_path / "b", torch.randn(10, 2), ids=[f"b{i}" for i in range(10)])
     with pytest.raises(AutoskillError, match="share 0 example id"):
         compare(CompareConfig(run_a=str(run_a), run_b=str(run_b)))
-    with pytest.raises(AutoskillError, match="--by must be"):
+    with pytest.raises(AutoskillError, match="CompareConfig.by: must be"):
         CompareConfig(run_a="a", run_b="b", by="nope")
 
 
@@ -177,8 +177,8 @@ def mixed_corpus(path, n=40):
 
 def test_end_to_end_on_tiny_models(tmp_path, tiny_model):
     from autoskill_fast import CorpusConfig, ModelConfig, ProfileConfig, profile
-    from autoskill_fast.report import InspectConfig, inspect
-    from autoskill_fast.select import SelectConfig, select
+    from autoskill_fast.analysis.inspection import InspectConfig, inspect
+    from autoskill_fast.analysis.selection import SelectConfig, select
 
     path, records = mixed_corpus(tmp_path / "corpus.jsonl")
     corpus = CorpusConfig(str(path), id_field="qid")
@@ -206,9 +206,9 @@ def test_end_to_end_on_tiny_models(tmp_path, tiny_model):
 def test_end_to_end_on_default_model_and_corpus(tmp_path, default_model_dir):
     """GSM8K problems through the embedded SmolLM2: profile, inspect with labeling prompts, select by coverage."""
     from autoskill_fast import CorpusConfig, ModelConfig, ProfileConfig, profile
-    from autoskill_fast.corpus import default_corpus_path
-    from autoskill_fast.report import InspectConfig, inspect
-    from autoskill_fast.select import SelectConfig, select
+    from autoskill_fast.config import default_corpus_path
+    from autoskill_fast.analysis.inspection import InspectConfig, inspect
+    from autoskill_fast.analysis.selection import SelectConfig, select
 
     corpus = CorpusConfig(str(default_corpus_path()), template="{question}\n{answer}", limit=32)
     out = tmp_path / "run"

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from autoskill_fast.config import CorpusConfig
-from autoskill_fast.corpus import iter_records, render
+from autoskill_fast.data.corpus import iter_records
+from autoskill_fast.data.rendering import render
 from autoskill_fast.errors import AutoskillError, BadExampleError
 from model_fixtures import write_jsonl
 

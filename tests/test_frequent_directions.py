@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from autoskill_fast.errors import AutoskillError
-from autoskill_fast.frequent_directions import FrequentDirections
+from autoskill_fast.decomposition.frequent_directions import FrequentDirections
 
 
 def synthetic(n: int, D: int, *, decay: float = 1.0, rank: int | None = None, offset: float = 0.0,

@@ -1,4 +1,4 @@
-"""masked_pool / last_token_pool and the dispatch rules: Triton kernel (interpreted on CPU) and torch reference, each
+"""masked_pool and the dispatch rules: Triton kernel (interpreted on CPU) and torch reference, each
 compared with fp64 math on fresh random inputs over awkward shapes, masks, dtypes and strided layouts."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from autoskill_fast.kernels import TOLERANCES, dispatch, last_token_pool, masked_pool, masked_pool_triton, pooling
+from autoskill_fast.kernels import TOLERANCES, dispatch, masked_pool, masked_pool_triton, pooling
 from autoskill_fast.kernels.dispatch import DISABLE_ENV, FORCE_ENV
 from kernel_testing import DEVICE, DTYPES, needs_triton
 
@@ -174,24 +174,6 @@ def test_weight_zero_is_exactly_nothing(impl):
     masked_pool(hidden, weights, out, shift)
     assert torch.equal(out[0], -shift)
     assert torch.equal(out[1], 1.0 - shift)
-
-
-@pytest.mark.parametrize("packed", [False, True])
-def test_last_token_pool(packed):
-    gen = torch.Generator().manual_seed(2)
-    B, S, H = 3, 7, 5
-    hidden = torch.randn(B, S, H, generator=gen).bfloat16()
-    index = torch.tensor([6, 0, 3])
-    shift = torch.randn(H, generator=gen)
-    staging = torch.zeros(B, 3 * H)
-    out = staging[:, H:2 * H]
-    if packed:
-        last_token_pool(hidden.reshape(B * S, H), index + torch.arange(B) * S, out, shift)
-    else:
-        last_token_pool(hidden, index, out, shift)
-    want = hidden[torch.arange(B), index].double() - shift.double()
-    assert torch.allclose(out.double(), want, rtol=0, atol=1e-6)
-    assert (staging[:, :H] == 0).all() and (staging[:, 2 * H:] == 0).all()
 
 
 def test_masked_pool_validates_arguments():

@@ -1,4 +1,4 @@
-"""autoskill_fast.linalg against fp64 numpy: eigenpairs (all methods, both dtypes, awkward spectra) and projection.
+"""autoskill_fast.decomposition.linalg against fp64 numpy: eigenpairs (all methods, both dtypes, awkward spectra) and projection.
 
 Eigenvectors are compared through principal angles between the returned and the reference invariant subspaces of
 each cluster of eigenvalues, bounded by the Davis-Kahan sin-theta theorem from the measured residual and the gap,
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoskill_fast import linalg
-from autoskill_fast.linalg import EighConvergenceWarning, core_available, project, project_batches, topk_eigh
+from autoskill_fast.decomposition import linalg
+from autoskill_fast.decomposition.linalg import EighConvergenceWarning, core_available, project, topk_eigh
 
 needs_core = pytest.mark.skipif(not core_available(), reason="autoskill_fast._core is not built (pip install -e .)")
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
@@ -141,7 +141,7 @@ def test_torch_krylov_matches_numpy(dtype_name):
         a = torch.from_numpy(make_matrix(kind, dim, seed=3)).to(dtype)
         values, vectors, residuals, _, converged = linalg._krylov_torch(a, k, TOL[dtype], 300, 16, seed=0)
         assert converged
-        result = linalg.EighResult(values, linalg._fix_signs(vectors), residuals, "torch-block-krylov")
+        result = linalg.EighResult(values, linalg.canonical_signs(vectors), residuals, "torch-block-krylov")
         check_eigenpairs(a.double().numpy(), k, result, dtype, TOL[dtype])
 
 
@@ -152,7 +152,7 @@ def test_core_and_torch_krylov_agree():
     core = topk_eigh(a, 20, method="krylov", tol=1e-10)
     values, vectors, _, _, _ = linalg._krylov_torch(a, 20, 1e-10, 300, linalg._default_block_size(20, False), seed=0)
     torch.testing.assert_close(core.eigenvalues, values, rtol=0, atol=2e-10 * float(values[0]))
-    torch.testing.assert_close(core.eigenvectors, linalg._fix_signs(vectors), rtol=0, atol=1e-6)
+    torch.testing.assert_close(core.eigenvectors, linalg.canonical_signs(vectors), rtol=0, atol=1e-6)
 
 
 def test_identity_and_zero_matrices_break_down_cleanly():
@@ -290,19 +290,6 @@ def test_project_names_the_non_finite_row_and_bad_shapes():
         project(torch.zeros(3, 4), torch.zeros(5), torch.eye(4)[:2])
     with pytest.raises(TypeError, match="floating"):
         project(torch.zeros(3, 4, dtype=torch.int32), torch.zeros(4), torch.eye(4)[:2])
-
-
-def test_project_batches_equals_one_pass_for_any_split():
-    gen = torch.Generator().manual_seed(1)
-    x, mean = torch.randn(301, 64, generator=gen), torch.randn(64, generator=gen)
-    comps = torch.randn(8, 64, generator=gen)
-    whole = project(x, mean, comps)
-    bound = torch.from_numpy(_project_reference(x, mean, comps)[1]).float()
-    for sizes in ([301], [1, 300], [100, 0, 150, 51], [7] * 43):  # BLAS may round row blocks differently
-        split = project_batches(iter(x.split(sizes)), mean, comps)
-        assert split.shape == whole.shape and bool(((split - whole).abs() <= 1e-6 * bound).all())
-    empty = project_batches(iter([]), mean, comps)
-    assert empty.shape == (0, 8) and empty.dtype == torch.float32
 
 
 # ---- the extension missing --------------------------------------------------------------------------------------

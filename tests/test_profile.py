@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from autoskill_fast import CorpusConfig, ModelConfig, PoolingConfig, ProfileConfig, SkillBasis, fit, merge, profile
-from autoskill_fast.features import iter_feature_shards
-from autoskill_fast.scores import Scores
-from autoskill_fast.stats import StreamingCovariance
+from autoskill_fast import (BatchingConfig, CorpusConfig, ModelConfig, PoolingConfig, ProfileConfig, SkillBasis, fit,
+                            merge, profile)
+from autoskill_fast.run.features import iter_feature_shards
+from autoskill_fast.run.scores import Scores
+from autoskill_fast.decomposition.statistics import StreamingCovariance
 from model_fixtures import write_jsonl
 from reference import paper_features
 
@@ -24,10 +24,14 @@ def make_texts(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 40)))) for _ in range(n)]
 
 
+BATCHING = ("token_budget", "max_batch_size", "sort_window", "padding_side")
+
+
 def run(tmp_path, model_dir, corpus, name="run", **kw) -> SkillBasis:
     pooling = kw.pop("pooling", PoolingConfig())
+    batching = BatchingConfig(**{key: kw.pop(key) for key in BATCHING if key in kw})
     config = ProfileConfig(corpus=corpus, out=str(tmp_path / name), model=ModelConfig(str(model_dir)),
-                           pooling=pooling, quiet=True, save_features=True, **{"k": 4, **kw})
+                           pooling=pooling, batching=batching, quiet=True, save_features=True, **{"k": 4, **kw})
     return profile(config)
 
 
@@ -77,7 +81,7 @@ def test_features_skip_leading_bos_and_last_pooling(tmp_path, tiny_model):
 
 @pytest.mark.slow
 def test_default_model_matches_paper_recipe(tmp_path, default_model_dir):
-    from autoskill_fast.corpus import default_corpus_path
+    from autoskill_fast.config import default_corpus_path
 
     records = [json.loads(line) for line in default_corpus_path().read_text().splitlines()[:6]]
     texts = [f"{r['question']}\n{r['answer']}" for r in records]
@@ -143,7 +147,7 @@ def test_shards_merge_to_one_pass_and_basis_matches_numpy(tmp_path, tiny_model):
 
 
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, tiny_model, monkeypatch):
-    from autoskill_fast import capture as capture_mod
+    from autoskill_fast.capture import hooks as capture_mod
 
     model_dir = tiny_model("llama")
     corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(37, seed=5)])))
@@ -190,9 +194,10 @@ def test_fit_refits_from_saved_statistics(tmp_path, tiny_model):
 
 @pytest.mark.parametrize("fit_fails", [False, True])
 def test_solve_leaves_a_core_to_the_statistics_writer(tmp_path, tiny_model, monkeypatch, fit_fails):
-    profile_mod = importlib.import_module("autoskill_fast.profile")  # the package exports a function of that name
+    from autoskill_fast.jobs import profiling as profile_mod
+
     seen = []
-    real_fit = profile_mod.fit_basis
+    real_fit = profile_mod.fit_components
 
     def recording_fit(*args, **kwargs):
         seen.append(torch.get_num_threads())
@@ -200,7 +205,7 @@ def test_solve_leaves_a_core_to_the_statistics_writer(tmp_path, tiny_model, monk
             raise RuntimeError("solver blew up")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(profile_mod, "fit_basis", recording_fit)
+    monkeypatch.setattr(profile_mod, "fit_components", recording_fit)
     corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(8, seed=9)])))
     previous = torch.get_num_threads()
     torch.set_num_threads(2)

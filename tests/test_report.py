@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from autoskill_fast.basis import SkillBasis
 from autoskill_fast.cli import cli
 from autoskill_fast.errors import AutoskillError
-from autoskill_fast.report import InspectConfig, directions, inspect, labeling_prompts, read_labels
-from autoskill_fast.runs import load_run
+from autoskill_fast.analysis.inspection import InspectConfig, directions, inspect, labeling_prompts, read_labels
+from autoskill_fast.run.reading import load_run
 from headless_chromium import chromium_path, open_page
 from synthetic_runs import make_run, read_jsonl
 

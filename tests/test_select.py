@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from autoskill_fast.cli import cli
 from autoskill_fast.errors import AutoskillError
-from autoskill_fast.kcenter import farthest_point_order, farthest_point_order_ref
-from autoskill_fast.select import (Pole, SelectConfig, manifest_path, parse_poles, pole_order, random_order, select,
+from autoskill_fast.analysis.kcenter import farthest_point_order, farthest_point_order_ref
+from autoskill_fast.analysis.selection import (Pole, SelectConfig, manifest_path, parse_poles, pole_order, random_order, select,
                                    top_positions)
 from synthetic_runs import make_run, read_jsonl
 
@@ -115,11 +115,11 @@ def test_budget_larger_than_corpus_is_a_clear_error(planted, tmp_path):
         with pytest.raises(AutoskillError, match="budget 301 is larger than the 300 scored examples"):
             select(SelectConfig(run=str(run), out=str(tmp_path / "x.jsonl"), budget=301, method=method, **extra))
     assert not (tmp_path / "x.jsonl").exists()
-    with pytest.raises(AutoskillError, match="--budget must be positive"):
+    with pytest.raises(AutoskillError, match="SelectConfig.budget: must be positive"):
         SelectConfig(run=str(run), out="x", budget=0)
     with pytest.raises(AutoskillError, match="needs at least one direction"):
         SelectConfig(run=str(run), out="x", budget=3, method="pole")
-    with pytest.raises(AutoskillError, match="only applies to --method pole"):
+    with pytest.raises(AutoskillError, match="only applies to the pole method"):
         SelectConfig(run=str(run), out="x", budget=3, method="coverage", directions=("1",))
     with pytest.raises(AutoskillError, match="--dims 9 is more than"):
         select(SelectConfig(run=str(run), out=str(tmp_path / "x.jsonl"), budget=3, dims=9))

@@ -14,7 +14,7 @@ import torch
 from autoskill_fast.errors import AutoskillError
 from autoskill_fast.artifacts import save_tensors
 from autoskill_fast.kernels import PackedSymmetric
-from autoskill_fast.stats import StreamingCovariance, load_statistics
+from autoskill_fast.decomposition.statistics import StreamingCovariance, load_statistics
 
 
 def data(n: int, d: int, seed: int, offset: float = 50.0) -> torch.Tensor:
@@ -122,20 +122,21 @@ def test_top_eigenpairs_from_the_packed_sums_match_numpy():
     assert np.all((overlap > 1 - 1e-6) | (gaps < 1e-3 * values[0]))
 
 
-def test_packed_state_round_trips_and_version_0_1_files_still_load(tmp_path):
+def test_packed_state_round_trips_and_row_packed_files_are_refused(tmp_path):
     x = data(50, 300, seed=6)
     stats = StreamingCovariance(300)
     stats.update(x)
     stats.save(tmp_path / "s.safetensors")
     loaded = StreamingCovariance.load(tmp_path / "s.safetensors")
     assert loaded.sumsq.layout == stats.sumsq.layout and torch.equal(loaded.sumsq.data, stats.sumsq.data)
-    # The row-by-row packed triangle of version 0.1 (row i holds S2[i, i:]).
+    # The row-by-row packed triangle of a pre-release development format (row i holds S2[i, i:]): never released, so no
+    # converter; it is refused by name.
     dense = stats.sumsq.to_dense()
     legacy = {"count": torch.tensor([50]), "shift": stats.shift, "sum": stats.sum,
               "sumsq_upper": torch.cat([dense[i, i:] for i in range(300)])}
     save_tensors(tmp_path / "old.safetensors", legacy)
-    old = load_statistics(tmp_path / "old.safetensors")
-    assert isinstance(old, StreamingCovariance) and torch.equal(old.covariance(), stats.covariance())
+    with pytest.raises(AutoskillError, match=r"old.safetensors: missing tensors \['sumsq_packed', 'sumsq_tile'\]"):
+        load_statistics(tmp_path / "old.safetensors")
 
 
 def test_corrupted_packed_state_is_named(tmp_path):

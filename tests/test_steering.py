@@ -8,10 +8,15 @@ import pytest
 import torch
 import transformers
 
-from autoskill_fast.basis import FeatureLayout, SkillBasis
+from autoskill_fast.basis import SkillBasis
+from autoskill_fast.decomposition.pca import PrincipalComponents
+from autoskill_fast.capture.layout import FeatureLayout
 from autoskill_fast.errors import AutoskillError
-from autoskill_fast.models import decoder_blocks, fingerprint
+from autoskill_fast.capture.fingerprint import fingerprint
+from autoskill_fast.capture.models import decoder_blocks
 from autoskill_fast.steering import SteeringVector, bake, export_llamacpp, read_llamacpp, steer, verify_bake
+from autoskill_fast.run.folder import RunFolder
+from autoskill_fast.run.record import RunRecord
 from autoskill_fast.steering.hooks import _add_hook
 
 ARCHS = {
@@ -50,9 +55,9 @@ def load(folder):
 def random_basis(model_fp, layer_ids, hidden=HIDDEN, k=3, seed=0, layer_scale=None):
     d = len(layer_ids) * hidden
     comps = torch.nn.functional.normalize(torch.randn(k, d, generator=torch.Generator().manual_seed(seed)), dim=1)
-    return SkillBasis(comps, torch.arange(k, 0, -1, dtype=torch.float64),
-                      torch.full((k,), 1.0 / k, dtype=torch.float64), torch.zeros(d, dtype=torch.float64), 100, float(k), FeatureLayout(tuple(layer_ids), hidden),
-                      model=model_fp, layer_scale=layer_scale)
+    pca = PrincipalComponents(comps, torch.arange(k, 0, -1, dtype=torch.float64), torch.zeros(d, dtype=torch.float64),
+                              100, float(k * (k + 1) / 2))
+    return SkillBasis(pca, FeatureLayout(tuple(layer_ids), hidden), model=model_fp, layer_scale=layer_scale)
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +335,8 @@ def test_steer_cli_writes_every_format(tiny, tmp_path):
     run = tmp_path / "run"
     basis = random_basis(fingerprint(load(src), src.name), (0, 1, 2))
     basis.save(run)
-    (run / "run.json").write_text(json.dumps({"config": {"model": {"model": str(src)}}}))
+    RunFolder(run).write_record(RunRecord(status="complete", key="steer-test", config={"model": {"model": str(src)}},
+                                          model=basis.model, corpus={}, pooling={}, layout=basis.layout.to_json()))
     runner = CliRunner()
 
     result = runner.invoke(cli, ["steer", str(run), "-d", "0", "-d", "2:-0.5", "--alpha", "3", "--sign", "-",

@@ -21,9 +21,12 @@ import pytest
 import torch
 import transformers
 
-from autoskill_fast.basis import FeatureLayout, SkillBasis
+from autoskill_fast.basis import SkillBasis
+from autoskill_fast.decomposition.pca import PrincipalComponents
+from autoskill_fast.capture.layout import FeatureLayout
 from autoskill_fast.config import ModelConfig
-from autoskill_fast.models import fingerprint, load_model
+from autoskill_fast.capture.fingerprint import fingerprint
+from autoskill_fast.capture.models import load_model
 from autoskill_fast.steering import SteeringVector, bake, steer
 
 pytestmark = pytest.mark.vllm
@@ -38,9 +41,8 @@ ALPHA, LAYERS, MAX_TOKENS = 16.0, tuple(range(1, 29)), 32
 def random_direction_vector(model_fp, layers, hidden, alpha, seed=0) -> SteeringVector:
     dim = len(layers) * hidden
     direction = torch.nn.functional.normalize(torch.randn(1, dim, generator=torch.Generator().manual_seed(seed)), dim=1)
-    basis = SkillBasis(direction, torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64),
-                       torch.zeros(dim, dtype=torch.float64), 1, 1.0, FeatureLayout(tuple(layers), hidden),
-                       model=model_fp)
+    pca = PrincipalComponents(direction, torch.ones(1, dtype=torch.float64), torch.zeros(dim, dtype=torch.float64), 2, 1.0)
+    basis = SkillBasis(pca, FeatureLayout(tuple(layers), hidden), model=model_fp)
     return SteeringVector.from_basis(basis, 0, alpha=alpha)
 
 

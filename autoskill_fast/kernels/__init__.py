@@ -13,7 +13,7 @@ from .covariance import (
 )
 from .dispatch import DISABLE_ENV, FORCE_ENV, HAS_TRITON, TOLERANCES, use_triton
 from .packed import BlockPackedLayout, PackedSymmetric, symmetrize_upper, symmetrize_upper_
-from .pooling import last_token_pool, masked_pool, masked_pool_ref, masked_pool_triton
+from .pooling import masked_pool, masked_pool_ref, masked_pool_triton
 
 __all__ = [
     "BlockPackedLayout",
@@ -24,7 +24,6 @@ __all__ = [
     "cov_update_",
     "cov_update_ref",
     "cov_update_triton",
-    "last_token_pool",
     "masked_pool",
     "masked_pool_ref",
     "masked_pool_triton",

@@ -5,7 +5,7 @@
 One op, four parts: `_masked_pool_kernel` (Triton), its launcher `masked_pool_triton`, the plain-torch reference
 `masked_pool_ref` (also the CPU path and the fallback), and the public `masked_pool`, which dispatches. The weights
 encode the pooling: mean pooling passes 1/n_valid on valid tokens and 0 elsewhere, response-only mean the same on the
-response span, last-token pooling a one-hot (or use `last_token_pool`, which reads one row per example).
+response span, last-token pooling a one-hot.
 
 A position whose weight is exactly 0 contributes exactly nothing, even when the hidden state there is NaN or Inf
 (padding garbage): both paths select, they never multiply by zero.
@@ -227,26 +227,3 @@ def masked_pool(hidden: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, 
     if hidden.dtype in KERNEL_DTYPES and use_triton(*tensors):
         return masked_pool_triton(hidden, weights, out, shift, cu_seqlens=cu_seqlens)
     return masked_pool_ref(hidden, weights, out, shift, cu_seqlens=cu_seqlens)
-
-
-def last_token_pool(hidden: torch.Tensor, index_b: torch.Tensor, out: torch.Tensor,
-                    shift: torch.Tensor | None = None) -> torch.Tensor:
-    """out[b, :] = float32(hidden[b, index_b[b], :]) - shift; written in place and returned.
-
-    hidden: [B, S, H] with index_b [B] positions within each row, or packed [T, H] with index_b [B] token indices.
-    A gather reads only B rows, so this is plain torch on every device (a kernel would not be faster).
-    """
-    if hidden.ndim == 3:
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        picked = hidden[rows, index_b]
-    elif hidden.ndim == 2:
-        picked = hidden[index_b]
-    else:
-        raise ValueError(f"last_token_pool: hidden must be [B, S, H] or [T, H], got {tuple(hidden.shape)}")
-    if out.dtype != torch.float32 or out.shape != picked.shape:
-        raise ValueError(f"last_token_pool: out must be float32 {tuple(picked.shape)}, got {out.dtype} "
-                         f"{tuple(out.shape)}")
-    out.copy_(picked)
-    if shift is not None:
-        out.sub_(shift)
-    return out

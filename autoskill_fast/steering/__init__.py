@@ -1,6 +1,6 @@
 """Steering with the basis: vectors, in-process hooks, baked checkpoints, llama.cpp control vectors."""
 
-from .bake import bake, verify_bake
+from .baking import bake, verify_bake
 from .export import SteerConfig, export_steering
 from .hooks import steer
 from .llamacpp import export_llamacpp, read_llamacpp

@@ -8,19 +8,21 @@ Output folder by format (each also holds the vector and the resolved config, `st
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from ..artifacts import load_json, save_json
+from ..artifacts import save_json
 from ..basis import SkillBasis
+from ..config import ConfigError, choices, cli, parse_layers
 from ..errors import AutoskillError
-from ..models import resolve_model_path
-from .bake import bake, share_permissions
+from ..capture.models import resolve_model_path
+from ..run.folder import RunFolder
+from .baking import bake, share_permissions
 from .llamacpp import export_llamacpp
 from .vector import SteeringVector
 
-FORMATS = ("hf", "llamacpp", "vector")
+SteerFormat = Literal["hf", "llamacpp", "vector"]
 CONTROL_VECTOR_GGUF = "control_vector.gguf"
 STEER_JSON = "steer.json"
 
@@ -32,42 +34,55 @@ class SteerConfig:
     run: str
     """A profile run folder (or a basis folder)."""
     out: str
-    """The output folder; must not exist or be empty."""
-    directions: tuple[int, ...] = (0,)
-    """Basis direction indices; several are summed."""
-    weights: tuple[float, ...] | None = None
+    """The output folder (must not exist, or be empty); with --format llamacpp, a .gguf file or a folder."""
+    directions: tuple[int | str, ...] = field(default=(0,), metadata=cli("--direction", short="-d", multiple=True,
+                                                                         metavar="INDEX[:WEIGHT]"))
+    """Basis directions, summed; an entry "3:-0.5" gives direction 3 the weight -0.5. Default: direction 0."""
+    weights: tuple[float, ...] | None = field(default=None, metadata=cli(omit=True))
     """One weight per direction (default 1 each): vector = sign * alpha * sum_i weights[i] * u_i."""
     alpha: float = 0.5
     """Scale along the unit-norm concatenated direction (the paper: 0.5)."""
-    sign: int = 1
-    """+1 or -1: steer towards or away from the direction."""
-    layers: tuple[int, ...] | None = None
-    """Steer only these decoder blocks (default: every block of the basis)."""
-    unscale: bool = True
-    """Undo a pilot per-layer scale of the basis, so alpha is measured in feature space (see steering.vector)."""
+    sign: int = field(default=1, metadata=cli(choices=("+", "-"), parse=lambda s: 1 if s == "+" else -1, shown="+"))
+    """Towards (+, 1) or away from (-, -1) the direction."""
+    layers: tuple[int, ...] | None = field(default=None, metadata=cli(parse=parse_layers, metavar="LAYERS"))
+    """Steer only these blocks, e.g. 1-28 or 5,10 (default: every block of the basis)."""
+    unscale: bool = field(default=True, metadata=cli("--keep-layer-scale"))
+    """Undo a pilot per-layer scale of the basis, so alpha is measured in feature space (--keep-layer-scale: do not)."""
     model: str | None = None
-    """The model to bake (default: the one the run profiled)."""
-    format: str = "hf"
-    """"hf" (a baked model folder), "llamacpp" (a control-vector GGUF) or "vector"."""
+    """The model folder or .gguf to bake (default: the one the run profiled)."""
+    format: SteerFormat = "hf"
+    """hf: a model folder transformers and vLLM serve as is; llamacpp: a control-vector GGUF; vector: the vector."""
     verify: bool = True
     """hf only: reload the baked folder and compare its logits with hook steering (holds two fp32 copies)."""
 
     def __post_init__(self):
-        self.directions = tuple(int(i) for i in self.directions)
-        if not self.directions:
-            raise AutoskillError("give at least one --direction")
+        owner = "SteerConfig"
+        directions, weights = [], []
+        for entry in self.directions:
+            index, _, weight = str(entry).partition(":")
+            try:
+                directions.append(int(index))
+                weights.append(float(weight) if weight else 1.0)
+            except ValueError:
+                raise ConfigError(owner, "directions", f"cannot read {entry!r}; use an index, or INDEX:WEIGHT such as "
+                                                       "3:-0.5") from None
+        if not directions:
+            raise ConfigError(owner, "directions", "give at least one direction")
         if self.weights is not None:
-            self.weights = tuple(float(w) for w in self.weights)
-            if len(self.weights) != len(self.directions):
-                raise AutoskillError(f"got {len(self.weights)} weights for {len(self.directions)} directions")
+            if len(self.weights) != len(directions) or any(":" in str(entry) for entry in self.directions):
+                raise ConfigError(owner, "weights", f"give one weight per direction ({len(directions)}), either here "
+                                                    "or as INDEX:WEIGHT entries, not both")
+            weights = [float(w) for w in self.weights]
+        self.directions, self.weights = tuple(directions), tuple(weights)
         if self.sign not in (1, -1):
-            raise AutoskillError(f"--sign must be + or -, got {self.sign}")
-        if self.format not in FORMATS:
-            raise AutoskillError(f"unknown --format {self.format!r}; choose one of {FORMATS}")
+            raise ConfigError(owner, "sign", f"must be +1 or -1 (+ or -), got {self.sign}")
+        if self.format not in choices(SteerFormat):
+            raise ConfigError(owner, "format", f"unknown value {self.format!r}; choose one of "
+                                               f"{', '.join(choices(SteerFormat))}")
         if self.layers is not None:
             self.layers = tuple(sorted({int(i) for i in self.layers}))
             if not self.layers or self.layers[0] < 0:
-                raise AutoskillError(f"--layers must name blocks by their index (0 or more), got {list(self.layers)}")
+                raise ConfigError(owner, "layers", f"must name blocks by their index (0 or more), got {list(self.layers)}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,12 +90,10 @@ class SteerConfig:
 
 def run_model_spec(run: Path) -> str | None:
     """The --model a profile run used (None = the embedded default), from its run.json."""
-    from ..profile import RUN_JSON
-
-    run_json = run / RUN_JSON
-    if not run_json.is_file():
+    folder = RunFolder(run)
+    if not folder.has_record():
         raise AutoskillError(f"{run}: no run.json to say which model was profiled; give --model")
-    return load_json(run_json).get("config", {}).get("model", {}).get("model")
+    return folder.record().config.get("model", {}).get("model")
 
 
 def build_vector(config: SteerConfig) -> SteeringVector:

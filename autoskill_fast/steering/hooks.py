@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from ..errors import AutoskillError
-from ..models import decoder_blocks, fingerprint
+from ..capture.fingerprint import fingerprint
+from ..capture.models import decoder_blocks
 from .vector import SteeringVector
 
 

@@ -29,13 +29,12 @@ import torch
 
 from ..artifacts import load_json, load_tensors, save_json, save_tensors
 from ..basis import SkillBasis
+from ..capture.fingerprint import describe_mismatch, model_mismatch
 from ..errors import AutoskillError
 
 VECTOR_TENSORS = "steering_vector.safetensors"
 VECTOR_JSON = "steering_vector.json"
 FORMAT_VERSION = 1
-# The fingerprint entries that must agree for a vector to be used on a model ("name" is only how it was loaded).
-FINGERPRINT_KEYS = ("model_type", "config_hash", "num_layers", "hidden_size")
 
 
 @dataclass
@@ -122,13 +121,12 @@ class SteeringVector:
         return float(torch.stack([c.double().pow(2).sum() for c in self.chunks.values()]).sum().sqrt())
 
     def check_model(self, model_fp: dict[str, Any], *, what: str = "this model") -> None:
-        """Refuse a model whose fingerprint differs from the one the vector was made for."""
-        for key in FINGERPRINT_KEYS:
-            if key in self.model and key in model_fp and self.model[key] != model_fp[key]:
-                raise AutoskillError(
-                    f"the steering vector was made for model {self.model.get('name')!r} ({key}={self.model[key]!r}) "
-                    f"but {what} has {key}={model_fp[key]!r}; build the vector from a basis profiled on this model"
-                )
+        """Refuse a model other than the one the vector was made for (config and weights; never the folder name)."""
+        key = model_mismatch(self.model, model_fp)
+        if key is not None:
+            raise AutoskillError(f"the steering vector was made for model {self.model.get('name')!r} but {what} differs: "
+                                 f"{describe_mismatch(key, self.model, model_fp)}; build the vector from a basis "
+                                 "profiled on this model")
         num_layers = model_fp.get("num_layers")
         if num_layers is not None and max(self.chunks) >= int(num_layers):
             raise AutoskillError(f"the steering vector steers block {max(self.chunks)} but {what} has {num_layers}")
@@ -140,10 +138,10 @@ class SteeringVector:
         if self.hidden_size != other.hidden_size:
             raise AutoskillError(f"cannot combine steering vectors of hidden sizes {self.hidden_size} and "
                                  f"{other.hidden_size}")
-        for key in FINGERPRINT_KEYS:
-            if key in self.model and key in other.model and self.model[key] != other.model[key]:
-                raise AutoskillError(f"cannot combine steering vectors of different models ({key}: "
-                                     f"{self.model[key]!r} vs {other.model[key]!r})")
+        key = model_mismatch(self.model, other.model)
+        if key is not None:
+            raise AutoskillError(f"cannot combine steering vectors of different models "
+                                 f"({describe_mismatch(key, self.model, other.model)})")
         chunks = {i: c.clone() for i, c in self.chunks.items()}
         for i, c in other.chunks.items():
             chunks[i] = chunks[i] + other_sign * c if i in chunks else other_sign * c

@@ -1,7 +1,7 @@
 """Pooled features on disk: sharded safetensors files, each with its rows' corpus positions and ids.
 
-`features/shard-00000.safetensors` holds `features` [n, D] (the chosen dtype) and `row` [n] int64, with the ids in
-its JSON metadata. Shards are written in processing order; a resumed run removes shards written after its checkpoint.
+`features/shard-00000.safetensors` holds `features` [n, D] (the chosen dtype) and `row` [n] int64, with the ids and the
+run key in its metadata. Shards are written in processing order; a resumed run removes shards written after its checkpoint.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Iterator
 import torch
 from safetensors import safe_open
 
-from .artifacts import load_tensors, save_tensors
-from .errors import AutoskillError
+from ..artifacts import load_tensors, save_tensors
+from ..errors import AutoskillError
 
 SHARD_BYTES = 256 << 20
 
@@ -26,8 +26,10 @@ def shard_path(folder: Path, index: int) -> Path:
 class FeatureWriter:
     """Buffers rows and writes a shard when the buffer is full or on flush()."""
 
-    def __init__(self, folder: str | Path, *, dtype: torch.dtype = torch.float32, resume_shards: int = 0):
+    def __init__(self, folder: str | Path, *, dtype: torch.dtype = torch.float32, resume_shards: int = 0,
+                 metadata: dict[str, str] | None = None):
         self.folder = Path(folder)
+        self.metadata = dict(metadata or {})
         self.dtype = dtype
         self.shards = resume_shards
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -53,7 +55,7 @@ class FeatureWriter:
         if self._rows:
             save_tensors(shard_path(self.folder, self.shards),
                          {"features": torch.cat(self._rows), "row": torch.cat(self._positions)},
-                         metadata={"ids": json.dumps(self._ids)})
+                         metadata={**self.metadata, "ids": json.dumps(self._ids)})
             self.shards += 1
             self._rows, self._positions, self._ids, self._bytes = [], [], [], 0
         return self.shards

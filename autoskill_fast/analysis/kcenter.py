@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .errors import AutoskillError
+from ..errors import AutoskillError
 
 _ROW_BLOCK = 8192  # rows per matrix product: the [rows, centers] block stays in cache
 _CENTER_BLOCK = 64  # centers per matrix product: large enough for BLAS, small enough to stop early

@@ -1,4 +1,4 @@
-"""Reading a profile run folder back: its basis, its scores, its run.json, and the original records it scored.
+"""Reading a profile run folder back: its basis, its scores, its record, and the original records it scored.
 
 Everything downstream of a profile (select, inspect, compare) starts here. run.json is optional: without it a folder
 with `basis.*` and `scores.*` still works, but the corpus must then be named explicitly to reach the records.
@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .artifacts import load_json
-from .basis import BASIS_TENSORS, SkillBasis
-from .config import CorpusConfig
-from .corpus import Record, iter_records, render
-from .errors import AutoskillError, BadExampleError
-from .profile import RUN_JSON
+from ..basis import BASIS_TENSORS, SkillBasis
+from ..config import CorpusConfig
+from ..data.corpus import Record, iter_records
+from ..data.rendering import render
+from ..errors import AutoskillError, BadExampleError
+from .folder import RUN_JSON, RunFolder
+from .record import RunRecord
 from .scores import Scores
 
 
@@ -28,7 +29,7 @@ class ProfileRun:
     folder: Path
     basis: SkillBasis
     scores: Scores
-    meta: dict[str, Any]  # run.json, or {} when the folder has none
+    record: RunRecord | None  # run.json, when the folder has one
 
     @property
     def n(self) -> int:
@@ -36,7 +37,7 @@ class ProfileRun:
 
     def corpus_config(self, corpus_path: str | None = None) -> CorpusConfig:
         """How the profile read its corpus (from run.json), optionally at another path (a moved corpus)."""
-        stored = (self.meta.get("config") or {}).get("corpus")
+        stored = self.record.corpus_config if self.record is not None else None
         if stored is None and corpus_path is None:
             raise AutoskillError(f"{self.folder}: no corpus recorded in {RUN_JSON}; pass the corpus path (--corpus)")
         fields = {f.name for f in dataclasses.fields(CorpusConfig)}
@@ -52,18 +53,25 @@ class ProfileRun:
                 "n_samples": self.basis.n_samples_, "model": self.basis.model}
 
 
+    @property
+    def model_name(self) -> str | None:
+        return self.basis.model.get("name") or (self.record.model.get("name") if self.record else None)
+
+
 def load_run(folder: str | Path) -> ProfileRun:
-    """Load a run folder written by `profile` (basis, scores and, when present, run.json)."""
+    """Load a run folder written by `profile` (basis, scores and, when present, run.json), each artifact checked to
+    belong to the folder's run."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AutoskillError(f"{folder}: not a folder; pass the output folder of `autoskill-fast profile`")
-    basis = SkillBasis.load(folder)
-    scores = Scores.load(folder).sorted_by_row()
+    run = RunFolder(folder)
+    record = run.record() if run.has_record() else None
+    basis = run.basis(record)
+    scores = run.scores(record).sorted_by_row()
     if scores.k != basis.k:
         raise AutoskillError(f"{folder}: scores have {scores.k} directions but the basis has {basis.k}; the scores are "
                              "from another fit: rerun `autoskill-fast project` against this basis")
-    meta = load_json(folder / RUN_JSON) if (folder / RUN_JSON).is_file() else {}
-    return ProfileRun(folder, basis, scores, meta)
+    return ProfileRun(folder, basis, scores, record)
 
 
 def fetch_records(config: CorpusConfig, wanted: dict[int, str]) -> dict[int, Record]:

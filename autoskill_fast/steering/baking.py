@@ -14,7 +14,7 @@ Architectures:
   `mlp_bias=True`.
 A model whose sliding window is shorter than its context cannot be re-expressed exactly (Llama has no windowed
 attention in transformers): its `max_position_embeddings` is capped to the window, where both compute the same thing,
-and a warning says so. Anything else is refused with the list of what is supported.
+a warning says so plainly, and the check runs over inputs of at most the window. Anything else is refused with the list of what is supported.
 
 Tensors are copied shard by shard from the source's safetensors files (dtype and names untouched), the config is
 edited as JSON (so older transformers, e.g. vLLM's, read it), and tokenizer and generation config files are copied.
@@ -31,7 +31,6 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -40,7 +39,7 @@ from safetensors.torch import save_file
 
 from ..artifacts import load_json, save_json
 from ..errors import AutoskillError
-from ..models import fingerprint
+from ..capture.fingerprint import fingerprint_folder
 from .vector import SteeringVector
 
 SUPPORTED = {
@@ -51,6 +50,7 @@ SUPPORTED = {
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
                    "generation_config.json")
+VERIFY_TOKENS = 24  # the baked and hook-steered logits are compared over this many random tokens
 # Source config keys with no Llama counterpart, dropped once `_window_cap` has accounted for them.
 _WINDOW_KEYS = ("sliding_window", "use_sliding_window", "max_window_layers", "layer_types")
 _LAYER_KEY = re.compile(r"^(?P<prefix>.*layers\.(?P<layer>\d+))\."
@@ -65,7 +65,7 @@ def bake(vector: SteeringVector, model_dir: str | Path, out: str | Path, *, veri
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AutoskillError(f"{out}: already exists and is not empty; choose another --out or delete it")
     config = AutoConfig.from_pretrained(src)
-    vector.check_model(fingerprint(SimpleNamespace(config=config), src.name), what=f"the model in {src}")
+    vector.check_model(fingerprint_folder(src, config, src.name), what=f"the model in {src}")
     raw = load_json(src / "config.json")
     new_config, notes = rewrite_config(raw, config)
 
@@ -93,8 +93,10 @@ def bake(vector: SteeringVector, model_dir: str | Path, out: str | Path, *, veri
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if verify:
-        try:
-            record["verified_max_abs_diff"] = verify_bake(src, out, vector)
+        try:  # over the inputs the bake is exact for (a capped sliding window bounds them)
+            check_len = min(VERIFY_TOKENS, int(new_config.get("max_position_embeddings") or VERIFY_TOKENS))
+            record["verified_max_abs_diff"] = verify_bake(src, out, vector, seq_len=check_len)
+            record["verified_tokens"] = check_len
         except AutoskillError as e:
             shutil.rmtree(out, ignore_errors=True)  # never leave a wrong checkpoint where a server could pick it up
             raise AutoskillError(f"{e} ({out} was removed)") from None
@@ -143,9 +145,10 @@ def rewrite_config(raw: dict[str, Any], config) -> tuple[dict[str, Any], list[st
                 raise AutoskillError(f"cannot re-express this {model_type} exactly: it combines a sliding window "
                                      f"({window} tokens) with {rope_type!r} RoPE; use hook steering instead")
             new["max_position_embeddings"] = window
-            note = (f"{model_type} uses a sliding window of {window} tokens, which Llama cannot express: "
-                    f"max_position_embeddings capped from {raw.get('max_position_embeddings')} to {window}, where "
-                    "the two compute the same thing")
+            note = (f"this {model_type} attends through a sliding window of {window} tokens, which the baked Llama "
+                    f"checkpoint cannot represent: it is exact for inputs of up to {window} tokens only (its "
+                    f"max_position_embeddings is capped from {raw.get('max_position_embeddings')} to {window}); for "
+                    "longer inputs steer with hooks (`steer`) or a llama.cpp control vector (--format llamacpp)")
             warnings.warn(note, stacklevel=3)
             notes.append(note)
     new["mlp_bias"] = True
@@ -214,7 +217,7 @@ def _write_weights(src: Path, dst: Path, vector: SteeringVector, config, *, add_
 
 
 @torch.inference_mode()
-def verify_bake(source_dir: str | Path, baked_dir: str | Path, vector: SteeringVector, *, seq_len: int = 24,
+def verify_bake(source_dir: str | Path, baked_dir: str | Path, vector: SteeringVector, *, seq_len: int = VERIFY_TOKENS,
                 rtol: float = 1e-5) -> float:
     """Max |logits(baked) - logits(source steered by hooks)| in fp32 on random tokens; raise if it is not tiny.
 

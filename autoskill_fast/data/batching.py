@@ -12,9 +12,9 @@ from typing import Iterable, Iterator
 
 import torch
 
-from .config import PoolingConfig
-from .corpus import Example
-from .errors import BadExampleError
+from ..config import PoolingConfig
+from ..errors import BadExampleError
+from .rendering import Example
 
 
 @dataclass
@@ -37,7 +37,6 @@ class Batch:
     attention_mask: torch.Tensor  # [B, S] int64
     position_ids: torch.Tensor  # [B, S] int64: 0.. over real tokens whatever the padding side
     weights: torch.Tensor  # [B, S] fp32 pooling weights (sum to 1 per row)
-    last_index: torch.Tensor  # [B] int64 position of the last pooled token
     n_tokens: int  # real tokens
 
     def __len__(self) -> int:
@@ -96,16 +95,14 @@ def collate(items: list[Tokenized], *, pad_id: int, padding_side: str, mode: str
     attention_mask = torch.zeros((size, length), dtype=torch.long)
     position_ids = torch.zeros((size, length), dtype=torch.long)
     weights = torch.zeros((size, length), dtype=torch.float32)
-    last_index = torch.zeros(size, dtype=torch.long)
     for b, t in enumerate(items):
         n = len(t)
         offset = length - n if padding_side == "left" else 0
         input_ids[b, offset: offset + n] = torch.tensor(t.input_ids)
         attention_mask[b, offset: offset + n] = 1
         position_ids[b, offset: offset + n] = torch.arange(n)
-        last_index[b] = offset + t.pool_end - 1
         if mode == "last":
-            weights[b, last_index[b]] = 1.0
+            weights[b, offset + t.pool_end - 1] = 1.0
         else:
             weights[b, offset + t.pool_start: offset + t.pool_end] = 1.0 / (t.pool_end - t.pool_start)
     return Batch(
@@ -115,6 +112,5 @@ def collate(items: list[Tokenized], *, pad_id: int, padding_side: str, mode: str
         attention_mask=attention_mask,
         position_ids=position_ids,
         weights=weights,
-        last_index=last_index,
         n_tokens=sum(len(t) for t in items),
     )

@@ -9,7 +9,7 @@ tensors, and the CPU fallback when the extension is not built):
   (thick-restart block Lanczos: BLAS-3 products of the matrix with D x b blocks, fp64 basis and Rayleigh-Ritz;
   `_krylov_torch` is the same algorithm as ``csrc/eigensolver.cpp`` in torch), ``"torch"`` (``torch.linalg.eigh``,
   all D pairs), and ``"auto"`` (`_choose_method`, the one place where the path is decided).
-- `project` / `project_batches`: ``(x - mean) @ components.T`` in row blocks, in fp32 at least.
+- `project`: ``(x - mean) @ components.T`` in row blocks, in fp32 at least.
 
 The matrix must be the full symmetric matrix (both triangles are read; a cheap spot check rejects clearly
 non-symmetric input). Residuals are relative: ``||A v - lambda v|| / max(|lambda_0|, |lambda_{k-1}|)``, the largest
@@ -29,7 +29,6 @@ import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 
@@ -43,7 +42,7 @@ PROJECT_CHUNK_ELEMENTS = 1 << 24  # torch path: rows per chunk * D, bounds the f
 try:  # scipy_openblas32 loads libscipy_openblas RTLD_GLOBAL first, so _core finds it wherever pip put it
     import scipy_openblas32  # noqa: F401
 
-    from . import _core
+    from .. import _core
 
     CORE_IMPORT_ERROR: str | None = None
 except ImportError as exc:
@@ -169,11 +168,12 @@ def _relative_residuals(matrix: torch.Tensor, values: torch.Tensor, vectors: tor
     return torch.linalg.vector_norm(product - vectors.double() * values.double(), dim=0) / scale
 
 
-def _fix_signs(vectors: torch.Tensor) -> torch.Tensor:
-    """Flip each column so that its largest-magnitude entry (the first one on ties) is positive."""
-    rows = vectors.abs().argmax(dim=0)
-    signs = torch.sign(vectors[rows, torch.arange(vectors.shape[1], device=vectors.device)])
-    return vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
+def canonical_signs(vectors_dk: torch.Tensor) -> torch.Tensor:
+    """The sign rule of every direction autoskill-fast returns: flip each column of [D, k] so that its entry of largest
+    magnitude (the first one on ties) is positive. scikit-learn's PCA (>= 1.5) applies the same rule to its rows."""
+    rows = vectors_dk.abs().argmax(dim=0)
+    signs = torch.sign(vectors_dk[rows, torch.arange(vectors_dk.shape[1], device=vectors_dk.device)])
+    return vectors_dk * torch.where(signs == 0, torch.ones_like(signs), signs)
 
 
 def _eigh_torch(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,13 +307,13 @@ def topk_eigh(matrix: torch.Tensor | SymmetricOperator, k: int, *, tol: float = 
     if chosen == "exact" and _use_core(dense):
         values, vectors, residuals, _, _ = _core.topk_eigh_exact(dense.contiguous().numpy(), k)
         values, vectors, residuals = map(torch.from_numpy, (values, vectors, residuals.astype("float64")))
-        return EighResult(values, _fix_signs(vectors), residuals, "lapack-syevr")
+        return EighResult(values, canonical_signs(vectors), residuals, "lapack-syevr")
     if not bool(torch.isfinite(dense).all()):
         raise ValueError("matrix contains NaN or Inf")
     _check_symmetric_sample(dense)
     values, vectors = _eigh_torch(dense, k)
     residuals = _relative_residuals(dense, values, vectors).cpu()
-    return EighResult(values, _fix_signs(vectors), residuals, "torch-eigh")
+    return EighResult(values, canonical_signs(vectors), residuals, "torch-eigh")
 
 
 @contextmanager
@@ -373,7 +373,7 @@ def _krylov(matrix: torch.Tensor | SymmetricOperator, k: int, tol: float, max_st
         warnings.warn(f"topk_eigh: the block Krylov solver stopped with a largest relative residual of "
                       f"{float(residuals.max()):.2e} > tol={tol:.1e}: {reason}. The eigenpairs are returned with the "
                       "residuals they reached.", EighConvergenceWarning, stacklevel=3)
-    return EighResult(values, _fix_signs(vectors), residuals, name)
+    return EighResult(values, canonical_signs(vectors), residuals, name)
 
 
 def _check_projection_args(x: torch.Tensor, mean: torch.Tensor, components_kd: torch.Tensor) -> torch.dtype:
@@ -418,15 +418,3 @@ def project(x: torch.Tensor, mean: torch.Tensor, components_kd: torch.Tensor) ->
             raise ValueError(f"x contains NaN or Inf in row {start + int(bad.nonzero()[0])}")
         out[start:start + rows] = block @ comps.T
     return out
-
-
-def project_batches(batches: Iterable[torch.Tensor], mean: torch.Tensor, components_kd: torch.Tensor) -> torch.Tensor:
-    """`project` over an iterable of [N_i, D] batches (e.g. feature shards read one at a time), concatenated.
-
-    Memory is bounded by one batch plus the [sum N_i, k] result. An empty iterable gives a [0, k] tensor.
-    """
-    outputs = [project(batch, mean, components_kd) for batch in batches]
-    if not outputs:
-        dtype = torch.float64 if torch.float64 in (mean.dtype, components_kd.dtype) else torch.float32
-        return torch.empty(0, components_kd.shape[0], dtype=dtype, device=components_kd.device)
-    return torch.cat(outputs)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import AutoskillError
+from ..errors import AutoskillError
+from .linalg import canonical_signs
 
 
 class FrequentDirections:
@@ -122,10 +123,7 @@ class FrequentDirections:
         signs[-1] = -1.0
         evals, evecs = torch.linalg.eigh((r * signs) @ r.T)
         evals, evecs = evals.flip(0)[:k], evecs.flip(1)[:, :k]
-        vectors = q @ evecs
-        # Deterministic signs (as scikit-learn's svd_flip): the largest-magnitude entry of each vector is positive.
-        pivot = vectors.abs().argmax(dim=0)
-        vectors *= torch.sign(vectors[pivot, torch.arange(k, device=vectors.device)])
+        vectors = canonical_signs(q @ evecs)
         if compensate:
             evals = evals + self.shrinkage
         return evals / (self.count - ddof), vectors

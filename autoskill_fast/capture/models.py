@@ -1,7 +1,9 @@
-"""Model loading (a Hugging Face folder, a GGUF file, or the embedded default), decoder-block discovery, fingerprints.
+"""Model loading (a Hugging Face folder, a GGUF file, or the embedded default) and decoder-block discovery.
 
 A GGUF file is dequantized once and cached as a safetensors folder (`$AUTOSKILL_FAST_CACHE`, default
-~/.cache/autoskill-fast); later runs load the cached copy in under a second.
+~/.cache/autoskill-fast); later runs load the cached copy in under a second. Only decoder-only (causal) language
+models are accepted: an encoder (BERT) or encoder-decoder model is refused by its config before its weights load, and
+a loaded model must pass a causality probe (the first positions' outputs do not depend on later tokens).
 """
 
 from __future__ import annotations
@@ -13,24 +15,32 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .errors import AutoskillError
+from ..config import ModelConfig
+from ..errors import AutoskillError
+from .fingerprint import fingerprint
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Config entries that do not change what the model computes.
-_VOLATILE_CONFIG_KEYS = {"_name_or_path", "torch_dtype", "dtype", "transformers_version", "architectures",
-                         "quantization_config", "use_cache", "_attn_implementation_autoset", "attn_implementation"}
+# Words in an `architectures` entry that mark a model that is not a causal LM (BertForMaskedLM, T5EncoderModel, ...).
+_NOT_CAUSAL = ("MaskedLM", "ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
+               "ForMultipleChoice", "EncoderModel", "ForConditionalGeneration", "ForPreTraining", "ForNextSentence")
+# Encoder-only model types (bidirectional attention), refused by name before loading.
+_ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "mpnet",
+                  "camembert", "ernie", "modernbert", "nomic_bert", "megatron-bert", "luke", "xlm", "funnel"}
 
 
 @dataclass
 class LoadedModel:
+    """A model, its tokenizer and where it came from: one load serves profiling, scoring and (with its LM head,
+    `load_model(..., causal_lm=True)`) steering and generation."""
+
     model: nn.Module  # the base model (no LM head) unless loaded with causal_lm=True
     tokenizer: Any
     name: str
@@ -42,9 +52,13 @@ class LoadedModel:
     def blocks(self) -> nn.ModuleList:
         return decoder_blocks(self.model)
 
-    @property
+    @cached_property
     def fingerprint(self) -> dict[str, Any]:
         return fingerprint(self.model, self.name)
+
+    @property
+    def context_length(self) -> int | None:
+        return context_length(self.model.config)
 
 
 def quiet_transformers() -> None:
@@ -149,6 +163,7 @@ def load_model(config: ModelConfig, *, causal_lm: bool = False) -> LoadedModel:
     remote = config.trust_remote_code
     try:
         hf_config = AutoConfig.from_pretrained(path, trust_remote_code=remote)
+        check_decoder_only(hf_config, path)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
         cls = AutoModelForCausalLM if causal_lm else AutoModel
         model = cls.from_pretrained(path, config=hf_config, dtype=dtype, trust_remote_code=remote)
@@ -156,15 +171,52 @@ def load_model(config: ModelConfig, *, causal_lm: bool = False) -> LoadedModel:
         if "trust_remote_code" in str(e):
             raise AutoskillError(f"{path}: this model needs its own code; rerun with --trust-remote-code if you trust it") from None
         raise AutoskillError(f"{path}: cannot load the model ({e})") from None
-    if getattr(hf_config, "is_encoder_decoder", False):
-        raise AutoskillError(f"{path}: {type(model).__name__} is an encoder-decoder model; only decoder-only models are supported")
     model.to(device).eval()
     model.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         # Pad positions are masked out of attention and pooling, so any token id will do.
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.convert_ids_to_tokens(0)
     decoder_blocks(model)  # fail early on an unsupported architecture
+    check_causal(model, path)
     return LoadedModel(model, tokenizer, name, path, device, dtype)
+
+
+def check_decoder_only(hf_config, path: Path) -> None:
+    """Refuse, from its config alone, a model that is not a decoder-only causal LM."""
+    kind = getattr(hf_config, "model_type", "?")
+    if getattr(hf_config, "is_encoder_decoder", False):
+        raise AutoskillError(f"{path}: {kind} is an encoder-decoder model; only decoder-only (causal) language models "
+                             "are supported")
+    not_causal = [a for a in getattr(hf_config, "architectures", None) or [] if any(w in a for w in _NOT_CAUSAL)]
+    if kind in _ENCODER_TYPES or not_causal:
+        what = not_causal[0] if not_causal else f"{kind} (an encoder)"
+        raise AutoskillError(f"{path}: {what} is not a decoder-only (causal) language model; autoskill-fast profiles "
+                             "decoder-only models such as Llama, Mistral or Qwen2")
+
+
+@torch.inference_mode()
+def check_causal(model: nn.Module, path: Path) -> None:
+    """Refuse a model whose first positions' outputs change with later tokens (a bidirectional encoder)."""
+    vocab = int(getattr(model.config, "vocab_size", 2))
+    device = next(model.parameters()).device
+    first = torch.tensor([[1 % vocab, 2 % vocab, 3 % vocab, 4 % vocab]], device=device)
+    second = first.clone()
+    second[0, -1] = 5 % vocab
+    base = base_model(model)
+    outputs = [base(input_ids=ids).last_hidden_state[0, :-1].float() for ids in (first, second)]
+    scale = float(outputs[0].abs().max()) or 1.0
+    if float((outputs[0] - outputs[1]).abs().max()) > 1e-2 * scale:
+        raise AutoskillError(f"{path}: {type(model).__name__} is not causal (its outputs at a position depend on later "
+                             "tokens): only decoder-only language models are supported")
+
+
+def context_length(hf_config) -> int | None:
+    """The longest input the model was built for (its position table), when its config says."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(hf_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -185,20 +237,3 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
             if name.split(".")[-1] == preferred:
                 return m
     return min(candidates, key=lambda c: c[0].count("."))[1]
-
-
-def config_hash(model: nn.Module) -> str:
-    cfg = {k: v for k, v in model.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def fingerprint(model: nn.Module, name: str) -> dict[str, Any]:
-    """What identifies the model a basis was made from (dtype and device excluded: same weights, same skills)."""
-    cfg = model.config
-    return {
-        "name": name,
-        "model_type": getattr(cfg, "model_type", None),
-        "config_hash": config_hash(model),
-        "num_layers": int(cfg.num_hidden_layers),
-        "hidden_size": int(cfg.hidden_size),
-    }

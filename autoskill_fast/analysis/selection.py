@@ -11,24 +11,24 @@ reason each was picked), in selection order, and a manifest JSON beside it (basi
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from .artifacts import save_json
-from .errors import AutoskillError
+from ..artifacts import save_json, save_jsonl
+from ..config import ConfigError, choices, cli
+from ..errors import AutoskillError
+from ..run.reading import ProfileRun, fetch_records, iter_texts, load_run
 from .kcenter import farthest_point_order
-from .runs import ProfileRun, fetch_records, iter_texts, load_run
+from .ranking import top_positions
 
-METHODS = ("pole", "coverage", "random", "text")
-SCORE_KINDS = ("projection", "cosine")
+SelectMethod = Literal["coverage", "pole", "random", "text"]
+ScoreKind = Literal["projection", "cosine"]
 ADDED_KEY = "_autoskill"  # the one key added to each selected record
 
 
@@ -38,40 +38,43 @@ class SelectConfig:
 
     run: str
     """The profile's output folder (basis, scores, run.json)."""
-    out: str
-    """The JSONL to write; the manifest goes beside it as <name>.manifest.json."""
-    budget: int
+    out: str = field(metadata=cli(metavar="FILE"))
+    """The JSONL of the selected records, in selection order (the manifest goes beside it as <name>.manifest.json)."""
+    budget: int = field(metadata=cli(short="-n"))
     """How many examples to select."""
-    method: str = "coverage"
-    """"pole", "coverage", "random" or "text"."""
-    directions: tuple[str, ...] = ()
-    """For pole: "+3" / "-3" (one pole of direction 3) or "3" (both poles); the budget is split across them."""
-    by: str = "projection"
-    """For pole: rank by the centered "projection" or by the paper's "cosine"."""
+    method: SelectMethod = "coverage"
+    """coverage: greedy k-center in the whitened score space; pole: the ends of directions; random / text: baselines
+    (seeded uniform; k-center on TF-IDF)."""
+    directions: tuple[str, ...] = field(default=(), metadata=cli("--direction", short="-d", multiple=True))
+    """For pole: +I or -I (one end of direction I) or I (both ends); repeat or comma-separate."""
+    by: ScoreKind = "projection"
+    """For pole: rank by the centered projection or by the paper's cosine."""
     dims: int | None = None
-    """For coverage: use the first `dims` directions (default: all of the basis)."""
+    """For coverage: use the first DIMS directions (default: all)."""
     seed: int = 0
-    """For random (and the text baseline's random projection)."""
+    """For random and text: the seed."""
     text_dim: int = 256
-    """For text: TF-IDF vectors are randomly projected to this many dimensions (distances kept within a few %)."""
+    """For text: TF-IDF projected to this many dims (distances kept within a few %)."""
     corpus: str | None = None
-    """Read the records from this path instead of the one recorded in run.json (a moved corpus)."""
+    """The corpus, if it moved since profiling."""
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise AutoskillError(f"unknown selection method {self.method!r}; choose one of {METHODS}")
+        owner = "SelectConfig"
+        if self.method not in choices(SelectMethod):
+            raise ConfigError(owner, "method", f"unknown value {self.method!r}; choose one of "
+                                               f"{', '.join(choices(SelectMethod))}")
         if self.budget <= 0:
-            raise AutoskillError(f"--budget must be positive, got {self.budget}")
-        if self.by not in SCORE_KINDS:
-            raise AutoskillError(f"--by must be one of {SCORE_KINDS}, got {self.by!r}")
+            raise ConfigError(owner, "budget", f"must be positive, got {self.budget}")
+        if self.by not in choices(ScoreKind):
+            raise ConfigError(owner, "by", f"must be projection or cosine, got {self.by!r}")
         if self.method == "pole" and not self.directions:
-            raise AutoskillError("pole selection needs at least one direction, e.g. --direction +0 --direction -3")
+            raise ConfigError(owner, "directions", "pole selection needs at least one direction, e.g. +0 and -3")
         if self.method != "pole" and self.directions:
-            raise AutoskillError(f"--direction only applies to --method pole, not {self.method}")
+            raise ConfigError(owner, "directions", f"only applies to the pole method, not {self.method}")
         if self.dims is not None and self.dims <= 0:
-            raise AutoskillError(f"--dims must be positive, got {self.dims}")
+            raise ConfigError(owner, "dims", f"must be positive, got {self.dims}")
         if self.text_dim <= 0:
-            raise AutoskillError(f"--text-dim must be positive, got {self.text_dim}")
+            raise ConfigError(owner, "text_dim", f"must be positive, got {self.text_dim}")
         self.directions = tuple(str(d) for d in self.directions)
 
 
@@ -103,21 +106,6 @@ def parse_poles(specs: tuple[str, ...] | list[str], k: int) -> list[Pole]:
     if not poles:
         raise AutoskillError("no direction given; e.g. --direction +0")
     return poles
-
-
-def top_positions(values_n: torch.Tensor, m: int, *, largest: bool = True) -> torch.Tensor:
-    """Positions of the m largest (or smallest) values, most extreme first; equal values in ascending position."""
-    n = values_n.numel()
-    m = min(m, n)
-    if m >= n:
-        return torch.argsort(values_n, descending=largest, stable=True)
-    threshold = torch.topk(values_n, m, largest=largest, sorted=False).values
-    # Every tie at the threshold is a candidate (in ascending position); the stable sort then orders ties by position.
-    if largest:
-        candidates = (values_n >= threshold.min()).nonzero().flatten()
-    else:
-        candidates = (values_n <= threshold.max()).nonzero().flatten()
-    return candidates[torch.argsort(values_n[candidates], descending=largest, stable=True)][:m]
 
 
 def pole_order(scores_nk: torch.Tensor, poles: list[Pole], budget: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -249,20 +237,13 @@ def select(config: SelectConfig) -> Selection:
     wanted = {int(rows[p]): ids[p] for p in selection.positions.tolist()}
     records = fetch_records(corpus, wanted)
     out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for position, reason in zip(selection.positions.tolist(), selection.reasons):
-                record = records[int(rows[position])]
-                annotated = _annotated(record.data, {"id": record.id, "row": record.row, **reason})
-                # default=str: Parquet/datasets values JSON cannot hold (dates, bytes) are written as text.
-                f.write(json.dumps(annotated, ensure_ascii=False, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def annotated():
+        for position, reason in zip(selection.positions.tolist(), selection.reasons):
+            record = records[int(rows[position])]
+            yield _annotated(record.data, {"id": record.id, "row": record.row, **reason})
+
+    save_jsonl(out, annotated())
     t_written = time.perf_counter()
     selection.manifest = {
         "method": config.method,
@@ -270,7 +251,7 @@ def select(config: SelectConfig) -> Selection:
         "seed": config.seed,
         "config": asdict(config),
         "basis": run.basis_fingerprint(),
-        "corpus": run.meta.get("corpus", {"path": corpus.path}),
+        "corpus": run.record.corpus if run.record is not None else {"path": corpus.path},
         "counts": {"candidates": run.n, "selected": len(selection.reasons), **_per_pole_counts(selection)},
         **selection.manifest,
         "output": str(out),

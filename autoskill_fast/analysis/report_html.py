@@ -12,8 +12,8 @@ import html
 import json
 import torch
 
-from .errors import AutoskillError
-from .runs import ProfileRun, excerpt
+from ..errors import AutoskillError
+from ..run.reading import ProfileRun, excerpt
 
 _CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 0 auto; max-width: 1200px;
@@ -57,14 +57,14 @@ def _page(title: str, body: list[str]) -> str:
 
 
 def _meta_table(run: ProfileRun) -> str:
-    basis, meta = run.basis, run.meta
-    corpus = meta.get("corpus", {})
-    counts = meta.get("counts", {})
-    timings = meta.get("timings", {})
+    basis, record = run.basis, run.record
+    corpus = record.corpus if record else {}
+    counts = record.counts if record else {}
+    timings = record.timings if record else {}
     rows = [
         ("run folder", str(run.folder)),
-        ("model", basis.model.get("name") or meta.get("model", {}).get("name") or "?"),
-        ("corpus", corpus.get("path") or (meta.get("config") or {}).get("corpus", {}).get("path") or "?"),
+        ("model", run.model_name or "?"),
+        ("corpus", corpus.get("path") or (record.corpus_config.get("path") if record else None) or "?"),
         ("examples scored", f"{run.n}" + (f" ({counts['skipped']} skipped)" if counts.get("skipped") else "")),
         ("directions", f"{basis.k} of a {basis.feature_dim}-dimensional feature (layers "
                        f"{list(basis.layout.layer_ids)} x {basis.layout.hidden_size})"),
@@ -74,7 +74,8 @@ def _meta_table(run: ProfileRun) -> str:
     if timings.get("total_s") is not None:
         rows.append(("profile time", f"{timings['total_s']:.1f}s"))
     cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
-    full = html.escape(json.dumps(meta, indent=1, default=str)[:200_000]) if meta else "(no run.json in this folder)"
+    full = (html.escape(json.dumps(record.to_json(), indent=1, default=str)[:200_000]) if record
+            else "(no run.json in this folder)")
     return (f"<table class=\"meta\">{cells}</table>\n"
             f"<details><summary>run.json</summary><pre>{full}</pre></details>")
 

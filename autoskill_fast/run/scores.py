@@ -1,18 +1,20 @@
 """Per-example scores against a basis: centered projection and the paper's cosine, in corpus row order.
 
 On disk: `scores.safetensors` (projection [N, k] fp32, cosine [N, k] fp32, row [N] int64) and `scores.json`
-(ids, the basis's k). Row i of every tensor is the example with id `ids[i]`, at corpus row `row[i]`.
+(ids, the basis's k, the run key). Row i of every tensor is the example with id `ids[i]`, at corpus row `row[i]`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
-from .artifacts import load_json, load_tensors, save_json, save_tensors
-from .errors import AutoskillError
+from ..artifacts import load_json, load_tensors, save_json, save_tensors
+from ..basis import SkillBasis
+from ..errors import AutoskillError
 
 SCORES_TENSORS = "scores.safetensors"
 SCORES_JSON = "scores.json"
@@ -24,6 +26,7 @@ class Scores:
     row: torch.Tensor  # [N] int64
     projection: torch.Tensor  # [N, k] fp32
     cosine: torch.Tensor  # [N, k] fp32
+    run_key: str | None = None  # the run whose basis scored them
 
     def __post_init__(self):
         n = len(self.ids)
@@ -39,13 +42,29 @@ class Scores:
 
     def sorted_by_row(self) -> "Scores":
         order = torch.argsort(self.row, stable=True)
-        return Scores([self.ids[i] for i in order.tolist()], self.row[order], self.projection[order], self.cosine[order])
+        return Scores([self.ids[i] for i in order.tolist()], self.row[order], self.projection[order], self.cosine[order],
+                      self.run_key)
+
+    @classmethod
+    def from_features(cls, basis: SkillBasis, shards: Iterable[tuple[torch.Tensor, torch.Tensor, list[str]]]) -> "Scores":
+        """Projection and cosine of every feature row (one shard of (features, rows, ids) in memory at a time), in
+        corpus row order."""
+        ids: list[str] = []
+        rows, projections, cosines = [], [], []
+        for features, row, shard_ids in shards:
+            projections.append(basis.project(features).cpu())
+            cosines.append(basis.cosine(features).cpu())
+            rows.append(row.cpu())
+            ids.extend(shard_ids)
+        if not rows:
+            raise AutoskillError("no features to score")
+        return cls(ids, torch.cat(rows), torch.cat(projections), torch.cat(cosines), basis.run_key).sorted_by_row()
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         save_tensors(folder / SCORES_TENSORS, {"projection": self.projection.float(), "cosine": self.cosine.float(),
                                                "row": self.row.long()})
-        save_json(folder / SCORES_JSON, {"k": self.k, "n": len(self.ids), "ids": self.ids})
+        save_json(folder / SCORES_JSON, {"k": self.k, "n": len(self.ids), "run_key": self.run_key, "ids": self.ids})
 
     @classmethod
     def load(cls, folder: str | Path) -> "Scores":
@@ -57,4 +76,4 @@ class Scores:
         meta = load_json(folder / SCORES_JSON)
         if "ids" not in meta:
             raise AutoskillError(f"{folder / SCORES_JSON}: missing 'ids'; the file is corrupted")
-        return cls(list(meta["ids"]), t["row"], t["projection"], t["cosine"])
+        return cls(list(meta["ids"]), t["row"], t["projection"], t["cosine"], meta.get("run_key"))

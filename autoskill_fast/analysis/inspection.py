@@ -15,13 +15,25 @@ from typing import Any
 
 import torch
 
-from .compare import compare_runs
-from .errors import AutoskillError
-from .runs import ProfileRun, excerpt, fetch_records, load_run, record_text
-from .select import SCORE_KINDS, top_positions
+from ..artifacts import save_jsonl, save_text
+from ..config import ConfigError, cli
+from ..errors import AutoskillError
+from ..run.folder import REPORT_HTML
+from ..run.reading import ProfileRun, excerpt, fetch_records, load_run, record_text
+from .comparison import compare_runs
+from .ranking import SCORE_KINDS, pole_positions
 
 PROMPT_EXAMPLE_CHARS = 700  # per example in a labeling prompt: enough to see the content, short enough for 5 + 5
 REPORT_TEXT_CHARS = 1500  # per example in the report's expandable full text
+
+
+def parse_pair(spec: str) -> tuple[int, int]:
+    """"0,1" -> (0, 1)."""
+    try:
+        first, second = (int(p) for p in spec.split(","))
+    except ValueError:
+        raise AutoskillError(f"cannot read {spec!r}; give two direction indices, e.g. 0,1") from None
+    return first, second
 
 
 @dataclass
@@ -34,9 +46,9 @@ class InspectConfig:
     """Where to write the HTML report; default <run>/report.html."""
     no_html: bool = False
     """Write no HTML report (the terminal summary and the other files only)."""
-    n_examples: int = 5
-    """Examples shown at each end of each direction."""
-    scatter: tuple[int, int] = (0, 1)
+    n_examples: int = field(default=5, metadata=cli(short="-n"))
+    """Examples at each end of each direction."""
+    scatter: tuple[int, int] = field(default=(0, 1), metadata=cli(parse=parse_pair, metavar="I,J", shown="0,1"))
     """The two directions of the report's scatter plot."""
     labeling_prompts: str | None = None
     """Write one contrastive labeling prompt per direction to this JSONL file."""
@@ -54,13 +66,16 @@ class InspectConfig:
     """At most this many examples in the scatter plot (an even subsample, plus the poles of its two directions)."""
 
     def __post_init__(self):
+        owner = "InspectConfig"
         if self.n_examples <= 0:
-            raise AutoskillError(f"--n-examples must be positive, got {self.n_examples}")
+            raise ConfigError(owner, "n_examples", f"must be positive, got {self.n_examples}")
         if len(self.scatter) != 2 or self.scatter[0] == self.scatter[1]:
-            raise AutoskillError(f"--scatter needs two different directions, got {self.scatter}")
+            raise ConfigError(owner, "scatter", f"needs two different directions, got {self.scatter}")
         self.scatter = (int(self.scatter[0]), int(self.scatter[1]))
-        if self.max_points < 2 or self.excerpt_chars < 10:
-            raise AutoskillError("--max-points must be at least 2 and --excerpt-chars at least 10")
+        if self.max_points < 2:
+            raise ConfigError(owner, "max_points", f"must be at least 2, got {self.max_points}")
+        if self.excerpt_chars < 10:
+            raise ConfigError(owner, "excerpt_chars", f"must be at least 10, got {self.excerpt_chars}")
 
 
 @dataclass
@@ -81,13 +96,6 @@ class Direction:
     explained_variance_ratio: float
     cumulative_ratio: float
     poles: dict[str, dict[str, list[Example]]] = field(default_factory=dict)  # {"projection"|"cosine": {"top"|"bottom": [...]}}
-
-
-def pole_positions(values_nk: torch.Tensor, n: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Per direction: positions of its n largest and n smallest values (ties by position)."""
-    top = [top_positions(values_nk[:, i], n).tolist() for i in range(values_nk.shape[1])]
-    bottom = [top_positions(values_nk[:, i], n, largest=False).tolist() for i in range(values_nk.shape[1])]
-    return top, bottom
 
 
 def directions(run: ProfileRun, n: int, corpus: str | None = None) -> list[Direction]:
@@ -134,13 +142,6 @@ def labeling_prompts(dirs: list[Direction], *, by: str = "projection", chars: in
         prompts.append({"direction": d.index, "prompt": prompt, "messages": [{"role": "user", "content": prompt}],
                         "top_ids": [e.id for e in top], "bottom_ids": [e.id for e in bottom]})
     return prompts
-
-
-def write_jsonl(path: str | Path, items: list[dict[str, Any]]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items), encoding="utf-8")
-    return path
 
 
 def read_labels(path: str | Path, k: int) -> list[str | None]:
@@ -219,11 +220,12 @@ def inspect(config: InspectConfig) -> InspectResult:
         run.basis.direction(i)  # range check, with the basis's own message
     result = InspectResult([])
     if config.labels:
-        run.basis.with_labels(read_labels(config.labels, run.basis.k)).save(run.folder)
+        run.basis = run.basis.with_labels(read_labels(config.labels, run.basis.k))
+        run.basis.save(run.folder)
         result.labels_saved = True
     result.directions = directions(run, config.n_examples, config.corpus)
     if config.labeling_prompts:
-        result.prompts = write_jsonl(config.labeling_prompts, labeling_prompts(result.directions))
+        result.prompts = save_jsonl(config.labeling_prompts, labeling_prompts(result.directions))
     if config.compare:
         result.comparison = compare_runs(run, load_run(config.compare), n_pole=config.n_pole)
     if not config.no_html:
@@ -232,10 +234,7 @@ def inspect(config: InspectConfig) -> InspectResult:
         html = render_report(run, result.directions, scatter=config.scatter, comparison=result.comparison,
                              excerpt_chars=config.excerpt_chars, max_points=config.max_points,
                              full_text_chars=REPORT_TEXT_CHARS)
-        path = Path(config.html) if config.html else run.folder / "report.html"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(html, encoding="utf-8")
-        result.html = path
+        result.html = save_text(Path(config.html) if config.html else run.folder / REPORT_HTML, html)
     return result
 
 

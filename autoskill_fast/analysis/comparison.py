@@ -11,15 +11,15 @@ Examples are matched by id. Three views, from the most to the least tied to indi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from .artifacts import save_json
-from .errors import AutoskillError
-from .runs import ProfileRun, load_run
-from .select import top_positions
+from ..artifacts import save_json, save_text
+from ..config import ConfigError
+from ..errors import AutoskillError
+from ..run.reading import ProfileRun, load_run
+from .ranking import pole_indicators
 
 
 def match_ids(ids_a: list[str], ids_b: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,16 +32,6 @@ def match_ids(ids_a: list[str], ids_b: list[str]) -> tuple[torch.Tensor, torch.T
     return pos[:, 0], pos[:, 1]
 
 
-def _pole_indicators(values_nk: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Membership [N, k] (bool) of each example in each direction's top-n and bottom-n sets."""
-    top = torch.zeros(values_nk.shape, dtype=torch.bool)
-    bottom = torch.zeros(values_nk.shape, dtype=torch.bool)
-    for i in range(values_nk.shape[1]):
-        top[top_positions(values_nk[:, i], n), i] = True
-        bottom[top_positions(values_nk[:, i], n, largest=False), i] = True
-    return top, bottom
-
-
 def pole_jaccard(values_a: torch.Tensor, values_b: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sign-aligned Jaccard overlap of pole sets: (J [k_A, k_B] fp64, sign [k_A, k_B] int64 of B matching A).
 
@@ -50,8 +40,8 @@ def pole_jaccard(values_a: torch.Tensor, values_b: torch.Tensor, n: int) -> tupl
     """
     if values_a.shape[0] != values_b.shape[0]:
         raise AutoskillError("pole overlap needs the same examples on both sides; match them by id first")
-    top_a, bottom_a = (m.to(torch.float32) for m in _pole_indicators(values_a, n))
-    top_b, bottom_b = (m.to(torch.float32) for m in _pole_indicators(values_b, n))
+    top_a, bottom_a = (m.to(torch.float32) for m in pole_indicators(values_a, n))
+    top_b, bottom_b = (m.to(torch.float32) for m in pole_indicators(values_b, n))
 
     def jaccard(x, y):  # [N, kA], [N, kB] indicators -> [kA, kB]
         inter = (x.T @ y).to(torch.float64)  # exact: counts below 2^24
@@ -138,7 +128,7 @@ class Comparison:
 
 
 def _run_name(run: ProfileRun) -> str:
-    model = run.basis.model.get("name") or run.meta.get("model", {}).get("name")
+    model = run.model_name
     return f"{run.folder.name} ({model})" if model else run.folder.name
 
 
@@ -171,8 +161,8 @@ class CompareConfig:
     """The second profile's folder (B), of the same corpus with another model."""
     n_pole: int = 50
     """Examples per pole in the Jaccard overlaps (at most a quarter of the shared examples)."""
-    by: str = "projection"
-    """Which scores define poles and correlations: "projection" or "cosine"."""
+    by: Literal["projection", "cosine"] = "projection"
+    """Scores that define poles and correlations."""
     json: str | None = None
     """Write the matrices and matches to this JSON file."""
     html: str | None = None
@@ -180,7 +170,9 @@ class CompareConfig:
 
     def __post_init__(self):
         if self.by not in ("projection", "cosine"):
-            raise AutoskillError(f"--by must be projection or cosine, got {self.by!r}")
+            raise ConfigError("CompareConfig", "by", f"must be projection or cosine, got {self.by!r}")
+        if self.n_pole <= 0:
+            raise ConfigError("CompareConfig", "n_pole", f"must be positive, got {self.n_pole}")
 
 
 def compare(config: CompareConfig) -> Comparison:
@@ -191,8 +183,7 @@ def compare(config: CompareConfig) -> Comparison:
     if config.html:
         from .report_html import render_comparison_page
 
-        Path(config.html).parent.mkdir(parents=True, exist_ok=True)
-        Path(config.html).write_text(render_comparison_page(run_a, run_b, comparison), encoding="utf-8")
+        save_text(config.html, render_comparison_page(run_a, run_b, comparison))
     return comparison
 
 

@@ -15,18 +15,79 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import load_tensors, save_tensors
-from .errors import AutoskillError
+from ..artifacts import load_tensors, save_tensors
+from ..errors import AutoskillError
+from ..kernels import PackedSymmetric, cov_update_
+from ..kernels.packed import BlockPackedLayout
 from .frequent_directions import FrequentDirections
-from .kernels import PackedSymmetric, cov_update_
-from .kernels.packed import BlockPackedLayout
 from .linalg import EighResult, SymmetricOperator, topk_eigh
 
 STATE_KEYS = ("count", "shift", "sum", "sumsq_packed", "sumsq_tile")
-LEGACY_STATE_KEYS = ("count", "shift", "sum", "sumsq_upper")  # row-by-row packed triangle (version 0.1 files)
 
 
-class StreamingCovariance:
+class Statistics:
+    """What every streaming statistics of [N, D] rows offers: count, shift, mean, total variance, top eigenpairs,
+    exact merge, save. Rows are added shifted by a fixed `shift` (a pilot mean): `update_shifted(x - shift)`, or
+    `update(x)`, which fixes the shift to the first rows' mean. `StreamingCovariance` is exact, `SketchedCovariance`
+    a Frequent Directions sketch."""
+
+    dim: int
+    device: torch.device
+    shift: torch.Tensor | None
+    work_dtype: torch.dtype = torch.float32  # what `update` subtracts the shift in
+
+    @property
+    def n(self) -> int:
+        raise NotImplementedError
+
+    def set_shift(self, shift_d: torch.Tensor) -> None:
+        if self.n:
+            raise AutoskillError("the shift of the statistics is fixed once rows have been added")
+        self.shift = shift_d.detach().to(self.device, torch.float64).clone()
+
+    def update(self, x_nd: torch.Tensor) -> None:
+        """Add raw rows; the first call fixes the shift to their mean if none was set."""
+        self._check_rows(x_nd)
+        if self.shift is None:
+            self.set_shift(x_nd.detach().to(torch.float64).mean(dim=0))
+        work = self.work_dtype  # the subtraction in the accumulation's precision: fp64 on CPU keeps every digit
+        self.update_shifted(x_nd.to(self.device, work) - self.shift.to(work))
+
+    def update_shifted(self, xc_nd: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Make every added row count in the results (a no-op where nothing is staged)."""
+
+    def merge(self, other: "Statistics") -> "Statistics":
+        raise NotImplementedError
+
+    @property
+    def mean(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def total_variance(self, *, ddof: int = 1) -> float:
+        raise NotImplementedError
+
+    def top_eigenpairs(self, k: int, *, tol: float = 1e-6, dtype: torch.dtype | None = None) -> EighResult:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+        save_tensors(path, self.state_dict(), metadata=metadata)
+
+    def _check_rows(self, x_nd: torch.Tensor) -> None:
+        if x_nd.ndim != 2 or x_nd.shape[1] != self.dim:
+            raise AutoskillError(f"rows of shape {tuple(x_nd.shape)} do not match the statistics' {self.dim} dims")
+
+    def _require_rows(self, n: int) -> None:
+        if self.n < n:
+            raise AutoskillError(f"statistics hold {self.n} examples; at least {n} are needed")
+
+
+class StreamingCovariance(Statistics):
     """Exact streaming first and second moments of [N, D] rows."""
 
     def __init__(self, dim: int, *, shift: torch.Tensor | None = None, accum_dtype: torch.dtype | None = None,
@@ -40,25 +101,17 @@ class StreamingCovariance:
         self._staged_n = 0
         # fp64 where it is cheap (CPU); fp32 on accelerators, where fp64 matmuls are slow and the shift keeps fp32 exact enough.
         self.accum_dtype = accum_dtype or (torch.float64 if self.device.type == "cpu" else torch.float32)
-        self.n = 0
+        self.work_dtype = torch.float64 if self.accum_dtype == torch.float64 else torch.float32  # the GPU kernel: fp32
+        self._n = 0
         self.shift: torch.Tensor | None = None if shift is None else shift.to(self.device, torch.float64).clone()
         self.sum = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
         self.sumsq = PackedSymmetric.zeros(self.dim, dtype=self.accum_dtype, device=self.device, tile=tile)
 
+    @property
+    def n(self) -> int:
+        return self._n
+
     # ---- accumulation ------------------------------------------------------------------------------------
-    def set_shift(self, shift_d: torch.Tensor) -> None:
-        if self.n:
-            raise AutoskillError("the shift of a StreamingCovariance is fixed once rows have been added")
-        self.shift = shift_d.detach().to(self.device, torch.float64).clone()
-
-    def update(self, x_nd: torch.Tensor) -> None:
-        """Add raw rows; the first call sets the shift to its own mean if none was given."""
-        self._check_rows(x_nd)
-        if self.shift is None:
-            self.set_shift(x_nd.detach().to(torch.float64).mean(dim=0))
-        work = torch.float64 if self.accum_dtype == torch.float64 else torch.float32  # keep the GPU kernel in fp32
-        self.update_shifted(x_nd.to(self.device, work) - self.shift.to(work))
-
     def update_shifted(self, xc_nd: torch.Tensor) -> None:
         """Add rows that already had the shift subtracted (as the fused capture kernel writes them)."""
         if self.shift is None:
@@ -68,7 +121,7 @@ class StreamingCovariance:
             return
         xc_nd = xc_nd.to(self.device)
         self.sum += xc_nd.sum(dim=0, dtype=torch.float64)
-        self.n += xc_nd.shape[0]
+        self._n += xc_nd.shape[0]
         self._staged.append(xc_nd)
         self._staged_n += xc_nd.shape[0]
         if self._staged_n >= self.stage_rows:
@@ -80,10 +133,6 @@ class StreamingCovariance:
             block = self._staged[0] if len(self._staged) == 1 else torch.cat(self._staged)
             self._staged, self._staged_n = [], 0
             cov_update_(self.sumsq, block)
-
-    def _check_rows(self, x_nd: torch.Tensor) -> None:
-        if x_nd.ndim != 2 or x_nd.shape[1] != self.dim:
-            raise AutoskillError(f"rows of shape {tuple(x_nd.shape)} do not match the statistics' {self.dim} dims")
 
     def merge(self, other: "StreamingCovariance") -> "StreamingCovariance":
         """Add another accumulator's rows (exact: re-expresses the other's sums around this shift)."""
@@ -100,7 +149,7 @@ class StreamingCovariance:
         self.sumsq.add_(other.sumsq)
         self.sumsq.add_outer_(s1, delta).add_outer_(delta, s1).add_outer_(delta, delta, alpha=other.n)
         self.sum += s1 + other.n * delta
-        self.n += other.n
+        self._n += other.n
         return self
 
     # ---- results -----------------------------------------------------------------------------------------
@@ -122,21 +171,17 @@ class StreamingCovariance:
         self.flush()
         return CovarianceOperator(self.sumsq, self.sum / self.n, self.n, ddof, dtype=dtype)
 
-    def top_eigenpairs(self, k: int, *, tol: float = 1e-6) -> EighResult:
-        """Top-k eigenpairs of the covariance: block Krylov with fp32 products (fp64 basis and Rayleigh-Ritz; fp32
-        reaches residuals near 1e-7 of the top eigenvalue, under the default tol), or exact LAPACK on the fp64
-        covariance for small D."""
-        return topk_eigh(self.covariance_operator(dtype=torch.float32), k, tol=tol)
+    def top_eigenpairs(self, k: int, *, tol: float = 1e-6, dtype: torch.dtype | None = None) -> EighResult:
+        """Top-k eigenpairs of the covariance: block Krylov over products in `dtype` (default fp32: fp64 basis and
+        Rayleigh-Ritz, residuals near 1e-7 of the top eigenvalue, under the default tol; fp64 where every digit
+        matters), or exact LAPACK on the fp64 covariance for small D."""
+        return topk_eigh(self.covariance_operator(dtype=dtype or torch.float32), k, tol=tol)
 
     def total_variance(self, *, ddof: int = 1) -> float:
         self._require_rows(ddof + 1)
         self.flush()
         diag = self.sumsq.diagonal().to(torch.float64)
         return float((diag.sum() - (self.sum * self.sum).sum() / self.n) / (self.n - ddof))
-
-    def _require_rows(self, n: int) -> None:
-        if self.n < n:
-            raise AutoskillError(f"statistics hold {self.n} examples; at least {n} are needed")
 
     # ---- persistence -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -156,47 +201,25 @@ class StreamingCovariance:
         dim = state["shift"].numel()
         if state["sum"].numel() != dim:
             raise AutoskillError("statistics tensors have inconsistent sizes; the file is corrupted")
-        if "sumsq_packed" in state:
-            packed = state["sumsq_packed"]
-            try:
-                layout = BlockPackedLayout(dim, int(state["sumsq_tile"].flatten()[0]))
-                PackedSymmetric(packed, layout)  # validates the size
-            except (ValueError, IndexError) as exc:
-                raise AutoskillError(f"statistics tensors have inconsistent sizes ({exc}); the file is corrupted")
-        else:
-            packed = _from_row_packed(state["sumsq_upper"], dim)
-            layout = packed.layout
-            packed = packed.data
+        packed = state["sumsq_packed"]
+        try:
+            layout = BlockPackedLayout(dim, int(state["sumsq_tile"].flatten()[0]))
+            PackedSymmetric(packed, layout)  # validates the size
+        except (ValueError, IndexError) as exc:
+            raise AutoskillError(f"statistics tensors have inconsistent sizes ({exc}); the file is corrupted")
         if packed.dtype not in (torch.float32, torch.float64):
             raise AutoskillError(f"the second-moment sums are {packed.dtype}, not float32/float64; "
                                  "the file is corrupted")
         # The sums are copied straight into the accumulator's own storage: one copy on the device, never two.
         stats = cls(dim, shift=state["shift"], accum_dtype=packed.dtype, device=device, tile=layout.tile)
         stats.sumsq.data.copy_(packed)
-        stats.n = int(state["count"][0])
+        stats._n = int(state["count"][0])
         stats.sum = state["sum"].to(stats.device, torch.float64).clone()
         return stats
-
-    def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-        save_tensors(path, self.state_dict(), metadata=metadata)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "StreamingCovariance":
         return load_statistics(path, device=device, expect=cls)
-
-
-def _from_row_packed(packed: torch.Tensor, dim: int) -> PackedSymmetric:
-    """A block-packed copy (on the CPU: D row copies) of the row-by-row packed upper triangle of version 0.1 files."""
-    if packed.ndim != 1 or packed.numel() != dim * (dim + 1) // 2:
-        raise AutoskillError("statistics tensors have inconsistent sizes; the file is corrupted")
-    packed = packed.cpu()
-    out = PackedSymmetric.zeros(dim, dtype=packed.dtype)
-    start = 0
-    for r0, r1, block in out.block_rows():
-        for i in range(r0, r1):  # row i holds cov[i, i:]
-            block[i - r0, i - r0:dim - r0] = packed[start:start + dim - i]
-            start += dim - i
-    return out
 
 
 class CovarianceOperator(SymmetricOperator):
@@ -241,7 +264,7 @@ class CovarianceOperator(SymmetricOperator):
         return cov.div_(self.n - self.ddof)
 
 
-class SketchedCovariance:
+class SketchedCovariance(Statistics):
     """The fallback when D x D cannot fit: a Frequent Directions sketch of l rows in place of the second moment.
 
     Memory is O(l D) instead of O(D^2). Count, mean and total variance stay exact (count, sum and the sum of squared
@@ -264,20 +287,11 @@ class SketchedCovariance:
     def sum(self) -> torch.Tensor:
         return self.sketch.sum
 
-    def set_shift(self, shift_d: torch.Tensor) -> None:
-        if self.n:
-            raise AutoskillError("the shift of the statistics is fixed once rows have been added")
-        self.shift = shift_d.detach().to(self.device, torch.float64).clone()
-
     def update_shifted(self, xc_nd: torch.Tensor) -> None:
-        if xc_nd.ndim != 2 or xc_nd.shape[1] != self.dim:
-            raise AutoskillError(f"rows of shape {tuple(xc_nd.shape)} do not match the statistics' {self.dim} dims")
+        self._check_rows(xc_nd)
         xc_nd = xc_nd.to(self.device)
         self.sq_norm += xc_nd.to(torch.float64).pow(2).sum()
         self.sketch.update(xc_nd.to(torch.float32))
-
-    def flush(self) -> None:
-        """Nothing is staged: every update goes straight into the sketch (here for the common interface)."""
 
     def merge(self, other: "SketchedCovariance") -> "SketchedCovariance":
         if self.n and other.n and not torch.equal(self.shift, other.shift.to(self.device)):
@@ -301,7 +315,9 @@ class SketchedCovariance:
     def error_bound(self) -> float:
         return self.sketch.error_bound()
 
-    def top_eigenpairs(self, k: int, *, tol: float = 1e-6) -> EighResult:
+    def top_eigenpairs(self, k: int, *, tol: float = 1e-6, dtype: torch.dtype | None = None) -> EighResult:
+        """The sketch's top-k (its own fp64 eigensolve: `tol` and `dtype` do not apply); the residuals reported are
+        the sketch's error bound relative to the top eigenvalue."""
         if k > self.sketch.sketch_size // 2:
             raise AutoskillError(f"-k {k} is too many directions for a sketch of {self.sketch.sketch_size} rows; "
                                  f"use --sketch-size {2 * k} or more")
@@ -315,9 +331,6 @@ class SketchedCovariance:
         return {**{f"fd.{k}": v for k, v in self.sketch.state_dict().items()}, "shift": self.shift,
                 "sq_norm": self.sq_norm.reshape(1)}
 
-    def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-        save_tensors(path, self.state_dict(), metadata=metadata)
-
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor], *, device: str | torch.device = "cpu") -> "SketchedCovariance":
         sketch = FrequentDirections.from_state_dict({k[3:]: v for k, v in state.items() if k.startswith("fd.")}, device=device)
@@ -327,18 +340,21 @@ class SketchedCovariance:
         return stats
 
 
-def load_statistics(path: str | Path, *, device: str | torch.device = "cpu",
-                    expect: type | None = None) -> StreamingCovariance | SketchedCovariance:
-    """Exact or sketched statistics, whichever the file holds (`expect`: the class the caller needs)."""
-    state = load_tensors(path)
+def statistics_from_state(state: dict[str, torch.Tensor], *, device: str | torch.device = "cpu",
+                          source: str = "the statistics") -> Statistics:
+    """Exact or sketched statistics, whichever the state holds (`source` names it in errors)."""
     if "fd.sketch" in state:
-        stats = SketchedCovariance.from_state_dict(state, device=device)
-    else:
-        keys = STATE_KEYS if "sumsq_packed" in state else LEGACY_STATE_KEYS
-        missing = [k for k in keys if k not in state]
-        if missing:
-            raise AutoskillError(f"{path}: missing tensors {missing}; not a statistics file of autoskill-fast")
-        stats = StreamingCovariance.from_state_dict(state, device=device)
+        return SketchedCovariance.from_state_dict(state, device=device)
+    missing = [k for k in STATE_KEYS if k not in state]
+    if missing:
+        raise AutoskillError(f"{source}: missing tensors {missing}; not statistics of autoskill-fast")
+    return StreamingCovariance.from_state_dict(state, device=device)
+
+
+def load_statistics(path: str | Path, *, device: str | torch.device = "cpu",
+                    expect: type | None = None) -> Statistics:
+    """Exact or sketched statistics, whichever the file holds (`expect`: the class the caller needs)."""
+    stats = statistics_from_state(load_tensors(path), device=device, source=str(path))
     if expect is not None and not isinstance(stats, expect):
         raise AutoskillError(f"{path} holds {type(stats).__name__} statistics, not {expect.__name__}")
     return stats

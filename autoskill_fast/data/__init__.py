@@ -1,0 +1,1 @@
+"""Corpus -> records -> texts -> tokenized examples -> length-bucketed batches, with the bad-example policy."""

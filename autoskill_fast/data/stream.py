@@ -1,0 +1,89 @@
+"""From a corpus to the batches a rank runs: its shard of the records, rendered, tokenized, under the bad-example
+policy, in length buckets. The order is a pure function of the corpus and the options, which makes resume exact."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+from ..config import BadExamplePolicy, BatchingConfig, CorpusConfig, PoolingConfig
+from ..errors import AutoskillError, BadExampleError
+from .batching import Batch, Tokenized, buckets, collate, tokenize
+from .corpus import iter_records
+from .rendering import Example, render
+
+
+class TruncationWarning(UserWarning):
+    """An example was cut to the maximum length (said once per run; every truncation is counted)."""
+
+
+@dataclass
+class InputTally:
+    """What happened to the input on the way in: examples skipped (with why) and examples truncated."""
+
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    truncated: int = 0
+
+    def skip(self, error: BadExampleError) -> None:
+        self.skipped.append({"id": error.example_id, "reason": error.reason})
+
+
+def iter_tokenized(corpus: CorpusConfig, tokenizer, pooling: PoolingConfig, tally: InputTally, *,
+                   shard: tuple[int, int] = (0, 1), on_bad_example: BadExamplePolicy = "error") -> Iterator[Tokenized]:
+    """The records of one shard (rows with row % n == i), rendered and tokenized, under the bad-example policy."""
+    index, n_shards = shard
+    prompt_only = pooling.mode == "last" and corpus.messages_field is not None  # the paper's safety setup
+
+    def examples():
+        for record in iter_records(corpus):
+            if record.row % n_shards == index:
+                yield record.where, lambda record=record: render(record, corpus, tokenizer, prompt_only=prompt_only)
+
+    return _tokenized(examples(), tokenizer, pooling, tally, on_bad_example)
+
+
+def iter_texts_tokenized(texts: Iterable[str], tokenizer, pooling: PoolingConfig, tally: InputTally, *,
+                         on_bad_example: BadExamplePolicy = "error") -> Iterator[Tokenized]:
+    """Texts given in memory (example i has row i and id "i"), tokenized under the bad-example policy."""
+
+    def examples():
+        for row, text in enumerate(texts):
+            yield f"text {row}", lambda row=row, text=text: _text_example(row, text)
+
+    return _tokenized(examples(), tokenizer, pooling, tally, on_bad_example)
+
+
+def _text_example(row: int, text: str) -> Example:
+    if not isinstance(text, str):
+        raise BadExampleError(str(row), f"is {type(text).__name__}, not text")
+    if not text.strip():
+        raise BadExampleError(str(row), "empty text")
+    return Example(row, str(row), text)
+
+
+def _tokenized(examples: Iterator[tuple[str, Callable[[], Example]]], tokenizer, pooling: PoolingConfig,
+               tally: InputTally, on_bad_example: BadExamplePolicy) -> Iterator[Tokenized]:
+    for where, make in examples:
+        try:
+            item = tokenize(make(), tokenizer, pooling)
+        except BadExampleError as e:
+            if on_bad_example == "error":
+                raise AutoskillError(f"{where}: example {e.example_id!r}: {e.reason} "
+                                     "(rerun with --on-bad-example skip to skip such examples)") from None
+            tally.skip(e)
+            continue
+        if item.truncated and not tally.truncated:
+            warnings.warn(f"{where}: example {item.example.id!r} is longer than {pooling.max_length} tokens and was "
+                          "truncated (set --max-length to choose the limit); truncations are counted in the run's "
+                          "record", TruncationWarning, stacklevel=2)
+        tally.truncated += item.truncated
+        yield item
+
+
+def iter_batches(items: Iterator[Tokenized], batching: BatchingConfig, *, token_budget: int, pad_id: int,
+                 mode: str) -> Iterator[Batch]:
+    """Length-bucketed, padded batches of tokenized examples (`token_budget`: the budget resolved for the device)."""
+    for group in buckets(items, token_budget=token_budget, max_batch_size=batching.max_batch_size,
+                         sort_window=batching.sort_window):
+        yield collate(group, pad_id=pad_id, padding_side=batching.padding_side, mode=mode)

@@ -1,0 +1,320 @@
+"""SkillPCA: a streaming, mergeable, exact PCA with scikit-learn's conventions, for any [N, D] rows.
+
+    pca = SkillPCA(16)
+    for chunk in chunks:                 # numpy or torch, CPU or CUDA, any chunking
+        pca.partial_fit(chunk)
+    scores = pca.transform(x)            # (x - mean_) @ components_.T, the input's type back
+    pca.merge(other_pca)                 # exact: the statistics of both, as one pass over both
+    pca.save("pca/"); SkillPCA.load("pca/")
+
+Nothing here knows about language models: `SkillBasis` is a fitted `PrincipalComponents` plus where it came from.
+The statistics are exact by default (`StreamingCovariance`: the block-packed upper half of the second moment, D^2 / 2
+numbers, and the compiled block-Krylov solver over products with it); `sketch_size` keeps a Frequent Directions sketch
+of that many rows instead (O(sketch_size * D) memory, eigenvalues within a reported bound).
+
+Conventions, as scikit-learn's PCA: `explained_variance_` are the covariance's eigenvalues with ddof = 1,
+`explained_variance_ratio_` divides them by the total variance (the covariance's trace), `singular_values_` are
+sqrt(explained_variance_ * (n - 1)), and each component's entry of largest magnitude is positive (`canonical_signs`,
+the rule scikit-learn >= 1.5 applies too). Rows passed in float64 are solved with float64 products (every digit
+kept); float32 rows with float32 products over the float64 sums (residuals near 1e-7 of the top eigenvalue).
+Fitted attributes are solved when first read after new rows, and kept until more rows arrive.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..artifacts import load_json, load_tensors, save_json, save_tensors
+from ..errors import AutoskillError
+from .linalg import project
+
+PCA_JSON = "pca.json"
+PCA_TENSORS = "pca.safetensors"
+FIT_CHUNK_ELEMENTS = 1 << 24  # `fit` adds rows in chunks of about this many numbers (bounded extra memory)
+
+
+@dataclass(frozen=True)
+class PrincipalComponents:
+    """The top-k directions of a covariance and the variance they explain: what a PCA fit produces."""
+
+    components: torch.Tensor  # [k, D], orthonormal rows with canonical signs
+    explained_variance: torch.Tensor  # [k] fp64, the covariance's eigenvalues (ddof = 1), descending
+    mean: torch.Tensor  # [D] fp64
+    n_samples: int
+    total_variance: float  # the covariance's trace (ddof = 1)
+    solver: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        k, d = self.components.shape
+        if self.explained_variance.shape != (k,) or self.mean.shape != (d,):
+            raise AutoskillError(f"principal components disagree in shape: components {tuple(self.components.shape)}, "
+                                 f"variances {tuple(self.explained_variance.shape)}, mean {tuple(self.mean.shape)}")
+
+    @property
+    def k(self) -> int:
+        return self.components.shape[0]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.components.shape[1]
+
+    @property
+    def explained_variance_ratio(self) -> torch.Tensor:
+        if self.total_variance <= 0:
+            return torch.zeros_like(self.explained_variance)
+        return self.explained_variance / self.total_variance
+
+    @property
+    def singular_values(self) -> torch.Tensor:
+        return (self.explained_variance.clamp_min(0) * (self.n_samples - 1)).sqrt()
+
+    def transform(self, x_nd: torch.Tensor) -> torch.Tensor:
+        """Centered projections (x - mean) @ components.T -> [N, k], fp32 (fp64 for fp64 input), on x's device."""
+        self._check_dim(x_nd)
+        work = torch.float64 if x_nd.dtype == torch.float64 else torch.float32
+        return project(x_nd, self.mean.to(x_nd.device, work), self.components.to(x_nd.device, work))
+
+    def inverse_transform(self, z_nk: torch.Tensor) -> torch.Tensor:
+        """Back from scores to rows: z @ components + mean -> [N, D]."""
+        if z_nk.ndim != 2 or z_nk.shape[1] != self.k:
+            raise AutoskillError(f"scores of shape {tuple(z_nk.shape)} do not match the {self.k} components")
+        work = torch.float64 if z_nk.dtype == torch.float64 else torch.float32
+        return z_nk.to(work) @ self.components.to(z_nk.device, work) + self.mean.to(z_nk.device, work)
+
+    def cosine(self, x_nd: torch.Tensor) -> torch.Tensor:
+        """The paper's score: cosine of each raw (uncentered) row with each direction -> [N, k] fp32."""
+        self._check_dim(x_nd)
+        x = x_nd.to(torch.float32)
+        norms = x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        return (x @ self.components.to(x.device, torch.float32).T) / norms
+
+    def _check_dim(self, x_nd: torch.Tensor) -> None:
+        if x_nd.ndim != 2 or x_nd.shape[1] != self.feature_dim:
+            raise AutoskillError(f"rows of shape {tuple(x_nd.shape)} do not match the {self.feature_dim} dims of "
+                                 "the components")
+
+    # ---- persistence (inside a SkillPCA or SkillBasis file) ---------------------------------------------------------
+    def tensors(self, *, components_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        components = self.components if components_dtype is None else self.components.to(components_dtype)
+        return {"components": components.contiguous(), "eigenvalues": self.explained_variance.to(torch.float64),
+                "explained_variance_ratio": self.explained_variance_ratio.to(torch.float64),
+                "mean": self.mean.to(torch.float64)}
+
+    def summary(self) -> dict[str, Any]:
+        return {"k": self.k, "feature_dim": self.feature_dim, "n_samples": self.n_samples,
+                "total_variance": self.total_variance, "solver": self.solver}
+
+    @classmethod
+    def from_saved(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> "PrincipalComponents":
+        return cls(tensors["components"], tensors["eigenvalues"].to(torch.float64), tensors["mean"].to(torch.float64),
+                   int(meta["n_samples"]), float(meta["total_variance"]), dict(meta.get("solver") or {}))
+
+
+def fit_components(stats, k: int, *, tol: float = 1e-6, dtype: torch.dtype | None = None) -> PrincipalComponents:
+    """The top-k principal components of streamed statistics (`decomposition.statistics.Statistics`)."""
+    stats.flush()
+    rank_bound = min(stats.n - 1, stats.dim)
+    if k > rank_bound:
+        raise AutoskillError(f"k={k} is more directions than the data has: {stats.n} examples in {stats.dim} dims give "
+                             f"at most {rank_bound}; ask for {max(rank_bound, 1)} or fewer")
+    t0 = time.perf_counter()
+    result = stats.top_eigenpairs(k, tol=tol, dtype=dtype)
+    seconds = time.perf_counter() - t0
+    return PrincipalComponents(
+        components=result.eigenvectors.T.cpu().contiguous(),  # canonical signs already (topk_eigh's rule)
+        explained_variance=result.eigenvalues.to(torch.float64).cpu(),
+        mean=stats.mean.cpu(),
+        n_samples=stats.n,
+        total_variance=stats.total_variance(),
+        solver={"method": result.method, "tol": tol, "max_residual": float(result.residuals.max()), "seconds": seconds},
+    )
+
+
+def as_tensor(x: Any, what: str = "X") -> torch.Tensor:
+    """A 2-D floating torch tensor from numpy or torch input (no copy where possible); ints become float64."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif not isinstance(x, torch.Tensor):
+        raise AutoskillError(f"{what} must be a numpy array or a torch tensor, got {type(x).__name__}")
+    if not x.dtype.is_floating_point:
+        x = x.to(torch.float64)
+    if x.ndim != 2:
+        raise AutoskillError(f"{what} must be 2-D [n_samples, n_features], got shape {tuple(x.shape)}")
+    return x
+
+
+def _like(result: torch.Tensor, template: Any) -> Any:
+    """`result` as the caller's type: numpy in, numpy out."""
+    return result.cpu().numpy() if isinstance(template, np.ndarray) else result
+
+
+class SkillPCA:
+    """Streaming PCA (scikit-learn's `IncrementalPCA` interface), exact and mergeable; see the module docstring.
+
+    n_components: directions kept. sketch_size: keep a Frequent Directions sketch of this many rows instead of the exact
+    D x D statistics (at least 2 * n_components). tol: relative residual of every eigenpair. device: where the
+    statistics live (default: the device of the first rows).
+    """
+
+    def __init__(self, n_components: int, *, sketch_size: int | None = None, tol: float = 1e-6,
+                 device: str | torch.device | None = None):
+        if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
+            raise AutoskillError(f"n_components must be a positive integer, got {n_components!r}")
+        if sketch_size is not None and sketch_size < 2 * n_components:
+            raise AutoskillError(f"sketch_size={sketch_size} is too small for n_components={n_components}; use at "
+                                 f"least {2 * n_components}")
+        if not tol > 0:
+            raise AutoskillError(f"tol must be positive, got {tol}")
+        self.n_components = n_components
+        self.sketch_size = sketch_size
+        self.tol = tol
+        self.device = None if device is None else torch.device(device)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.stats = None  # decomposition.statistics.Statistics, made on the first rows
+        self._float64 = False  # whether any rows came in float64 (then the products are float64 too)
+        self._fitted: PrincipalComponents | None = None
+
+    # ---- fitting ---------------------------------------------------------------------------------------------------
+    def partial_fit(self, X: Any, y: Any = None) -> "SkillPCA":
+        """Add rows [n, D]. The components are solved when a fitted attribute is next read."""
+        x = as_tensor(X)
+        if self.stats is None:
+            self.stats = self._new_statistics(x.shape[1], self.device or x.device)
+        elif x.shape[1] != self.stats.dim:
+            raise AutoskillError(f"X has {x.shape[1]} features but this SkillPCA was fitted with {self.stats.dim}")
+        if x.shape[0]:
+            self.stats.update(x)
+            self._float64 |= x.dtype == torch.float64
+            self._fitted = None
+        return self
+
+    def fit(self, X: Any, y: Any = None) -> "SkillPCA":
+        """Forget earlier rows, add X (in chunks of bounded size) and solve."""
+        x = as_tensor(X)
+        self._reset()
+        rows = max(1, FIT_CHUNK_ELEMENTS // max(1, x.shape[1]))
+        for start in range(0, max(x.shape[0], 1), rows):
+            self.partial_fit(x[start:start + rows])
+        self.result()
+        return self
+
+    def fit_transform(self, X: Any, y: Any = None) -> Any:
+        return self.fit(X).transform(X)
+
+    def merge(self, other: "SkillPCA") -> "SkillPCA":
+        """Add another SkillPCA's rows (exact for exact statistics). Returns self."""
+        if not isinstance(other, SkillPCA):
+            raise AutoskillError(f"can only merge another SkillPCA, got {type(other).__name__}")
+        if other.stats is None:
+            return self
+        if self.stats is None:
+            self.stats = self._new_statistics(other.stats.dim, self.device or other.stats.device)
+        if type(self.stats) is not type(other.stats):
+            raise AutoskillError("cannot merge exact statistics with a sketch; use the same sketch_size on both sides")
+        self.stats.merge(other.stats)
+        self._float64 |= other._float64
+        self._fitted = None
+        return self
+
+    def _new_statistics(self, dim: int, device: torch.device):
+        from .statistics import SketchedCovariance, StreamingCovariance  # the kernels (and Triton) only when fitting
+
+        if self.sketch_size is not None:
+            return SketchedCovariance(dim, self.sketch_size, device=device)
+        return StreamingCovariance(dim, device=device)
+
+    def result(self) -> PrincipalComponents:
+        """The fitted components (solved now if rows arrived since the last solve)."""
+        if self.stats is None or self.stats.n == 0:
+            raise AutoskillError("this SkillPCA has seen no rows yet; call fit or partial_fit first")
+        if self._fitted is None:
+            self._fitted = fit_components(self.stats, self.n_components, tol=self.tol,
+                                          dtype=torch.float64 if self._float64 else torch.float32)
+        return self._fitted
+
+    # ---- fitted attributes (scikit-learn's names) ------------------------------------------------------------------
+    @property
+    def components_(self) -> torch.Tensor:
+        return self.result().components
+
+    @property
+    def explained_variance_(self) -> torch.Tensor:
+        return self.result().explained_variance
+
+    @property
+    def explained_variance_ratio_(self) -> torch.Tensor:
+        return self.result().explained_variance_ratio
+
+    @property
+    def singular_values_(self) -> torch.Tensor:
+        return self.result().singular_values
+
+    @property
+    def mean_(self) -> torch.Tensor:
+        return self.result().mean
+
+    @property
+    def n_samples_seen_(self) -> int:
+        return 0 if self.stats is None else self.stats.n
+
+    @property
+    def n_features_in_(self) -> int:
+        if self.stats is None:
+            raise AutoskillError("this SkillPCA has seen no rows yet")
+        return self.stats.dim
+
+    # ---- use -------------------------------------------------------------------------------------------------------
+    def transform(self, X: Any) -> Any:
+        """(X - mean_) @ components_.T -> [n, n_components], as numpy for numpy input."""
+        return _like(self.result().transform(as_tensor(X)), X)
+
+    def inverse_transform(self, Z: Any) -> Any:
+        return _like(self.result().inverse_transform(as_tensor(Z, "Z")), Z)
+
+    # ---- persistence -----------------------------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """`folder/pca.safetensors` (the statistics, and the components when solved) + `folder/pca.json`."""
+        if self.stats is None:
+            raise AutoskillError("cannot save a SkillPCA that has seen no rows")
+        folder = Path(folder)
+        tensors = {f"stats.{name}": t for name, t in self.stats.state_dict().items()}
+        meta: dict[str, Any] = {"format_version": 1, "n_components": self.n_components, "sketch_size": self.sketch_size,
+                                "tol": self.tol, "float64": self._float64}
+        if self._fitted is not None:
+            tensors.update(self._fitted.tensors())
+            meta["fitted"] = self._fitted.summary()
+        save_tensors(folder / PCA_TENSORS, tensors)
+        save_json(folder / PCA_JSON, meta)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, *, device: str | torch.device = "cpu") -> "SkillPCA":
+        from .statistics import statistics_from_state
+
+        folder = Path(folder)
+        meta = load_json(folder / PCA_JSON)
+        tensors = load_tensors(folder / PCA_TENSORS)
+        try:
+            pca = cls(int(meta["n_components"]), sketch_size=meta.get("sketch_size"), tol=float(meta["tol"]),
+                      device=device)
+            state = {name[len("stats."):]: t for name, t in tensors.items() if name.startswith("stats.")}
+            pca.stats = statistics_from_state(state, device=device, source=str(folder / PCA_TENSORS))
+            pca._float64 = bool(meta.get("float64", False))
+            if "fitted" in meta:
+                pca._fitted = PrincipalComponents.from_saved(tensors, meta["fitted"])
+        except KeyError as e:
+            raise AutoskillError(f"{folder}: missing {e} in {PCA_JSON} or {PCA_TENSORS}; not a saved SkillPCA") from None
+        return pca
+
+    def __repr__(self) -> str:
+        seen = f", n_samples_seen_={self.n_samples_seen_}" if self.stats is not None else ""
+        sketch = f", sketch_size={self.sketch_size}" if self.sketch_size else ""
+        return f"SkillPCA(n_components={self.n_components}{sketch}{seen})"

@@ -1,0 +1,68 @@
+"""The `merge` job: the statistics of shard runs (`profile --shard i/n`) added exactly, and one basis fitted over all.
+
+Scores too, when every shard saved its features. The merged folder's key is made from the shards' keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from ..basis import SkillBasis
+from ..capture.fingerprint import describe_mismatch, model_mismatch
+from ..capture.layout import FeatureLayout, check_same_pooling
+from ..decomposition.pca import fit_components
+from ..decomposition.statistics import load_statistics
+from ..errors import AutoskillError
+from ..run.features import iter_feature_shards
+from ..run.folder import STATS_FILE, RunFolder, basis_summary
+from ..run.record import RunRecord
+from ..run.scores import Scores
+
+
+def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, tol: float = 1e-6,
+          overwrite: bool = False) -> SkillBasis:
+    """Merge the statistics of shard runs exactly and fit one basis; scores too when every shard saved features."""
+    if len(run_dirs) < 2:
+        raise AutoskillError("merge needs at least two run folders")
+    shards = [RunFolder(d) for d in run_dirs]
+    records = [shard.record() for shard in shards]
+    first = records[0]
+    merged = None
+    for shard, record in zip(shards, records):
+        if record.status == "running":
+            raise AutoskillError(f"{shard.path}: the run is not finished; rerun its profile command to resume it")
+        mismatch = model_mismatch(first.model, record.model)
+        if mismatch is not None:
+            raise AutoskillError(f"{shard.path}: profiled another model than {shards[0].path} "
+                                 f"({describe_mismatch(mismatch, first.model, record.model)}); merge shards of one model")
+        if record.corpus.get("sha256") != first.corpus.get("sha256"):
+            raise AutoskillError(f"{shard.path}: profiled another corpus than {shards[0].path}; merge shards of one "
+                                 "corpus")
+        check_same_pooling(first.pooling, record.pooling, what=f"statistics in {shard.path}")
+        stats = load_statistics(shard.stats_path(record))
+        merged = stats if merged is None else merged.merge(stats)
+    names = [tuple(r.config.get("shard", (0, 1))) for r in records]
+    if len(set(names)) != len(names):
+        raise AutoskillError(f"the runs include the same shard twice: {names}")
+    key = hashlib.sha256("|".join(sorted(r.key for r in records)).encode()).hexdigest()[:20]
+    folder = RunFolder(out)
+    folder.claim(key, overwrite=overwrite, describe=f"a merge of {len(shards)} shard runs")
+    k = k or int(first.config.get("k", 0)) or (first.basis or {}).get("k")
+    pca = fit_components(merged, k, tol=tol)
+    basis = SkillBasis(pca, FeatureLayout.from_json(first.layout), model=first.model, pooling=first.pooling,
+                       run_key=key)
+    basis.save(folder.path)
+    merged.save(folder / STATS_FILE, folder.key_metadata(key))
+    feature_dirs = [shard.feature_dir(record) for shard, record in zip(shards, records)]
+    if all(feature_dirs):
+        Scores.from_features(basis, (s for d in feature_dirs for s in iter_feature_shards(d))).save(folder.path)
+    n_of = [r.config.get("shard", (0, 1))[1] for r in records]
+    folder.write_record(RunRecord(
+        status="complete", key=key, kind="merge", config={**first.config, "shard": [0, 1], "k": k},
+        model=first.model, corpus=first.corpus, pooling=first.pooling, layout=first.layout,
+        counts={"profiled": merged.n, "skipped": sum(r.counts.get("skipped", 0) for r in records)},
+        skipped=[s for r in records for s in r.skipped], basis=basis_summary(basis),
+        merged_from=[str(s.path.resolve()) for s in shards],
+        complete_shards=len(records) == n_of[0] and len(set(n_of)) == 1))
+    return basis

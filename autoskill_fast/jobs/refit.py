@@ -1,0 +1,46 @@
+"""The `fit` job: refit a run's basis from its saved statistics, with another k, without the model.
+
+It also completes a run whose fit failed after the forward pass (status "statistics" in run.json). Scores are
+recomputed when the run saved its features; otherwise the old ones (of the old basis) are removed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..basis import SkillBasis
+from ..capture.layout import FeatureLayout
+from ..decomposition.pca import fit_components
+from ..decomposition.statistics import load_statistics
+from ..errors import AutoskillError
+from ..run.features import iter_feature_shards
+from ..run.folder import RunFolder, basis_summary
+from ..run.scores import Scores
+
+
+def fit(run_dir: str | Path, k: int, *, tol: float = 1e-6) -> SkillBasis:
+    """Refit a run's basis with k directions from its saved statistics (rescoring if features were saved)."""
+    folder = RunFolder(run_dir)
+    record = folder.record()
+    if record.status == "running":
+        raise AutoskillError(f"{folder.path}: the run is not finished; rerun its profile command to resume it")
+    stats = load_statistics(folder.stats_path(record))
+    if record.layer_scale is not None:
+        layer_scale = torch.tensor(record.layer_scale, dtype=torch.float32)
+    else:  # schema-1 records keep it in the basis only
+        layer_scale = folder.basis(record).layer_scale if record.status == "complete" else None
+    pca = fit_components(stats, k, tol=tol)
+    basis = SkillBasis(pca, FeatureLayout.from_json(record.layout), model=record.model, pooling=record.pooling,
+                       layer_scale=layer_scale, labels=None, run_key=record.key)
+    basis.save(folder.path)
+    features = folder.feature_dir(record)
+    if features is not None:
+        Scores.from_features(basis, iter_feature_shards(features)).save(folder.path)
+    else:
+        folder.remove_scores()
+    record.status, record.basis, record.error = "complete", basis_summary(basis), None
+    record.config["k"] = k
+    folder.write_record(record)
+    return basis
