@@ -216,7 +216,7 @@ class ProfileConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
-    k: int = field(default=64, metadata=cli(short="-k"))
+    k: int = field(default=64, metadata=cli("-k"))
     """Number of skill directions."""
     save_features: bool = False
     """Keep the pooled features (sharded safetensors)."""

@@ -76,9 +76,7 @@ class Option:
         name = self.field.name.replace("_", "-")
         if self.meta.get("flag"):
             return self.meta["flag"]
-        if self.negated:
-            return f"--no-{name}"
-        return self.meta["short"] if self.meta.get("short") else f"--{name}"
+        return f"--no-{name}" if self.negated else f"--{name}"
 
     def click_option(self) -> Callable:
         flags = [f for f in (self.meta.get("short"), self.flag) if f]

@@ -334,6 +334,7 @@ def test_steer_cli_writes_every_format(tiny, tmp_path):
     src = tiny("llama")
     run = tmp_path / "run"
     basis = random_basis(fingerprint(load(src), src.name), (0, 1, 2))
+    basis.run_key = "steer-test"
     basis.save(run)
     RunFolder(run).write_record(RunRecord(status="complete", key="steer-test", config={"model": {"model": str(src)}},
                                           model=basis.model, corpus={}, pooling={}, layout=basis.layout.to_json()))

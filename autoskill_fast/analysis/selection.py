@@ -211,7 +211,7 @@ def choose(run: ProfileRun, config: SelectConfig) -> Selection:
             bad = int((eig <= 0).nonzero()[0])
             hint = f"; use --dims {bad}" if bad else ""
             raise AutoskillError(f"direction {bad} has no variance and cannot be whitened{hint}")
-        whitened = scores.projection[:, :dims].float() / eig.sqrt().float()  # unit variance on the profiled corpus
+        whitened = basis.whiten(scores.projection[:, :dims].float())  # unit variance on the profiled corpus
         positions, distance = farthest_point_order(whitened, config.budget)
         reasons = [{"method": "coverage", "rank": r, "distance": float(d)} for r, d in enumerate(distance.tolist())]
         return Selection(positions, reasons, {"dims": dims, "space": "whitened projection",

@@ -204,8 +204,9 @@ def check_causal(model: nn.Module, path: Path) -> None:
     second[0, -1] = 5 % vocab
     base = base_model(model)
     outputs = [base(input_ids=ids).last_hidden_state[0, :-1].float() for ids in (first, second)]
+    # In a causal model the first positions are computed from the same prefix by the same kernels: equal to rounding.
     scale = float(outputs[0].abs().max()) or 1.0
-    if float((outputs[0] - outputs[1]).abs().max()) > 1e-2 * scale:
+    if float((outputs[0] - outputs[1]).abs().max()) > 1e-4 * scale:
         raise AutoskillError(f"{path}: {type(model).__name__} is not causal (its outputs at a position depend on later "
                              "tokens): only decoder-only language models are supported")
 

@@ -16,7 +16,8 @@ Conventions, as scikit-learn's PCA: `explained_variance_` are the covariance's e
 `explained_variance_ratio_` divides them by the total variance (the covariance's trace), `singular_values_` are
 sqrt(explained_variance_ * (n - 1)), and each component's entry of largest magnitude is positive (`canonical_signs`,
 the rule scikit-learn >= 1.5 applies too). Rows passed in float64 are solved with float64 products (every digit
-kept); float32 rows with float32 products over the float64 sums (residuals near 1e-7 of the top eigenvalue).
+kept, every eigenvalue within tol of itself); float32 rows with float32 products over the float64 sums (residuals
+near 1e-7 of the top eigenvalue).
 Fitted attributes are solved when first read after new rows, and kept until more rows arrive.
 """
 
@@ -37,6 +38,7 @@ from .linalg import project
 PCA_JSON = "pca.json"
 PCA_TENSORS = "pca.safetensors"
 FIT_CHUNK_ELEMENTS = 1 << 24  # `fit` adds rows in chunks of about this many numbers (bounded extra memory)
+FP64_TOL_FLOOR = 1e-12  # fp64 products: the tightest residual (relative to the top eigenvalue) asked of Krylov
 
 
 @dataclass(frozen=True)
@@ -121,10 +123,19 @@ def fit_components(stats, k: int, *, tol: float = 1e-6, dtype: torch.dtype | Non
     stats.flush()
     rank_bound = min(stats.n - 1, stats.dim)
     if k > rank_bound:
+        advice = f"ask for {rank_bound} or fewer" if rank_bound >= 1 else "add at least 2 examples"
         raise AutoskillError(f"k={k} is more directions than the data has: {stats.n} examples in {stats.dim} dims give "
-                             f"at most {rank_bound}; ask for {max(rank_bound, 1)} or fewer")
+                             f"at most {rank_bound}; {advice}")
     t0 = time.perf_counter()
     result = stats.top_eigenpairs(k, tol=tol, dtype=dtype)
+    if dtype == torch.float64 and "krylov" in result.method:
+        # Krylov residuals are relative to the top eigenvalue, so the k-th is only known to tol * lambda_0. fp64
+        # products can do better: solve again with tol scaled by the spread of the top-k, so that every eigenvalue is
+        # within tol of itself (scikit-learn's PCA to that precision), down to FP64_TOL_FLOOR.
+        spread = float(result.eigenvalues[-1]) / max(float(result.eigenvalues[0]), torch.finfo(torch.float64).tiny)
+        tight = max(tol * spread, FP64_TOL_FLOOR)
+        if float(result.residuals.max()) > tight:
+            result = stats.top_eigenpairs(k, tol=tight, dtype=dtype)
     seconds = time.perf_counter() - t0
     return PrincipalComponents(
         components=result.eigenvectors.T.cpu().contiguous(),  # canonical signs already (topk_eigh's rule)
@@ -139,7 +150,9 @@ def fit_components(stats, k: int, *, tol: float = 1e-6, dtype: torch.dtype | Non
 def as_tensor(x: Any, what: str = "X") -> torch.Tensor:
     """A 2-D floating torch tensor from numpy or torch input (no copy where possible); ints become float64."""
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
+        # A [1, D] or [0, D] view with a negative row stride counts as contiguous, so ascontiguousarray keeps it, and
+        # torch.from_numpy refuses negative strides: copy those.
+        x = torch.from_numpy(x.copy() if any(s < 0 for s in x.strides) else np.ascontiguousarray(x))
     elif not isinstance(x, torch.Tensor):
         raise AutoskillError(f"{what} must be a numpy array or a torch tensor, got {type(x).__name__}")
     if not x.dtype.is_floating_point:
@@ -158,8 +171,9 @@ class SkillPCA:
     """Streaming PCA (scikit-learn's `IncrementalPCA` interface), exact and mergeable; see the module docstring.
 
     n_components: directions kept. sketch_size: keep a Frequent Directions sketch of this many rows instead of the exact
-    D x D statistics (at least 2 * n_components). tol: relative residual of every eigenpair. device: where the
-    statistics live (default: the device of the first rows).
+    D x D statistics (at least 2 * n_components). tol: relative residual of every eigenpair (relative to the top
+    eigenvalue; to each eigenvalue itself for float64 rows). device: where the statistics live (default: the device of
+    the first rows).
     """
 
     def __init__(self, n_components: int, *, sketch_size: int | None = None, tol: float = 1e-6,

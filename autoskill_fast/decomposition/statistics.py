@@ -276,6 +276,7 @@ class SketchedCovariance(Statistics):
         self.dim = int(dim)
         self.device = torch.device(device)
         self.sketch = FrequentDirections(self.dim, sketch_size, dtype=torch.float32, device=self.device)
+        self.work_dtype = torch.float64  # `update` subtracts the shift in fp64: the count, mean and total stay exact
         self.shift: torch.Tensor | None = None if shift is None else shift.to(self.device, torch.float64).clone()
         self.sq_norm = torch.zeros((), dtype=torch.float64, device=self.device)
 
@@ -291,7 +292,7 @@ class SketchedCovariance(Statistics):
         self._check_rows(xc_nd)
         xc_nd = xc_nd.to(self.device)
         self.sq_norm += xc_nd.to(torch.float64).pow(2).sum()
-        self.sketch.update(xc_nd.to(torch.float32))
+        self.sketch.update(xc_nd)  # the count and sum from the rows as given (fp64 exact); the sketch stores fp32
 
     def merge(self, other: "SketchedCovariance") -> "SketchedCovariance":
         if self.n and other.n and not torch.equal(self.shift, other.shift.to(self.device)):

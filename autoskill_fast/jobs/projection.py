@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from ..artifacts import save_json
-from ..basis import SkillBasis
 from ..capture.features import PooledBatches, resolve_pooling
 from ..capture.layout import check_same_pooling, pooling_record
 from ..capture.models import LoadedModel, load_model
@@ -19,16 +18,10 @@ from ..data.corpus import fingerprint as corpus_fingerprint
 from ..data.stream import InputTally, iter_tokenized
 from ..errors import AutoskillError
 from ..progress import Progress
-from ..run.folder import RunFolder
+from ..run.folder import load_basis
 from ..run.scores import Scores
 
 PROJECT_JSON = "project.json"
-
-
-def load_basis(folder: str | Path) -> SkillBasis:
-    """A basis from a run folder (checked to belong to its run) or from a bare basis folder."""
-    run = RunFolder(folder)
-    return run.basis(run.record()) if run.has_record() else SkillBasis.load(folder)
 
 
 def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> Scores:

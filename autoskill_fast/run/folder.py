@@ -169,6 +169,12 @@ class RunFolder:
             (self.path / name).unlink(missing_ok=True)
 
 
+def load_basis(folder: str | Path) -> SkillBasis:
+    """A basis from a run folder (checked to belong to the folder's run) or from a bare basis folder."""
+    run = RunFolder(folder)
+    return run.basis(run.record()) if run.has_record() else SkillBasis.load(folder)
+
+
 def run_key(config: dict[str, Any], model: dict[str, Any], corpus: dict[str, Any]) -> str:
     """What makes two runs the same run: everything that changes the statistics (not k, output options or the device).
     `config` is a ProfileConfig as JSON."""

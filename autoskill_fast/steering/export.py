@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..artifacts import save_json
-from ..basis import SkillBasis
 from ..config import ConfigError, choices, cli, parse_layers
 from ..errors import AutoskillError
 from ..capture.models import resolve_model_path
-from ..run.folder import RunFolder
+from ..run.folder import RunFolder, load_basis
 from .baking import bake, share_permissions
 from .llamacpp import export_llamacpp
 from .vector import SteeringVector
@@ -97,7 +96,7 @@ def run_model_spec(run: Path) -> str | None:
 
 
 def build_vector(config: SteerConfig) -> SteeringVector:
-    basis = SkillBasis.load(config.run)
+    basis = load_basis(config.run)
     layers = config.layers
     if layers is not None:
         unknown = sorted(set(layers) - set(basis.layout.layer_ids))

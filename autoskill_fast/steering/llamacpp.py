@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifacts import atomic_file
 from ..errors import AutoskillError
 from .vector import SteeringVector
 
@@ -43,10 +44,14 @@ def export_llamacpp(vector: SteeringVector, path: str | Path) -> Path:
     if last == 0:
         raise AutoskillError("the steering vector only touches block 0, which llama.cpp cannot steer")
     model_type = vector.model.get("model_type") or "llama"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    with atomic_file(path) as tmp:
+        _write_gguf(gguf, vector, tmp, last, _LLAMACPP_ARCH.get(model_type, model_type))
+    return path
+
+
+def _write_gguf(gguf, vector: SteeringVector, tmp: Path, last: int, model_hint: str) -> None:
     writer = gguf.GGUFWriter(str(tmp), arch="controlvector")
-    writer.add_string("controlvector.model_hint", _LLAMACPP_ARCH.get(model_type, model_type))
+    writer.add_string("controlvector.model_hint", model_hint)
     writer.add_int32("controlvector.layer_count", last)
     writer.add_string("autoskill.steering", json.dumps({"model": vector.model, "terms": vector.terms}))
     zeros = np.zeros(vector.hidden_size, dtype=np.float32)
@@ -59,8 +64,6 @@ def export_llamacpp(vector: SteeringVector, path: str | Path) -> Path:
         writer.write_tensors_to_file()
     finally:
         writer.close()
-    tmp.replace(path)
-    return path
 
 
 def read_llamacpp(path: str | Path) -> tuple[dict[str, object], dict[int, np.ndarray]]:

@@ -1,0 +1,71 @@
+"""Pooled features in memory (what a tool author calls) against the features `profile --save-features` writes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from autoskill_fast import (BatchingConfig, CorpusConfig, ModelConfig, PoolingConfig, ProfileConfig, ProjectConfig,
+                            load_model, pooled_features, profile, project)
+from autoskill_fast.errors import AutoskillError
+from autoskill_fast.run.features import iter_feature_shards
+from autoskill_fast.run.scores import Scores
+from model_fixtures import write_jsonl
+from test_profile import make_texts
+
+
+def saved_features(folder) -> torch.Tensor:
+    feats, rows = [], []
+    for f, r, _ in iter_feature_shards(folder / "features"):
+        feats.append(f)
+        rows.append(r)
+    return torch.cat(feats)[torch.argsort(torch.cat(rows))]
+
+
+@pytest.mark.parametrize("scaling", ["none", "pilot"])
+def test_in_memory_features_equal_the_saved_ones(tmp_path, tiny_model, scaling):
+    model_dir = tiny_model("llama")
+    texts = make_texts(21, seed=11)
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in texts])))
+    pooling = PoolingConfig(layer_scaling=scaling)
+    batching = BatchingConfig(token_budget=80)  # several batches
+    loaded = load_model(ModelConfig(str(model_dir)))
+    basis = profile(ProfileConfig(out=str(tmp_path / "run"), corpus=corpus, model=ModelConfig(str(model_dir)),
+                                  pooling=pooling, batching=batching, k=3, save_features=True, quiet=True),
+                    loaded=loaded)
+    pooled = pooled_features(loaded.model, loaded.tokenizer, texts, pooling=pooling, batching=batching)
+    assert pooled.ids == [str(i) for i in range(len(texts))] and pooled.layout == basis.layout
+    saved = saved_features(tmp_path / "run")  # written as (pooled - shift) + shift: equal to fp32 rounding
+    torch.testing.assert_close(pooled.features, saved, rtol=1e-6, atol=1e-6 * float(saved.abs().max()))
+    if scaling == "pilot":
+        assert torch.equal(pooled.layer_scale, basis.layer_scale)
+
+    # The basis gives its own pooling and layer scale; a model with its LM head serves as well as the base model.
+    with_head = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    again = basis.features(with_head, loaded.tokenizer, texts, batching=BatchingConfig(token_budget=4096))
+    torch.testing.assert_close(again.features, pooled.features, rtol=1e-5, atol=1e-6)
+    scores = project(ProjectConfig(basis=str(tmp_path / "run"), out=str(tmp_path / "proj"), corpus=corpus,
+                                   model=ModelConfig(str(model_dir)), quiet=True), loaded=loaded)
+    torch.testing.assert_close(basis.project(again.features), scores.projection, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(Scores.load(tmp_path / "run").projection, scores.projection, rtol=1e-4, atol=1e-5)
+
+
+def test_in_memory_features_bad_input(tmp_path, tiny_model):
+    loaded = load_model(ModelConfig(str(tiny_model("llama"))))
+    with pytest.raises(AutoskillError, match="text 1: example '1': empty text"):
+        pooled_features(loaded.model, loaded.tokenizer, ["fine", "  ", "also fine"])
+    pooled = pooled_features(loaded.model, loaded.tokenizer, ["fine", "  ", "also fine"], on_bad_example="skip")
+    assert pooled.ids == ["0", "2"] and pooled.skipped == [{"id": "1", "reason": "empty text"}]
+    assert pooled.features.shape == (2, pooled.layout.feature_dim)
+    one = pooled_features(loaded.model, loaded.tokenizer, ["also fine"])
+    torch.testing.assert_close(one.features[0], pooled.features[1], rtol=1e-5, atol=1e-6)  # batching changes nothing
+
+
+def test_a_basis_refuses_features_of_another_model(tmp_path, tiny_model):
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(9, seed=2)])))
+    basis = profile(ProfileConfig(out=str(tmp_path / "run"), corpus=corpus, model=ModelConfig(str(tiny_model("llama"))),
+                                  k=2, quiet=True))
+    other = load_model(ModelConfig(str(tiny_model("qwen2"))))
+    with pytest.raises(AutoskillError, match="basis was made from model"):
+        basis.features(other.model, other.tokenizer, ["some text"])
