@@ -27,4 +27,4 @@ if [ "${1:-}" = "--dev" ] && ! command -v chromium >/dev/null 2>&1; then
         echo "install.sh: not root, chromium not installed; the report's browser test will be skipped" >&2
     fi
 fi
-$PY -c "import autoskill_fast, autoskill_fast.linalg as l; print('autoskill-fast ready; C++ core:', l.core_available())"
+$PY -c "import autoskill_fast, autoskill_fast.decomposition.linalg as l; print('autoskill-fast ready; C++ core:', l.core_available())"
