@@ -15,6 +15,8 @@ from .analysis.comparison import CompareConfig
 from .analysis.inspection import InspectConfig
 from .analysis.selection import SelectConfig
 from .config import ProfileConfig, ProjectConfig
+from .evaluation.job import EvalConfig
+from .proxies.job import RankConfig
 from .errors import AutoskillError
 from .options import build_config, config_options, given_params
 from .steering.export import SteerConfig
@@ -230,6 +232,75 @@ def compare_cmd(run_a, run_b, show, **values):
     for what, path in (("matrices", config.json), ("report", config.html)):
         if path:
             click.echo(f"{what}: {path}")
+
+
+# ---- eval -------------------------------------------------------------------------------------------------------------
+
+
+@cli.command("eval")
+@config_options(EvalConfig)
+@threads_option
+@friendly_errors
+def eval_cmd(threads, **values):
+    """Pass@k of a model on math problems with verified answers (or the NLL of their gold solutions)."""
+    from .evaluation.job import evaluate
+
+    set_threads(threads)
+    config = build_config(EvalConfig, values)
+    if config.quiet:
+        logging.getLogger("autoskill_fast").setLevel(logging.WARNING)
+    result = evaluate(config)
+    click.echo(eval_summary(result.record))
+
+
+def eval_summary(record: dict) -> str:
+    """An evaluation's numbers in a few lines, from its eval.json."""
+    counts, timings = record.get("counts", {}), record.get("timings", {})
+    lines = [f"{counts.get('problems')} problems ({record['problems']['split']} of {Path(record['problems']['corpus']['path']).name})"]
+    for k, est in (record.get("pass_at_k") or {}).items():
+        lines.append(f"pass@{k} = {est['value']:.4f}  [{est['low']:.4f}, {est['high']:.4f}] (95% bootstrap over problems)")
+    if record.get("nll"):
+        est = record["nll"]
+        lines.append(f"gold-solution NLL = {est['value']:.4f} nats/token  [{est['low']:.4f}, {est['high']:.4f}]")
+    if "samples" in counts:
+        lines.append(f"{counts['samples']} samples, {counts['correct']} correct, {counts['grader_timeouts']} grader "
+                     f"timeouts; {timings.get('tokens_per_s', 0):.0f} tokens/s")
+    for k, est in (record.get("against_baseline") or {}).items():
+        lines.append(f"against the baseline: {k} difference {est['value']:+.4f}  [{est['low']:+.4f}, {est['high']:+.4f}]")
+    return "\n".join(lines)
+
+
+# ---- rank -------------------------------------------------------------------------------------------------------------
+
+
+@cli.command("rank")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@config_options(RankConfig, skip=("run", "problems.split"))
+@threads_option
+@friendly_errors
+def rank_cmd(run_dir, threads, **values):
+    """Which directions of RUN_DIR help, with which sign: the paper's proxies -> RUN_DIR/ranking.json."""
+    from .proxies.job import rank
+
+    set_threads(threads)
+    config = build_config(RankConfig, values, skip=("run", "problems.split"), run=run_dir)
+    if config.quiet:
+        logging.getLogger("autoskill_fast").setLevel(logging.WARNING)
+    ranking = rank(config)
+    click.echo(format_ranking(ranking))
+    click.echo(f"wrote {Path(run_dir) / 'ranking.json'}")
+
+
+def format_ranking(ranking, limit: int = 10) -> str:
+    lines = [f"{ranking.proxy} proxy, metric {ranking.metric}: {len(ranking.entries)} (direction, sign) entries, "
+             "best first (95% intervals)"]
+    for e in ranking.entries[:limit]:
+        alpha = f" alpha {e.alpha:g} ({e.alpha_unit})" if e.alpha is not None else ""
+        mark = "  *" if e.significant else ""
+        lines.append(f"  {e.pole:>4}{alpha}: {e.effect:+.4f}  [{e.low:+.4f}, {e.high:+.4f}]  {e.statistic}{mark}")
+    lines.append("  (* the interval lies above zero)")
+    lines.extend(f"note: {note}" for note in ranking.notes)
+    return "\n".join(lines)
 
 
 def main():

@@ -22,6 +22,7 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 FeaturesDType = Literal["float32", "bfloat16", "float16"]
 BadExamplePolicy = Literal["error", "skip"]
 PaddingSide = Literal["right", "left"]
+Split = Literal["all", "dev", "pool"]
 
 DEFAULT_TEMPLATE = "{question}\n{answer}"  # the embedded GSM8K corpus: each problem with its worked solution
 
@@ -113,10 +114,19 @@ class CorpusConfig:
     """The field holding a stable id (default: the row number)."""
     limit: int | None = None
     """Use only the first N records."""
+    split: Split = "all"
+    """all records, or the dev set, or the selection pool (the rest) of a deterministic split by id: the dev set is
+    the --dev-size ids with the smallest sha256(--split-seed, id), whatever the file's order."""
+    dev_size: int = 100
+    """Records in the dev set of a split."""
+    split_seed: int = 0
+    """The seed of the split."""
 
     def __post_init__(self):
         owner = "CorpusConfig"
         _check_choice(owner, "format", self.format, CorpusFormat)
+        _check_choice(owner, "split", self.split, Split)
+        _check_positive(owner, "dev_size", self.dev_size)
         if self.template is not None and self.messages_field is not None:
             raise ConfigError(owner, "template", "give either a template or a messages field, not both")
         _check_positive(owner, "limit", self.limit)

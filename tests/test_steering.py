@@ -90,7 +90,7 @@ def test_from_basis_splits_scales_and_signs():
     assert v.layer_ids == [1, 2] and v.hidden_size == HIDDEN
     torch.testing.assert_close(torch.cat([v.chunks[1], v.chunks[2]]), -0.5 * basis.components_[1])
     assert v.norm() == pytest.approx(0.5, rel=1e-6)
-    assert v.terms == [{"basis": None, "direction": 1, "label": None, "coefficient": -0.5}]
+    assert v.terms == [{"basis": None, "direction": 1, "label": None, "coefficient": -0.5, "alpha": -0.5, "unit": "norm"}]
 
     combo = SteeringVector.from_basis(basis, [0, 2], alpha=2.0, weights=[1.0, -0.5], layers=[2])
     assert combo.layer_ids == [2]

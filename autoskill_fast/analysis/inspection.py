@@ -19,6 +19,7 @@ from ..artifacts import save_jsonl, save_text
 from ..config import ConfigError, cli
 from ..errors import AutoskillError
 from ..run.folder import REPORT_HTML
+from ..run.ranking import RANKING_JSON, Ranking
 from ..run.reading import ProfileRun, excerpt, fetch_records, load_run, record_text
 from .comparison import compare_runs
 from .ranking import SCORE_KINDS, pole_positions
@@ -231,8 +232,9 @@ def inspect(config: InspectConfig) -> InspectResult:
     if not config.no_html:
         from .report_html import render_report
 
+        ranking = Ranking.load(run.folder) if (run.folder / RANKING_JSON).is_file() else None
         html = render_report(run, result.directions, scatter=config.scatter, comparison=result.comparison,
-                             excerpt_chars=config.excerpt_chars, max_points=config.max_points,
+                             ranking=ranking, excerpt_chars=config.excerpt_chars, max_points=config.max_points,
                              full_text_chars=REPORT_TEXT_CHARS)
         result.html = save_text(Path(config.html) if config.html else run.folder / REPORT_HTML, html)
     return result

@@ -190,7 +190,34 @@ def _comparison_section(figs: _Figures, c) -> str:
     ])
 
 
-def render_report(run: ProfileRun, dirs, *, scatter: tuple[int, int] = (0, 1), comparison=None,
+def _ranking_section(figs: _Figures, ranking) -> str:
+    """Which directions help (ranking.json): each (direction, sign[, alpha])'s effect with its interval, best first."""
+    go = figs.go
+    entries = ranking.entries
+    names = [e.pole + (f" a{e.alpha:g}{e.alpha_unit}" if e.alpha is not None else "") for e in entries]
+    fig = go.Figure(go.Scatter(
+        x=names, y=[e.effect for e in entries], mode="markers",
+        error_y={"type": "data", "symmetric": False, "array": [e.high - e.effect for e in entries],
+                 "arrayminus": [e.effect - e.low for e in entries]}))
+    statistic = entries[0].statistic if entries else ""
+    fig.update_layout(title=f"{ranking.proxy} proxy: {statistic} (95% intervals), best first",
+                      xaxis_title="direction and pole", yaxis_title="effect (larger is better)")
+    fig.add_hline(y=0, line_dash="dot")
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{e.effect:+.4f}</td><td>[{e.low:+.4f}, {e.high:+.4f}]</td>"
+        f"<td>{'yes' if e.significant else 'no'}</td><td>{e.cost_s:.1f}</td><td>{html.escape(e.evaluation)}</td></tr>"
+        for name, e in zip(names, entries))
+    notes = "".join(f"<p class=\"muted\">{html.escape(n)}</p>" for n in ranking.notes)
+    baseline = html.escape(json.dumps(ranking.baseline, default=str))
+    return ("<section id=\"ranking\"><h2>Which directions help</h2>"
+            f"<p>Proxy <b>{html.escape(ranking.proxy)}</b>, metric <b>{html.escape(ranking.metric)}</b>; "
+            f"baseline: <code>{baseline}</code>. An effect is significant when its whole 95% interval lies above 0."
+            "</p>" + notes + figs.div(fig, "ranking-plot") +
+            "<table class=\"matches\"><tr><th>pole</th><th>effect</th><th>95% interval</th><th>significant</th>"
+            "<th>cost (s)</th><th>evaluation</th></tr>" + rows + "</table></section>")
+
+
+def render_report(run: ProfileRun, dirs, *, scatter: tuple[int, int] = (0, 1), comparison=None, ranking=None,
                   excerpt_chars: int = 240, max_points: int = 5000, full_text_chars: int = 1500) -> str:
     """The whole report for one run (its directions from `report.directions`), as one HTML string."""
     figs = _Figures()
@@ -202,6 +229,8 @@ def render_report(run: ProfileRun, dirs, *, scatter: tuple[int, int] = (0, 1), c
             + _scatter(figs, run, dirs, scatter, max_points) + "</section>",
             "<section id=\"directions\"><h2>Directions</h2><div class=\"cards\">"
             + "\n".join(_card(d, excerpt_chars, full_text_chars) for d in dirs) + "</div></section>"]
+    if ranking is not None:
+        body.insert(3, _ranking_section(figs, ranking))
     if comparison is not None:
         body.append(_comparison_section(figs, comparison))
     return _page(title, body)

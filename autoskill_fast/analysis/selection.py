@@ -23,6 +23,7 @@ import torch
 from ..artifacts import save_json, save_jsonl
 from ..config import ConfigError, choices, cli
 from ..errors import AutoskillError
+from ..run.ranking import Ranking
 from ..run.reading import ProfileRun, fetch_records, iter_texts, load_run
 from .kcenter import farthest_point_order
 from .ranking import top_positions
@@ -57,9 +58,19 @@ class SelectConfig:
     """For text: TF-IDF projected to this many dims (distances kept within a few %)."""
     corpus: str | None = None
     """The corpus, if it moved since profiling."""
+    ranking: str | None = None
+    """A ranking.json (or its run folder): select along its best directions at their useful pole (--method pole)."""
+    top: int = 1
+    """With --ranking: how many of its best (direction, sign) entries."""
 
     def __post_init__(self):
         owner = "SelectConfig"
+        if self.ranking is not None:
+            if self.directions:
+                raise ConfigError(owner, "ranking", "give either a ranking or directions, not both")
+            if self.top < 1:
+                raise ConfigError(owner, "top", f"must be positive, got {self.top}")
+            self.method = "pole"  # along the ranking's best directions
         if self.method not in choices(SelectMethod):
             raise ConfigError(owner, "method", f"unknown value {self.method!r}; choose one of "
                                                f"{', '.join(choices(SelectMethod))}")
@@ -67,7 +78,7 @@ class SelectConfig:
             raise ConfigError(owner, "budget", f"must be positive, got {self.budget}")
         if self.by not in choices(ScoreKind):
             raise ConfigError(owner, "by", f"must be projection or cosine, got {self.by!r}")
-        if self.method == "pole" and not self.directions:
+        if self.method == "pole" and not self.directions and self.ranking is None:
             raise ConfigError(owner, "directions", "pole selection needs at least one direction, e.g. +0 and -3")
         if self.method != "pole" and self.directions:
             raise ConfigError(owner, "directions", f"only applies to the pole method, not {self.method}")
@@ -148,6 +159,28 @@ def pole_order(scores_nk: torch.Tensor, poles: list[Pole], budget: int) -> tuple
     return torch.tensor(picks, dtype=torch.int64), reasons
 
 
+def ranking_poles(run: ProfileRun, path: str, top: int) -> list[Pole]:
+    """The poles of a ranking's `top` best entries, after checking the ranking is this basis's and that this run's
+    examples (the pool selected from) are not in the dev set the ranking measured on."""
+    ranking = Ranking.load(path)
+    if ranking.run_key is not None and run.basis.run_key is not None and ranking.run_key != run.basis.run_key:
+        raise AutoskillError(f"{path}: ranks the basis of another run ({ranking.run_key}), not {run.folder}'s "
+                             f"({run.basis.run_key}); rank this run first")
+    dev = set(ranking.dev.get("ids") or ())
+    same_file = run.record is not None and (ranking.dev.get("corpus") or {}).get("sha256") == run.record.corpus.get("sha256")
+    overlap = sorted(dev & set(run.scores.ids)) if same_file else []
+    if overlap:
+        raise AutoskillError(f"{run.folder}: {len(overlap)} of its examples (e.g. {overlap[:3]}) are in the dev set "
+                             f"{path} was measured on; select from a profile of the pool (--split pool with the same "
+                             "--dev-size and --split-seed)")
+    poles = []
+    for entry in ranking.best(top):
+        pole = Pole(entry.direction, entry.sign)
+        if pole not in poles:
+            poles.append(pole)
+    return poles
+
+
 def random_order(n: int, budget: int, seed: int) -> torch.Tensor:
     """A seeded uniform sample without replacement, as positions [budget]; nested across budgets for one seed."""
     _check_budget(budget, n)
@@ -192,7 +225,8 @@ def choose(run: ProfileRun, config: SelectConfig) -> Selection:
     n, basis, scores = run.n, run.basis, run.scores
     _check_budget(config.budget, n)
     if config.method == "pole":
-        poles = parse_poles(config.directions, basis.k)
+        poles = ranking_poles(run, config.ranking, config.top) if config.ranking else parse_poles(config.directions,
+                                                                                                 basis.k)
         values = scores.projection if config.by == "projection" else scores.cosine
         positions, picks = pole_order(values, poles, config.budget)
         reasons = []

@@ -7,10 +7,11 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from ..config import CorpusConfig
 from ..errors import AutoskillError
@@ -42,7 +43,23 @@ def detect_format(path: Path) -> str:
 
 
 def iter_records(config: CorpusConfig) -> Iterator[Record]:
-    """The corpus's records in file order, each with its row number and id (at most `config.limit`)."""
+    """The corpus's records in file order, each with its row number and id (at most `config.limit`; only the dev set
+    or the pool of a split when asked)."""
+    if config.split == "all":
+        yield from _all_records(config)
+        return
+    dev = split_dev_ids((r.id for r in _all_records(config)), config.dev_size, config.split_seed)
+    for record in _all_records(config):
+        if (record.id in dev) == (config.split == "dev"):
+            yield record
+
+
+def split_dev_ids(ids: Iterable[str], dev_size: int, seed: int) -> set[str]:
+    """The dev set of a deterministic split: the `dev_size` ids with the smallest sha256(seed, id)."""
+    return set(heapq.nsmallest(dev_size, ids, key=lambda i: hashlib.sha256(f"{seed}\x00{i}".encode()).digest()))
+
+
+def _all_records(config: CorpusConfig) -> Iterator[Record]:
     path = Path(config.path)
     if not path.exists():
         raise AutoskillError(f"{path}: corpus file not found")
@@ -50,14 +67,16 @@ def iter_records(config: CorpusConfig) -> Iterator[Record]:
     readers = {"jsonl": _read_jsonl, "text": _read_text, "parquet": _read_parquet, "datasets": _read_datasets}
     if fmt not in readers:
         raise AutoskillError(f"unknown corpus format {fmt!r}; choose one of {sorted(readers)}")
-    seen_ids: dict[str, str] = {}
+    seen_ids: dict[str, str] = {}  # only with an id field: row numbers are unique already (memory stays flat)
     for row, (where, data) in enumerate(readers[fmt](path)):
         if config.limit is not None and row >= config.limit:
             return
         rid = _record_id(data, row, config.id_field, where)
-        if rid in seen_ids:
-            raise AutoskillError(f"{where}: duplicate id {rid!r} (first seen at {seen_ids[rid]}); ids must be unique")
-        seen_ids[rid] = where
+        if config.id_field is not None:
+            if rid in seen_ids:
+                raise AutoskillError(f"{where}: duplicate id {rid!r} (first seen at {seen_ids[rid]}); ids must be "
+                                     "unique")
+            seen_ids[rid] = where
         yield Record(row, rid, data, where)
 
 
@@ -163,4 +182,6 @@ def fingerprint(config: CorpusConfig) -> dict[str, Any]:
         "messages_field": config.messages_field,
         "id_field": config.id_field,
         "limit": config.limit,
+        "split": None if config.split == "all" else {"part": config.split, "dev_size": config.dev_size,
+                                                     "split_seed": config.split_seed},
     }

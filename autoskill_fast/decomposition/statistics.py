@@ -147,9 +147,27 @@ class StreamingCovariance(Statistics):
         delta = other.shift.to(self.device) - self.shift  # other rows around our shift: (x - s') + delta
         s1 = other.sum.to(self.device)
         self.sumsq.add_(other.sumsq)
-        self.sumsq.add_outer_(s1, delta).add_outer_(delta, s1).add_outer_(delta, delta, alpha=other.n)
+        _add_shift_terms(self.sumsq, s1, delta, other.n)
         self.sum += s1 + other.n * delta
         self._n += other.n
+        return self
+
+    def set_count(self, n: int) -> None:
+        """The count after the sums of several processes were added in place (a collective reduce)."""
+        self._n = int(n)
+
+    def reshift_(self, shift_d: torch.Tensor) -> "StreamingCovariance":
+        """The same statistics around another shift (exact: sums of (x - s) become sums of (x - s_new)). Ranks of a
+        multi-process run agree on one shift before their sums are added by a collective."""
+        new = shift_d.detach().to(self.device, torch.float64)
+        if self.shift is None or self._n == 0:
+            self.shift = new.clone()
+            return self
+        self.flush()
+        delta = self.shift - new
+        _add_shift_terms(self.sumsq, self.sum, delta, self._n)
+        self.sum += self._n * delta
+        self.shift = new.clone()
         return self
 
     # ---- results -----------------------------------------------------------------------------------------
@@ -220,6 +238,11 @@ class StreamingCovariance(Statistics):
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "StreamingCovariance":
         return load_statistics(path, device=device, expect=cls)
+
+
+def _add_shift_terms(sumsq: PackedSymmetric, s1: torch.Tensor, delta: torch.Tensor, n: int) -> None:
+    """Second-moment sums of rows y (with sum s1) -> those of y + delta: + s1 delta^T + delta s1^T + n delta delta^T."""
+    sumsq.add_outer_(s1, delta).add_outer_(delta, s1).add_outer_(delta, delta, alpha=n)
 
 
 class CovarianceOperator(SymmetricOperator):

@@ -43,9 +43,11 @@ from ..errors import AutoskillError
 from ..progress import Progress
 from ..run.checkpoint import Checkpoint
 from ..run.features import FeatureWriter, iter_feature_shards
-from ..run.folder import FEATURES_DIR, STATS_FILE, TEMP_FEATURES_DIR, RunFolder, basis_summary, describe_run, run_key
+from ..run.folder import (CHECKPOINT_DIR, FEATURES_DIR, STATS_FILE, TEMP_FEATURES_DIR, RunFolder, basis_summary,
+                          describe_run, run_key)
 from ..run.record import RunRecord
 from ..run.scores import Scores
+from .world import World, current_world
 
 log = logging.getLogger("autoskill_fast")
 CHECKPOINT_COST_RATIO = 100  # the checkpoint interval is at least this many times the last save's duration
@@ -151,36 +153,132 @@ class Profiler:
 
 
 def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> SkillBasis:
-    """Profile a model over a corpus and write the run folder; return the basis."""
+    """Profile a model over a corpus and write the run folder; return the basis.
+
+    Under torchrun every rank profiles its slice of the corpus (rows with row % world_size == rank, within --shard),
+    on its own device, and checkpoints its own statistics; the statistics are added on rank 0 at the end (exactly,
+    around one shift), which fits and writes the folder. Every rank returns the basis, or raises the same error.
+    """
     t_start = time.perf_counter()
+    world = current_world()
     folder = RunFolder(config.out)
+    if world.distributed:
+        if config.sketch_size:
+            raise AutoskillError("--sketch-size with several processes: the ranks' sketches do not add exactly; use "
+                                 "exact statistics, or one process per --shard and `merge`")
+        config = replace(config, model=replace(config.model, device=str(world.device(config.model.device))))
     loaded = loaded or load_model(config.model)
     t_loaded = time.perf_counter()
     resolved = resolve_pooling(config.pooling, loaded.model, loaded.tokenizer)
     config = replace(config, pooling=resolved.config, batching=replace(
         config.batching, token_budget=token_budget_for(config.batching, loaded.device.type)))
-    _check_k_before_forward(config, resolved)
     model_fp, corpus_fp = loaded.fingerprint, corpus_fingerprint(config.corpus)
     key = run_key(config.to_json(), model_fp, corpus_fp)
-    record = folder.claim(key, overwrite=config.overwrite, describe=describe_run(config.to_json()))
-    if record is not None and record.status == "complete":
+    decision, record = "run", None
+    if world.main:
+        try:
+            _check_k_before_forward(config, resolved)
+            record = folder.claim(key, overwrite=config.overwrite, describe=describe_run(config.to_json()))
+            decision = record.status if record is not None and record.status != "running" else "run"
+            if decision == "run":
+                _check_resumed_world(folder, record, world)
+                record = RunRecord(status="running", key=key, config=config.to_json(), model=model_fp,
+                                   corpus=corpus_fp, pooling=resolved.record, layout=resolved.layout.to_json(),
+                                   environment={"model_path": str(loaded.path),
+                                                "dtype": str(loaded.dtype).removeprefix("torch."),
+                                                "device": str(loaded.device), "world_size": world.size,
+                                                "backend": world.backend})
+                folder.write_record(record)
+        except AutoskillError as e:
+            decision = f"error: {e}"
+    decision = world.broadcast_object(decision)
+    if decision.startswith("error: "):
+        raise AutoskillError(decision.removeprefix("error: "))
+    if decision != "run":
+        return _finished(folder, config, decision, world)
+
+    error, profiler, tally = None, None, None
+    try:
+        profiler, tally = _run_batches(config, loaded, resolved, folder, key, world)
+    except AutoskillError as e:
+        error = str(e)
+    error = world.all_succeeded(error)  # every rank learns the first error (no rank waits for a failed one)
+    if error is not None:
+        raise AutoskillError(error)
+    stats = _reduce_statistics(profiler.finish(), world)
+    tallies = world.gather_objects({"counts": asdict(profiler.counts), "truncated": tally.truncated,
+                                    "skipped": tally.skipped + profiler.tally.skipped, "forward_s": profiler.forward_s})
+    error = None
+    if world.main:
+        try:
+            basis = _write_run(config, folder, record, stats, tallies, profiler, resolved, model_fp, loaded.device,
+                               t_start, t_loaded)
+        except AutoskillError as e:
+            error = str(e)
+    error = world.all_succeeded(error)
+    if error is not None:
+        raise AutoskillError(error)
+    return basis if world.main else folder.basis(folder.record())
+
+
+def _finished(folder: RunFolder, config: ProfileConfig, status: str, world: World) -> SkillBasis:
+    """A run this folder already holds: complete (its basis), or with statistics saved (fit from them)."""
+    if status == "complete":
         log.info("%s: this run is already complete; `autoskill-fast fit` refits it with another k", folder.path)
-        return folder.basis(record)
-    if record is not None and record.status == "statistics":
+    else:
         log.info("%s: the statistics of this run are saved; fitting k=%d from them", folder.path, config.k)
-        from .refit import fit
+        error = None
+        if world.main:
+            from .refit import fit
 
-        return fit(folder.path, config.k, tol=config.eig_tol)
-    record = RunRecord(status="running", key=key, config=config.to_json(), model=model_fp, corpus=corpus_fp,
-                       pooling=resolved.record, layout=resolved.layout.to_json(),
-                       environment={"model_path": str(loaded.path), "dtype": str(loaded.dtype).removeprefix("torch."),
-                                    "device": str(loaded.device), "world_size": 1})
-    folder.write_record(record)
+            try:
+                fit(folder.path, config.k, tol=config.eig_tol)
+            except AutoskillError as e:
+                error = str(e)
+        error = world.all_succeeded(error)
+        if error is not None:
+            raise AutoskillError(error)
+    return folder.basis(folder.record())
 
-    profiler, tally = _run_batches(config, loaded, resolved, folder, key)
-    stats = profiler.finish()
-    counts = replace(profiler.counts, truncated=tally.truncated)
-    skipped = tally.skipped + profiler.tally.skipped
+
+def _check_resumed_world(folder: RunFolder, record: RunRecord | None, world: World) -> None:
+    """A run is resumed by as many processes as started it: their checkpoints are per rank."""
+    if record is None or not (folder / CHECKPOINT_DIR).exists():
+        return
+    started = int(record.environment.get("world_size", 1))
+    if started != world.size:
+        how = (f"torchrun --nproc-per-node {started} (or as many processes over your nodes)" if started > 1
+               else "one process (no torchrun)")
+        raise AutoskillError(f"{folder.path}: this run was started by {started} process(es) and has their "
+                             f"checkpoints; resume it with {how}, or pass --overwrite to start over with "
+                             f"{world.size}")
+
+
+def _reduce_statistics(stats: Statistics, world: World) -> Statistics:
+    """Every rank's statistics added on rank 0, exactly: around one shift (the first rank with rows), then summed."""
+    if not world.distributed:
+        return stats
+    meta = world.gather_objects((stats.n, None if stats.shift is None else stats.shift.cpu()))
+    common = next((shift for n, shift in meta if n), None) if world.main else None
+    common = world.broadcast_object(common)
+    if common is None:
+        return stats  # no rank has a row: the caller reports it
+    stats.reshift_(common)
+    world.reduce_sum_(stats.sum)
+    world.reduce_sum_(stats.sumsq.data)
+    if world.main:
+        stats.set_count(sum(n for n, _ in meta))
+    return stats
+
+
+def _write_run(config: ProfileConfig, folder: RunFolder, record: RunRecord, stats: Statistics, tallies: list[dict],
+               profiler: Profiler, resolved: ResolvedPooling, model_fp: dict[str, Any], device: torch.device,
+               t_start: float, t_loaded: float) -> SkillBasis:
+    """Rank 0 (or the only process): the fit, the scores and the record of a finished forward pass."""
+    counts = Counts(**{name: sum(t["counts"][name] for t in tallies) for name in asdict(Counts())})
+    counts.truncated = sum(t["truncated"] for t in tallies)
+    skipped = [s for t in tallies for s in t["skipped"]]
+    forward_s = max(t["forward_s"] for t in tallies)  # the ranks run side by side
     record.counts = {**asdict(counts), "profiled": stats.n, "skipped": len(skipped),
                      "padding_waste": 1 - counts.tokens / max(counts.padded_tokens, 1)}
     record.skipped = skipped
@@ -189,9 +287,8 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
     if stats.n < 2:
         raise AutoskillError(f"{config.corpus.path}: only {stats.n} usable example(s) in this corpus (shard); "
                              "a basis needs at least 2")
-
     t_fit = time.perf_counter()
-    basis = _fit_beside_write(stats, folder, record, config, resolved, profiler.layer_scale, model_fp, loaded.device)
+    basis = _fit_beside_write(stats, folder, record, config, resolved, scale, model_fp, device)
     t_scores = time.perf_counter()
     features_dir = folder / (FEATURES_DIR if config.save_features else TEMP_FEATURES_DIR)
     if config.scores:
@@ -199,14 +296,13 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
         if not config.save_features:
             shutil.rmtree(features_dir, ignore_errors=True)
     t_end = time.perf_counter()
-    forward_s = profiler.forward_s
     record.status, record.basis, record.error = "complete", basis_summary(basis), None
     record.timings = {"load_model_s": t_loaded - t_start, "forward_s": forward_s, "fit_s": t_scores - t_fit,
                       "scores_s": t_end - t_scores, "total_s": t_end - t_start,
                       "examples_per_s": counts.examples / max(forward_s, 1e-9),
                       "tokens_per_s": counts.tokens / max(forward_s, 1e-9)}
     folder.write_record(record)
-    Checkpoint(folder.path, key).clear()
+    shutil.rmtree(folder / CHECKPOINT_DIR, ignore_errors=True)
     return basis
 
 
@@ -230,25 +326,29 @@ def _check_k_before_forward(config: ProfileConfig, resolved: ResolvedPooling) ->
 
 
 def _run_batches(config: ProfileConfig, loaded: LoadedModel, resolved: ResolvedPooling, folder: RunFolder,
-                 key: str) -> tuple[Profiler, InputTally]:
-    """The forward pass over this run's batches, with checkpoints; resumes from the last one."""
-    checkpoint = Checkpoint(folder.path, key)
+                 key: str, world: World) -> tuple[Profiler, InputTally]:
+    """This rank's forward pass over its batches, with its checkpoints; resumes from its last one."""
+    index, n_shards = config.shard
+    shard = (index + n_shards * world.rank, n_shards * world.size)  # rank r takes every world_size-th row of the shard
+    checkpoint = Checkpoint(folder.path, key, name=f"{CHECKPOINT_DIR}/rank-{world.rank}" if world.distributed
+                            else CHECKPOINT_DIR)
     progress = checkpoint.load()
     keep_features = config.save_features or config.scores
     writer = None
     if keep_features:
         writer = FeatureWriter(folder / (FEATURES_DIR if config.save_features else TEMP_FEATURES_DIR),
                                dtype=getattr(torch, config.features_dtype),
-                               resume_shards=progress["shards"] if progress else 0, metadata=folder.key_metadata(key))
+                               resume_shards=progress["shards"] if progress else 0, metadata=folder.key_metadata(key),
+                               prefix=f"r{world.rank}-" if world.distributed else "")
     profiler = Profiler(loaded.model, resolved, on_bad_example=config.on_bad_example, sketch_size=config.sketch_size,
                         writer=writer, context=f"model {loaded.name}, dtype {str(loaded.dtype).removeprefix('torch.')}")
     stats = checkpoint.load_statistics(progress, loaded.device) if progress else None
     profiler.prepare(progress, stats)
     done = profiler.counts.batches
     tally = InputTally()
-    bar = Progress(disable=config.quiet, initial_examples=profiler.counts.examples)
+    bar = Progress(disable=config.quiet or not world.main, initial_examples=profiler.counts.examples)
     last_save, interval = time.perf_counter(), config.checkpoint_seconds
-    items = iter_tokenized(config.corpus, loaded.tokenizer, resolved.config, tally, shard=config.shard,
+    items = iter_tokenized(config.corpus, loaded.tokenizer, resolved.config, tally, shard=shard,
                            on_bad_example=config.on_bad_example)
     pad_id = loaded.tokenizer.pad_token_id
     batches = iter_batches(items, config.batching, token_budget=config.batching.token_budget, pad_id=pad_id,

@@ -7,7 +7,10 @@ size can be scored; the scores go to `scores.safetensors` / `scores.json` with a
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from ..artifacts import save_json
 from ..capture.features import PooledBatches, resolve_pooling
@@ -20,17 +23,24 @@ from ..errors import AutoskillError
 from ..progress import Progress
 from ..run.folder import load_basis
 from ..run.scores import Scores
+from .world import current_world
 
 PROJECT_JSON = "project.json"
 
 
 def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> Scores:
-    """Scores of a corpus against an existing basis (same model and pooling required); written to config.out."""
+    """Scores of a corpus against an existing basis (same model and pooling required); written to config.out.
+
+    Under torchrun each rank scores its slice of the corpus (row % world_size == rank) on its own device; rank 0
+    gathers the scores, writes them in corpus row order, and every rank returns them."""
     t0 = time.perf_counter()
+    world = current_world()
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise AutoskillError(f"{out}: is a file, not a folder; choose another output folder")
     basis = load_basis(config.basis)
+    if world.distributed:
+        config = replace(config, model=replace(config.model, device=str(world.device(config.model.device))))
     loaded = loaded or load_model(config.model)
     basis.check_model(loaded.fingerprint, what="corpus features")
     pooling = basis.pooling_config
@@ -44,25 +54,42 @@ def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> Scor
                              f"{basis.layout.hidden_size}; this model gives {list(resolved.layout.layer_ids)} of "
                              f"{resolved.layout.hidden_size}")
     tally = InputTally()
-    items = iter_tokenized(config.corpus, loaded.tokenizer, resolved.config, tally,
+    items = iter_tokenized(config.corpus, loaded.tokenizer, resolved.config, tally, shard=(world.rank, world.size),
                            on_bad_example=config.on_bad_example)
     pooled = PooledBatches(loaded.model, loaded.tokenizer, items, resolved, config.batching, tally,
                            layer_scale=basis.layer_scale, on_bad_example=config.on_bad_example,
                            context=f"model {loaded.name}")
-    bar = Progress(disable=config.quiet, desc="project")
+    bar = Progress(disable=config.quiet or not world.main, desc="project")
 
     def shards():
         for features, batch in pooled:
             bar.update(len(batch), batch.n_tokens)
             yield features, batch.rows, batch.ids
 
+    error, scores = None, None
     try:
-        scores = Scores.from_features(basis, shards())
+        scores = Scores.from_features(basis, shards(), allow_empty=world.distributed)
+    except AutoskillError as e:
+        error = str(e)
     finally:
         bar.close()
-    scores.save(out)
-    save_json(out / PROJECT_JSON, {"basis": str(Path(config.basis).resolve()), "basis_run_key": basis.run_key,
-                                   "config": config.to_json(), "corpus": corpus_fingerprint(config.corpus),
-                                   "n": len(scores.ids), "truncated": tally.truncated, "skipped": tally.skipped,
-                                   "seconds": time.perf_counter() - t0})
-    return scores
+    error = world.all_succeeded(error)
+    if error is not None:
+        raise AutoskillError(error)
+    parts = world.gather_objects((scores, tally.truncated, tally.skipped))
+    if world.main:
+        scores = _concatenate([part for part, _, _ in parts], basis.run_key)
+        scores.save(out)
+        save_json(out / PROJECT_JSON, {"basis": str(Path(config.basis).resolve()), "basis_run_key": basis.run_key,
+                                       "config": config.to_json(), "corpus": corpus_fingerprint(config.corpus),
+                                       "n": len(scores.ids), "truncated": sum(t for _, t, _ in parts),
+                                       "skipped": [s for _, _, skipped in parts for s in skipped],
+                                       "world_size": world.size, "seconds": time.perf_counter() - t0})
+    return world.broadcast_object(scores)
+
+
+def _concatenate(parts: list[Scores], run_key: str | None) -> Scores:
+    if not any(p.ids for p in parts):
+        raise AutoskillError("no example of the corpus could be scored")
+    return Scores([i for p in parts for i in p.ids], torch.cat([p.row for p in parts]),
+                  torch.cat([p.projection for p in parts]), torch.cat([p.cosine for p in parts]), run_key).sorted_by_row()

@@ -16,26 +16,30 @@ from safetensors import safe_open
 from ..artifacts import load_tensors, save_tensors
 from ..errors import AutoskillError
 
-SHARD_BYTES = 256 << 20
+SHARD_BYTES = 64 << 20  # rows buffered per shard file: bounds the writer's memory
 
 
-def shard_path(folder: Path, index: int) -> Path:
-    return folder / f"shard-{index:05d}.safetensors"
+def shard_path(folder: Path, index: int, prefix: str = "") -> Path:
+    """A shard's file: `shard-00003.safetensors`, or `shard-r1-00003.safetensors` for rank 1 of a multi-process run."""
+    return folder / f"shard-{prefix}{index:05d}.safetensors"
 
 
 class FeatureWriter:
     """Buffers rows and writes a shard when the buffer is full or on flush()."""
 
     def __init__(self, folder: str | Path, *, dtype: torch.dtype = torch.float32, resume_shards: int = 0,
-                 metadata: dict[str, str] | None = None):
+                 metadata: dict[str, str] | None = None, prefix: str = ""):
         self.folder = Path(folder)
         self.metadata = dict(metadata or {})
         self.dtype = dtype
         self.shards = resume_shards
+        self.prefix = prefix
         self.folder.mkdir(parents=True, exist_ok=True)
-        for stale in self.folder.glob("shard-*.safetensors"):
-            if int(stale.stem.split("-")[1]) >= resume_shards:
-                stale.unlink()  # written after the checkpoint this run resumes from
+        for index in range(resume_shards, 1 << 30):  # written after the checkpoint this run resumes from
+            stale = shard_path(self.folder, index, prefix)
+            if not stale.exists():
+                break
+            stale.unlink()
         self._rows: list[torch.Tensor] = []
         self._positions: list[torch.Tensor] = []
         self._ids: list[str] = []
@@ -53,7 +57,7 @@ class FeatureWriter:
     def flush(self) -> int:
         """Write buffered rows as one shard; return the number of shards on disk."""
         if self._rows:
-            save_tensors(shard_path(self.folder, self.shards),
+            save_tensors(shard_path(self.folder, self.shards, self.prefix),
                          {"features": torch.cat(self._rows), "row": torch.cat(self._positions)},
                          metadata={**self.metadata, "ids": json.dumps(self._ids)})
             self.shards += 1

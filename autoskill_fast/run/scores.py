@@ -46,9 +46,10 @@ class Scores:
                       self.run_key)
 
     @classmethod
-    def from_features(cls, basis: SkillBasis, shards: Iterable[tuple[torch.Tensor, torch.Tensor, list[str]]]) -> "Scores":
+    def from_features(cls, basis: SkillBasis, shards: Iterable[tuple[torch.Tensor, torch.Tensor, list[str]]], *,
+                      allow_empty: bool = False) -> "Scores":
         """Projection and cosine of every feature row (one shard of (features, rows, ids) in memory at a time), in
-        corpus row order."""
+        corpus row order. No rows at all is an error unless `allow_empty` (a rank whose slice was empty)."""
         ids: list[str] = []
         rows, projections, cosines = [], [], []
         for features, row, shard_ids in shards:
@@ -57,7 +58,10 @@ class Scores:
             rows.append(row.cpu())
             ids.extend(shard_ids)
         if not rows:
-            raise AutoskillError("no features to score")
+            if not allow_empty:
+                raise AutoskillError("no features to score")
+            empty = torch.zeros(0, basis.k)
+            return cls([], torch.zeros(0, dtype=torch.int64), empty, empty.clone(), basis.run_key)
         return cls(ids, torch.cat(rows), torch.cat(projections), torch.cat(cosines), basis.run_key).sorted_by_row()
 
     def save(self, folder: str | Path) -> None:

@@ -17,6 +17,7 @@ from ..config import ConfigError, choices, cli, parse_layers
 from ..errors import AutoskillError
 from ..capture.models import resolve_model_path
 from ..run.folder import RunFolder, load_basis
+from ..run.ranking import Ranking
 from .baking import bake, share_permissions
 from .llamacpp import export_llamacpp
 from .vector import SteeringVector
@@ -40,7 +41,10 @@ class SteerConfig:
     weights: tuple[float, ...] | None = field(default=None, metadata=cli(omit=True))
     """One weight per direction (default 1 each): vector = sign * alpha * sum_i weights[i] * u_i."""
     alpha: float = 0.5
-    """Scale along the unit-norm concatenated direction (the paper: 0.5)."""
+    """Scale along the direction (the paper: 0.5 on the unit-norm concatenated direction)."""
+    alpha_unit: Literal["norm", "std"] = "norm"
+    """norm: alpha on the unit-norm concatenated direction (the paper); std: alpha in the direction's standard
+    deviations on the profiled corpus (comparable across models and directions)."""
     sign: int = field(default=1, metadata=cli(choices=("+", "-"), parse=lambda s: 1 if s == "+" else -1, shown="+"))
     """Towards (+, 1) or away from (-, -1) the direction."""
     layers: tuple[int, ...] | None = field(default=None, metadata=cli(parse=parse_layers, metavar="LAYERS"))
@@ -53,6 +57,11 @@ class SteerConfig:
     """hf: a model folder transformers and vLLM serve as is; llamacpp: a control-vector GGUF; vector: the vector."""
     verify: bool = True
     """hf only: reload the baked folder and compare its logits with hook steering (holds two fp32 copies)."""
+    ranking: str | None = None
+    """A ranking.json (or its run folder): steer with its best entry (direction, sign and, from the steer proxy,
+    alpha) instead of --direction / --sign / --alpha."""
+    top: int = 1
+    """With --ranking: combine its `top` best entries."""
 
     def __post_init__(self):
         owner = "SteerConfig"
@@ -75,6 +84,10 @@ class SteerConfig:
         self.directions, self.weights = tuple(directions), tuple(weights)
         if self.sign not in (1, -1):
             raise ConfigError(owner, "sign", f"must be +1 or -1 (+ or -), got {self.sign}")
+        if self.alpha_unit not in ("norm", "std"):
+            raise ConfigError(owner, "alpha_unit", f"must be norm or std, got {self.alpha_unit!r}")
+        if self.top < 1:
+            raise ConfigError(owner, "top", f"must be positive, got {self.top}")
         if self.format not in choices(SteerFormat):
             raise ConfigError(owner, "format", f"unknown value {self.format!r}; choose one of "
                                                f"{', '.join(choices(SteerFormat))}")
@@ -97,6 +110,8 @@ def run_model_spec(run: Path) -> str | None:
 
 def build_vector(config: SteerConfig) -> SteeringVector:
     basis = load_basis(config.run)
+    if config.ranking is not None:
+        return _ranked_vector(config, basis)
     layers = config.layers
     if layers is not None:
         unknown = sorted(set(layers) - set(basis.layout.layer_ids))
@@ -105,7 +120,22 @@ def build_vector(config: SteerConfig) -> SteeringVector:
                                  f"{list(basis.layout.layer_ids)}")
     return SteeringVector.from_basis(basis, config.directions, alpha=config.alpha, sign=config.sign,
                                      weights=config.weights, layers=layers, unscale=config.unscale,
-                                     source=str(Path(config.run).resolve()))
+                                     unit=config.alpha_unit, source=str(Path(config.run).resolve()))
+
+
+def _ranked_vector(config: SteerConfig, basis) -> SteeringVector:
+    """The sum of the ranking's `top` best entries, each at its own sign and (steer proxy) alpha and unit."""
+    ranking = Ranking.load(config.ranking)
+    if ranking.run_key is not None and basis.run_key is not None and ranking.run_key != basis.run_key:
+        raise AutoskillError(f"{config.ranking}: ranks the basis of another run; rank {config.run} first")
+    vector = None
+    for entry in ranking.best(config.top):
+        alpha = entry.alpha if entry.alpha is not None else config.alpha
+        unit = entry.alpha_unit or config.alpha_unit
+        term = SteeringVector.from_basis(basis, entry.direction, alpha=alpha, sign=entry.sign, layers=config.layers,
+                                         unscale=config.unscale, unit=unit, source=str(Path(config.run).resolve()))
+        vector = term if vector is None else vector + term
+    return vector
 
 
 def export_steering(config: SteerConfig) -> Path:

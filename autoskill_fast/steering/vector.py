@@ -66,11 +66,16 @@ class SteeringVector:
     @classmethod
     def from_basis(cls, basis: SkillBasis, directions: int | Sequence[int], *, alpha: float = 0.5, sign: int = 1,
                    weights: Sequence[float] | None = None, layers: Iterable[int] | None = None,
-                   unscale: bool = True, source: str | None = None) -> "SteeringVector":
-        """`sign * alpha * sum_i weights[i] * u_{directions[i]}`, split by the basis's layer layout.
+                   unscale: bool = True, unit: str = "norm", source: str | None = None) -> "SteeringVector":
+        """`sign * alpha * sum_i weights[i] * s_i * u_{directions[i]}`, split by the basis's layer layout.
 
-        `layers` keeps only those blocks (the others are not steered); `source` names the basis in the recipe.
+        unit: "norm" (s_i = 1: alpha is measured on the unit-norm concatenated direction, as in the paper) or "std"
+        (s_i = the direction's standard deviation on the profiled corpus, sqrt of its eigenvalue: alpha = 1 moves the
+        features by one typical spread along it, whatever the model's activation scale). `layers` keeps only those
+        blocks (the others are not steered); `source` names the basis in the recipe.
         """
+        if unit not in ("norm", "std"):
+            raise AutoskillError(f"unit must be norm or std, got {unit!r}")
         if sign not in (1, -1):
             raise AutoskillError(f"sign must be +1 or -1, got {sign}")
         directions = [directions] if isinstance(directions, numbers.Integral) else list(directions)
@@ -82,10 +87,11 @@ class SteeringVector:
         combined = torch.zeros(basis.feature_dim, dtype=torch.float64)
         terms = []
         for i, w in zip(directions, weights):
-            coefficient = sign * float(alpha) * w
+            scale = float(basis.eigenvalues_[int(i)].clamp_min(0).sqrt()) if unit == "std" else 1.0
+            coefficient = sign * float(alpha) * w * scale
             combined += coefficient * basis.direction(int(i)).to(torch.float64)
             terms.append({"basis": source, "direction": int(i), "label": basis.labels[int(i)],
-                          "coefficient": coefficient})
+                          "coefficient": coefficient, "alpha": sign * float(alpha) * w, "unit": unit})
         chunks = {layer: chunk for layer, chunk in basis.layout.split(combined).items()}
         if unscale and basis.layer_scale is not None:
             scale = basis.layer_scale.to(torch.float64)

@@ -1,0 +1,361 @@
+"""The `eval` job: Pass@k with verified answers (or the gold-solution NLL) of a model on a problem set.
+
+    autoskill-fast eval --out evals/base --n 8 --k 1,8 --limit 100
+
+The output folder holds `samples.jsonl` (one line per sample: id, sample index, completion, extracted answer,
+correct, timed out, tokens; or per problem with `--metric nll`: id, nll, tokens) and `eval.json` (the config, the
+model's fingerprint, the problems evaluated, the Pass@k table with 95% bootstrap intervals over problems, counts,
+grader timeouts, tokens/s). Both are written atomically; after a kill, rerunning the same command resumes: the
+problems are cut into fixed batches, each batch's samples are appended once it is graded, and finished batches are
+never generated again (an unfinished one is generated again exactly, its randomness being fixed per batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..artifacts import load_json, save_json
+from ..capture.fingerprint import fingerprint_folder
+from ..capture.models import LoadedModel, load_model, resolve_model_path
+from ..config import ConfigError, ModelConfig, cli
+from ..errors import AutoskillError
+from ..jobs.world import World, current_world
+from ..progress import Progress
+from .generation import GenerationConfig, HFGenerator, batch_seed, prompt_text
+from .passk import Estimate, mean_interval, pass_at_k_interval
+from .problems import Problem, ProblemsConfig, load_problems, split_record
+from .samples import SAMPLES_JSONL, append_batch, batches_of, read_samples, rewrite_samples
+
+EVAL_JSON = "eval.json"
+Metric = Literal["passk", "nll"]
+
+
+def parse_ks(spec: str) -> tuple[int, ...]:
+    """"1,8" -> (1, 8)."""
+    try:
+        return tuple(int(k) for k in spec.split(","))
+    except ValueError:
+        raise AutoskillError(f"cannot read the k values {spec!r}; write e.g. 1,8") from None
+
+
+@dataclass
+class EvalConfig:
+    """The eval job: a model on a problem set, sampled, graded and summarized."""
+
+    out: str
+    """The output folder (rerun the same command to resume)."""
+    problems: ProblemsConfig = field(default_factory=ProblemsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    k: tuple[int, ...] = field(default=(1,), metadata=cli(parse=parse_ks, metavar="K1,K2", shown="1"))
+    """The k of Pass@k, each at most n."""
+    metric: Metric = "passk"
+    """passk: sample, grade and count; nll: the mean negative log-likelihood of the gold solutions (no sampling)."""
+    steering: str | None = None
+    """A steering vector folder (`steer --format vector`), added by hooks to the model (hf backend)."""
+    baseline: str | None = None
+    """Another evaluation of the same problems: the paired difference (this minus it) goes into eval.json."""
+    grade_timeout: float = 5.0
+    """Seconds a single answer check may take before it is killed and counted wrong."""
+    overwrite: bool = False
+    """Replace an evaluation with other options in the output folder instead of refusing."""
+    quiet: bool = False
+    """No progress bar."""
+
+    def __post_init__(self):
+        owner = "EvalConfig"
+        self.k = tuple(int(k) for k in self.k)
+        if not self.k or min(self.k) < 1:
+            raise ConfigError(owner, "k", f"must be positive integers, got {self.k}")
+        if self.metric == "passk" and max(self.k) > self.generation.n:
+            raise ConfigError(owner, "k", f"Pass@{max(self.k)} needs at least {max(self.k)} samples per problem; "
+                                          f"raise --n to {max(self.k)} or more")
+        if self.metric not in ("passk", "nll"):
+            raise ConfigError(owner, "metric", f"unknown value {self.metric!r}; choose passk or nll")
+        if self.metric == "nll" and self.generation.backend != "hf":
+            raise ConfigError(owner, "metric", "nll scores the gold solutions with transformers; use --backend hf")
+        if not self.grade_timeout > 0:
+            raise ConfigError(owner, "grade_timeout", f"must be positive, got {self.grade_timeout}")
+        if self.steering is not None and self.generation.backend != "hf":
+            raise ConfigError(owner, "steering", "a steering vector is applied by hooks on the hf backend; for "
+                                                 "vllm, bake it (`steer --format hf`) and pass the baked folder as --model")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EvalResult:
+    """What an evaluation found (eval.json, in memory) and its per-problem numbers."""
+
+    folder: Path
+    record: dict[str, Any]
+    ids: list[str]
+    correct: np.ndarray | None  # [P] correct samples per problem (passk)
+    nll: np.ndarray | None  # [P] mean gold-solution NLL per problem (nll)
+
+    @property
+    def n(self) -> int:
+        return int(self.record["config"]["generation"]["n"])
+
+
+def eval_key(config: EvalConfig, model_fp: dict[str, Any], problems: dict[str, Any], steering: str | None) -> str:
+    """What must match for an evaluation to be resumed: all but where it is written and how it is shown."""
+    cfg = config.to_json()
+    for volatile in ("out", "quiet", "overwrite", "k", "baseline"):
+        cfg.pop(volatile)
+    cfg["model"].pop("device", None)
+    blob = json.dumps({"config": cfg, "model": model_fp, "problems": problems, "steering": steering}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalResult:
+    """Run (or resume) an evaluation and write its folder.
+
+    Under torchrun (hf backend) the batches are dealt to the ranks (batch b to rank b % world_size), each on its own
+    device, each appending to its own part of the samples; rank 0 joins the parts in batch order, so the result equals
+    a one-process run's (the randomness is per batch), and every rank returns it."""
+    t0 = time.perf_counter()
+    world = current_world()
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise AutoskillError(f"{out}: is a file, not a folder; choose another --out")
+    if world.distributed and config.generation.backend == "vllm":
+        raise AutoskillError("the vllm backend runs one engine (it spreads a model over a node's GPUs itself): launch "
+                             "`eval --backend vllm` without torchrun")
+    problems = load_problems(config.problems)
+    problems_record = split_record(config.problems, problems)
+    steering = _load_steering(config.steering)
+    if world.distributed:
+        config = replace(config, model=replace(config.model, device=str(world.device(config.model.device))))
+    model_fp = _model_fingerprint(config, loaded)
+    key = eval_key(config, model_fp, problems_record, None if steering is None else config.steering)
+    record = {"schema": 1, "status": "running", "key": key, "config": config.to_json(), "model": model_fp,
+              "problems": problems_record, "steering": None if steering is None else str(Path(config.steering).resolve()),
+              "world_size": world.size}
+    done: set[str] | str = set()
+    if world.main:
+        try:
+            done = _claim(out, key, config.overwrite)
+            if config.metric == "passk":
+                _check_golds(problems, config.grade_timeout)
+            save_json(out / EVAL_JSON, record)
+        except AutoskillError as e:
+            done = f"error: {e}"
+    done = world.broadcast_object(done)
+    if isinstance(done, str):
+        raise AutoskillError(done.removeprefix("error: "))
+    error, throughput = None, {}
+    try:
+        if config.generation.backend == "vllm":
+            from .vllm_backend import run_vllm
+
+            throughput = run_vllm(config, problems, done, out / SAMPLES_JSONL)
+        else:
+            loaded = loaded or load_model(config.model, causal_lm=True)
+            if steering is not None:
+                steering.check_model(loaded.fingerprint, what=f"the model {loaded.name}")
+            part = out / (SAMPLES_JSONL if not world.distributed else f"{SAMPLES_JSONL}.rank{world.rank}")
+            throughput = _run_hf(config, loaded, steering, problems, done, part, world)
+    except AutoskillError as e:
+        error = str(e)
+    error = world.all_succeeded(error)
+    if error is not None:
+        raise AutoskillError(error)
+    throughputs = world.gather_objects(throughput)
+    result = None
+    if world.main:
+        if world.distributed:
+            _join_parts(out)
+            throughput = {name: sum(t.get(name, 0) for t in throughputs) for name in throughput}
+            seconds = max(t.get("generate_s", t.get("forward_s", 0.0)) for t in throughputs)
+            tokens = throughput.get("generated_tokens", throughput.get("scored_tokens", 0))
+            throughput["tokens_per_s"] = tokens / max(seconds, 1e-9)
+        lines = read_samples(out / SAMPLES_JSONL)
+        result = _summarize(config, problems, lines, out, record)
+        if config.baseline is not None:
+            base = load_eval(config.baseline)
+            measures = [f"pass@{k}" for k in config.k] if config.metric == "passk" else ["nll"]
+            record["against_baseline"] = {
+                m: compare_evals(base, result, k=int(m.removeprefix("pass@")) if m != "nll" else 1).to_json()
+                for m in measures}
+        record["timings"] = {"seconds": time.perf_counter() - t0, **throughput}
+        record["status"] = "complete"
+        save_json(out / EVAL_JSON, record)
+    return world.broadcast_object(result)
+
+
+def _join_parts(out: Path) -> None:
+    """The ranks' samples (and any from earlier runs) as one samples.jsonl, in batch order."""
+    parts = sorted(out.glob(f"{SAMPLES_JSONL}.rank*"))
+    lines = read_samples(out / SAMPLES_JSONL) + [line for part in parts for line in read_samples(part)]
+    lines.sort(key=lambda line: line["batch"])  # stable: a batch's lines keep their order
+    rewrite_samples(out / SAMPLES_JSONL, lines)
+    for part in parts:
+        part.unlink()
+
+
+def _check_golds(problems: list[Problem], timeout: float) -> None:
+    """Every gold parses (graded against itself) before anything is generated: a bad one is an error now, not after
+    hours of sampling."""
+    from .grading import Grader
+
+    with Grader(timeout=timeout) as grader:
+        for problem in problems:
+            if not grader.grade(f"\\boxed{{{problem.gold}}}", problem.gold).correct:
+                raise AutoskillError(f"problem {problem.id!r}: its gold answer {problem.gold!r} does not equal itself "
+                                     "when graded; fix the answer field")
+
+
+def _model_fingerprint(config: EvalConfig, loaded: LoadedModel | None) -> dict[str, Any]:
+    if loaded is not None:
+        return loaded.fingerprint
+    from transformers import AutoConfig
+
+    path, name = resolve_model_path(config.model.model)
+    return fingerprint_folder(path, AutoConfig.from_pretrained(path), name)
+
+
+def _load_steering(folder: str | None):
+    if folder is None:
+        return None
+    from ..steering.vector import SteeringVector
+
+    return SteeringVector.load(folder)
+
+
+def _claim(out: Path, key: str, overwrite: bool) -> set[str]:
+    """The ids whose samples are complete in `out` (the same evaluation), after dropping an unfinished batch."""
+    record_path = out / EVAL_JSON
+    if not record_path.is_file():
+        return set()
+    record = load_json(record_path)
+    if not isinstance(record, dict) or record.get("key") != key:
+        if not overwrite:
+            raise AutoskillError(f"{out}: holds an evaluation with other options (model, problems, sampling or "
+                                 "metric); choose another --out, or pass --overwrite to replace it")
+        (out / SAMPLES_JSONL).unlink(missing_ok=True)
+        record_path.unlink()
+        return set()
+    _join_parts(out)  # the parts of an interrupted multi-process run, whatever its size
+    lines = read_samples(out / SAMPLES_JSONL)
+    complete = {line["batch"] for line in lines if line.get("batch_complete")}  # a batch's last line marks it whole
+    keep = [line for line in lines if line["batch"] in complete]
+    rewrite_samples(out / SAMPLES_JSONL, keep)  # without an unfinished batch, or a line torn by the kill
+    return {line["id"] for line in keep}
+
+
+def _run_hf(config: EvalConfig, loaded: LoadedModel, steering, problems: list[Problem], done: set[str],
+            samples: Path, world: World) -> dict[str, Any]:
+    gen = config.generation
+    bar = Progress(disable=config.quiet or not world.main, desc="eval", initial_examples=len(done))
+    if config.metric == "nll":
+        from .nll import NLLScorer
+
+        scorer = NLLScorer(loaded.model, loaded.tokenizer, chat=gen.chat, steering=steering)
+        for b, batch in enumerate(batches_of(problems, gen.batch_size)):
+            if b % world.size != world.rank or all(p.id in done for p in batch):
+                continue
+            values = scorer.score(batch)
+            append_batch(samples, [{"batch": b, "id": p.id, "nll": v} for p, v in zip(batch, values)])
+            bar.update(len(batch), 0)
+        bar.close()
+        return {"scored_tokens": scorer.tokens, "forward_s": scorer.seconds,
+                "tokens_per_s": scorer.tokens / max(scorer.seconds, 1e-9)}
+    from .grading import Grader
+
+    generator = HFGenerator(loaded.model, loaded.tokenizer, gen, steering=steering)
+    with Grader(timeout=config.grade_timeout) as grader:
+        for b, batch in enumerate(batches_of(problems, gen.batch_size)):
+            if b % world.size != world.rank or all(p.id in done for p in batch):
+                continue
+            prompts = [prompt_text(p.question, loaded.tokenizer, chat=gen.chat) for p in batch]
+            completions = generator.generate(prompts, batch_seed(gen.seed, b))
+            lines = []
+            for problem, samples_of in zip(batch, completions):
+                verdicts = grader.grade_many([(c.text, problem.gold) for c in samples_of])
+                for i, (c, v) in enumerate(zip(samples_of, verdicts)):
+                    lines.append({"batch": b, "id": problem.id, "sample": i, "completion": c.text,
+                                  "extracted": v.extracted, "gold": problem.gold, "correct": v.correct,
+                                  "timed_out": v.timed_out, "tokens": c.tokens, "finished": c.finished})
+            append_batch(samples, lines)
+            bar.update(len(batch), sum(c.tokens for s in completions for c in s))
+    bar.close()
+    return {"generated_tokens": generator.generated_tokens, "generate_s": generator.seconds,
+            "tokens_per_s": generator.generated_tokens / max(generator.seconds, 1e-9)}
+
+
+def _summarize(config: EvalConfig, problems: list[Problem], lines: list[dict[str, Any]], out: Path,
+               record: dict[str, Any]) -> EvalResult:
+    ids = [p.id for p in problems]
+    position = {pid: i for i, pid in enumerate(ids)}
+    if config.metric == "nll":
+        nll = np.full(len(ids), np.nan)
+        for line in lines:
+            nll[position[line["id"]]] = line["nll"]
+        if np.isnan(nll).any():
+            raise AutoskillError(f"{out / SAMPLES_JSONL}: some problems have no score; rerun the command to finish")
+        record["nll"] = mean_interval(nll).to_json()
+        record["counts"] = {"problems": len(ids)}
+        return EvalResult(out, record, ids, None, nll)
+    correct = np.zeros(len(ids), dtype=np.int64)
+    seen = np.zeros(len(ids), dtype=np.int64)
+    timeouts = 0
+    for line in lines:
+        i = position[line["id"]]
+        seen[i] += 1
+        correct[i] += bool(line["correct"])
+        timeouts += bool(line["timed_out"])
+    n = config.generation.n
+    if (seen != n).any():
+        raise AutoskillError(f"{out / SAMPLES_JSONL}: some problems do not have {n} samples; rerun the command to "
+                             "finish")
+    table = {str(k): pass_at_k_interval(correct, n, k).to_json() for k in config.k}
+    record["pass_at_k"] = table
+    record["counts"] = {"problems": len(ids), "samples": int(seen.sum()), "correct": int(correct.sum()),
+                        "problems_solved": int((correct > 0).sum()), "grader_timeouts": timeouts}
+    return EvalResult(out, record, ids, correct, None)
+
+
+def load_eval(folder: str | Path) -> EvalResult:
+    """A finished evaluation, with its per-problem numbers."""
+    folder = Path(folder)
+    record = load_json(folder / EVAL_JSON)
+    if not isinstance(record, dict) or record.get("status") != "complete":
+        raise AutoskillError(f"{folder}: not a finished evaluation; rerun its eval command")
+    lines = read_samples(folder / SAMPLES_JSONL)
+    ids = list(dict.fromkeys(line["id"] for line in lines))
+    position = {pid: i for i, pid in enumerate(ids)}
+    if record["config"]["metric"] == "nll":
+        nll = np.zeros(len(ids))
+        for line in lines:
+            nll[position[line["id"]]] = line["nll"]
+        return EvalResult(folder, record, ids, None, nll)
+    correct = np.zeros(len(ids), dtype=np.int64)
+    for line in lines:
+        correct[position[line["id"]]] += bool(line["correct"])
+    return EvalResult(folder, record, ids, correct, None)
+
+
+def compare_evals(a: EvalResult, b: EvalResult, *, k: int = 1) -> Estimate:
+    """b minus a on the problems both evaluated (Pass@k, or NLL), with a paired bootstrap interval."""
+    from .passk import paired_mean_difference, paired_pass_at_k_difference
+
+    shared = [pid for pid in a.ids if pid in set(b.ids)]
+    if not shared:
+        raise AutoskillError(f"{a.folder} and {b.folder} share no problem; compare evaluations of the same problems")
+    ia = np.array([a.ids.index(pid) for pid in shared])
+    ib = np.array([b.ids.index(pid) for pid in shared])
+    if a.nll is not None and b.nll is not None:
+        return paired_mean_difference(a.nll[ia], b.nll[ib])
+    if a.correct is None or b.correct is None:
+        raise AutoskillError("compare two Pass@k evaluations, or two NLL evaluations, not one of each")
+    return paired_pass_at_k_difference(a.correct[ia], b.correct[ib], a.n, b.n, k)

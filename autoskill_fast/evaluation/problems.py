@@ -1,0 +1,136 @@
+"""Problems with a verifiable answer: a question, a worked solution and its gold answer, each with a stable id.
+
+The embedded GSM8K test set is the default (the gold is what follows `####` in the solution); any JSONL, Parquet or
+datasets folder works with `--question-field` / `--answer-field` (or a template for the question). `split` cuts one
+problem set into a dev set and a selection pool, deterministically from the ids (the corpus's own split,
+`data.corpus.split_dev_ids`), so `profile --split pool` and `eval --split dev` of one file never share an example.
+Whatever trains or selects on a pool checks it is disjoint from the dev set it is evaluated on (`check_disjoint`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from ..config import ConfigError, CorpusConfig, CorpusFormat, Split, cli, default_corpus_path
+from ..data.corpus import fingerprint, iter_records, split_dev_ids
+from ..data.rendering import template_fields
+from ..errors import AutoskillError
+
+_GSM8K_GOLD = re.compile(r"####\s*(.+?)\s*$", re.S)
+
+
+@dataclass
+class ProblemsConfig:
+    """Which problems, and which part of them."""
+
+    path: str | None = field(default=None, metadata=cli("--corpus"))
+    """JSONL, Parquet or a datasets folder of problems. Default: the embedded GSM8K test set (1,319 problems)."""
+    format: CorpusFormat = "auto"
+    """The file format; auto = from the suffix."""
+    question_field: str = "question"
+    """The field holding the problem."""
+    answer_field: str = "answer"
+    """The field holding the worked solution: its gold answer follows "####", or is its last \\boxed{}."""
+    question_template: str | None = None
+    """A template for the question over several fields, e.g. "{problem}\\n{choices}"."""
+    id_field: str | None = None
+    """The field holding a stable id (default: the row number)."""
+    limit: int | None = None
+    """Use only the first N problems (before the split)."""
+    split: Split = "all"
+    """all problems, or the dev set, or the selection pool (the rest) of a deterministic split by id."""
+    dev_size: int = 100
+    """Problems in the dev set."""
+    split_seed: int = 0
+    """The split's seed (independent of the sampling seed)."""
+
+    def __post_init__(self):
+        owner = "ProblemsConfig"
+        if self.split not in ("all", "dev", "pool"):
+            raise ConfigError(owner, "split", f"unknown value {self.split!r}; choose one of all, dev, pool")
+        if self.dev_size < 1:
+            raise ConfigError(owner, "dev_size", f"must be positive, got {self.dev_size}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(owner, "limit", f"must be positive, got {self.limit}")
+        if self.path is None:
+            self.path = str(default_corpus_path())
+        self.path = str(self.path)
+
+    @property
+    def corpus(self) -> CorpusConfig:
+        return CorpusConfig(self.path, format=self.format, id_field=self.id_field, limit=self.limit, split=self.split,
+                            dev_size=self.dev_size, split_seed=self.split_seed)
+
+    def dev_ids(self) -> set[str]:
+        """The ids of this problem set's dev set (whichever part `split` chose)."""
+        whole = CorpusConfig(self.path, format=self.format, id_field=self.id_field, limit=self.limit)
+        return split_dev_ids((r.id for r in iter_records(whole)), self.dev_size, self.split_seed)
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    row: int
+    question: str
+    solution: str  # the worked solution, as the corpus has it
+    gold: str  # the final answer
+
+
+def gold_answer(solution: str) -> str | None:
+    """The gold answer of a worked solution: after "####" (GSM8K), else its last \\boxed{}, else None."""
+    from .grading import extract_boxed
+
+    match = _GSM8K_GOLD.search(solution)
+    if match:
+        return match.group(1).replace(",", "").strip()
+    return extract_boxed(solution)
+
+
+def load_problems(config: ProblemsConfig) -> list[Problem]:
+    """The problems of `config` (its part of the split), in corpus order."""
+    problems = []
+    for record in iter_records(config.corpus):
+        data = record.data
+        if config.question_template is not None:
+            missing = [f for f in template_fields(config.question_template) if data.get(f) is None]
+            if missing:
+                raise AutoskillError(f"{record.where}: missing field(s) {missing} used by the question template")
+            question = config.question_template.format(**data)
+        else:
+            question = _text_field(data, config.question_field, record.where, "--question-field")
+        solution = _text_field(data, config.answer_field, record.where, "--answer-field")
+        gold = gold_answer(solution)
+        if not gold:
+            raise AutoskillError(f"{record.where}: no gold answer in field {config.answer_field!r} (expected "
+                                 "'#### answer' or a \\boxed{answer})")
+        problems.append(Problem(record.id, record.row, question, solution, gold))
+    if not problems:
+        raise AutoskillError(f"{config.path}: no problems in the {config.split} part (--split); check --dev-size and "
+                             "--limit")
+    return problems
+
+
+def _text_field(data: dict[str, Any], name: str, where: str, flag: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise AutoskillError(f"{where}: no text in field {name!r}; fields present: {sorted(data)}; name another with "
+                             f"{flag}")
+    return value
+
+
+def split_record(config: ProblemsConfig, problems: list[Problem]) -> dict[str, Any]:
+    """What identifies the problems evaluated: the corpus, the split, and the ids."""
+    return {"corpus": fingerprint(config.corpus), "split": config.split, "dev_size": config.dev_size,
+            "split_seed": config.split_seed, "count": len(problems),
+            "ids_sha256": hashlib.sha256("\n".join(p.id for p in problems).encode()).hexdigest()}
+
+
+def check_disjoint(train_ids: Iterable[str], dev: Iterable[str], *, what: str) -> None:
+    """Refuse training or selecting on examples that are in the dev set the result is evaluated on."""
+    overlap = sorted(set(train_ids) & set(dev))
+    if overlap:
+        raise AutoskillError(f"{what}: {len(overlap)} example(s) are in the dev set the result is evaluated on (e.g. "
+                             f"{overlap[:3]}); profile and select from the pool (--split pool) of the same split")

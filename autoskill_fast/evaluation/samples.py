@@ -1,0 +1,52 @@
+"""samples.jsonl: an evaluation's samples (or per-problem scores), appended one finished batch at a time.
+
+Each batch's lines are appended and synced together, its last line marked `batch_complete`; after a kill, the lines of
+an unfinished batch (or a line torn mid-write) are dropped on resume and that batch is generated again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..artifacts import atomic_file
+
+SAMPLES_JSONL = "samples.jsonl"
+T = TypeVar("T")
+
+
+def batches_of(items: list[T], size: int) -> list[list[T]]:
+    """The fixed partition of an evaluation's problems into batches (the unit of seeding and of resume)."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    """The lines of samples.jsonl; a torn last line (a kill mid-write) is dropped."""
+    if not path.is_file():
+        return []
+    lines = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except json.JSONDecodeError:
+            break
+    return lines
+
+
+def rewrite_samples(path: Path, lines: list[dict[str, Any]]) -> None:
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+def append_batch(path: Path, lines: list[dict[str, Any]]) -> None:
+    """Append one batch's lines and sync: the batch is complete on disk once this returns (its last line says so)."""
+    if lines:
+        lines[-1]["batch_complete"] = True
+    with open(path, "a", encoding="utf-8") as f:
+        for line in lines:
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

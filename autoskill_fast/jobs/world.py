@@ -1,0 +1,243 @@
+"""The processes of one job: one (`python -m autoskill_fast ...`) or several (`torchrun --nproc-per-node N ...`).
+
+Under torchrun (or any launcher that sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, e.g. srun with them
+exported) each process is one rank on one device: `cuda:LOCAL_RANK` with NCCL, or the CPU with gloo. A plain run is a
+world of size 1, whose collectives do nothing, so every job runs the same code either way.
+
+Collectives of large tensors go in slices of at most `REDUCE_SLICE_BYTES` (1 GiB): c10d and gloo have element-count and
+message-size limits, and a slice bounds the staging buffers. A watchdog thread keeps a heartbeat per rank in the
+rendezvous store; when a rank stops beating (killed, crashed, its node lost) every other rank stops within
+`LOST_AFTER_S` seconds with an error naming it, instead of waiting in a collective until the process-group timeout.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import AutoskillError
+
+REDUCE_SLICE_BYTES = 1 << 30
+HEARTBEAT_S = 1.0  # how often each rank says it is alive
+LOST_AFTER_S = 15.0  # a rank silent this long is lost: every rank stops
+EXIT_RANK_LOST = 3
+COLLECTIVE_TIMEOUT_S = 1800  # a collective waits this long at most (the watchdog normally ends things much sooner)
+
+
+@dataclass
+class World:
+    """This process's place among the ranks of a job (see the module docstring)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    backend: str | None = None  # "nccl", "gloo", or None for one process
+    _watchdog: "_Watchdog | None" = field(default=None, repr=False)
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, spec: str) -> torch.device:
+        """The device of this rank: `auto` is cuda:LOCAL_RANK when CUDA is there, else the CPU."""
+        if spec == "auto":
+            if torch.cuda.is_available():
+                return torch.device("cuda", self.local_rank if self.distributed else torch.cuda.current_device())
+            return torch.device("cpu")
+        device = torch.device(spec)
+        if self.distributed and device.type == "cuda" and device.index is None:
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    # ---- collectives (no-ops in a world of one) ------------------------------------------------------------------
+    def barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's `obj`, on every rank."""
+        if not self.distributed:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather_objects(self, obj: Any) -> list[Any] | None:
+        """Every rank's `obj` (small metadata: counts, ids of skipped examples), in rank order, on rank 0."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.size if self.main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def reduce_sum_(self, tensor: torch.Tensor, *, slice_bytes: int = REDUCE_SLICE_BYTES) -> None:
+        """tensor (contiguous) += the other ranks' tensors, on rank 0, a slice of at most `slice_bytes` at a time."""
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        flat = tensor.view(-1)
+        step = max(1, slice_bytes // flat.element_size())
+        for start in range(0, flat.numel(), step):
+            dist.reduce(flat[start:start + step], dst=0, op=dist.ReduceOp.SUM)
+
+    def all_succeeded(self, error: str | None) -> str | None:
+        """Every rank reports its outcome (None: fine, else its error); the first error (by rank), on every rank."""
+        if not self.distributed:
+            return error
+        import torch.distributed as dist
+
+        errors = [None] * self.size
+        dist.all_gather_object(errors, error)
+        for rank, message in enumerate(errors):
+            if message is not None:
+                return message if rank == self.rank else f"rank {rank}: {message}"
+        return None
+
+    def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+        if self.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+_WORLD: World | None = None
+
+
+def current_world() -> World:
+    """This process's world, initialized from the environment on first use (torchrun's variables, or one process)."""
+    global _WORLD
+    if _WORLD is None:
+        _WORLD = _init_from_env()
+    return _WORLD
+
+
+def _init_from_env() -> World:
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    missing = [v for v in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if missing:
+        raise AutoskillError(f"WORLD_SIZE={size} but {', '.join(missing)} not set; launch with torchrun "
+                             "(or export RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT for every process)")
+    import torch.distributed as dist
+
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    backend = os.environ.get("AUTOSKILL_FAST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    world = World(rank, size, local_rank, backend)
+    world._watchdog = _Watchdog(world)
+    world._watchdog.start()
+    atexit.register(world.close)  # the watchdog thread and the process group end before the interpreter does
+    return world
+
+
+class _Watchdog:
+    """Heartbeats of every rank in the rendezvous store (its own client connection), checked by a daemon thread."""
+
+    def __init__(self, world: World):
+        import torch.distributed as dist
+
+        self.world = world
+        self.store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                   timeout=datetime.timedelta(seconds=30), wait_for_workers=False)
+        self.prefix = f"autoskill-fast/heartbeat/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/"
+        self.started = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="autoskill-fast-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self.store.set(f"{self.prefix}process/{self.world.rank}", f"{socket.gethostname()}:{os.getpid()}")
+        self._beat()
+        self._thread.start()
+        signal.signal(signal.SIGTERM, self._terminated)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2 * HEARTBEAT_S + 30)
+
+    def _beat(self) -> None:
+        self.store.set(f"{self.prefix}{self.world.rank}", repr(time.time()))
+
+    def silent_ranks(self, older_than: float) -> list[int]:
+        """The other ranks whose last heartbeat is older than `older_than` seconds (or who never beat)."""
+        now, silent = time.time(), []
+        for rank in range(self.world.size):
+            if rank == self.world.rank:
+                continue
+            key = f"{self.prefix}{rank}"
+            last = float(self.store.get(key)) if self.store.check([key]) else self.started
+            if now - last > older_than:
+                silent.append(rank)
+        return silent
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._beat()
+                lost = self.silent_ranks(LOST_AFTER_S)
+            except Exception as error:  # the store is gone: the launcher (or the rank that hosted it) stopped
+                self._die(f"lost the rendezvous store ({type(error).__name__}): the launcher or rank 0 stopped")
+            else:
+                if lost:
+                    self._die(f"rank {', '.join(map(str, lost))} stopped responding (no heartbeat for "
+                              f"{LOST_AFTER_S:.0f} s)")
+
+    def _die(self, why: str) -> None:
+        sys.stderr.write(f"error: rank {self.world.rank}: {why}; every rank stops now. Rerun the same command to resume "
+                         "from the last checkpoint.\n")
+        sys.stderr.flush()
+        os._exit(EXIT_RANK_LOST)
+
+    def dead_ranks(self) -> list[int]:
+        """The other ranks whose process is gone (on this host: checked directly; elsewhere: by their heartbeat)."""
+        here, dead = socket.gethostname(), []
+        for rank in range(self.world.size):
+            key = f"{self.prefix}process/{rank}"
+            if rank == self.world.rank or not self.store.check([key]):
+                continue
+            host, _, pid = self.store.get(key).decode().rpartition(":")
+            if host == here:
+                try:
+                    os.kill(int(pid), 0)
+                except ProcessLookupError:
+                    dead.append(rank)
+            elif rank in self.silent_ranks(2.5 * HEARTBEAT_S):
+                dead.append(rank)
+        return dead
+
+    def _terminated(self, signum, frame) -> None:
+        """torchrun ends the other workers when one fails: say which one."""
+        try:
+            lost = self.dead_ranks()
+        except Exception:
+            lost = []
+        who = f"rank {', '.join(map(str, lost))} failed" if lost else "another rank failed"
+        self._die(f"the launcher ended the job: {who}")

@@ -1,0 +1,105 @@
+"""The correlation proxy (no training, no intervention): does a direction's score go with verified correctness?
+
+The seed's "utility metric that correlates activation strength along these directions with verifiable solution
+correctness": the model samples its own solutions to the pool's problems (`eval`), each problem + solution text is
+projected onto the basis (the basis's own pooling), and per direction the AUROC and the point-biserial correlation of
+the score with correctness are reported; their sign says which pole goes with correct solutions. With the `nll`
+metric, the text is each problem with its gold solution and the score is correlated with that solution's NLL
+(lower is better). Intervals are percentile bootstraps that resample problems (a problem's samples stay together).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..basis import SkillBasis
+from ..capture.features import PooledBatches, resolve_pooling
+from ..config import BatchingConfig
+from ..data.stream import InputTally, iter_texts_tokenized
+from ..run.ranking import RankingEntry
+
+
+def auroc(scores_nk: np.ndarray, labels_n: np.ndarray) -> np.ndarray:
+    """Per column, the chance that a positive example scores above a negative one (ties count half): [k].
+    NaN where the labels are all one class."""
+    scores = np.asarray(scores_nk, dtype=np.float64)
+    labels = np.asarray(labels_n, dtype=bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return np.full(scores.shape[1], np.nan)
+    ranks = _average_ranks(scores)  # [N, k], 1-based, ties averaged
+    u = ranks[labels].sum(axis=0) - positives * (positives + 1) / 2
+    return u / (positives * negatives)
+
+
+def _average_ranks(x_nk: np.ndarray) -> np.ndarray:
+    order = np.argsort(x_nk, axis=0, kind="stable")
+    ranks = np.empty_like(x_nk)
+    n = x_nk.shape[0]
+    for j in range(x_nk.shape[1]):
+        sorted_values = x_nk[order[:, j], j]
+        # Ties: every member of a run of equal values gets the run's mean rank.
+        starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+        ends = np.r_[starts[1:], n]
+        mean_rank = (starts + ends + 1) / 2.0
+        ranks[order[:, j], j] = np.repeat(mean_rank, ends - starts)
+    return ranks
+
+
+def pearson(x_nk: np.ndarray, y_n: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each column with y (the point-biserial correlation when y is 0/1): [k]."""
+    x = np.asarray(x_nk, dtype=np.float64) - np.mean(x_nk, axis=0)
+    y = np.asarray(y_n, dtype=np.float64) - np.mean(y_n)
+    denominator = np.sqrt((x * x).sum(axis=0) * (y * y).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (x * y[:, None]).sum(axis=0) / denominator, np.nan)
+
+
+def cluster_bootstrap(statistic: Callable[[np.ndarray], np.ndarray], groups_n: np.ndarray, *, confidence: float = 0.95,
+                      resamples: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(value [k], low [k], high [k]): `statistic(rows)` on all rows, and its percentile interval when whole groups
+    (problems) are resampled with replacement. Resamples where the statistic is undefined (NaN) are left out."""
+    groups_n = np.asarray(groups_n)
+    members = [np.flatnonzero(groups_n == g) for g in np.unique(groups_n)]
+    rng = np.random.default_rng(seed)
+    value = statistic(np.arange(len(groups_n)))
+    draws = []
+    for picks in rng.integers(0, len(members), size=(resamples, len(members))):
+        draws.append(statistic(np.concatenate([members[g] for g in picks])))
+    draws = np.array(draws)
+    alpha = (1 - confidence) / 2
+    with np.errstate(invalid="ignore"):
+        low = np.nanquantile(draws, alpha, axis=0) if np.isfinite(draws).any() else np.full_like(value, np.nan)
+        high = np.nanquantile(draws, 1 - alpha, axis=0) if np.isfinite(draws).any() else np.full_like(value, np.nan)
+    return value, low, high
+
+
+def score_texts(basis: SkillBasis, model, tokenizer, texts: list[str], batching: BatchingConfig) -> np.ndarray:
+    """Centered projections [N, k] of texts on the basis, pooled as the basis was, one batch in memory at a time."""
+    resolved = resolve_pooling(basis.pooling_config, model, tokenizer)
+    tally = InputTally()
+    items = iter_texts_tokenized(texts, tokenizer, resolved.config, tally, on_bad_example="skip")
+    scores = np.full((len(texts), basis.k), np.nan)
+    pooled = PooledBatches(model, tokenizer, items, resolved, batching, tally, layer_scale=basis.layer_scale)
+    for features, batch in pooled:
+        scores[batch.rows.numpy()] = basis.project(features).to(torch.float64).cpu().numpy()
+    return scores
+
+
+def entries_from(value: np.ndarray, low: np.ndarray, high: np.ndarray, *, center: float, statistic: str,
+                 evaluation: str, cost_s: float, extra: dict[str, np.ndarray] | None = None) -> list[RankingEntry]:
+    """Both poles of every direction: the + pole's effect is value - center, the - pole's its mirror."""
+    entries = []
+    for d in range(len(value)):
+        if not np.isfinite(value[d]):
+            continue
+        details = {name: float(v[d]) for name, v in (extra or {}).items()}
+        for sign in (1, -1):
+            effect = sign * (value[d] - center)
+            lo, hi = sorted((sign * (low[d] - center), sign * (high[d] - center)))
+            entries.append(RankingEntry(direction=d, sign=sign, effect=float(effect), low=float(lo), high=float(hi),
+                                        statistic=statistic, evaluation=evaluation, cost_s=cost_s, details=details))
+    return entries

@@ -1,0 +1,222 @@
+"""The `rank` job: which directions of a run's basis help, with which sign and by how much (the paper's proxies).
+
+    autoskill-fast rank runs/gsm8k --proxy correlation --metric nll
+    autoskill-fast rank runs/gsm8k --proxy steer --metric nll --directions 0-3 --alphas 0.5,2 --alpha-unit std
+    autoskill-fast rank runs/gsm8k --proxy pilot --metric nll --pilot-examples 64 --pilot-steps 24
+
+The problems are cut into a dev set and a pool by the deterministic split of `--dev-size` / `--split-seed`:
+correlation samples the model's own solutions to the pool, steer and pilot measure on the dev set (pilot trains on
+pool examples selected from the run). Every evaluation is an ordinary `eval` folder under RUN/rank/<proxy>/, so a
+killed ranking resumes. The result is RUN/ranking.json (best first), which `inspect` shows and `select --ranking`
+and `steer --ranking` use.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..basis import SkillBasis
+from ..capture.models import LoadedModel, load_model
+from ..config import BatchingConfig, ConfigError, ModelConfig, cli, parse_layers
+from ..data.corpus import fingerprint
+from ..errors import AutoskillError
+from ..evaluation.generation import GenerationConfig
+from ..evaluation.job import EvalConfig, Metric, evaluate
+from ..evaluation.samples import SAMPLES_JSONL, read_samples
+from ..evaluation.problems import ProblemsConfig, check_disjoint, load_problems
+from ..run.folder import RunFolder
+from ..run.ranking import Ranking, RankingEntry
+from .correlation import auroc, cluster_bootstrap, entries_from, pearson, score_texts
+
+Proxy = Literal["correlation", "steer", "pilot"]
+AlphaUnit = Literal["norm", "std"]
+
+
+def parse_floats(spec: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in spec.split(","))
+    except ValueError:
+        raise AutoskillError(f"cannot read {spec!r}; write numbers separated by commas, e.g. 0.5,2") from None
+
+
+@dataclass
+class RankConfig:
+    """Rank a run's directions with one of the paper's proxies."""
+
+    run: str
+    """The profile run whose basis is ranked (ranking.json is written there)."""
+    proxy: Proxy = "correlation"
+    """correlation: score vs correctness of the model's own pool solutions (no intervention); steer: the dev set
+    steered along each direction; pilot: a small LoRA fine-tune on each pole's pool examples against random ones."""
+    metric: Metric = "passk"
+    """passk: verified answers; nll: the gold solutions' negative log-likelihood (what a small model registers)."""
+    problems: ProblemsConfig = field(default_factory=ProblemsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    k: int = 1
+    """The k of the Pass@k the effects are measured in."""
+    directions: tuple[int, ...] | None = field(default=None, metadata=cli(parse=parse_layers, metavar="DIRECTIONS"))
+    """Directions to rank, e.g. 0-3 or 0,2,5 (default: the first four; correlation: all)."""
+    alphas: tuple[float, ...] = field(default=(0.5,), metadata=cli(parse=parse_floats, metavar="A1,A2", shown="0.5"))
+    """steer: the strengths tried."""
+    alpha_unit: AlphaUnit = "norm"
+    """steer: alpha on the unit-norm concatenated direction (the paper's 0.5), or in the direction's standard deviations
+    on the profiled corpus (comparable across models)."""
+    pilot_examples: int = 1000
+    """pilot: examples selected per pole (and for the random baseline), at most the pool."""
+    pilot_steps: int = 50
+    """pilot: optimizer steps of each fine-tune."""
+    pilot_batch_size: int = 8
+    """pilot: examples per step."""
+    pilot_lr: float = 2e-4
+    """pilot: learning rate of the LoRA adapters."""
+    lora_rank: int = 16
+    """pilot: the rank of the LoRA adapters (on every attention and MLP projection)."""
+    keep_adapters: bool = False
+    """pilot: keep each pilot's LoRA adapter under RUN/rank/pilot/ (the base model is never modified)."""
+    keep_checkpoints: bool = False
+    """steer on vllm: keep each baked checkpoint."""
+    resamples: int = 1000
+    """Bootstrap resamples of every interval."""
+    quiet: bool = False
+    """No progress bars."""
+
+    def __post_init__(self):
+        owner = "RankConfig"
+        if self.proxy not in ("correlation", "steer", "pilot"):
+            raise ConfigError(owner, "proxy", f"unknown value {self.proxy!r}; choose correlation, steer or pilot")
+        if self.k < 1:
+            raise ConfigError(owner, "k", f"must be positive, got {self.k}")
+        if self.metric == "passk" and self.k > self.generation.n:
+            raise ConfigError(owner, "k", f"pass@{self.k} needs --n {self.k} or more samples per problem")
+        for name in ("pilot_examples", "pilot_steps", "pilot_batch_size", "lora_rank", "resamples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(owner, name, f"must be positive, got {getattr(self, name)}")
+        if not self.alphas or any(a <= 0 for a in self.alphas):
+            raise ConfigError(owner, "alphas", f"must be positive strengths (the sign is tried both ways), got "
+                                               f"{self.alphas}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rank(config: RankConfig, *, loaded: LoadedModel | None = None) -> Ranking:
+    """Run the proxy and write RUN/ranking.json."""
+    folder = RunFolder(config.run)
+    record = folder.record()
+    basis = folder.basis(record)
+    model = config.model if config.model.model is not None else replace(
+        config.model, model=(record.config.get("model") or {}).get("model"))
+    loaded = loaded or load_model(model, causal_lm=True)
+    basis.check_model(loaded.fingerprint, what=f"the model {loaded.name}")
+    directions = list(config.directions) if config.directions is not None else \
+        list(range(basis.k if config.proxy == "correlation" else min(4, basis.k)))
+    for d in directions:
+        basis.direction(d)  # range check with the basis's own message
+    dev_ids = config.problems.dev_ids()
+    notes = _check_pool(folder, record, config.problems, dev_ids, needs_pool=config.proxy == "pilot")
+    work = folder / "rank" / config.proxy
+    eval_base = EvalConfig(out=str(work), problems=replace(config.problems, split="dev"), model=model,
+                           generation=config.generation, k=(config.k,), metric=config.metric, quiet=config.quiet)
+    if config.proxy == "correlation":
+        entries, baseline = _correlation(config, basis, record, loaded, work, directions, eval_base)
+    elif config.proxy == "steer":
+        from .steering import steer_proxy
+
+        entries, baseline = steer_proxy(basis, eval_base, work, directions=directions, alphas=list(config.alphas),
+                                        unit=config.alpha_unit, loaded=loaded, keep_checkpoints=config.keep_checkpoints,
+                                        source=str(folder.path.resolve()))
+    else:
+        from .pilot import pilot_proxy
+
+        entries, baseline = pilot_proxy(config, basis, folder, record, loaded, work, directions, eval_base)
+    ranking = Ranking(config.proxy, config.metric, basis.run_key, entries, config.to_json(),
+                      {"ids": sorted(dev_ids), "corpus": fingerprint(replace(config.problems, split="all").corpus),
+                       "dev_size": config.problems.dev_size, "split_seed": config.problems.split_seed},
+                      baseline, notes)
+    ranking.save(folder.path)
+    return ranking
+
+
+def _check_pool(folder: RunFolder, record, problems: ProblemsConfig, dev_ids: set[str], *,
+                needs_pool: bool) -> list[str]:
+    """The run's examples (the pool that is selected and trained on) must not include the dev set: refused when this
+    proxy trains on them, noted otherwise (`select --ranking` refuses them later)."""
+    same_file = record.corpus.get("sha256") == fingerprint(replace(problems, split="all").corpus)["sha256"]
+    if not same_file:
+        return ["the run profiled another file than the problems: the pool's disjointness from the dev set was not "
+                "checked"]
+    ids = folder.scores(record).ids
+    if needs_pool:
+        check_disjoint(ids, dev_ids, what=f"{folder.path}: the profiled corpus")
+        return []
+    overlap = len(set(ids) & dev_ids)
+    if overlap:
+        return [f"{overlap} of the run's examples are in the dev set: selecting from this run for the dev set is "
+                "refused; profile the pool (--split pool, same --dev-size and --split-seed) to select"]
+    return []
+
+
+def _correlation(config: RankConfig, basis: SkillBasis, record, loaded: LoadedModel, work: Path,
+                 directions: list[int], eval_base: EvalConfig) -> tuple[list[RankingEntry], dict[str, Any]]:
+    t0 = time.perf_counter()
+    pool = replace(config.problems, split="pool")
+    problems = {p.id: p for p in load_problems(pool)}
+    eval_config = replace(eval_base, out=str(work / "eval"), problems=pool)
+    result = evaluate(eval_config, loaded=loaded)
+    template = (record.config.get("corpus") or {}).get("template")
+    batching = BatchingConfig()
+    if config.metric == "nll":
+        ids = result.ids
+        texts = [_text(template, problems[i].question, problems[i].solution) for i in ids]
+        scores = score_texts(basis, loaded.model, loaded.tokenizer, texts, batching)[:, directions]
+        target = -result.nll  # a larger score should go with a lower NLL
+        groups = np.arange(len(ids))
+
+        def statistic(rows):
+            return pearson(scores[rows], target[rows])
+
+        value, low, high = cluster_bootstrap(statistic, groups, resamples=config.resamples)
+        entries = entries_from(value, low, high, center=0.0, statistic="correlation of the score with -NLL of the "
+                               "gold solution (Pearson)", evaluation=str(work / "eval"),
+                               cost_s=time.perf_counter() - t0)
+        baseline = {"nll": result.record["nll"], "problems": len(ids)}
+    else:
+        lines = read_samples(Path(result.folder) / SAMPLES_JSONL)
+        texts = [_text(template, problems[line["id"]].question, line["completion"]) for line in lines]
+        labels = np.array([bool(line["correct"]) for line in lines])
+        groups = np.array([result.ids.index(line["id"]) for line in lines])
+        scores = score_texts(basis, loaded.model, loaded.tokenizer, texts, batching)[:, directions]
+        if labels.all() or not labels.any():
+            raise AutoskillError(f"all {len(labels)} sampled solutions are {'correct' if labels.all() else 'wrong'}: "
+                                 "the correlation with correctness is undefined; sample more (--n, --limit) or use "
+                                 "--metric nll")
+        value, low, high = cluster_bootstrap(lambda rows: auroc(scores[rows], labels[rows]), groups,
+                                             resamples=config.resamples)
+        biserial = pearson(scores, labels.astype(np.float64))
+        entries = entries_from(value, low, high, center=0.5, statistic="AUROC of the score for correct solutions, "
+                               "minus 0.5", evaluation=str(work / "eval"), cost_s=time.perf_counter() - t0,
+                               extra={"point_biserial": biserial})
+        baseline = {"samples": len(labels), "correct": int(labels.sum()),
+                    f"pass@{config.k}": result.record["pass_at_k"].get(str(config.k))}
+    for entry in entries:
+        entry.direction = directions[entry.direction]
+    return entries, baseline
+
+
+def _text(template: str | None, question: str, answer: str) -> str:
+    """A problem with a solution, written as the profile wrote its texts when its template used these fields."""
+    if template and set(_fields(template)) <= {"question", "answer"}:
+        return template.format(question=question, answer=answer)
+    return f"{question}\n{answer}"
+
+
+def _fields(template: str) -> list[str]:
+    from ..data.rendering import template_fields
+
+    return template_fields(template)

@@ -1,0 +1,66 @@
+"""The steering proxy: evaluate the dev set steered along each direction and sign (and each alpha of a small sweep),
+against the unsteered model with the same seeds; the paired difference, with its paired-bootstrap interval, is the
+effect. On the hf backend the vector is added by hooks; on the vllm backend each (direction, sign, alpha) is baked
+into a checkpoint that an unmodified vLLM serves (removed after its evaluation unless kept)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from ..basis import SkillBasis
+from ..capture.models import LoadedModel, resolve_model_path
+from ..evaluation.job import EvalConfig, compare_evals, evaluate
+from ..run.ranking import RankingEntry
+from ..steering.baking import bake
+from ..steering.vector import SteeringVector
+
+
+def steering_name(direction: int, sign: int, alpha: float, unit: str) -> str:
+    return f"d{direction}{'+' if sign > 0 else '-'}a{alpha:g}{unit}"
+
+
+def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, directions: list[int],
+                alphas: list[float], unit: str, loaded: LoadedModel | None, keep_checkpoints: bool = False,
+                source: str | None = None) -> tuple[list[RankingEntry], dict]:
+    """Entries (direction, sign, alpha) with effect = steered minus unsteered (Pass@k gain, or NLL drop)."""
+    k = base_config.k[0]
+    t0 = time.perf_counter()
+    base = evaluate(replace(base_config, out=str(work / "base")), loaded=loaded)
+    base_cost = time.perf_counter() - t0
+    nll = base_config.metric == "nll"
+    statistic = "NLL drop (nats/token), steered vs unsteered" if nll else f"pass@{k} difference, steered - unsteered"
+    entries = []
+    for direction in directions:
+        for sign in (1, -1):
+            for alpha in alphas:
+                name = steering_name(direction, sign, alpha, unit)
+                vector = SteeringVector.from_basis(basis, direction, alpha=alpha, sign=sign, unit=unit, source=source)
+                vector_dir = vector.save(work / "vectors" / name)
+                t0 = time.perf_counter()
+                config = replace(base_config, out=str(work / name))
+                baked = None
+                if base_config.generation.backend == "vllm":
+                    model_dir, _ = resolve_model_path(base_config.model.model)
+                    baked = work / "checkpoints" / name
+                    if not (baked / "config.json").is_file():
+                        shutil.rmtree(baked, ignore_errors=True)
+                        bake(vector, model_dir, baked)
+                    config = replace(config, model=replace(base_config.model, model=str(baked)))
+                else:
+                    config = replace(config, steering=str(vector_dir))
+                steered = evaluate(config, loaded=loaded if baked is None else None)
+                if baked is not None and not keep_checkpoints:
+                    shutil.rmtree(baked, ignore_errors=True)
+                diff = compare_evals(base, steered, k=k)
+                sign_of_good = -1.0 if nll else 1.0  # lower NLL is better
+                low, high = sorted((sign_of_good * diff.low, sign_of_good * diff.high))
+                entries.append(RankingEntry(direction=direction, sign=sign, effect=sign_of_good * diff.value, low=low,
+                                            high=high, statistic=statistic, evaluation=str(work / name),
+                                            cost_s=time.perf_counter() - t0, alpha=alpha, alpha_unit=unit,
+                                            details={"vector_norm": vector.norm()}))
+    baseline = {"evaluation": str(work / "base"), "cost_s": base_cost,
+                **({"nll": base.record["nll"]} if nll else {f"pass@{k}": base.record["pass_at_k"][str(k)]})}
+    return entries, baseline

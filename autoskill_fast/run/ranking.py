@@ -1,0 +1,85 @@
+"""ranking.json: which directions of a run's basis help, by how much, with which sign (written by `rank`, read by
+`select --ranking` and `steer --ranking`, shown by `inspect`).
+
+Each entry is one (direction, sign[, alpha]) with its effect (larger is better: a Pass@k gain, an NLL drop, an
+AUROC above one half, ...), a 95% interval, the statistic it is, the evaluation it came from and its cost in seconds.
+Entries are sorted best first. The ranking records the basis it ranked (its run key) and the dev set its numbers
+were measured on, so that data selected from a pool that overlaps that dev set can be refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import load_json, save_json
+from ..errors import AutoskillError
+
+RANKING_JSON = "ranking.json"
+SCHEMA = 1
+
+
+@dataclass
+class RankingEntry:
+    direction: int
+    sign: int  # +1: the direction's positive pole (steering towards it), -1: its negative pole
+    effect: float
+    low: float
+    high: float
+    statistic: str  # what `effect` is, e.g. "pass@1 difference", "AUROC - 0.5", "NLL drop (nats/token)"
+    evaluation: str = ""  # where the numbers came from (a folder, or a description)
+    cost_s: float = 0.0
+    alpha: float | None = None  # steering strength (steer proxy)
+    alpha_unit: str | None = None  # "norm" (on the unit-norm direction) or "std" (the direction's standard deviations)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pole(self) -> str:
+        return f"{'+' if self.sign > 0 else '-'}{self.direction}"
+
+    @property
+    def significant(self) -> bool:
+        """The whole interval lies above zero."""
+        return self.low > 0
+
+
+@dataclass
+class Ranking:
+    proxy: str
+    metric: str
+    run_key: str | None
+    entries: list[RankingEntry]
+    config: dict[str, Any] = field(default_factory=dict)
+    dev: dict[str, Any] = field(default_factory=dict)  # {"ids": [...], "corpus": ..., "dev_size", "split_seed"}
+    baseline: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.entries = sorted(self.entries, key=lambda e: (-e.effect, e.direction, -e.sign))
+
+    def best(self, top: int) -> list[RankingEntry]:
+        if top < 1:
+            raise AutoskillError(f"--top must be positive, got {top}")
+        return self.entries[:top]
+
+    def save(self, folder: str | Path) -> Path:
+        data = {"schema": SCHEMA, **asdict(self)}
+        save_json(Path(folder) / RANKING_JSON, data)
+        return Path(folder) / RANKING_JSON
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Ranking":
+        path = Path(path)
+        if path.is_dir():
+            path = path / RANKING_JSON
+        data = load_json(path)
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise AutoskillError(f"{path}: not a ranking.json of this version (schema {SCHEMA}); rerun `autoskill-fast "
+                                 "rank`")
+        try:
+            entries = [RankingEntry(**entry) for entry in data["entries"]]
+            return cls(data["proxy"], data["metric"], data.get("run_key"), entries, data.get("config") or {},
+                       data.get("dev") or {}, data.get("baseline") or {}, data.get("notes") or [])
+        except (KeyError, TypeError) as e:
+            raise AutoskillError(f"{path}: malformed ranking ({e}); rerun `autoskill-fast rank`") from None

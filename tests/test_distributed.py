@@ -1,0 +1,180 @@
+"""Several processes (gloo on CPU, as torchrun launches them): collectives in slices, profile / project / eval equal to
+one process, a killed rank stops the others with an error naming it, and the run resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoskill_fast import SkillBasis
+from autoskill_fast.decomposition.statistics import load_statistics
+from autoskill_fast.run.scores import Scores
+from model_fixtures import write_jsonl
+from test_profile import make_texts
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(n: int, *args, timeout: float = 600, **popen) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
+               "-m", "autoskill_fast", *map(str, args)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, **popen)
+
+
+def plain(*args, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autoskill_fast", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+COLLECTIVES = textwrap.dedent("""
+    import json, sys, torch
+    from autoskill_fast.jobs.world import current_world
+    world = current_world()
+    x = torch.arange(1000, dtype=torch.float64) * (world.rank + 1)
+    world.reduce_sum_(x, slice_bytes=24)          # 3 numbers a slice: 334 slices
+    objects = world.gather_objects({"rank": world.rank})
+    shared = world.broadcast_object("from rank 0" if world.main else None)
+    ok = world.all_succeeded(None)
+    failed = world.all_succeeded("planted failure" if world.rank == 1 else None)
+    if world.main:
+        print(json.dumps({"sum_ok": bool(torch.equal(x, torch.arange(1000, dtype=torch.float64) * 3)),
+                          "objects": objects, "shared": shared, "ok": ok, "failed": failed}))
+    world.close()
+""")
+
+
+def test_collectives_in_many_slices():
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, "-c", COLLECTIVES], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=env, cwd=REPO))
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    result = json.loads(outs[0][0].strip().splitlines()[-1])
+    assert result == {"sum_ok": True, "objects": [{"rank": 0}, {"rank": 1}], "shared": "from rank 0", "ok": None,
+                      "failed": "rank 1: planted failure"}
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_profile_project_and_eval(tmp_path, tiny_model):
+    model = tiny_model("llama")
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(37, seed=21)])
+    common = ("--model", model, "--corpus", corpus, "-k", 4, "--quiet", "--save-features", "--token-budget", 64)
+    two = torchrun(2, "profile", *common, "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stdout + two.stderr
+    one = plain("profile", *common, "--out", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    a, b = load_statistics(tmp_path / "one" / "stats.safetensors"), load_statistics(tmp_path / "two" / "stats.safetensors")
+    assert a.n == b.n == 37
+    # The ranks subtract other pilot means than one process does, before the fp32 rows are summed in fp64: equal to
+    # the rows' fp32 rounding.
+    scale = float(a.covariance().abs().max())
+    assert float((a.covariance() - b.covariance()).abs().max()) <= 1e-6 * scale
+    cosines = torch.linalg.svdvals(SkillBasis.load(tmp_path / "one").components_.double()
+                                   @ SkillBasis.load(tmp_path / "two").components_.double().T)
+    assert bool((cosines >= 1 - 1e-6).all()), cosines
+    sa, sb = Scores.load(tmp_path / "one"), Scores.load(tmp_path / "two")
+    assert sa.ids == sb.ids and torch.allclose(sa.projection, sb.projection, atol=1e-6 * float(sa.projection.abs().max()))
+    record = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert record["environment"]["world_size"] == 2 and record["environment"]["backend"] == "gloo"
+    assert sorted(p.name for p in (tmp_path / "two" / "features").iterdir())[:2] == ["shard-r0-00000.safetensors",
+                                                                                     "shard-r1-00000.safetensors"]
+
+    project = torchrun(2, "project", tmp_path / "one", "--model", model, "--corpus", corpus, "--out", tmp_path / "p2",
+                       "--quiet")
+    assert project.returncode == 0, project.stdout + project.stderr
+    projected = Scores.load(tmp_path / "p2")
+    assert projected.ids == sa.ids and torch.allclose(projected.projection, sa.projection, atol=1e-5)
+
+    problems = write_jsonl(tmp_path / "p.jsonl", [{"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"}
+                                                 for i in range(9)])
+    evals = ("eval", "--model", model, "--corpus", problems, "--metric", "nll", "--batch-size", 2, "--quiet")
+    two_eval = torchrun(2, *evals, "--out", tmp_path / "e2")
+    assert two_eval.returncode == 0, two_eval.stdout + two_eval.stderr
+    one_eval = plain(*evals, "--out", tmp_path / "e1")
+    assert one_eval.returncode == 0, one_eval.stderr
+    assert (tmp_path / "e2" / "samples.jsonl").read_text() == (tmp_path / "e1" / "samples.jsonl").read_text()
+    assert not list((tmp_path / "e2").glob("samples.jsonl.rank*"))
+
+
+def rank_pids(parent: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in out]
+
+
+@pytest.mark.slow
+def test_a_killed_rank_stops_the_others_and_the_run_resumes(tmp_path, tiny_model):
+    model = tiny_model("llama")
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(6000, seed=5)])
+    common = ("profile", "--model", model, "--corpus", corpus, "-k", 4, "--quiet", "--token-budget", 48,
+              "--checkpoint-every", 20)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "autoskill_fast", *map(str, common), "--out", str(tmp_path / "run")]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+    progress = tmp_path / "run" / "checkpoint" / "rank-1" / "progress.json"
+    deadline = time.time() + 300
+    while not progress.exists() and launcher.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert progress.exists(), "rank 1 never checkpointed"
+    workers = rank_pids(launcher.pid)
+    assert len(workers) == 2
+    victim = max(workers)  # the workers start in rank order
+    killed_at = time.time()
+    os.kill(victim, signal.SIGKILL)
+    _, err = launcher.communicate(timeout=90)
+    stopped_after = time.time() - killed_at
+    assert launcher.returncode != 0 and stopped_after < 60, (stopped_after, err[-2000:])
+    assert "error: rank 0:" in err and "rank 1 failed" in err, err[-3000:]
+
+    # Resuming with another number of processes is refused, saying how to continue.
+    other = plain(*common, "--out", tmp_path / "run")
+    assert other.returncode == 2 and "started by 2 process(es)" in other.stderr and "--nproc-per-node 2" in other.stderr
+
+    resumed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900,
+                             env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    whole = torchrun(2, *common, "--out", tmp_path / "whole", timeout=900)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    a, b = load_statistics(tmp_path / "whole" / "stats.safetensors"), load_statistics(tmp_path / "run" / "stats.safetensors")
+    assert a.n == b.n == 6000
+    assert torch.equal(a.sumsq.data, b.sumsq.data) and torch.equal(a.sum, b.sum) and torch.equal(a.shift, b.shift)
+
+
+@pytest.mark.slow
+def test_default_model_two_processes_equal_one(tmp_path):
+    common = ("profile", "--limit", 32, "-k", 4, "--quiet", "--save-features")
+    two = torchrun(2, *common, "--out", tmp_path / "two", timeout=900)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = plain(*common, "--out", tmp_path / "one", timeout=900)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = load_statistics(tmp_path / "one" / "stats.safetensors"), load_statistics(tmp_path / "two" / "stats.safetensors")
+    assert a.n == b.n == 32
+    scale = float(a.covariance().abs().max())
+    assert float((a.covariance() - b.covariance()).abs().max()) <= 1e-6 * scale
+    cosines = torch.linalg.svdvals(SkillBasis.load(tmp_path / "one").components_.double()
+                                   @ SkillBasis.load(tmp_path / "two").components_.double().T)
+    assert bool((cosines >= 1 - 1e-6).all()), cosines
+    sa, sb = Scores.load(tmp_path / "one"), Scores.load(tmp_path / "two")
+    np.testing.assert_allclose(sa.projection.numpy(), sb.projection.numpy(), atol=1e-6 * float(sa.projection.abs().max()))

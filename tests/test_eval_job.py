@@ -1,0 +1,190 @@
+"""The eval job: problems and splits, samples and Pass@k tables, the NLL metric, steering, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from autoskill_fast.config import CorpusConfig, ModelConfig
+from autoskill_fast.data.corpus import iter_records
+from autoskill_fast.errors import AutoskillError
+from autoskill_fast.evaluation import generation as generation_mod
+from autoskill_fast.evaluation.generation import GenerationConfig
+from autoskill_fast.evaluation.job import EvalConfig, compare_evals, evaluate, load_eval
+from autoskill_fast.evaluation.problems import ProblemsConfig, check_disjoint, gold_answer, load_problems
+from model_fixtures import write_jsonl
+
+
+def gsm8k_like(tmp_path, n=10):
+    records = [{"question": f"Tom has {i} apples and buys {i + 2} more. How many apples does he have?",
+                "answer": f"He has {i} + {i + 2} = {2 * i + 2} apples.\n#### {2 * i + 2:,}"} for i in range(n)]
+    records[3]["answer"] = "The answer is \\boxed{\\frac{1}{2}}."
+    return write_jsonl(tmp_path / "problems.jsonl", records)
+
+
+def test_gold_answers_and_problem_errors(tmp_path):
+    assert gold_answer("so 3 + 4 = 7\n#### 1,234") == "1234"
+    assert gold_answer("the result is \\boxed{\\frac{3}{4}} indeed") == "\\frac{3}{4}"
+    assert gold_answer("no final answer here") is None
+    problems = load_problems(ProblemsConfig(path=str(gsm8k_like(tmp_path))))
+    assert [p.gold for p in problems[:4]] == ["2", "4", "6", "\\frac{1}{2}"] and problems[9].gold == "20"
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "no answer"}])
+    with pytest.raises(AutoskillError, match=r"bad.jsonl:1: no gold answer in field 'answer'"):
+        load_problems(ProblemsConfig(path=str(bad)))
+    with pytest.raises(AutoskillError, match=r"no text in field 'problem'.*--question-field"):
+        load_problems(ProblemsConfig(path=str(gsm8k_like(tmp_path)), question_field="problem"))
+
+
+def test_the_split_is_deterministic_disjoint_and_shared_with_profile_corpora(tmp_path):
+    path = str(gsm8k_like(tmp_path, 40))
+    dev = load_problems(ProblemsConfig(path=path, split="dev", dev_size=7, split_seed=3))
+    pool = load_problems(ProblemsConfig(path=path, split="pool", dev_size=7, split_seed=3))
+    assert len(dev) == 7 and len(pool) == 33 and not {p.id for p in dev} & {p.id for p in pool}
+    assert dev == load_problems(ProblemsConfig(path=path, split="dev", dev_size=7, split_seed=3))
+    assert {p.id for p in dev} != {p.id for p in load_problems(ProblemsConfig(path=path, split="dev", dev_size=7,
+                                                                               split_seed=4))}
+    # The file's order does not matter: the split is a function of the ids.
+    shuffled = tmp_path / "shuffled.jsonl"
+    lines = (tmp_path / "problems.jsonl").read_text().splitlines()
+    shuffled.write_text("\n".join(reversed(lines)) + "\n")
+    with_ids = [json.loads(line) | {"uid": f"q{i}"} for i, line in enumerate(lines)]
+    a = write_jsonl(tmp_path / "a.jsonl", with_ids)
+    b = write_jsonl(tmp_path / "b.jsonl", list(reversed(with_ids)))
+    dev_a = {p.id for p in load_problems(ProblemsConfig(path=str(a), id_field="uid", split="dev", dev_size=5))}
+    dev_b = {p.id for p in load_problems(ProblemsConfig(path=str(b), id_field="uid", split="dev", dev_size=5))}
+    assert dev_a == dev_b
+    pool_corpus = CorpusConfig(path, template="{question}\n{answer}", split="pool", dev_size=7, split_seed=3)
+    assert [r.id for r in iter_records(pool_corpus)] == [p.id for p in pool]
+    with pytest.raises(AutoskillError, match="in the dev set the result is evaluated on"):
+        check_disjoint([p.id for p in pool] + [dev[0].id], {p.id for p in dev}, what="x")
+
+
+def tiny_eval(tmp_path, tiny_model, name="e", **kw):
+    generation = GenerationConfig(**{"n": 2, "max_new_tokens": 6, "batch_size": 3, **kw.pop("generation", {})})
+    return EvalConfig(out=str(tmp_path / name), problems=ProblemsConfig(path=str(gsm8k_like(tmp_path))),
+                      model=ModelConfig(str(tiny_model("llama"))), generation=generation, quiet=True, **kw)
+
+
+def test_samples_and_the_pass_at_k_table(tmp_path, tiny_model, monkeypatch):
+    # A grader that calls every even problem's first sample correct: the table is then known exactly.
+    from autoskill_fast.evaluation import grading
+
+    class Planted:
+        def __init__(self, **_):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_):
+            pass
+
+        def grade(self, completion, gold):  # the golds' self-check before generating
+            return grading.Verdict(correct=completion == f"\\boxed{{{gold}}}", timed_out=False, extracted=gold)
+
+        def grade_many(self, pairs):
+            out = []
+            for i, (completion, gold) in enumerate(pairs):
+                good = i == 0 and int(gold) % 4 == 2 if gold.isdigit() else False
+                out.append(grading.Verdict(correct=good, timed_out=False, extracted=None))
+            return out
+
+    monkeypatch.setattr(grading, "Grader", Planted)
+    result = evaluate(tiny_eval(tmp_path, tiny_model, k=(1, 2)))
+    lines = [json.loads(line) for line in (tmp_path / "e" / "samples.jsonl").read_text().splitlines()]
+    assert len(lines) == 20 and {line["sample"] for line in lines} == {0, 1}
+    assert all(set(line) >= {"id", "sample", "completion", "extracted", "correct", "timed_out", "tokens"} for line in lines)
+    golds = [p.gold for p in load_problems(ProblemsConfig(path=str(tmp_path / "problems.jsonl")))]
+    solved = np.array([g.isdigit() and int(g) % 4 == 2 for g in golds])
+    record = json.loads((tmp_path / "e" / "eval.json").read_text())
+    assert record["status"] == "complete" and record["counts"]["correct"] == int(solved.sum())
+    assert record["pass_at_k"]["1"]["value"] == pytest.approx(solved.mean() / 2)
+    assert record["pass_at_k"]["2"]["value"] == pytest.approx(solved.mean())
+    assert record["pass_at_k"]["1"]["low"] <= solved.mean() / 2 <= record["pass_at_k"]["1"]["high"]
+    assert list(result.correct) == list(solved.astype(int))
+
+
+def test_a_killed_eval_resumes_to_the_same_samples(tmp_path, tiny_model, monkeypatch):
+    whole = evaluate(tiny_eval(tmp_path, tiny_model, name="whole"))
+    original = generation_mod.HFGenerator.generate
+    calls = {"n": 0}
+
+    def dies_on_third_batch(self, prompts, seed):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, prompts, seed)
+
+    monkeypatch.setattr(generation_mod.HFGenerator, "generate", dies_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tiny_eval(tmp_path, tiny_model, name="resumed"))
+    partial = (tmp_path / "resumed" / "samples.jsonl").read_text().splitlines()
+    assert len(partial) == 12  # two whole batches of 3 problems x 2 samples
+    with open(tmp_path / "resumed" / "samples.jsonl", "a") as f:
+        f.write('{"batch": 2, "id": "6", "sam')  # a line torn by the kill
+    monkeypatch.setattr(generation_mod.HFGenerator, "generate", original)
+    resumed = evaluate(tiny_eval(tmp_path, tiny_model, name="resumed"))
+    assert (tmp_path / "resumed" / "samples.jsonl").read_text() == (tmp_path / "whole" / "samples.jsonl").read_text()
+    assert resumed.record["pass_at_k"] == whole.record["pass_at_k"]
+    with pytest.raises(AutoskillError, match="holds an evaluation with other options"):
+        evaluate(tiny_eval(tmp_path, tiny_model, name="resumed", generation={"seed": 1}))
+
+
+@torch.no_grad()
+def test_nll_equals_teacher_forcing_by_hand_and_steering_changes_it(tmp_path, tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from autoskill_fast.evaluation.generation import prompt_text
+
+    config = tiny_eval(tmp_path, tiny_model, metric="nll")
+    result = evaluate(config)
+    model_dir = tiny_model("llama")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64).eval()
+    expected = []
+    for problem in load_problems(config.problems):
+        prompt = tok(prompt_text(problem.question, tok, chat=False))["input_ids"]
+        solution = tok("\n" + problem.solution.strip(), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = torch.tensor([prompt + solution])
+        logprobs = torch.log_softmax(model(ids).logits[0, :-1], dim=-1)
+        picked = logprobs.gather(-1, ids[0, 1:, None]).squeeze(-1)[len(prompt) - 1:]
+        expected.append(float(-picked.mean()))
+    np.testing.assert_allclose(result.nll, expected, rtol=1e-4)
+    assert result.record["nll"]["low"] <= result.record["nll"]["value"] <= result.record["nll"]["high"]
+
+    # A steering vector (by hooks) moves every problem's NLL; the paired comparison sees it.
+    from autoskill_fast.capture.fingerprint import fingerprint
+    from autoskill_fast.steering import SteeringVector
+
+    fp = fingerprint(model, "tiny")
+    vector = SteeringVector({1: torch.randn(48, generator=torch.Generator().manual_seed(0)) * 3.0}, fp)
+    vector.save(tmp_path / "vector")
+    steered = evaluate(replace(config, out=str(tmp_path / "steered"), steering=str(tmp_path / "vector"),
+                               baseline=str(tmp_path / "e")))
+    assert not np.allclose(steered.nll, result.nll)
+    diff = compare_evals(load_eval(tmp_path / "e"), steered)
+    assert diff.value == pytest.approx(float(np.mean(steered.nll - result.nll)))
+    assert steered.record["against_baseline"]["nll"]["value"] == pytest.approx(diff.value)
+
+
+def test_eval_config_errors():
+    with pytest.raises(AutoskillError, match=r"EvalConfig.k: Pass@8 needs at least 8 samples"):
+        EvalConfig(out="x", generation=GenerationConfig(n=4), k=(1, 8))
+    with pytest.raises(AutoskillError, match="GenerationConfig.temperature"):
+        GenerationConfig(temperature=-1)
+    with pytest.raises(AutoskillError, match="bake it"):
+        EvalConfig(out="x", steering="v", generation=GenerationConfig(backend="vllm"))
+
+
+def test_greedy_with_several_samples_repeats_the_one_answer(tmp_path, tiny_model):
+    result = evaluate(tiny_eval(tmp_path, tiny_model, generation={"n": 3, "temperature": 0.0}, k=(1, 3)))
+    lines = [json.loads(line) for line in (tmp_path / "e" / "samples.jsonl").read_text().splitlines()]
+    by_problem = {}
+    for line in lines:
+        by_problem.setdefault(line["id"], []).append(line["completion"])
+    assert len(by_problem) == 10 and all(len(set(c)) == 1 and len(c) == 3 for c in by_problem.values())
+    assert result.record["pass_at_k"]["1"]["value"] == result.record["pass_at_k"]["3"]["value"]

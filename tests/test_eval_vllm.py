@@ -1,0 +1,282 @@
+"""The eval job's vllm backend against its hf backend, and its resume after a kill.
+
+The tests marked `vllm` run the real engine (`bash scripts/test_vllm.sh`, which creates .venv-vllm on first use;
+~7-10 min on 2 loaded CPU cores, most of it vLLM's start-up, paid once per evaluation): on the default model in
+fp32, greedy decoding gives the same tokens, completions and grades on both backends; sampling at temperature 1 gives
+the same length, stop and correctness statistics within sampling error; and a vLLM evaluation resumed after a kill
+writes the samples an uninterrupted one does.
+
+The other tests run everywhere: a stand-in for the worker (a script given as AUTOSKILL_VLLM_PYTHON that writes
+canned, seed-determined outputs) checks the plumbing: a failing worker's error, the worker's process group killed when
+this process stops early, and a resume after either.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoskill_fast.config import ModelConfig
+from autoskill_fast.errors import AutoskillError
+from autoskill_fast.evaluation import job, vllm_backend
+from autoskill_fast.evaluation.generation import GenerationConfig, prompt_text
+from autoskill_fast.evaluation.job import EvalConfig, evaluate
+from autoskill_fast.evaluation.problems import ProblemsConfig, load_problems
+from model_fixtures import write_jsonl
+
+Z_MAX = 4.0  # two-sided: a correct backend exceeds it with probability 6e-5 per statistic
+
+
+def samples(folder) -> list[dict]:
+    return [json.loads(line) for line in (Path(folder) / job.SAMPLES_JSONL).read_text().splitlines()]
+
+
+def by_problem(lines: list[dict], key: str) -> dict[str, np.ndarray]:
+    grouped: dict[str, list[float]] = {}
+    for line in lines:
+        grouped.setdefault(line["id"], []).append(float(line[key]))
+    return {pid: np.array(values) for pid, values in grouped.items()}
+
+
+def paired_z(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    """(mean of b - mean of a) over the same problems, divided by its standard error.
+
+    Under the hypothesis that both backends sample from the same distribution, a problem's samples from either are
+    independent draws of one distribution: its variance is estimated from all of them (pooled), and the variation
+    between problems cancels because both backends answer every problem. A statistic that is constant on both sides
+    gives 0 when the sides agree and infinity when they do not.
+    """
+    diff, var = 0.0, 0.0
+    for pid, x in a.items():
+        y = b[pid]
+        diff += y.mean() - x.mean()
+        var += np.var(np.concatenate([x, y]), ddof=1) * (1 / len(x) + 1 / len(y))
+    if var == 0:
+        return 0.0 if diff == 0 else float("inf")
+    return float(diff / np.sqrt(var))
+
+
+# --- the real engine ---------------------------------------------------------------------------------------------
+
+def vllm_eval(tmp, name: str, backend: str, **generation) -> EvalConfig:
+    """The default model in fp32 on the first problems of the embedded GSM8K."""
+    limit = generation.pop("limit")
+    return EvalConfig(out=str(tmp / name), problems=ProblemsConfig(limit=limit), model=ModelConfig(dtype="float32"),
+                      generation=GenerationConfig(backend=backend, **generation), quiet=True)
+
+
+@pytest.fixture(scope="module")
+def engine_tmp(tmp_path_factory):
+    try:
+        vllm_backend.vllm_python()
+    except AutoskillError as e:
+        pytest.skip(str(e))
+    torch.set_num_threads(1)
+    return tmp_path_factory.mktemp("eval-vllm")
+
+
+# Greedy: the chat template, because the raw prompt's greedy continuation on this model is an immediate EOS.
+GREEDY = dict(limit=6, n=1, temperature=0.0, max_new_tokens=48, batch_size=3, chat=True)
+# Sampled: the seed protocol (raw prompt, temperature 1), where the first token is EOS about half the time, so the
+# lengths (1 to 32) and the stop rate vary a lot from sample to sample.
+SAMPLED = dict(limit=8, n=8, temperature=1.0, top_p=1.0, max_new_tokens=32, batch_size=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def sampled_vllm(engine_tmp):
+    config = vllm_eval(engine_tmp, "sampled-vllm", "vllm", **SAMPLED)
+    evaluate(config)
+    return config
+
+
+@pytest.mark.vllm
+def test_greedy_vllm_matches_hf_token_for_token(engine_tmp):
+    hf = evaluate(vllm_eval(engine_tmp, "greedy-hf", "hf", **GREEDY))
+    vl = evaluate(vllm_eval(engine_tmp, "greedy-vllm", "vllm", **GREEDY))
+    a, b = samples(hf.folder), samples(vl.folder)
+    assert len(a) == len(b) == GREEDY["limit"]
+    assert all(line["tokens"] > 10 for line in a), "the greedy completions should be real text"
+    for x, y in zip(a, b):
+        assert x == y, f"problem {x['id']}: hf {x['completion']!r} != vllm {y['completion']!r}"
+    assert hf.record["pass_at_k"] == vl.record["pass_at_k"]
+    timings = vl.record["timings"]
+    assert timings["generated_tokens"] == sum(line["tokens"] for line in b) and timings["load_s"] > 0
+
+
+@pytest.mark.vllm
+def test_sampling_matches_hf_within_sampling_error(engine_tmp, sampled_vllm):
+    hf = samples(evaluate(vllm_eval(engine_tmp, "sampled-hf", "hf", **SAMPLED)).folder)
+    vl = samples(sampled_vllm.out)
+    assert len(hf) == len(vl) == SAMPLED["limit"] * SAMPLED["n"]
+    for key in ("tokens", "finished", "correct"):
+        z = paired_z(by_problem(hf, key), by_problem(vl, key))
+        assert abs(z) < Z_MAX, f"mean {key}: vllm - hf is {z:.1f} standard errors"
+    # The n samples of a problem are n draws, not one repeated (vLLM seeds them seed, seed + 1, ...).
+    distinct = [len({line["completion"] for line in vl if line["id"] == pid}) for pid in by_problem(vl, "tokens")]
+    assert sum(d > 1 for d in distinct) >= len(distinct) // 2, distinct
+
+    # Each backend against the model itself: how often the first token is EOS (an empty completion) is a sum of
+    # Bernoulli(q_p) draws, q_p the model's exact probability of EOS after problem p's prompt.
+    from autoskill_fast.capture.models import load_model
+
+    loaded = load_model(ModelConfig(dtype="float32", device="cpu"), causal_lm=True)
+    tok = loaded.tokenizer
+    q = {}
+    with torch.inference_mode():
+        for p in load_problems(ProblemsConfig(limit=SAMPLED["limit"])):
+            ids = tok(prompt_text(p.question, tok, chat=False), return_tensors="pt")["input_ids"]
+            q[p.id] = torch.softmax(loaded.model(ids).logits[0, -1].double(), -1)[tok.eos_token_id].item()
+    n = SAMPLED["n"]
+    mean = n * sum(q.values())
+    sd = np.sqrt(n * sum(v * (1 - v) for v in q.values()))
+    for name, lines in (("hf", hf), ("vllm", vl)):
+        empty = sum(line["tokens"] == 1 and line["finished"] for line in lines)
+        assert abs(empty - mean) < Z_MAX * sd, (f"{name}: {empty} samples stop at once; the model says "
+                                                f"{mean:.1f} ± {sd:.1f}")
+
+
+@pytest.mark.vllm
+def test_a_vllm_eval_resumed_after_a_kill_equals_an_uninterrupted_one(engine_tmp, sampled_vllm):
+    # What a kill after the first batch leaves: eval.json still running, the first batch's lines, and a torn line.
+    out = engine_tmp / "sampled-vllm-resumed"
+    out.mkdir()
+    record = json.loads((Path(sampled_vllm.out) / job.EVAL_JSON).read_text())
+    (out / job.EVAL_JSON).write_text(json.dumps(record | {"status": "running"}))
+    lines = (Path(sampled_vllm.out) / job.SAMPLES_JSONL).read_text().splitlines(keepends=True)
+    first = [line for line in lines if json.loads(line)["batch"] == 0]
+    assert 0 < len(first) < len(lines)
+    (out / job.SAMPLES_JSONL).write_text("".join(first) + lines[len(first)][:40])
+    resumed = evaluate(vllm_eval(engine_tmp, "sampled-vllm-resumed", "vllm", **SAMPLED))
+    regenerated = sum(json.loads(line)["tokens"] for line in lines[len(first):])
+    assert resumed.record["timings"]["generated_tokens"] == regenerated
+    assert samples(out) == samples(sampled_vllm.out)
+
+
+# --- a stand-in worker -------------------------------------------------------------------------------------------
+
+FAKE_WORKER = """\
+import json, os, subprocess, sys, time
+args = sys.argv[2:]  # sys.argv[1] is vllm_worker.py
+request = json.load(open(args[args.index("--request") + 1]))
+mode = os.environ.get("FAKE_VLLM_MODE", "ok")
+n, eos = request["sampling"]["n"], request["sampling"]["eos_token_id"]
+with open(args[args.index("--out") + 1], "a") as out:
+    def write(record):
+        out.write(json.dumps(record) + "\\n")
+        out.flush()
+    write({"kind": "load", "load_s": 0.5, "vllm": "fake"})
+    for k, batch in enumerate(request["batches"]):
+        if k == 1 and mode == "fail":
+            sys.exit("RuntimeError: the fake engine died")
+        if k == 1 and mode == "hang":  # an engine process of its own, as vLLM has, and both wait forever
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+            with open(os.environ["FAKE_VLLM_PIDS"] + ".tmp", "w") as f:
+                f.write(f"{os.getpid()} {child.pid}")
+            os.replace(os.environ["FAKE_VLLM_PIDS"] + ".tmp", os.environ["FAKE_VLLM_PIDS"])
+            time.sleep(600)
+        outputs = [[{"token_ids": [100 + (batch["seed"] + 31 * i + 7 * s + j) % 1000 for j in range(3)]
+                     + ([eos] if s % 2 == 0 else []), "finish_reason": "stop" if s % 2 == 0 else "length"}
+                    for s in range(n)] for i, prompt in enumerate(batch["prompts"])]
+        write({"kind": "batch", "batch": batch["batch"], "outputs": outputs, "generate_s": 0.25,
+               "generated_tokens": sum(len(o["token_ids"]) for per in outputs for o in per)})
+"""
+
+
+@pytest.fixture
+def fake_vllm(tmp_path, monkeypatch):
+    python = tmp_path / "fake-python"
+    python.write_text(f"#!{sys.executable}\n{FAKE_WORKER}")
+    python.chmod(python.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("AUTOSKILL_VLLM_PYTHON", str(python))
+    return python
+
+
+def fake_eval(tmp_path, tiny_model, name: str, **kw) -> EvalConfig:
+    problems = write_jsonl(tmp_path / "problems.jsonl", [
+        {"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"} for i in range(6)])
+    return EvalConfig(out=str(tmp_path / name), problems=ProblemsConfig(path=str(problems)),
+                      model=ModelConfig(str(tiny_model("llama"))),
+                      generation=GenerationConfig(backend="vllm", n=2, max_new_tokens=8, batch_size=2), quiet=True,
+                      **kw)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_a_failed_worker_is_reported_and_the_eval_resumes(tmp_path, tiny_model, fake_vllm, monkeypatch):
+    reference = evaluate(fake_eval(tmp_path, tiny_model, "reference"))
+    assert reference.record["timings"]["load_s"] == 0.5 and reference.record["counts"]["samples"] == 12
+    first = samples(reference.folder)
+    assert [(line["tokens"], line["finished"]) for line in first[:2]] == [(4, True), (3, False)]
+
+    monkeypatch.setenv("FAKE_VLLM_MODE", "fail")
+    config = fake_eval(tmp_path, tiny_model, "interrupted")
+    with pytest.raises(AutoskillError, match=r"(?s)exit code 1.*rerun to resume.*the fake engine died"):
+        evaluate(config)
+    assert {line["batch"] for line in samples(config.out)} == {0}
+    assert "the fake engine died" in (Path(config.out) / vllm_backend.WORKER_LOG).read_text()
+    monkeypatch.setenv("FAKE_VLLM_MODE", "ok")
+    resumed = evaluate(config)
+    assert resumed.record["timings"]["generated_tokens"] == 28  # batches 1 and 2 only: 2 x 2 problems x (4 + 3)
+    assert samples(config.out) == first
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_stopping_early_kills_the_worker_and_its_engine(tmp_path, tiny_model, fake_vllm, monkeypatch):
+    reference = samples(evaluate(fake_eval(tmp_path, tiny_model, "reference")).folder)
+    pids = tmp_path / "pids"
+    monkeypatch.setenv("FAKE_VLLM_MODE", "hang")
+    monkeypatch.setenv("FAKE_VLLM_PIDS", str(pids))
+    real_append = vllm_backend.append_batch
+
+    class Killed(BaseException):  # like KeyboardInterrupt, past every `except Exception`
+        pass
+
+    def append_then_die(path, lines):  # stopped right after the first batch is on disk, the worker still running
+        real_append(path, lines)
+        while not pids.exists():
+            time.sleep(0.05)
+        raise Killed
+
+    monkeypatch.setattr(vllm_backend, "append_batch", append_then_die)
+    config = fake_eval(tmp_path, tiny_model, "killed")
+    with pytest.raises(Killed):
+        evaluate(config)
+    worker, engine = (int(pid) for pid in pids.read_text().split())
+    deadline = time.monotonic() + 10  # SIGKILL is delivered asynchronously
+    while (alive(worker) or alive(engine)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(worker) and not alive(engine)
+    monkeypatch.setattr(vllm_backend, "append_batch", real_append)
+    monkeypatch.setenv("FAKE_VLLM_MODE", "ok")
+    evaluate(config)
+    assert samples(config.out) == reference
+
+
+def test_refusals(tmp_path, tiny_model, fake_vllm, monkeypatch):
+    with pytest.raises(AutoskillError, match="EvalConfig.metric: nll .* use --backend hf"):
+        evaluate(fake_eval(tmp_path, tiny_model, "nll", metric="nll"))
+    monkeypatch.delenv("AUTOSKILL_VLLM_PYTHON")
+    monkeypatch.setattr(vllm_backend, "REPO_VENV_PYTHON", tmp_path / "none" / "python")
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
+    with pytest.raises(AutoskillError, match=r"bash scripts/vllm_env.sh.*pip install vllm"):
+        vllm_backend.vllm_python()
+    monkeypatch.setenv("AUTOSKILL_VLLM_PYTHON", str(tmp_path / "missing"))
+    with pytest.raises(AutoskillError, match="not an executable Python"):
+        vllm_backend.vllm_python()

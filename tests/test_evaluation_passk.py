@@ -1,0 +1,188 @@
+"""Pass@k against brute-force enumeration and exact binomials; bootstrap intervals that cover at the nominal rate in a
+seeded simulation with known truth; paired differences that pair."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from autoskill_fast.evaluation.passk import (Estimate, mean_interval, paired_mean_difference,
+                                             paired_pass_at_k_difference, pass_at_k, pass_at_k_interval)
+
+
+def brute_force_pass_at_k(n: int, c: int, k: int) -> Fraction:
+    """The share of k-subsets of n samples (the first c correct) that hold a correct one."""
+    subsets = list(itertools.combinations(range(n), k))
+    return Fraction(sum(min(s) < c for s in subsets), len(subsets))
+
+
+SMALL = [(n, c, k) for n in range(1, 9) for c in range(n + 1) for k in range(1, n + 1)]
+
+
+def test_pass_at_k_equals_enumeration_of_k_subsets_for_every_small_case():
+    for n, c, k in SMALL:
+        got = pass_at_k(n, c, k)
+        assert isinstance(got, float)
+        assert math.isclose(got, brute_force_pass_at_k(n, c, k), rel_tol=1e-14, abs_tol=1e-15), (n, c, k)
+        if c == 0:
+            assert got == 0.0
+        if n - c < k:  # every k-subset holds a correct sample
+            assert got == 1.0
+
+
+@pytest.mark.parametrize("n", [50, 200, 1000, 10_000])
+def test_pass_at_k_matches_exact_binomials_for_large_n(n):
+    for c in sorted({0, 1, 2, n // 100, n // 3, n // 2, n - 1, n}):
+        for k in sorted({1, 2, 5, n // 10, n // 2, n}):
+            exact = 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
+            assert math.isclose(pass_at_k(n, c, k), exact, rel_tol=1e-12, abs_tol=1e-15), (n, c, k)
+
+
+def test_pass_at_1_is_the_share_correct():
+    c = np.arange(17)
+    np.testing.assert_allclose(pass_at_k(16, c, 1), c / 16, rtol=0, atol=1e-15)
+
+
+def test_pass_at_k_broadcasts_n_c_and_k():
+    n, c, k = map(np.array, zip(*SMALL))
+    flat = pass_at_k(n, c, k)
+    assert flat.shape == (len(SMALL),) and flat.dtype == np.float64
+    np.testing.assert_array_equal(flat, [pass_at_k(*t) for t in SMALL])
+    grid = pass_at_k(8, np.arange(9)[:, None], np.arange(1, 9)[None, :])  # [c, k]
+    assert grid.shape == (9, 8)
+    np.testing.assert_array_equal(grid[3], [pass_at_k(8, 3, k) for k in range(1, 9)])
+    per_problem_n = pass_at_k(np.array([[5], [8]]), np.array([0, 1, 2, 3]), 2)
+    np.testing.assert_array_equal(per_problem_n, [[pass_at_k(5, c, 2) for c in range(4)],
+                                                  [pass_at_k(8, c, 2) for c in range(4)]])
+    # integer-valued floats and small unsigned counts are integers too
+    assert pass_at_k(8.0, np.uint8(3), 2.0) == pass_at_k(8, 3, 2)
+
+
+@pytest.mark.parametrize("n, c, k, message", [
+    (5, 2, 6, r"k must not exceed n: pass@k needs at least k samples \(n=5, c=2, k=6\)"),
+    (5, 6, 1, r"c \(correct samples\) must not exceed n"),
+    (-1, 0, 1, "n must not be negative"),
+    (5, -1, 1, "c must not be negative"),
+    (5, 1, 0, "k must be at least 1"),
+    (5, 1, -2, "k must be at least 1"),
+    (5, 1.5, 1, "c must be integers, got 1.5"),
+    (5, float("nan"), 1, "c must be integers, got nan"),
+    ("5", 1, 1, "n must be integers, got dtype <U1"),
+    (True, 1, 1, "n must be integers, got dtype bool"),
+    (np.array([8, 8, 8]), np.array([1, 9, 2]), 1, r"at index \(1,\) \(n=8, c=9, k=1\)"),
+])
+def test_pass_at_k_refuses_what_it_cannot_estimate(n, c, k, message):
+    with pytest.raises(ValueError, match=message):
+        pass_at_k(n, c, k)
+
+
+def test_interval_is_the_mean_with_a_seeded_percentile_bootstrap():
+    rng = np.random.default_rng(1)
+    correct = rng.integers(0, 9, 300)
+    est = pass_at_k_interval(correct, 8, 2)
+    assert isinstance(est, Estimate) and est.confidence == 0.95
+    assert est.value == pytest.approx(pass_at_k(8, correct, 2).mean(), abs=1e-15)
+    assert est.low < est.value < est.high
+    assert pass_at_k_interval(correct, 8, 2) == est  # the seed fixes it
+    assert pass_at_k_interval(correct, 8, 2, seed=1) != est
+    assert est.to_json() == {"value": est.value, "low": est.low, "high": est.high, "confidence": 0.95}
+    narrower = pass_at_k_interval(correct, 8, 2, confidence=0.5)
+    assert est.low < narrower.low < narrower.high < est.high
+    # n per problem: the same numbers when every problem has the same n
+    assert pass_at_k_interval(correct, np.full(300, 8), 2) == est
+    # a bootstrap is a mean over resampled problems: it never leaves the range of the per-problem values
+    values = rng.normal(size=50)
+    est = mean_interval(values, resamples=500)
+    assert values.min() <= est.low < est.high <= values.max()
+    assert mean_interval(np.full(40, 0.25)) == Estimate(0.25, 0.25, 0.25, 0.95)
+
+
+def test_a_paired_difference_resamples_the_same_problems_for_both():
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=200)
+    # b = a + 0.3 on every problem: with the same indices for both, every resample differs by exactly 0.3
+    est = paired_mean_difference(a, a + 0.3)
+    assert est.value == pytest.approx(0.3) and est.high - est.low < 1e-12
+    correct = rng.integers(0, 9, 200)
+    assert paired_pass_at_k_difference(correct, correct, 8, 8, 3) == Estimate(0.0, 0.0, 0.0, 0.95)
+    # and it is the bootstrap of the per-problem differences, sign b - a
+    diff = paired_pass_at_k_difference(correct, np.minimum(correct + 1, 8), 8, 8, 1)
+    assert diff == mean_interval(pass_at_k(8, np.minimum(correct + 1, 8), 1) - pass_at_k(8, correct, 1))
+    assert diff.low > 0
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: pass_at_k_interval(np.zeros((2, 3), int), 8, 1), "one per problem, got shape"),
+    (lambda: pass_at_k_interval(np.array([], int), 8, 1), "non-empty 1-D"),
+    (lambda: pass_at_k_interval(np.array([1, 2]), np.array([8, 8, 8]), 1), r"n must be one sample count or one per"),
+    (lambda: pass_at_k_interval(np.array([1, 2]), 8, [1, 2]), "k must be one integer"),
+    (lambda: pass_at_k_interval(np.array([1, 9]), 8, 1), "must not exceed n"),
+    (lambda: pass_at_k_interval(np.array([1, 2]), 8, 1, confidence=1.0), "confidence must lie strictly between"),
+    (lambda: pass_at_k_interval(np.array([1, 2]), 8, 1, resamples=0), "resamples must be a positive integer"),
+    (lambda: mean_interval([1.0, float("nan")]), "non-finite value at problem 1"),
+    (lambda: paired_mean_difference([1.0, 2.0], [1.0]), "same problems in the same order"),
+])
+def test_interval_arguments_are_checked(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+# A seeded simulation with a known truth: each evaluation draws P problems whose pass probabilities p ~ Beta(A, B)
+# and N samples of each. The population's mean pass@k is E[1 - (1 - p)^k] = 1 - prod_{j<k} (B + j) / (A + B + j).
+# At P = 200 the percentile bootstrap covers ~94.5% (measured over 3000 runs); over 1000 runs the Monte Carlo standard
+# deviation of the coverage is ~0.7%, so a correct 95% interval lands in [0.925, 0.975] (0.945 here, 0.942 paired)
+# while a 90% or a 99% one does not (0.904 / 0.982 here, 0.892 / 0.980 paired).
+A, B, N, K, P, RUNS, RESAMPLES = 1.0, 2.0, 8, 4, 200, 1000, 300
+
+
+def true_mean_pass_at_k(k: int) -> float:
+    return 1.0 - math.prod((B + j) / (A + B + j) for j in range(k))
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    """[RUNS, P] pass probabilities and two independent evaluations' correct counts drawn from them."""
+    rng = np.random.default_rng(0)
+    p = rng.beta(A, B, size=(RUNS, P))
+    return p, rng.binomial(N, p), rng.binomial(N, p)
+
+
+def test_interval_covers_the_true_mean_pass_at_k_at_the_nominal_rate(simulated):
+    _, correct, _ = simulated
+    truth = true_mean_pass_at_k(K)
+    covered = [est.low <= truth <= est.high
+               for est in (pass_at_k_interval(c, N, K, resamples=RESAMPLES) for c in correct)]
+    assert 0.925 <= np.mean(covered) <= 0.975
+
+
+def test_paired_difference_of_two_draws_from_one_distribution_covers_zero_at_the_nominal_rate(simulated):
+    _, correct_a, correct_b = simulated
+    covered = [est.low <= 0.0 <= est.high
+               for est in (paired_pass_at_k_difference(a, b, N, N, K, resamples=RESAMPLES)
+                           for a, b in zip(correct_a, correct_b))]
+    assert 0.925 <= np.mean(covered) <= 0.975
+
+
+def test_paired_difference_finds_a_planted_effect_and_is_narrower_than_unpaired(simulated):
+    p, correct_a, _ = simulated
+    rng = np.random.default_rng(3)
+    better = rng.binomial(N, 1.0 - (1.0 - p) ** 2)  # each problem's pass rate raised: E[p (1 - p)] = 1/6 at pass@1
+    paired_widths, unpaired_widths = [], []
+    for a, b in zip(correct_a[:100], better[:100]):
+        est = paired_pass_at_k_difference(a, b, N, N, 1, resamples=RESAMPLES)
+        assert est.low > 0.0, est
+        paired_widths.append(est.high - est.low)
+        ea, eb = (pass_at_k_interval(x, N, 1, resamples=RESAMPLES, seed=s) for x, s in ((a, 1), (b, 2)))
+        unpaired_widths.append(math.hypot(ea.high - ea.low, eb.high - eb.low))
+    # problems hard for a are hard for b: pairing cancels difficulty (here to about half the unpaired width)
+    assert np.mean(paired_widths) < 0.75 * np.mean(unpaired_widths)
+
+
+def test_the_bootstrap_is_vectorized_and_memory_flat():
+    values = np.random.default_rng(4).random(5000)
+    est = mean_interval(values, resamples=2000)  # 10 M resampled indices, drawn in blocks
+    assert est.low < values.mean() < est.high

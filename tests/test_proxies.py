@@ -1,0 +1,171 @@
+"""The proxies that rank directions: planted effects are recovered with the right sign, nulls are not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from autoskill_fast.basis import SkillBasis
+from autoskill_fast.capture.fingerprint import fingerprint
+from autoskill_fast.capture.layout import FeatureLayout
+from autoskill_fast.config import ModelConfig
+from autoskill_fast.decomposition.pca import PrincipalComponents
+from autoskill_fast.evaluation.generation import GenerationConfig
+from autoskill_fast.evaluation.job import EvalConfig
+from autoskill_fast.evaluation.problems import ProblemsConfig
+from autoskill_fast.proxies.correlation import auroc, cluster_bootstrap, entries_from, pearson
+from autoskill_fast.run.ranking import Ranking
+from model_fixtures import write_jsonl
+
+
+def test_auroc_and_point_biserial_against_scikit_learn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(size=(97, 5)), 1)  # rounded: many ties
+    labels = rng.random(97) < 0.3
+    np.testing.assert_allclose(auroc(scores, labels), [roc_auc_score(labels, scores[:, j]) for j in range(5)])
+    np.testing.assert_allclose(pearson(scores, labels.astype(float)),
+                               [np.corrcoef(scores[:, j], labels)[0, 1] for j in range(5)])
+    assert np.isnan(auroc(scores, np.zeros(97, dtype=bool))).all()
+
+
+def test_correlation_recovers_a_planted_direction_and_sign():
+    """Correctness depends on direction 1 only, and negatively: (1, -) ranks first with an interval above 0, and the
+    null directions' AUROC intervals contain one half."""
+    rng = np.random.default_rng(7)
+    problems, samples = 80, 4
+    groups = np.repeat(np.arange(problems), samples)
+    difficulty = rng.normal(size=problems)[groups]  # shared by a problem's samples
+    scores = rng.normal(size=(problems * samples, 3))
+    correct = rng.random(problems * samples) < 1 / (1 + np.exp(-(-1.5 * scores[:, 1] + difficulty)))
+    value, low, high = cluster_bootstrap(lambda rows: auroc(scores[rows], correct[rows]), groups, resamples=400)
+    entries = entries_from(value, low, high, center=0.5, statistic="AUROC - 0.5", evaluation="planted", cost_s=0.0)
+    ranking = Ranking("correlation", "passk", None, entries)
+    best = ranking.entries[0]
+    assert (best.direction, best.sign) == (1, -1) and best.significant
+    assert ranking.entries[-1].direction == 1 and ranking.entries[-1].sign == 1
+    for entry in ranking.entries:
+        if entry.direction != 1:
+            assert entry.low <= 0 <= entry.high, entry
+        assert entry.low <= entry.effect <= entry.high
+
+
+def test_the_interval_covers_the_truth_at_about_the_nominal_rate():
+    """Null data (no direction matters): the AUROC interval of one direction contains 0.5 in most of 60 seeded
+    repetitions (binomial: 95% nominal gives 57 expected; fewer than 50 would mean the interval is far too narrow)."""
+    covered = 0
+    for seed in range(60):
+        rng = np.random.default_rng(100 + seed)
+        groups = np.repeat(np.arange(40), 3)
+        scores = rng.normal(size=(120, 1))
+        correct = rng.random(120) < 0.4
+        _, low, high = cluster_bootstrap(lambda rows: auroc(scores[rows], correct[rows]), groups, resamples=200,
+                                         seed=seed)
+        covered += bool(low[0] <= 0.5 <= high[0])
+    assert covered >= 50, covered
+
+
+def test_steering_recovers_a_planted_direction(tmp_path, tiny_model):
+    """A tiny model whose direction 0 points (at its last steered block) along the unembedding of the gold solution's
+    tokens: steering towards it lowers the gold NLL of every dev problem, away from it raises it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from autoskill_fast.proxies.steering import steer_proxy
+
+    model_dir = tiny_model("llama")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    records = [{"question": f"What is {i} + {7 - i}?", "answer": "#### 7"} for i in range(6)]
+    corpus = write_jsonl(tmp_path / "p.jsonl", records)
+    answer_ids = tok("\n#### 7", add_special_tokens=False)["input_ids"]
+    unembed = model.lm_head.weight.detach()[answer_ids].mean(0)
+    chunk = torch.nn.functional.normalize(unembed, dim=0)
+    hidden = model.config.hidden_size
+    planted = torch.cat([torch.zeros(hidden), chunk])  # blocks (1, 2): the bias goes on block 2
+    other = torch.randn(2 * hidden, generator=torch.Generator().manual_seed(0))
+    other = torch.nn.functional.normalize(other - (other @ planted) * planted, dim=0)
+    basis = SkillBasis(PrincipalComponents(torch.stack([planted, other]), torch.tensor([2.0, 1.0], dtype=torch.float64),
+                                           torch.zeros(2 * hidden, dtype=torch.float64), 50, 3.0),
+                       FeatureLayout((1, 2), hidden), model=fingerprint(model, "tiny"))
+    eval_base = EvalConfig(out=str(tmp_path / "unused"), problems=ProblemsConfig(path=str(corpus)),
+                           model=ModelConfig(str(model_dir)), generation=GenerationConfig(batch_size=6),
+                           metric="nll", quiet=True)
+    entries, baseline = steer_proxy(basis, eval_base, tmp_path / "work", directions=[0, 1], alphas=[6.0], unit="norm",
+                                    loaded=None)
+    ranking = Ranking("steer", "nll", None, entries)
+    assert (ranking.entries[0].direction, ranking.entries[0].sign) == (0, 1) and ranking.entries[0].significant
+    assert (ranking.entries[-1].direction, ranking.entries[-1].sign) == (0, -1) and ranking.entries[-1].high < 0
+    assert all(e.alpha == 6.0 and e.alpha_unit == "norm" and e.cost_s > 0 for e in ranking.entries)
+    assert "nll" in baseline and (tmp_path / "work" / "base" / "eval.json").is_file()
+    assert (tmp_path / "work" / "vectors" / "d0+a6norm" / "steering_vector.json").is_file()
+
+
+def test_alpha_in_standard_deviations(tmp_path):
+    from autoskill_fast.steering import SteeringVector
+
+    comps = torch.nn.functional.normalize(torch.randn(2, 8, generator=torch.Generator().manual_seed(1)), dim=1)
+    basis = SkillBasis(PrincipalComponents(comps, torch.tensor([9.0, 4.0], dtype=torch.float64),
+                                           torch.zeros(8, dtype=torch.float64), 10, 13.0), FeatureLayout((0, 1), 4))
+    norm = SteeringVector.from_basis(basis, 1, alpha=2.0)
+    std = SteeringVector.from_basis(basis, 1, alpha=2.0, unit="std")
+    assert std.norm() == pytest.approx(2.0 * 2.0) and norm.norm() == pytest.approx(2.0)  # sqrt(4) = 2
+    with pytest.raises(Exception, match="unit must be norm or std"):
+        SteeringVector.from_basis(basis, 1, unit="sigma")
+
+
+def test_rank_then_select_and_steer_along_the_ranking(tmp_path, tiny_model):
+    import json
+
+    from click.testing import CliRunner
+
+    from autoskill_fast.cli import cli
+    from autoskill_fast.steering import SteeringVector
+
+    def invoke(*args):
+        result = CliRunner().invoke(cli, [str(a) for a in args])
+        return result.exit_code, result.output + ("" if result.exception is None or isinstance(result.exception, SystemExit)
+                                                  else repr(result.exception))
+
+    records = [{"question": f"Ann has {i} pens and {i % 5} pencils. How many items?",
+                "answer": f"{i} + {i % 5} = {i + i % 5}\n#### {i + i % 5}"} for i in range(24)]
+    corpus = write_jsonl(tmp_path / "p.jsonl", records)
+    model = tiny_model("llama")
+    split = ("--dev-size", 6, "--split-seed", 1)
+    code, out = invoke("profile", "--model", model, "--corpus", corpus, "--template", "{question}\n{answer}",
+                       "--split", "pool", *split, "--out", tmp_path / "pool", "-k", 3, "--quiet")
+    assert code == 0, out
+    code, out = invoke("rank", tmp_path / "pool", "--proxy", "correlation", "--metric", "nll", "--corpus", corpus, *split,
+                       "--resamples", 200, "--quiet")
+    assert code == 0, out
+    ranking = Ranking.load(tmp_path / "pool")
+    assert len(ranking.entries) == 6 and ranking.notes == [] and len(ranking.dev["ids"]) == 6
+    best = ranking.entries[0]
+    assert best.effect >= ranking.entries[-1].effect and best.low <= best.effect <= best.high
+
+    code, out = invoke("select", tmp_path / "pool", "--ranking", tmp_path / "pool", "--top", 1, "-n", 4,
+                       "--out", tmp_path / "sel.jsonl")
+    assert code == 0, out
+    picked = [json.loads(line)["_autoskill"] for line in (tmp_path / "sel.jsonl").read_text().splitlines()]
+    assert len(picked) == 4 and {(p["direction"], p["pole"]) for p in picked} == {(best.direction, "+-"[best.sign < 0])}
+    assert not {p["id"] for p in picked} & set(ranking.dev["ids"])
+
+    code, out = invoke("steer", tmp_path / "pool", "--ranking", tmp_path / "pool", "--format", "vector",
+                       "--out", tmp_path / "vec")
+    assert code == 0, out
+    from autoskill_fast import SkillBasis
+
+    expected = SteeringVector.from_basis(SkillBasis.load(tmp_path / "pool"), best.direction, alpha=0.5, sign=best.sign)
+    got = SteeringVector.load(tmp_path / "vec")
+    assert all(torch.allclose(got.chunks[i], expected.chunks[i]) for i in expected.layer_ids)
+
+    # A profile of the whole file holds the dev problems: ranking notes it, selecting along the ranking is refused.
+    code, out = invoke("profile", "--model", model, "--corpus", corpus, "--template", "{question}\n{answer}",
+                       "--out", tmp_path / "all", "-k", 3, "--quiet")
+    assert code == 0, out
+    code, out = invoke("rank", tmp_path / "all", "--proxy", "correlation", "--metric", "nll", "--corpus", corpus, *split,
+                       "--resamples", 100, "--quiet")
+    assert code == 0 and "note: 6 of the run's examples are in the dev set" in out, out
+    code, out = invoke("select", tmp_path / "all", "--ranking", tmp_path / "all", "-n", 4, "--out", tmp_path / "x.jsonl")
+    assert code == 2 and "are in the dev set" in out and "--split pool" in out, out
