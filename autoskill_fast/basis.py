@@ -41,6 +41,8 @@ class SkillBasis:
     layer_scale: torch.Tensor | None = None  # [L] fp32 per-layer scale applied before concatenation, if any
     labels: list[str | None] | None = None
     run_key: str | None = None  # the run whose statistics it was fitted from
+    scaling: str = "none"  # the fit-time feature scaling ("none", "layer", "coordinate"); its vector is pca.scale
+    diagnostics: dict[str, Any] = field(default_factory=dict)  # what each direction is made of (`diagnose`)
 
     def __post_init__(self):
         if self.pca.components.dtype != torch.float32:  # a basis keeps fp32 directions, in memory as on disk
@@ -102,6 +104,11 @@ class SkillBasis:
         """The paper's score: cosine of the raw (uncentered) feature with each direction -> [N, k] fp32."""
         return self.pca.cosine(features_nd)
 
+    def activation_direction(self, i: int) -> torch.Tensor:
+        """Direction i in the units of the pooled activations: the direction divided by the fit-time feature scale
+        (a step of alpha along it moves the scaled feature by alpha * u); [D] fp64."""
+        return self.direction(i).to(torch.float64) * self.pca.inverse_scale()
+
     def whiten(self, scores_nk: torch.Tensor) -> torch.Tensor:
         """Scores divided by each direction's standard deviation (unit variance on the profiled corpus)."""
         std = self.eigenvalues_[:scores_nk.shape[1]].clamp_min(0).sqrt().to(scores_nk.device, torch.float32)
@@ -145,6 +152,10 @@ class SkillBasis:
         self.check_model(model, what=what)
         check_same_pooling(self.pooling, pooling, what=what)
 
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.diagnostics.get("warnings", []))
+
     def with_labels(self, labels: list[str | None]) -> "SkillBasis":
         """A copy of this basis with new direction labels."""
         if len(labels) != self.k:
@@ -165,7 +176,9 @@ class SkillBasis:
             "layout": self.layout.to_json(),
             "model": self.model,
             "pooling": self.pooling,
+            "scaling": self.scaling,
             "labels": self.labels,
+            "diagnostics": self.diagnostics,
         })
         return folder
 
@@ -188,8 +201,87 @@ class SkillBasis:
                 layer_scale=t.get("layer_scale"),
                 labels=meta.get("labels"),
                 run_key=meta.get("run_key"),
+                scaling=meta.get("scaling", "none"),
+                diagnostics=meta.get("diagnostics") or {},
             )
         except (KeyError, TypeError, ValueError) as e:
             raise AutoskillError(f"{folder / BASIS_JSON}: missing or malformed field ({e}); the file is corrupted or "
                                  "from another tool") from None
         return basis
+
+
+# ---- fit-time scaling and what each direction is made of --------------------------------------------------------
+
+CONCENTRATION_WARNING = 0.5  # a direction with more of its squared norm on one hidden coordinate is flagged
+LAYER_SHARE = 0.01  # the layers named for a coordinate hold at least this share of its squared norm
+
+
+def feature_scale(variances_d: torch.Tensor | None, scaling: str, layout: FeatureLayout) -> torch.Tensor | None:
+    """The fit-time feature scale [D] fp64 of a scaling: none (None), layer (each layer's chunk divided by the square
+    root of its total variance) or coordinate (each feature by its standard deviation: PCA of the correlation matrix).
+    A feature (or layer) with no variance gets 0: it cannot be standardized and stays out of the directions."""
+    if scaling == "none":
+        return None
+    if scaling not in ("layer", "coordinate"):
+        raise AutoskillError(f"unknown scaling {scaling!r}; choose none, layer or coordinate")
+    if variances_d is None:
+        raise AutoskillError(f"--scaling {scaling} needs each feature's variance, which a Frequent Directions sketch "
+                             "does not keep; profile with exact statistics (no --sketch-size)")
+    variances = variances_d.to(torch.float64).cpu()
+    if scaling == "coordinate":
+        spread = variances
+    else:
+        spread = torch.empty_like(variances)
+        for j in range(len(layout.layer_ids)):
+            columns = layout.layer_slice(j)
+            spread[columns] = variances[columns].sum()
+    return torch.where(spread > 0, spread.clamp_min(torch.finfo(torch.float64).tiny).rsqrt(), torch.zeros_like(spread))
+
+
+def _ranges(values: list[int]) -> str:
+    """[10, 11, 12, 15] -> "10-12, 15"."""
+    out, values = [], sorted(values)
+    start = prev = values[0]
+    for v in values[1:] + [None]:
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        out.append(f"{start}-{prev}" if prev > start else f"{start}")
+        if v is not None:
+            start = prev = v
+    return ", ".join(out)
+
+
+def diagnose(basis: SkillBasis, variances_d: torch.Tensor | None) -> dict[str, Any]:
+    """Per direction: its weight per layer (share of its squared norm in each layer's chunk) and its concentration (the
+    share of its squared norm on the single largest hidden coordinate, summed over layers; which coordinate and
+    layers). Per hidden coordinate: its variance (summed over layers) relative to the median coordinate's (the ten
+    largest). Warnings for directions that are mostly one coordinate (above `CONCENTRATION_WARNING`)."""
+    layout = basis.layout
+    n_layers, hidden = len(layout.layer_ids), layout.hidden_size
+    directions, warnings = [], []
+    for i in range(basis.k):
+        u2 = basis.direction(i).to(torch.float64).reshape(n_layers, hidden).pow(2)
+        total = float(u2.sum()) or 1.0
+        per_coordinate = u2.sum(0) / total
+        coordinate = int(per_coordinate.argmax())
+        share = float(per_coordinate[coordinate])
+        column = u2[:, coordinate]
+        layers = [layout.layer_ids[j] for j in range(n_layers) if column[j] >= LAYER_SHARE * column.sum()]
+        directions.append({"layer_weights": (u2.sum(1) / total).tolist(), "concentration": share,
+                           "coordinate": coordinate, "coordinate_layers": layers})
+        if share > CONCENTRATION_WARNING:
+            remedy = ("refit with --scaling coordinate" if basis.scaling != "coordinate"
+                      else "even after standardizing, one coordinate dominates: inspect its examples")
+            warnings.append(f"direction {i} is {100 * share:.0f}% hidden coordinate {coordinate} (blocks "
+                            f"{_ranges(layers)}): an outlier activation, not a skill; {remedy}")
+    result: dict[str, Any] = {"directions": directions, "warnings": warnings,
+                              "concentration_warning": CONCENTRATION_WARNING}
+    if variances_d is not None:
+        per_coordinate = variances_d.to(torch.float64).cpu().reshape(n_layers, hidden).sum(0)
+        median = float(per_coordinate.median())
+        ratios = per_coordinate / max(median, torch.finfo(torch.float64).tiny)
+        top = torch.argsort(ratios, descending=True)[:10]
+        result["coordinate_variance"] = {"median": median,
+                                         "largest": [[int(h), float(ratios[h])] for h in top.tolist()]}
+    return result

@@ -14,7 +14,7 @@ import click
 from .analysis.comparison import CompareConfig
 from .analysis.inspection import InspectConfig
 from .analysis.selection import SelectConfig
-from .config import ProfileConfig, ProjectConfig
+from .config import FeatureScaling, ProfileConfig, ProjectConfig, choices
 from .evaluation.job import EvalConfig
 from .proxies.job import RankConfig
 from .errors import AutoskillError
@@ -105,8 +105,10 @@ def profile_summary(folder: Path) -> str:
                      "(--max-length)")
     evr = basis.get("explained_variance_ratio") or []
     top = ", ".join(f"{v:.3f}" for v in evr[:5])
-    lines.append(f"basis: k={basis.get('k')}, D={len(record.layout.get('layer_ids', [])) * record.layout.get('hidden_size', 0)}; "
-                 f"explained variance of the first directions: {top}; top {basis.get('k')} explain {sum(evr):.3f}")
+    dim = len(record.layout.get("layer_ids", [])) * record.layout.get("hidden_size", 0)
+    lines.append(f"basis: k={basis.get('k')}, D={dim}, scaling {basis.get('scaling', 'none')}; explained variance of "
+                 f"the first directions: {top}; top {basis.get('k')} explain {sum(evr):.3f}")
+    lines.extend(f"warning: {warning}" for warning in basis.get("warnings", []))
     lines.append(f"wrote {folder}")
     return "\n".join(lines)
 
@@ -115,14 +117,19 @@ def profile_summary(folder: Path) -> str:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-k", "k", type=int, required=True, help="Number of directions.")
 @click.option("--eig-tol", type=float, default=1e-6, show_default=True, help="Relative residual every eigenpair must reach.")
+@click.option("--scaling", type=click.Choice(choices(FeatureScaling)), default=None,
+              help="Feature scaling, from the saved statistics: none, layer or coordinate (default: the run's).")
 @friendly_errors
-def fit_cmd(run_dir, k, eig_tol):
-    """Refit RUN_DIR's basis with k directions from its saved statistics (no model needed)."""
+def fit_cmd(run_dir, k, eig_tol, scaling):
+    """Refit RUN_DIR's basis with k directions (and a scaling) from its saved statistics (no model needed)."""
     from .jobs.refit import fit
 
-    basis = fit(run_dir, k, tol=eig_tol)
-    click.echo(f"refit {run_dir}: k={basis.k}, top {basis.k} explain {float(basis.explained_variance_ratio_.sum()):.3f} "
-               "of the variance")
+    basis = fit(run_dir, k, tol=eig_tol, scaling=scaling)
+    evr = basis.explained_variance_ratio_
+    click.echo(f"refit {run_dir}: k={basis.k}, scaling {basis.scaling}; direction 0 explains {float(evr[0]):.3f}, the "
+               f"top {basis.k} {float(evr.sum()):.3f} of the variance")
+    for warning in basis.warnings:
+        click.echo(f"warning: {warning}")
     if not (Path(run_dir) / "scores.safetensors").exists():
         click.echo("no saved features, so the old scores were removed; rescore with `autoskill-fast project`")
 

@@ -23,6 +23,8 @@ FeaturesDType = Literal["float32", "bfloat16", "float16"]
 BadExamplePolicy = Literal["error", "skip"]
 PaddingSide = Literal["right", "left"]
 Split = Literal["all", "dev", "pool"]
+FirstToken = Literal["drop", "keep", "drop_bos"]
+FeatureScaling = Literal["none", "layer", "coordinate"]
 
 DEFAULT_TEMPLATE = "{question}\n{answer}"  # the embedded GSM8K corpus: each problem with its worked solution
 
@@ -37,12 +39,12 @@ class ConfigError(AutoskillError):
 
 def cli(flag: str | None = None, *, short: str | None = None, parse: Callable[[str], Any] | None = None,
         metavar: str | None = None, multiple: bool = False, choices: tuple[str, ...] | None = None,
-        shown: str | None = None, omit: bool = False) -> dict[str, Any]:
+        shown: str | None = None, omit: bool = False, aliases: dict[str, Any] | None = None) -> dict[str, Any]:
     """Field metadata for the CLI: its flag when not `--field-name`, a short alias, a parser from the option's text,
     whether it repeats, the choices typed (when they differ from the field's values), the default as typed (for a
-    parsed field), or no option at all."""
+    parsed field), no option at all, or flags that each set one value (`{"--keep-first-token": "keep"}`)."""
     return {"cli": {"flag": flag, "short": short, "parse": parse, "metavar": metavar, "multiple": multiple,
-                    "choices": choices, "shown": shown, "omit": omit}}
+                    "choices": choices, "shown": shown, "omit": omit, "aliases": aliases or {}}}
 
 
 def choices(literal: Any) -> tuple[str, ...]:
@@ -145,8 +147,10 @@ class PoolingConfig:
     """mean over the tokens, the last token, or response_mean (the assistant reply of chat data)."""
     layers: tuple[int, ...] | None = field(default=None, metadata=cli(parse=parse_layers, metavar="LAYERS"))
     """Decoder blocks to pool, e.g. 1-28 or 5,10,-2 (negative counts from the end). Default: 1 .. L-2."""
-    skip_bos: bool = True
-    """Leave out position 0 of the mean when it is the tokenizer's BOS token."""
+    first_token: FirstToken = field(default="drop", metadata=cli(aliases={"--keep-first-token": "keep"}))
+    """Position 0 in the mean: drop (whatever token it is: the seed code's recipe; the first position is an attention
+    sink with huge activations in many models, and would enter every mean with weight 1/length), keep
+    (--keep-first-token), or drop_bos (only when it is the tokenizer's BOS token: the rule of version 0.1)."""
     layer_scaling: LayerScaling = "none"
     """Per-layer scaling before concatenation: none (the paper), l2 (each layer's pooled vector to unit norm), pilot
     (each layer divided by its RMS norm on the first batch, fixed for the run)."""
@@ -157,6 +161,7 @@ class PoolingConfig:
         owner = "PoolingConfig"
         _check_choice(owner, "mode", self.mode, PoolingMode)
         _check_choice(owner, "layer_scaling", self.layer_scaling, LayerScaling)
+        _check_choice(owner, "first_token", self.first_token, FirstToken)
         if self.max_length is not None and self.max_length < 2:
             raise ConfigError(owner, "max_length", f"must be at least 2, got {self.max_length}")
         if self.layers is not None:
@@ -228,6 +233,10 @@ class ProfileConfig:
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     k: int = field(default=64, metadata=cli("-k"))
     """Number of skill directions."""
+    scaling: FeatureScaling = "none"
+    """Fit-time feature scaling, from the saved statistics (refit any time with `fit --scaling`): none (the paper),
+    layer (each layer's chunk divided by the square root of its total variance), coordinate (every feature
+    standardized: PCA of the correlation matrix; no single outlier coordinate can take a direction over)."""
     save_features: bool = False
     """Keep the pooled features (sharded safetensors)."""
     features_dtype: FeaturesDType = "float32"
@@ -255,6 +264,7 @@ class ProfileConfig:
         owner = "ProfileConfig"
         _check_positive(owner, "k", self.k)
         _check_choice(owner, "features_dtype", self.features_dtype, FeaturesDType)
+        _check_choice(owner, "scaling", self.scaling, FeatureScaling)
         _check_choice(owner, "on_bad_example", self.on_bad_example, BadExamplePolicy)
         i, n = self.shard = tuple(int(x) for x in self.shard)
         if not (n >= 1 and 0 <= i < n):

@@ -104,7 +104,18 @@ class Option:
             elif self.default is not None:
                 kwargs["default"] = self.meta.get("shown") or self.default
                 kwargs["show_default"] = True
-        return click.option(*flags, self.param, **kwargs)
+        option = click.option(*flags, self.param, **kwargs)
+        aliases = self.meta.get("aliases") or {}
+        if not aliases:
+            return option
+
+        def with_aliases(fn):
+            for i, (alias, value) in enumerate(aliases.items()):
+                fn = click.option(alias, f"{self.param}__alias{i}", is_flag=True,
+                                  help=f"The same as {self.flag} {value}.")(fn)
+            return option(fn)
+
+        return with_aliases
 
     def value(self, raw: Any) -> Any:
         """The field's value from what click parsed."""
@@ -195,6 +206,9 @@ def _build(cls: type, values: dict[str, Any], prefix: tuple[str, ...], skip: tup
         option = Option(path, cls, f, hints[f.name])
         if option.param in values:
             kwargs[f.name] = option.value(values[option.param])
+        for i, value in enumerate((option.meta.get("aliases") or {}).values()):
+            if values.get(f"{option.param}__alias{i}"):
+                kwargs[f.name] = value
     return cls(**kwargs)
 
 

@@ -35,7 +35,7 @@ def make_run(folder: Path, projection_nk: torch.Tensor, *, texts: list[str] | No
                               total)
     basis = SkillBasis(pca, FeatureLayout((0,), k),
                        model={"name": model, "config_hash": "0" * 8, "num_layers": 1, "hidden_size": k},
-                       pooling={"mode": "mean", "skip_bos": True, "layer_ids": [0], "layer_scaling": "none"},
+                       pooling={"mode": "mean", "first_token": "drop", "layer_ids": [0], "layer_scaling": "none"},
                        run_key="synthetic")
     basis.save(folder)
     cosine = projection / projection.norm(dim=1, keepdim=True).clamp_min(1e-12)

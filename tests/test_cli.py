@@ -88,7 +88,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model, corpus):
     one_line_error(*invoke(*base, "--corpus", corpus, "--model", tmp_path), "not a Hugging Face model folder")
     one_line_error(*invoke(*base, "--corpus", corpus, "-k", 50), "-k 50 is more directions than the data has")
     bos_only = write_jsonl(tmp_path / "bos.jsonl", [{"text": "fine text"}, {"text": "<|im_start|>"}])
-    one_line_error(*invoke(*base, "--corpus", bos_only, "--out", tmp_path / "b", "-k", 1), "no valid token after BOS removal")
+    one_line_error(*invoke(*base, "--corpus", bos_only, "--out", tmp_path / "b", "-k", 1), "no token left to pool after leaving out position 0")
 
 
 def test_basis_refuses_another_model_and_corrupted_artifacts(tmp_path, tiny_model, corpus):

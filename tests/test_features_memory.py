@@ -54,8 +54,8 @@ def test_in_memory_features_equal_the_saved_ones(tmp_path, tiny_model, scaling):
 def test_in_memory_features_bad_input(tmp_path, tiny_model):
     loaded = load_model(ModelConfig(str(tiny_model("llama"))))
     with pytest.raises(AutoskillError, match="text 1: example '1': empty text"):
-        pooled_features(loaded.model, loaded.tokenizer, ["fine", "  ", "also fine"])
-    pooled = pooled_features(loaded.model, loaded.tokenizer, ["fine", "  ", "also fine"], on_bad_example="skip")
+        pooled_features(loaded.model, loaded.tokenizer, ["fine text", "  ", "also fine"])
+    pooled = pooled_features(loaded.model, loaded.tokenizer, ["fine text", "  ", "also fine"], on_bad_example="skip")
     assert pooled.ids == ["0", "2"] and pooled.skipped == [{"id": "1", "reason": "empty text"}]
     assert pooled.features.shape == (2, pooled.layout.feature_dim)
     one = pooled_features(loaded.model, loaded.tokenizer, ["also fine"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ WORDS = "the cat sat on a mat while seven ducks counted eggs and sold them for t
 
 def make_texts(n: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 40)))) for _ in range(n)]
+    # At least two words: position 0 is left out of the mean, so a one-token text has nothing to pool.
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(2, 40)))) for _ in range(n)]
 
 
 BATCHING = ("token_budget", "max_batch_size", "sort_window", "padding_side")
@@ -63,18 +65,50 @@ def test_features_match_paper_recipe(tmp_path, tiny_model, arch):
     assert_rel_close(features, expected, 1e-5)
 
 
-def test_features_skip_leading_bos_and_last_pooling(tmp_path, tiny_model):
-    model_dir = tiny_model("llama")
-    # Chat-rendered texts begin with the tokenizer's BOS token (<|im_start|>), which the recipe leaves out of the mean.
-    texts = ["<|im_start|>user\n" + t for t in make_texts(9, seed=2)]
-    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in texts])))
-    basis = run(tmp_path, model_dir, corpus, k=2)
-    features, _ = load_features(tmp_path / "run")
-    assert_rel_close(features, paper_features(model_dir, texts, basis.layout.layer_ids), 1e-5)
-    with_bos = paper_features(model_dir, ["x" + t for t in texts[:1]], basis.layout.layer_ids)  # sanity: BOS matters
-    assert not torch.allclose(features[:1], with_bos, rtol=1e-3)
+def with_bos_tokenizer(folder: Path) -> Path:
+    """The tiny model folder with a tokenizer that puts its BOS token (<|im_start|>) before every text."""
+    data = json.loads((folder / "tokenizer.json").read_text())
+    data["post_processor"] = {"type": "TemplateProcessing",
+                              "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}},
+                                         {"Sequence": {"id": "A", "type_id": 0}}],
+                              "pair": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}},
+                                       {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                              "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [1],
+                                                                  "tokens": ["<|im_start|>"]}}}
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    return folder
 
-    basis = run(tmp_path, model_dir, corpus, name="last", k=2, pooling=PoolingConfig(mode="last", layers=(2,)))
+
+@pytest.mark.parametrize("bos", [False, True], ids=["no-bos-tokenizer", "bos-tokenizer"])
+def test_position_0_is_dropped_whatever_it_is_as_the_seed_code_does(tmp_path, tiny_model, bos):
+    """SmolLM2's tokenizer adds no BOS (nor does Qwen2.5's): the seed code drops position 0 anyway, and so do we. The
+    old rule (drop_bos) and --keep-first-token give what they say."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model_dir = shutil.copytree(tiny_model("llama"), tmp_path / "model")
+    if bos:
+        with_bos_tokenizer(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert (tokenizer("a b")["input_ids"][0] == tokenizer.bos_token_id) == bos
+    texts = make_texts(9, seed=2)
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in texts])))
+    for rule in ("drop", "keep", "drop_bos"):
+        basis = run(tmp_path, model_dir, corpus, name=rule, k=2, pooling=PoolingConfig(first_token=rule))
+        features, _ = load_features(tmp_path / rule)
+        assert_rel_close(features, paper_features(model_dir, texts, basis.layout.layer_ids, first_token=rule), 1e-5)
+    drop, keep = load_features(tmp_path / "drop")[0], load_features(tmp_path / "keep")[0]
+    assert not torch.allclose(drop, keep, rtol=1e-3)  # position 0 matters
+    old = load_features(tmp_path / "drop_bos")[0]
+    assert torch.equal(old, drop) if bos else torch.equal(old, keep)
+
+
+def test_last_token_pooling(tmp_path, tiny_model):
+    model_dir = tiny_model("llama")
+    texts = make_texts(9, seed=2)
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in texts])))
+    run(tmp_path, model_dir, corpus, name="last", k=2, pooling=PoolingConfig(mode="last", layers=(2,)))
     features, _ = load_features(tmp_path / "last")
     assert_rel_close(features, paper_features(model_dir, texts, (2,), pooling="last"), 1e-5)
 

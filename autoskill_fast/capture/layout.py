@@ -67,14 +67,14 @@ def resolve_layers(layers: tuple[int, ...] | None, num_layers: int) -> tuple[int
 
 # The pooling options that change what a feature means (not how fast it was computed); a basis refuses features
 # pooled any other way.
-POOLING_MEANING = ("mode", "skip_bos", "layer_ids", "layer_scaling")
+POOLING_MEANING = ("mode", "first_token", "layer_ids", "layer_scaling")
 
 
 def pooling_record(pooling: PoolingConfig, layout: FeatureLayout, tokenizer, max_length: int | None) -> dict[str, Any]:
     """How features were pooled, as stored with a basis (`max_length`: the resolved truncation)."""
     return {
         "mode": pooling.mode,
-        "skip_bos": pooling.skip_bos,
+        "first_token": pooling.first_token,
         "bos_token_id": getattr(tokenizer, "bos_token_id", None),
         "layer_ids": list(layout.layer_ids),
         "layer_scaling": pooling.layer_scaling,
@@ -82,17 +82,34 @@ def pooling_record(pooling: PoolingConfig, layout: FeatureLayout, tokenizer, max
     }
 
 
+def first_token_rule(record: dict[str, Any]) -> str:
+    """A pooling record's rule for position 0 (records of version 0.1 had `skip_bos`: drop position 0 only if BOS)."""
+    if "first_token" in record:
+        return record["first_token"]
+    return "drop_bos" if record.get("skip_bos", True) else "keep"
+
+
 def pooling_config(record: dict[str, Any]) -> PoolingConfig:
     """The pooling options that reproduce a stored pooling record."""
     return PoolingConfig(mode=record.get("mode", "mean"), layers=tuple(record["layer_ids"]) if record.get("layer_ids")
-                         else None, skip_bos=record.get("skip_bos", True),
+                         else None, first_token=first_token_rule(record),
                          layer_scaling=record.get("layer_scaling", "none"), max_length=record.get("max_length"))
 
 
 def check_same_pooling(expected: dict[str, Any], actual: dict[str, Any], *, what: str) -> None:
     """Refuse features pooled otherwise than `expected` (a pooling record), naming the options that differ."""
-    differ = [k for k in POOLING_MEANING if expected.get(k) != actual.get(k)]
+    mine, theirs = _meaning(expected), _meaning(actual)
+    differ = [k for k in POOLING_MEANING if mine[k] != theirs[k]]
     if differ:
-        detail = ", ".join(f"{k}: {expected.get(k)!r} vs {actual.get(k)!r}" for k in differ)
-        raise AutoskillError(f"the basis was made with another pooling than the {what} ({detail}); use the basis's "
-                             "pooling options")
+        detail = ", ".join(f"{k}: {mine[k]!r} vs {theirs[k]!r}" for k in differ)
+        why = ""
+        if "first_token" in differ and "drop_bos" in (mine["first_token"], theirs["first_token"]):
+            why = (" (bases made before version 0.2 left position 0 out of the mean only when it was a BOS token; now "
+                   "it is always left out, as in the seed code: profile again, or pass --first-token drop_bos to use "
+                   "the old rule)")
+        raise AutoskillError(f"the basis was made with another pooling than the {what} ({detail}){why}; use the "
+                             "basis's pooling options")
+
+
+def _meaning(record: dict[str, Any]) -> dict[str, Any]:
+    return {**{k: record.get(k) for k in POOLING_MEANING}, "first_token": first_token_rule(record)}

@@ -49,7 +49,12 @@ def tokenize(example: Example, tokenizer, pooling: PoolingConfig) -> Tokenized:
     truncated = pooling.max_length is not None and len(ids) > pooling.max_length
     if truncated:
         ids = ids[: pooling.max_length]
-    start = 1 if pooling.skip_bos and ids and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id else 0
+    if pooling.first_token == "drop":
+        start = 1
+    elif pooling.first_token == "drop_bos":
+        start = 1 if ids and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id else 0
+    else:
+        start = 0
     if pooling.mode == "response_mean":
         if example.prompt is None:
             raise BadExampleError(example.id, "response-only pooling needs chat messages ending with an assistant reply")
@@ -57,7 +62,8 @@ def tokenize(example: Example, tokenizer, pooling: PoolingConfig) -> Tokenized:
         start = max(start, n_prompt)
     end = len(ids)
     if end <= start:
-        what = "the response was cut off by --max-length" if truncated else "no valid token after BOS removal"
+        what = ("the response was cut off by --max-length" if truncated else
+                "no token left to pool after leaving out position 0 (use --keep-first-token for one-token examples)")
         raise BadExampleError(example.id, what)
     return Tokenized(example, ids, start, end, truncated)
 

@@ -66,10 +66,18 @@ class Statistics:
     def mean(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def total_variance(self, *, ddof: int = 1) -> float:
+    def total_variance(self, *, ddof: int = 1, scale: torch.Tensor | None = None) -> float:
+        """The covariance's trace; of diag(scale) C diag(scale) when a feature scale is given."""
         raise NotImplementedError
 
-    def top_eigenpairs(self, k: int, *, tol: float = 1e-6, dtype: torch.dtype | None = None) -> EighResult:
+    def variances(self, *, ddof: int = 1) -> torch.Tensor | None:
+        """Each feature's variance [D] fp64 (the covariance's diagonal), or None when the statistics do not hold it."""
+        return None
+
+    def top_eigenpairs(self, k: int, *, tol: float = 1e-6, dtype: torch.dtype | None = None,
+                       scale: torch.Tensor | None = None) -> EighResult:
+        """Top-k eigenpairs of the covariance, or of diag(scale) C diag(scale) (e.g. the correlation matrix when scale
+        is 1 / standard deviation)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -189,17 +197,25 @@ class StreamingCovariance(Statistics):
         self.flush()
         return CovarianceOperator(self.sumsq, self.sum / self.n, self.n, ddof, dtype=dtype)
 
-    def top_eigenpairs(self, k: int, *, tol: float = 1e-6, dtype: torch.dtype | None = None) -> EighResult:
-        """Top-k eigenpairs of the covariance: block Krylov over products in `dtype` (default fp32: fp64 basis and
-        Rayleigh-Ritz, residuals near 1e-7 of the top eigenvalue, under the default tol; fp64 where every digit
-        matters), or exact LAPACK on the fp64 covariance for small D."""
-        return topk_eigh(self.covariance_operator(dtype=dtype or torch.float32), k, tol=tol)
+    def top_eigenpairs(self, k: int, *, tol: float = 1e-6, dtype: torch.dtype | None = None,
+                       scale: torch.Tensor | None = None) -> EighResult:
+        """Top-k eigenpairs of the covariance (or of diag(scale) C diag(scale)): block Krylov over products in `dtype`
+        (default fp32: fp64 basis and Rayleigh-Ritz, residuals near 1e-7 of the top eigenvalue, under the default tol;
+        fp64 where every digit matters), or exact LAPACK on the fp64 covariance for small D."""
+        operator = self.covariance_operator(dtype=dtype or torch.float32)
+        return topk_eigh(operator if scale is None else ScaledOperator(operator, scale), k, tol=tol)
 
-    def total_variance(self, *, ddof: int = 1) -> float:
+    def total_variance(self, *, ddof: int = 1, scale: torch.Tensor | None = None) -> float:
+        variances = self.variances(ddof=ddof)
+        if scale is not None:
+            variances = variances * scale.to(variances.device, torch.float64) ** 2
+        return float(variances.sum())
+
+    def variances(self, *, ddof: int = 1) -> torch.Tensor:
         self._require_rows(ddof + 1)
         self.flush()
         diag = self.sumsq.diagonal().to(torch.float64)
-        return float((diag.sum() - (self.sum * self.sum).sum() / self.n) / (self.n - ddof))
+        return ((diag - self.sum * self.sum / self.n) / (self.n - ddof)).clamp_min(0)
 
     # ---- persistence -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -238,6 +254,26 @@ class StreamingCovariance(Statistics):
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "StreamingCovariance":
         return load_statistics(path, device=device, expect=cls)
+
+
+class ScaledOperator(SymmetricOperator):
+    """diag(s) A diag(s) for a symmetric operator A and a feature scale s [D]: products s * (A @ (s * x))."""
+
+    def __init__(self, operator: SymmetricOperator, scale_d: torch.Tensor):
+        self.operator = operator
+        self.shape, self.dtype, self.device = operator.shape, operator.dtype, operator.device
+        if scale_d.shape != (self.shape[0],):
+            raise AutoskillError(f"a feature scale of shape {tuple(scale_d.shape)} for {self.shape[0]} features")
+        self.scale = scale_d.to(self.device, torch.float64)
+
+    def __matmul__(self, x_dc: torch.Tensor) -> torch.Tensor:
+        s = self.scale.to(self.dtype)[:, None]
+        return (self.operator @ (x_dc.to(self.device, self.dtype) * s)) * s
+
+    def to_dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        dense = self.operator.to_dense(dtype)
+        s = self.scale.to(dense.dtype)
+        return dense.mul_(s[:, None]).mul_(s[None, :])
 
 
 def _add_shift_terms(sumsq: PackedSymmetric, s1: torch.Tensor, delta: torch.Tensor, n: int) -> None:
@@ -331,7 +367,10 @@ class SketchedCovariance(Statistics):
     def mean(self) -> torch.Tensor:
         return self.shift + self.sketch.sum / self.n
 
-    def total_variance(self, *, ddof: int = 1) -> float:
+    def total_variance(self, *, ddof: int = 1, scale: torch.Tensor | None = None) -> float:
+        if scale is not None:
+            raise AutoskillError("a Frequent Directions sketch keeps no per-feature variances: scaling needs exact "
+                                 "statistics (profile without --sketch-size)")
         if self.n <= ddof:
             raise AutoskillError(f"statistics hold {self.n} examples; at least {ddof + 1} are needed")
         return float((self.sq_norm - self.sketch.sum.pow(2).sum() / self.n) / (self.n - ddof))
@@ -339,9 +378,13 @@ class SketchedCovariance(Statistics):
     def error_bound(self) -> float:
         return self.sketch.error_bound()
 
-    def top_eigenpairs(self, k: int, *, tol: float = 1e-6, dtype: torch.dtype | None = None) -> EighResult:
+    def top_eigenpairs(self, k: int, *, tol: float = 1e-6, dtype: torch.dtype | None = None,
+                       scale: torch.Tensor | None = None) -> EighResult:
         """The sketch's top-k (its own fp64 eigensolve: `tol` and `dtype` do not apply); the residuals reported are
         the sketch's error bound relative to the top eigenvalue."""
+        if scale is not None:
+            raise AutoskillError("a Frequent Directions sketch keeps no per-feature variances: scaling needs exact "
+                                 "statistics (profile without --sketch-size)")
         if k > self.sketch.sketch_size // 2:
             raise AutoskillError(f"-k {k} is too many directions for a sketch of {self.sketch.sketch_size} rows; "
                                  f"use --sketch-size {2 * k} or more")

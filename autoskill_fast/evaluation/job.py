@@ -264,9 +264,10 @@ def _run_hf(config: EvalConfig, loaded: LoadedModel, steering, problems: list[Pr
         for b, batch in enumerate(batches_of(problems, gen.batch_size)):
             if b % world.size != world.rank or all(p.id in done for p in batch):
                 continue
+            before = scorer.tokens
             values = scorer.score(batch)
             append_batch(samples, [{"batch": b, "id": p.id, "nll": v} for p, v in zip(batch, values)])
-            bar.update(len(batch), 0)
+            bar.update(len(batch), scorer.tokens - before)
         bar.close()
         return {"scored_tokens": scorer.tokens, "forward_s": scorer.seconds,
                 "tokens_per_s": scorer.tokens / max(scorer.seconds, 1e-9)}

@@ -53,10 +53,12 @@ class NLLScorer:
         t0 = time.perf_counter()
         with steer(self.model, self.steering) if self.steering is not None else nullcontext():
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position t predicts token t + 1
-        picked = logprobs.gather(-1, ids[:, 1:, None].to(self.device)).squeeze(-1).cpu()
-        wanted = target[:, 1:]
-        nll = -(picked * wanted).sum(1) / wanted.sum(1)
+        wanted = target[:, 1:]  # position t predicts token t + 1: only the solution's predictions are scored
+        rows, cols = wanted.nonzero(as_tuple=True)
+        predicted = logits[rows.to(self.device), cols.to(self.device)].float()  # [solution tokens, vocab]
+        picked = torch.log_softmax(predicted, dim=-1).gather(-1, ids[rows, cols + 1][:, None].to(self.device))
+        per_row = torch.zeros(len(pieces), dtype=torch.float64).index_add_(0, rows, picked.squeeze(-1).double().cpu())
+        nll = -per_row / wanted.sum(1)
         self.seconds += time.perf_counter() - t0
         self.tokens += int(wanted.sum())
         return nll.tolist()

@@ -4,7 +4,8 @@ The embedded GSM8K test set is the default (the gold is what follows `####` in t
 datasets folder works with `--question-field` / `--answer-field` (or a template for the question). `split` cuts one
 problem set into a dev set and a selection pool, deterministically from the ids (the corpus's own split,
 `data.corpus.split_dev_ids`), so `profile --split pool` and `eval --split dev` of one file never share an example.
-Whatever trains or selects on a pool checks it is disjoint from the dev set it is evaluated on (`check_disjoint`).
+Whatever trains or selects on a pool checks it is disjoint from the dev set it is evaluated on (`rank`, `select
+--ranking`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from ..config import ConfigError, CorpusConfig, CorpusFormat, Split, cli, default_corpus_path
 from ..data.corpus import fingerprint, iter_records, split_dev_ids
@@ -126,11 +127,3 @@ def split_record(config: ProblemsConfig, problems: list[Problem]) -> dict[str, A
     return {"corpus": fingerprint(config.corpus), "split": config.split, "dev_size": config.dev_size,
             "split_seed": config.split_seed, "count": len(problems),
             "ids_sha256": hashlib.sha256("\n".join(p.id for p in problems).encode()).hexdigest()}
-
-
-def check_disjoint(train_ids: Iterable[str], dev: Iterable[str], *, what: str) -> None:
-    """Refuse training or selecting on examples that are in the dev set the result is evaluated on."""
-    overlap = sorted(set(train_ids) & set(dev))
-    if overlap:
-        raise AutoskillError(f"{what}: {len(overlap)} example(s) are in the dev set the result is evaluated on (e.g. "
-                             f"{overlap[:3]}); profile and select from the pool (--split pool) of the same split")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ..basis import SkillBasis
+from ..basis import SkillBasis, diagnose, feature_scale
 from ..capture.fingerprint import describe_mismatch, model_mismatch
 from ..capture.layout import FeatureLayout, check_same_pooling
 from ..decomposition.pca import fit_components
@@ -49,9 +49,12 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, 
     folder = RunFolder(out)
     folder.claim(key, overwrite=overwrite, describe=f"a merge of {len(shards)} shard runs")
     k = k or int(first.config.get("k", 0)) or (first.basis or {}).get("k")
-    pca = fit_components(merged, k, tol=tol)
-    basis = SkillBasis(pca, FeatureLayout.from_json(first.layout), model=first.model, pooling=first.pooling,
-                       run_key=key)
+    scaling = first.config.get("scaling", "none")
+    layout = FeatureLayout.from_json(first.layout)
+    variances = merged.variances()
+    pca = fit_components(merged, k, tol=tol, scale=feature_scale(variances, scaling, layout))
+    basis = SkillBasis(pca, layout, model=first.model, pooling=first.pooling, run_key=key, scaling=scaling)
+    basis.diagnostics = diagnose(basis, variances)
     basis.save(folder.path)
     merged.save(folder / STATS_FILE, folder.key_metadata(key))
     feature_dirs = [shard.feature_dir(record) for shard, record in zip(shards, records)]

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..basis import SkillBasis
+from ..basis import SkillBasis, diagnose, feature_scale
 from ..capture.features import ResolvedPooling, drop_non_finite, pilot_layer_scale, resolve_pooling
 from ..capture.hooks import PooledCapture
 from ..capture.models import LoadedModel, load_model
@@ -384,7 +384,9 @@ def _fit_beside_write(stats: Statistics, folder: RunFolder, record: RunRecord, c
     with ThreadPoolExecutor(max_workers=1) as writer_thread, _core_left_to_writer(device):
         stats_saved = writer_thread.submit(stats.save, folder / STATS_FILE, folder.key_metadata(record.key))
         try:
-            pca = fit_components(stats, config.k, tol=config.eig_tol)
+            variances = stats.variances()
+            pca = fit_components(stats, config.k, tol=config.eig_tol,
+                                 scale=feature_scale(variances, config.scaling, resolved.layout))
         except Exception as e:
             stats_saved.result()
             record.status, record.error = "statistics", str(e)
@@ -397,7 +399,8 @@ def _fit_beside_write(stats: Statistics, folder: RunFolder, record: RunRecord, c
             stats_saved.result()  # a failed write is raised too (chained to the fit's error, if any)
     record.status = "statistics"
     basis = SkillBasis(pca, resolved.layout, model=model_fp, pooling=resolved.record, layer_scale=layer_scale,
-                       run_key=record.key)
+                       run_key=record.key, scaling=config.scaling)
+    basis.diagnostics = diagnose(basis, variances)
     basis.save(folder.path)
     return basis
 

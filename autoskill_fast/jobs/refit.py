@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..basis import SkillBasis
+from ..basis import SkillBasis, diagnose, feature_scale
 from ..capture.layout import FeatureLayout
 from ..decomposition.pca import fit_components
 from ..decomposition.statistics import load_statistics
@@ -20,8 +20,9 @@ from ..run.folder import RunFolder, basis_summary
 from ..run.scores import Scores
 
 
-def fit(run_dir: str | Path, k: int, *, tol: float = 1e-6) -> SkillBasis:
-    """Refit a run's basis with k directions from its saved statistics (rescoring if features were saved)."""
+def fit(run_dir: str | Path, k: int, *, tol: float = 1e-6, scaling: str | None = None) -> SkillBasis:
+    """Refit a run's basis with k directions from its saved statistics (rescoring if features were saved); `scaling`
+    (none, layer, coordinate; default: the run's) is computed from the same statistics, with no second pass."""
     folder = RunFolder(run_dir)
     record = folder.record()
     if record.status == "running":
@@ -31,9 +32,13 @@ def fit(run_dir: str | Path, k: int, *, tol: float = 1e-6) -> SkillBasis:
         layer_scale = torch.tensor(record.layer_scale, dtype=torch.float32)
     else:  # schema-1 records keep it in the basis only
         layer_scale = folder.basis(record).layer_scale if record.status == "complete" else None
-    pca = fit_components(stats, k, tol=tol)
-    basis = SkillBasis(pca, FeatureLayout.from_json(record.layout), model=record.model, pooling=record.pooling,
-                       layer_scale=layer_scale, labels=None, run_key=record.key)
+    scaling = scaling or record.config.get("scaling", "none")
+    layout = FeatureLayout.from_json(record.layout)
+    variances = stats.variances()
+    pca = fit_components(stats, k, tol=tol, scale=feature_scale(variances, scaling, layout))
+    basis = SkillBasis(pca, layout, model=record.model, pooling=record.pooling, layer_scale=layer_scale, labels=None,
+                       run_key=record.key, scaling=scaling)
+    basis.diagnostics = diagnose(basis, variances)
     basis.save(folder.path)
     features = folder.feature_dir(record)
     if features is not None:
@@ -41,6 +46,6 @@ def fit(run_dir: str | Path, k: int, *, tol: float = 1e-6) -> SkillBasis:
     else:
         folder.remove_scores()
     record.status, record.basis, record.error = "complete", basis_summary(basis), None
-    record.config["k"] = k
+    record.config["k"], record.config["scaling"] = k, scaling
     folder.write_record(record)
     return basis

@@ -6,15 +6,15 @@
 
 The problems are cut into a dev set and a pool by the deterministic split of `--dev-size` / `--split-seed`:
 correlation samples the model's own solutions to the pool, steer and pilot measure on the dev set (pilot trains on
-pool examples selected from the run). Every evaluation is an ordinary `eval` folder under RUN/rank/<proxy>/, so a
-killed ranking resumes. The result is RUN/ranking.json (best first), which `inspect` shows and `select --ranking`
+pool examples selected from the run). Every evaluation is an ordinary `eval` folder under RUN/rank/<proxy>/<metric>/, so
+a killed ranking resumes. The result is RUN/ranking.json (best first), which `inspect` shows and `select --ranking`
 and `steer --ranking` use.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,13 +22,13 @@ import numpy as np
 
 from ..basis import SkillBasis
 from ..capture.models import LoadedModel, load_model
-from ..config import BatchingConfig, ConfigError, ModelConfig, cli, parse_layers
-from ..data.corpus import fingerprint
+from ..config import BatchingConfig, ConfigError, CorpusConfig, ModelConfig, cli, parse_layers
+from ..data.corpus import fingerprint, iter_records
 from ..errors import AutoskillError
 from ..evaluation.generation import GenerationConfig
 from ..evaluation.job import EvalConfig, Metric, evaluate
 from ..evaluation.samples import SAMPLES_JSONL, read_samples
-from ..evaluation.problems import ProblemsConfig, check_disjoint, load_problems
+from ..evaluation.problems import ProblemsConfig, load_problems
 from ..run.folder import RunFolder
 from ..run.ranking import Ranking, RankingEntry
 from .correlation import auroc, cluster_bootstrap, entries_from, pearson, score_texts
@@ -81,6 +81,8 @@ class RankConfig:
     """pilot: keep each pilot's LoRA adapter under RUN/rank/pilot/ (the base model is never modified)."""
     keep_checkpoints: bool = False
     """steer on vllm: keep each baked checkpoint."""
+    seed: int = 0
+    """pilot: the seed of the random pilot's selection, the adapters' initialization and the order of examples."""
     resamples: int = 1000
     """Bootstrap resamples of every interval."""
     quiet: bool = False
@@ -120,7 +122,7 @@ def rank(config: RankConfig, *, loaded: LoadedModel | None = None) -> Ranking:
         basis.direction(d)  # range check with the basis's own message
     dev_ids = config.problems.dev_ids()
     notes = _check_pool(folder, record, config.problems, dev_ids, needs_pool=config.proxy == "pilot")
-    work = folder / "rank" / config.proxy
+    work = folder / "rank" / config.proxy / config.metric
     eval_base = EvalConfig(out=str(work), problems=replace(config.problems, split="dev"), model=model,
                            generation=config.generation, k=(config.k,), metric=config.metric, quiet=config.quiet)
     if config.proxy == "correlation":
@@ -146,18 +148,26 @@ def rank(config: RankConfig, *, loaded: LoadedModel | None = None) -> Ranking:
 def _check_pool(folder: RunFolder, record, problems: ProblemsConfig, dev_ids: set[str], *,
                 needs_pool: bool) -> list[str]:
     """The run's examples (the pool that is selected and trained on) must not include the dev set: refused when this
-    proxy trains on them, noted otherwise (`select --ranking` refuses them later)."""
+    proxy trains on them, noted otherwise (`select --ranking` refuses them later). Examples of the same file are
+    matched by id; of another file, by the text of their question."""
     same_file = record.corpus.get("sha256") == fingerprint(replace(problems, split="all").corpus)["sha256"]
-    if not same_file:
-        return ["the run profiled another file than the problems: the pool's disjointness from the dev set was not "
-                "checked"]
-    ids = folder.scores(record).ids
-    if needs_pool:
-        check_disjoint(ids, dev_ids, what=f"{folder.path}: the profiled corpus")
-        return []
-    overlap = len(set(ids) & dev_ids)
+    if same_file:
+        overlap = set(folder.scores(record).ids) & dev_ids
+    else:
+        dev_questions = {" ".join(p.question.split()) for p in load_problems(replace(problems, split="dev"))}
+        try:
+            run_corpus = CorpusConfig(**{k: v for k, v in record.corpus_config.items()
+                                         if k in {f.name for f in fields(CorpusConfig)}})
+            overlap = {r.id for r in iter_records(run_corpus)
+                       if " ".join(str(r.data.get(problems.question_field, "")).split()) in dev_questions}
+        except AutoskillError as e:
+            return [f"the pool's disjointness from the dev set could not be checked ({e})"]
+    if overlap and needs_pool:
+        raise AutoskillError(f"{folder.path}: the profiled corpus holds {len(overlap)} of the dev set's problems (e.g. "
+                             f"{sorted(overlap)[:3]}); profile the pool (--split pool with the same --dev-size and "
+                             "--split-seed) to train pilots on it")
     if overlap:
-        return [f"{overlap} of the run's examples are in the dev set: selecting from this run for the dev set is "
+        return [f"{len(overlap)} of the run's examples are in the dev set: selecting from this run for the dev set is "
                 "refused; profile the pool (--split pool, same --dev-size and --split-seed) to select"]
     return []
 

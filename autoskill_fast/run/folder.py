@@ -52,7 +52,8 @@ def file_key(path: Path) -> str | None:
 
 def basis_summary(basis: SkillBasis) -> dict[str, Any]:
     """What run.json says of the basis."""
-    return {"k": basis.k, "solver": basis.solver, "explained_variance_ratio": basis.explained_variance_ratio_.tolist()}
+    return {"k": basis.k, "scaling": basis.scaling, "solver": basis.solver,
+            "explained_variance_ratio": basis.explained_variance_ratio_.tolist(), "warnings": basis.warnings}
 
 
 class RunFolder:
@@ -105,8 +106,9 @@ class RunFolder:
             if not overwrite:
                 held = (f"a run of model {record.model.get('name')!r} on {Path(record.corpus.get('path', '?')).name}"
                         if record is not None else "another run")
-                raise AutoskillError(f"{self.path}: holds {held} with other options, not {describe}; choose another "
-                                     "output folder, or pass --overwrite to replace that run")
+                raise AutoskillError(f"{self.path}: holds {held} with other options (or made by an earlier version with "
+                                     f"other defaults), not {describe}; choose another output folder, or pass "
+                                     "--overwrite to replace that run")
         elif self.has_run_files():
             progress = self.path / CHECKPOINT_DIR / "progress.json"
             if progress.is_file() and load_json(progress).get("key") == key:
@@ -180,7 +182,7 @@ def run_key(config: dict[str, Any], model: dict[str, Any], corpus: dict[str, Any
     `config` is a ProfileConfig as JSON."""
     cfg = json.loads(json.dumps(config, default=str))
     for volatile in ("out", "quiet", "checkpoint_every", "checkpoint_seconds", "k", "eig_tol", "scores", "save_features",
-                     "overwrite"):
+                     "overwrite", "scaling"):
         cfg.pop(volatile, None)
     cfg["model"].pop("device", None)
     blob = json.dumps({"config": cfg, "model": model, "corpus": corpus}, sort_keys=True, default=str)

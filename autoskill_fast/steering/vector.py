@@ -11,7 +11,17 @@ Per-layer scaling. A basis profiled with `--layer-scaling pilot` lives in scaled
 `coefficient * u_j / layer_scale[j]`, so by default (`unscale=True`) chunks are divided by the scale: alpha keeps
 its meaning "distance along the direction in feature space". `unscale=False` uses the raw chunks instead. A basis
 made with `--layer-scaling l2` normalises every example's per-layer vector, which no fixed factor undoes: its chunks
-are used as they are, and a warning says so.
+are used as they are, and a warning says so. A basis fitted with a feature scaling (`fit --scaling layer|coordinate`)
+has its directions in scaled feature space: the vector uses `basis.activation_direction`, the direction divided by
+the scale, so that steering by alpha moves the scaled feature by alpha along the direction (always, whatever
+`unscale` says: the fit-time scale is part of what the direction means).
+
+What alpha means in the model. The chunk of block j is added to that block's output at every position, and the
+residual stream carries it into every later block: the pooled features of the later blocks move too, so the
+direction's score moves by more than alpha (about 8 alpha for a direction over blocks 1-28 of the default model). With
+`unit="std"` alpha counts the direction's standard deviations on the profiled corpus (sqrt of its eigenvalue),
+which compares across directions and models; the effect on the score is measured, not assumed, by `rank --proxy
+steer`.
 
 On disk a vector is two files in one folder: `steering_vector.safetensors` (one fp32 [H] tensor per block, named
 `layer.{id}`) and `steering_vector.json` (the model fingerprint, the blocks, and the recipe it was made from).
@@ -89,7 +99,7 @@ class SteeringVector:
         for i, w in zip(directions, weights):
             scale = float(basis.eigenvalues_[int(i)].clamp_min(0).sqrt()) if unit == "std" else 1.0
             coefficient = sign * float(alpha) * w * scale
-            combined += coefficient * basis.direction(int(i)).to(torch.float64)
+            combined += coefficient * basis.activation_direction(int(i))
             terms.append({"basis": source, "direction": int(i), "label": basis.labels[int(i)],
                           "coefficient": coefficient, "alpha": sign * float(alpha) * w, "unit": unit})
         chunks = {layer: chunk for layer, chunk in basis.layout.split(combined).items()}
