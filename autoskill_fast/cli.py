@@ -173,16 +173,13 @@ def project_cmd(basis_dir, threads, **values):
 def steer_cmd(run_dir, **values):
     """Turn basis directions of RUN_DIR into a steering vector: a baked checkpoint, a llama.cpp GGUF, or the vector."""
     from .steering import SteeringVector, export_steering
+    from .steering.export import build_vector
 
     config = build_config(SteerConfig, values, skip=("run",), run=run_dir)
     path = export_steering(config)
-    vector = SteeringVector.load(path) if path.is_dir() else None
-    where = f"{path} ({config.format})"
-    if vector is not None:
-        click.echo(f"steering vector of norm {vector.norm():.4g} on {len(vector.layer_ids)} blocks "
-                   f"({vector.layer_ids[0]}..{vector.layer_ids[-1]}) -> {where}")
-    else:
-        click.echo(f"steering vector -> {where}")
+    vector = SteeringVector.load(path) if path.is_dir() else build_vector(config)
+    click.echo(f"steering vector of norm {vector.norm():.4g} on {len(vector.layer_ids)} blocks "
+               f"({vector.layer_ids[0]}..{vector.layer_ids[-1]}) -> {path} ({config.format})")
 
 
 @cli.command("inspect")

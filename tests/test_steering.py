@@ -358,6 +358,15 @@ def test_steer_cli_writes_every_format(tiny, tmp_path):
     result = runner.invoke(cli, ["steer", str(run), "--format", "llamacpp", "--out", str(tmp_path / "cpp0")])
     assert result.exit_code == 2 and "block 0" in result.output and "--layers 1-2" in result.output
 
+    # --out NAME.gguf (the README's own example) writes that file, which is what llama.cpp's --control-vector takes.
+    result = runner.invoke(cli, ["steer", str(run), "--layers", "1-2", "--format", "llamacpp",
+                                 "--out", str(tmp_path / "cvec.gguf")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cvec.gguf").is_file()
+    meta, directions = read_llamacpp(tmp_path / "cvec.gguf")
+    np.testing.assert_array_equal(directions[2], (0.5 * basis.components_[0][2 * HIDDEN:]).numpy())
+    assert "autoskill.steering" in meta
+
     result = runner.invoke(cli, ["steer", str(run), "-d", "1", "--format", "vector", "--out", str(tmp_path / "vec")])
     assert result.exit_code == 0, result.output
     assert SteeringVector.load(tmp_path / "vec").terms[0]["direction"] == 1

@@ -2,7 +2,8 @@
 
 Output folder by format (each also holds the vector and the resolved config, `steer.json`):
 - `hf`: a model folder that transformers and vLLM load as is; the vector and records go to its `steering/`.
-- `llamacpp`: `control_vector.gguf`, for `llama-cli -m MODEL.gguf --control-vector control_vector.gguf`.
+- `llamacpp`: `control_vector.gguf`, for `llama-cli -m MODEL.gguf --control-vector control_vector.gguf`; with
+  `--out NAME.gguf`, that file alone (its metadata holds the recipe).
 - `vector`: only the vector, for `steer(model, SteeringVector.load(folder))`.
 """
 
@@ -139,9 +140,15 @@ def _ranked_vector(config: SteerConfig, basis) -> SteeringVector:
 
 
 def export_steering(config: SteerConfig) -> Path:
-    """Build the vector from the run's basis and write it in `config.format`; return the output folder."""
+    """Build the vector from the run's basis and write it in `config.format`; return the output folder, or the .gguf
+    file itself when `--format llamacpp --out NAME.gguf` (what `llama-cli --control-vector` takes; it ignores a
+    folder without a word)."""
     vector = build_vector(config)
     out = Path(config.out)
+    if config.format == "llamacpp" and out.suffix.lower() == ".gguf":
+        if out.is_dir():
+            raise AutoskillError(f"{out}: is a folder; --out NAME.gguf writes the control-vector file itself")
+        return export_llamacpp(vector, out)  # the recipe is in the file's metadata (autoskill.steering)
     if config.format == "hf":
         spec = config.model if config.model is not None else run_model_spec(Path(config.run))
         model_dir, _ = resolve_model_path(spec)
