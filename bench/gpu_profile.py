@@ -28,6 +28,9 @@ After the passes, the fit: `StreamingCovariance.top_eigenpairs(--fit-k)` on the 
 with the packed sums in place), timed once, with its peak memory. The passes repeat the same rows, so the covariance
 has low rank (rows per pass): this times the solver's products and bookkeeping, not its behaviour on a real spectrum.
 
+Model FLOP utilization (MFU) of each forward: real tokens/s x 2 x the non-embedding parameters of the blocks it runs
+(all L for the floor, 0 .. L-2 for the profiler), over the device's measured dense bf16 matmul rate (8192^3).
+
 Then the covariance kernel alone: `cov_update_` (Triton on CUDA) on N = 4096 bf16 rows into a block-packed fp32
 accumulator, against a plain bf16 `torch.matmul(x.T, x)` of the same shape, timed with `triton.testing.do_bench`
 (median). FLOPs are counted as 2*N*D*D for both; the kernel computes only the upper-triangle tiles, so its rate can
@@ -131,6 +134,24 @@ def synthetic_batches(vocab: int, tokens_per_batch: int, seq_len: int, n_batches
 
 def packed_bytes(dim: int) -> int:
     return 4 * BlockPackedLayout(dim, default_tile(dim)).numel
+
+
+def block_parameters(model: torch.nn.Module, upto: int) -> int:
+    """Parameters of decoder blocks 0 .. upto (what a forward through them multiplies; embeddings excluded)."""
+    from autoskill_fast.capture.models import decoder_blocks
+
+    return sum(p.numel() for block in list(decoder_blocks(model))[:upto + 1] for p in block.parameters())
+
+
+def peak_bf16_tflops(device: torch.device, n: int = 8192) -> float:
+    """The device's measured dense bf16 matmul rate (an n x n x n product), the ceiling model FLOP utilization is
+    measured against."""
+    if device.type != "cuda":
+        n = 512
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    ms = median_ms(lambda: a @ b, device)
+    return 2 * n ** 3 / ms / 1e9
 
 
 def accumulator_fits(dim: int, free: int, reserve: int) -> bool:
@@ -243,6 +264,14 @@ def bench_model(name: str, args, device: torch.device) -> dict:
     result.update(flush_ms=statistics.median(flush_ms), peak_profiler_gib=peak_profiler / 1024 or None,
                   capture_overhead_pct=100 * (medians["capture"] / medians["floor"] - 1),
                   overhead_pct=100 * (medians["profiler"] / medians["floor"] - 1), reps=args.reps)
+    # Model FLOP utilization: tokens/s x 2 x the parameters of the blocks run (attention's own FLOPs not counted) over
+    # the device's measured bf16 matmul rate. The floor runs every block, the profiler stops after block L-2.
+    floor_params = block_parameters(model, config.num_hidden_layers - 1)
+    profiler_params = block_parameters(model, max(layout.layer_ids))
+    peak = args.peak_tflops
+    result.update(block_params_floor=floor_params, block_params_profiler=profiler_params, peak_bf16_tflops=peak,
+                  mfu_floor=result["floor_tokens_per_s"] * 2 * floor_params / (peak * 1e12),
+                  mfu_profiler=result["profiler_tokens_per_s"] * 2 * profiler_params / (peak * 1e12))
     del model, capture, profiler, batches  # they hold the weights: the fit's peak must not count them
     gc.collect()
     reset_peak(device)
@@ -290,7 +319,9 @@ def print_tables(models: list[dict], covs: list[dict]) -> None:
               f"{r['floor_ms']:>9.1f} {r['capture_ms']:>10.1f} {r['profiler_ms']:>11.1f} {r['flush_ms']:>8.1f} "
               f"{r['capture_overhead_pct']:>+9.2f} {r['overhead_pct']:>+10.2f} {r['floor_tokens_per_s']:>11.0f} "
               f"{r['profiler_tokens_per_s']:>14.0f} {_fmt(r['peak_floor_gib'], '.2f'):>14} "
-              f"{_fmt(r['peak_profiler_gib'], '.2f'):>17} {r['fit_s']:>7.2f} {_fmt(r['peak_fit_gib'], '.2f'):>12}")
+              f"{_fmt(r['peak_profiler_gib'], '.2f'):>17} {r['fit_s']:>7.2f} {_fmt(r['peak_fit_gib'], '.2f'):>12}"
+              f"  MFU floor {100 * r['mfu_floor']:.1f}% profiler {100 * r['mfu_profiler']:.1f}% (of "
+              f"{r['peak_bf16_tflops']:.0f} TFLOP/s bf16)")
     print(f"\ncovariance kernel (bf16 rows; fp32 rows as profile() feeds them) vs bf16 matmul, "
           f"FLOPs = 2*N*D*D for all\n"
           f"{'D':>7} {'N':>6} {'kernel ms':>10} {'kernel TFLOP/s':>14} {'matmul ms':>10} {'matmul TFLOP/s':>14} "
@@ -343,6 +374,8 @@ def main(argv: list[str] | None = None) -> dict:
                   cuda=torch.version.cuda, threads=torch.get_num_threads(), cpu_smoke=args.cpu_smoke)
     print(json.dumps(header), flush=True)
     torch.manual_seed(0)
+    args.peak_tflops = peak_bf16_tflops(device)
+    print(json.dumps({"peak_bf16_tflops": args.peak_tflops}), flush=True)
     models = []
     for name in names:
         models.append(bench_model(name, args, device))

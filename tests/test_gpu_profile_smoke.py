@@ -44,6 +44,7 @@ def test_cpu_smoke_runs_end_to_end(tmp_path):
         assert m["cov_storage"] == "all layers" and m["feature_dim"] == 2 * 64  # tiny: 2 layers of hidden 64
         assert m["floor_ms"] > 0 and m["profiler_ms"] > 0 and m["tokens_per_pass"] > 0
         assert m["fit_k"] == 64 and m["fit_max_residual"] <= 1e-6 and m["fit_s"] > 0
+        assert 0 < m["block_params_profiler"] <= m["block_params_floor"] and m["mfu_profiler"] > 0  # tiny: 2 blocks, both pooled
     assert all(c["ratio"] > 0 and c["fp32_ratio"] > 0 for c in results["covariance"])
 
 
