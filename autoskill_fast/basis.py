@@ -13,6 +13,7 @@ convention: one unit direction per row, its entry of largest magnitude positive.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from itertools import groupby
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -238,18 +239,10 @@ def feature_scale(variances_d: torch.Tensor | None, scaling: str, layout: Featur
     return torch.where(spread > 0, spread.clamp_min(torch.finfo(torch.float64).tiny).rsqrt(), torch.zeros_like(spread))
 
 
-def _ranges(values: list[int]) -> str:
+def block_ranges(values: list[int]) -> str:
     """[10, 11, 12, 15] -> "10-12, 15"."""
-    out, values = [], sorted(values)
-    start = prev = values[0]
-    for v in values[1:] + [None]:
-        if v is not None and v == prev + 1:
-            prev = v
-            continue
-        out.append(f"{start}-{prev}" if prev > start else f"{start}")
-        if v is not None:
-            start = prev = v
-    return ", ".join(out)
+    runs = [[v for _, v in group] for _, group in groupby(enumerate(sorted(values)), lambda p: p[1] - p[0])]
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
 
 
 def diagnose(basis: SkillBasis, variances_d: torch.Tensor | None) -> dict[str, Any]:
@@ -274,7 +267,7 @@ def diagnose(basis: SkillBasis, variances_d: torch.Tensor | None) -> dict[str, A
             remedy = ("refit with --scaling coordinate" if basis.scaling != "coordinate"
                       else "even after standardizing, one coordinate dominates: inspect its examples")
             warnings.append(f"direction {i} is {100 * share:.0f}% hidden coordinate {coordinate} (blocks "
-                            f"{_ranges(layers)}): an outlier activation, not a skill; {remedy}")
+                            f"{block_ranges(layers)}): an outlier activation, not a skill; {remedy}")
     result: dict[str, Any] = {"directions": directions, "warnings": warnings,
                               "concentration_warning": CONCENTRATION_WARNING}
     if variances_d is not None:

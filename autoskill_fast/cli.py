@@ -227,7 +227,8 @@ def select_cmd(run_dir, threads, **values):
 @click.option("--show", type=int, default=10, show_default=True, help="Directions listed in the terminal.")
 @friendly_errors
 def compare_cmd(run_a, run_b, show, **values):
-    """Two models' profiles of one corpus: pole overlap, score correlations, canonical correlations."""
+    """Two profiles of one corpus (two models, or two runs of one): pole overlap, score correlations, canonical
+    correlations against a permutation null."""
     from .analysis.comparison import compare, format_comparison
 
     config = build_config(CompareConfig, values, skip=("run_a", "run_b"), run_a=run_a, run_b=run_b)

@@ -1,4 +1,5 @@
-"""compare: matching by id, Jaccard on constructed overlaps, correlations, canonical correlations vs references."""
+"""compare: matching by id, Jaccard on constructed overlaps, correlations, canonical correlations vs references, and
+their permutation null."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import torch
 from click.testing import CliRunner
 
 from autoskill_fast.cli import cli
-from autoskill_fast.analysis.comparison import (CompareConfig, canonical_correlations, compare, compare_runs, match_ids,
-                                    pole_jaccard, score_correlation)
+from autoskill_fast.analysis.comparison import (CompareConfig, canonical_correlations, canonical_null, compare,
+                                                compare_runs, format_comparison, match_ids, null_edge, pole_jaccard,
+                                                score_correlation, too_few_examples)
+from autoskill_fast.analysis.report_html import render_comparison_page
 from autoskill_fast.errors import AutoskillError
 from autoskill_fast.run.reading import load_run
 from headless_chromium import chromium_path, open_page
@@ -112,8 +115,8 @@ def two_models(tmp_path, n=400, drop_b=0):
     a = torch.randn(n, 3, generator=g) * torch.tensor([3.0, 2.0, 1.0])
     b = torch.stack([-a[:, 1], a[:, 0], a[:, 2]], dim=1) + 0.1 * torch.randn(n, 3, generator=g)
     ids = [f"q{i}" for i in range(n)]
-    run_a = make_run(tmp_path / "a", a, ids=ids, model="model-a")
-    run_b = make_run(tmp_path / "b", b[drop_b:], ids=ids[drop_b:], model="model-b")
+    run_a = make_run(tmp_path / "a", a, ids=ids, model="model-a", config_hash="aaaa")
+    run_b = make_run(tmp_path / "b", b[drop_b:], ids=ids[drop_b:], model="model-b", config_hash="bbbb")
     return run_a, run_b
 
 
@@ -128,6 +131,62 @@ def test_compare_runs_finds_the_permutation(tmp_path):
     assert c.canonical.min() > 0.99
     assert [m["match"] for m in c.best_matches("b")] == [1, 0, 2]
     assert json.loads(json.dumps(c.to_json()))["n_shared"] == 390
+    # A real shared structure stands far above the permutation null, and 390 examples are plenty for 3 + 3 dims.
+    assert c.null.shape == (20, 3) and float(c.null_mean.max()) < 0.2 and c.above_null == 3
+    assert c.warnings == [] and c.models_differ and c.other == "another model"
+
+
+# ---- the null of the canonical correlations ------------------------------------------------------------------------
+
+
+def test_canonical_null_is_the_statistic_on_permuted_rows():
+    a, b = planted_cca(300, [0.8, 0.2], seed=4)
+    null = canonical_null(a, b, 3, seed=5)
+    generator = torch.Generator().manual_seed(5)
+    expected = torch.stack([canonical_correlations(a, b[torch.randperm(300, generator=generator)]) for _ in range(3)])
+    torch.testing.assert_close(null, expected, rtol=1e-9, atol=1e-12)  # permuting Q_B = re-deriving it
+    assert torch.equal(canonical_null(a, b, 3, seed=5), null) and not torch.equal(canonical_null(a, b, 3, seed=6), null)
+    assert canonical_null(a, b, 0).shape == (0, 2)
+
+
+def test_canonical_null_matches_the_theory_for_independent_scores():
+    # Independent Gaussian scores, 20 examples per dimension: the largest canonical correlation sits just below the
+    # Wachter edge (its fluctuations shrink as n^-2/3), and the null of one draw of them agrees.
+    g = torch.Generator().manual_seed(7)
+    a, b = torch.randn(2000, 100, generator=g), torch.randn(2000, 100, generator=g)
+    null = canonical_null(a, b, 10, seed=0)
+    assert null_edge(2000, 100, 100) == pytest.approx(2 * (0.05 * 0.95) ** 0.5)
+    assert float(null[:, 0].mean()) == pytest.approx(null_edge(2000, 100, 100), abs=0.02)
+    assert float(canonical_correlations(a, b)[0]) == pytest.approx(null_edge(2000, 100, 100), abs=0.03)
+    assert null_edge(64, 32, 32) == 1.0 and null_edge(640, 32, 32) == pytest.approx(0.436, abs=1e-3)
+
+
+def test_too_few_examples_is_reported_with_the_null(tmp_path):
+    """Independent random scores of 64 examples x 32 directions: canonical correlations near 1, and so is the null;
+    the comparison says so (before, it showed the correlations alone)."""
+    g = torch.Generator().manual_seed(0)
+    ids = [f"q{i}" for i in range(64)]
+    run_a = make_run(tmp_path / "a", torch.randn(64, 32, generator=g), ids=ids)
+    run_b = make_run(tmp_path / "b", torch.randn(64, 32, generator=g), ids=ids)
+    c = compare_runs(load_run(run_a), load_run(run_b), n_pole=8)
+    assert float(c.canonical[0]) > 0.999 and float(c.canonical.mean()) > 0.6  # looks like a strong match ...
+    assert c.null is not None and float(c.null_mean[0]) > 0.999  # ... but so do unrelated examples
+    assert (c.canonical - c.null_mean).abs().max() < 0.15
+    assert c.above_null <= 4  # exchangeable with the null: about 5% of 32 pairs exceed its 95th percentile
+    assert c.warnings == [too_few_examples(64, 32, 32)]
+    assert "64 shared examples are too few for 32 + 32 score dimensions (fewer than 640" in c.warnings[0]
+    assert too_few_examples(640, 32, 32) is None
+    summary = format_comparison(c)
+    assert "warning: 64 shared examples are too few" in summary
+    assert "null (B's rows permuted, 20 draws, seed 0)" in summary and "above the null's 95th percentile" in summary
+    saved = json.loads(json.dumps(c.to_json()))
+    assert saved["canonical_null"]["permutations"] == 20 and len(saved["canonical_null"]["p95"]) == 32
+    assert saved["warnings"] == c.warnings
+    # The same model (one fingerprint) profiled twice is "another run", not "another model".
+    assert not c.models_differ and "(another run)" in summary.splitlines()[0]
+    page = render_comparison_page(load_run(run_a), load_run(run_b), c)
+    assert "Comparison with another run" in page and "another model" not in page
+    assert "warning: 64 shared examples are too few" in page and "Null: the same statistic" in page
 
 
 def test_compare_errors(tmp_path):
@@ -137,17 +196,23 @@ def test_compare_errors(tmp_path):
         compare(CompareConfig(run_a=str(run_a), run_b=str(run_b)))
     with pytest.raises(AutoskillError, match="CompareConfig.by: must be"):
         CompareConfig(run_a="a", run_b="b", by="nope")
+    with pytest.raises(AutoskillError, match="CompareConfig.permutations: must be 0 or more"):
+        CompareConfig(run_a="a", run_b="b", permutations=-1)
 
 
 def test_cli_compare(tmp_path):
     run_a, run_b = two_models(tmp_path)
     result = CliRunner().invoke(cli, ["compare", str(run_a), str(run_b), "--n-pole", "20", "--json",
-                                      str(tmp_path / "c.json"), "--html", str(tmp_path / "c.html")])
+                                      str(tmp_path / "c.json"), "--html", str(tmp_path / "c.html"),
+                                      "--permutations", "7", "--seed", "3"])
     assert result.exit_code == 0, result.output
     assert "400 shared examples" in result.output and "canonical correlations (3)" in result.output
+    assert "(another model)" in result.output and "null (B's rows permuted, 7 draws, seed 3)" in result.output
+    assert "3 of 3 above the null's 95th percentile" in result.output and "warning" not in result.output
     assert "A0   -> B1   (+)" in result.output and "A1   -> B0   (-)" in result.output
     saved = json.loads((tmp_path / "c.json").read_text())
     assert len(saved["jaccard"]) == 3 and len(saved["canonical_correlations"]) == 3
+    assert saved["canonical_null"]["permutations"] == 7 and saved["canonical_null"]["seed"] == 3
     if chromium_path() is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium): compare page not rendered")
     values, errors = open_page(tmp_path / "c.html", {
@@ -157,6 +222,7 @@ def test_cli_compare(tmp_path):
     assert errors == []
     assert values["plots"] == 3
     assert "model-b" in values["text"] and "Best match of each direction of A" in values["text"]
+    assert "Comparison with another model" in values["text"] and "Null: the same statistic" in values["text"]
 
 
 # ---- end to end: profile -> inspect / select / compare ----------------------------------------------------------
@@ -188,6 +254,8 @@ def test_end_to_end_on_tiny_models(tmp_path, tiny_model):
     result = inspect(InspectConfig(run=str(tmp_path / "llama"), compare=str(tmp_path / "qwen2"), n_examples=3,
                                    labeling_prompts=str(tmp_path / "prompts.jsonl")))
     assert len(result.directions) == 4 and result.html.stat().st_size > 1_000_000
+    assert all(d.concentration is not None for d in result.directions)  # a fresh profile carries its diagnostics
+    assert 'id="layer-weights"' in result.html.read_text()
     by_id = {r["qid"]: r for r in records}
     for example in result.directions[0].poles["projection"]["top"]:
         assert example.text == by_id[example.id]["text"]
@@ -226,5 +294,5 @@ def test_end_to_end_on_default_model_and_corpus(tmp_path, default_model_dir):
         assert record == originals[int(info["id"])] and info["row"] == position
     if chromium_path() is not None:
         values, errors = open_page(result.html, {"plots": "document.querySelectorAll('.plotly').length"},
-                                   ready="document.querySelectorAll('.js-plotly-plot').length >= 2")
-        assert errors == [] and values["plots"] == 2
+                                   ready="document.querySelectorAll('.js-plotly-plot').length >= 4")
+        assert errors == [] and values["plots"] == 4  # scree, layer weights, concentration, scatter

@@ -1,4 +1,5 @@
-"""inspect: pole examples, labeling prompts, labels, and the HTML report rendered in headless Chromium."""
+"""inspect: pole examples, what each direction is made of, labeling prompts, labels, and the HTML report rendered in
+headless Chromium."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from click.testing import CliRunner
 from autoskill_fast.basis import SkillBasis
 from autoskill_fast.cli import cli
 from autoskill_fast.errors import AutoskillError
-from autoskill_fast.analysis.inspection import InspectConfig, directions, inspect, labeling_prompts, read_labels
+from autoskill_fast.analysis import inspection
+from autoskill_fast.analysis.inspection import (InspectConfig, directions, format_directions, inspect, labeling_prompts,
+                                                read_labels)
 from autoskill_fast.run.reading import load_run
 from headless_chromium import chromium_path, open_page
 from synthetic_runs import make_run, read_jsonl
@@ -20,8 +23,7 @@ needs_chromium = pytest.mark.skipif(chromium_path() is None,
 HOSTILE = "<script>alert('x')</script> & \"quotes\""
 
 
-@pytest.fixture
-def planted(tmp_path):
+def planted_scores():
     """120 examples, 3 directions; rows 5-7 top of +1, rows 8-10 bottom (-1); row 3 has markup in its text and id."""
     g = torch.Generator().manual_seed(0)
     proj = torch.randn(120, 3, generator=g) * torch.tensor([3.0, 2.0, 1.0])
@@ -34,7 +36,40 @@ def planted(tmp_path):
     ids = [f"ex{i:04d}" for i in range(120)]
     ids[3] = "id</script><b>3"
     proj[3] = torch.tensor([0.0, 0.0, 15.0])  # on the + end of direction 2, so it is shown
+    return proj, texts, ids
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """The planted scores in a run whose basis has no diagnostics (as one fitted before they existed)."""
+    proj, texts, ids = planted_scores()
     return make_run(tmp_path / "run", proj, texts=texts, ids=ids)
+
+
+LAYERS = (2, 5, 9)  # blocks of the diagnosed basis, 4 hidden coordinates each
+CATEGORIES = ["arithmetic", "poetry", "a<b & c"]
+
+
+def composed_directions() -> torch.Tensor:
+    """Three orthonormal directions over 3 blocks x 4 hidden coordinates, with known make-up:
+    0: all on hidden coordinate 1 (blocks 2, 5, 9: 36%, 41%, 23%), the outlier;
+    1: coordinates 0 and 2 of blocks 5 and 9 (25% each: concentration 50%, not above the threshold);
+    2: coordinates 0, 2, 3 of block 2 (a third each)."""
+    u = torch.zeros(3, 12)
+    u[0, [1, 5, 9]] = torch.tensor([0.6, 0.64, 0.48])
+    u[1, [4, 6, 8, 10]] = 0.5
+    u[2, [0, 2, 3]] = 3 ** -0.5
+    return u
+
+
+@pytest.fixture
+def diagnosed(tmp_path):
+    """The planted scores in a run whose basis carries diagnostics; records carry a category (missing on rows
+    100-119) and a number."""
+    proj, texts, ids = planted_scores()
+    fields = [({"category": CATEGORIES[i % 3]} if i < 100 else {}) | {"length": 1.5 * i} for i in range(120)]
+    return make_run(tmp_path / "diagnosed", proj, texts=texts, ids=ids, components=composed_directions(),
+                    layer_ids=LAYERS, diagnosed=True, fields=fields)
 
 
 def test_directions_have_planted_poles(planted):
@@ -48,6 +83,7 @@ def test_directions_have_planted_poles(planted):
     assert all(-1.0 <= e.score <= 1.0 for end in ("top", "bottom") for e in d1.poles["cosine"][end])
     evr = [d.explained_variance_ratio for d in dirs]
     assert dirs[-1].cumulative_ratio == pytest.approx(sum(evr))
+    assert all(d.concentration is None and d.layer_weights is None for d in dirs)  # a basis without diagnostics
 
 
 def test_labeling_prompts(planted, tmp_path):
@@ -98,6 +134,9 @@ def test_labels_go_into_the_basis(planted, tmp_path):
     assert HOSTILE not in html and "&lt;script&gt;alert(" in html  # corpus text is escaped
     assert "<script src=" not in html  # plotly.js is inline: the file works offline
     assert html.count("Plotly.newPlot") == 2
+    # A basis from before diagnostics: their section says so, and nothing fails.
+    assert "This basis carries no diagnostics" in html and 'id="warnings"' not in html
+    assert 'id="layer-weights"' not in html
 
 
 def two_models(tmp_path, n=400):
@@ -106,49 +145,145 @@ def two_models(tmp_path, n=400):
     a = torch.randn(n, 3, generator=g) * torch.tensor([3.0, 2.0, 1.0])
     b = torch.stack([-a[:, 1], a[:, 0], a[:, 2]], dim=1) + 0.1 * torch.randn(n, 3, generator=g)
     texts = [f"text {i}" for i in range(n)]
-    return make_run(tmp_path / "a", a, texts=texts, model="model-a"), make_run(tmp_path / "b", b, texts=texts, model="model-b")
+    return (make_run(tmp_path / "a", a, texts=texts, model="model-a", config_hash="aaaa"),
+            make_run(tmp_path / "b", b, texts=texts, model="model-b", config_hash="bbbb"))
 
 
 @needs_chromium
-def test_html_report_renders_in_chromium(planted, tmp_path):
+def test_html_report_renders_in_chromium(tmp_path):
+    """Labels, a ranking, a comparison and a scatter coloured by a number, on one page."""
+    from autoskill_fast.run.ranking import Ranking, RankingEntry
+
     run_a, run_b = two_models(tmp_path)
     (tmp_path / "labels.json").write_text('["size vs shape", "counting vs colour", "third skill"]')
+    entries = [RankingEntry(direction=d, sign=s, effect=0.1 * d * s, low=0.1 * d * s - 0.05, high=0.1 * d * s + 0.05,
+                            statistic="NLL drop (nats/token)", evaluation=f"eval-{d}{s}", cost_s=1.5, alpha=0.5,
+                            alpha_unit="norm") for d in range(3) for s in (1, -1)]
+    Ranking("steer", "nll", "synthetic", entries, notes=["a planted note"]).save(run_a)
     result = inspect(InspectConfig(run=str(run_a), labels=str(tmp_path / "labels.json"), compare=str(run_b),
-                                   n_examples=4, scatter=(0, 2)))
+                                   n_examples=4, scatter=(0, 2), color_by="meta.n"))
     values, errors = open_page(result.html, {
         "plots": "document.querySelectorAll('.plotly').length",
         "svgs": "document.querySelectorAll('.js-plotly-plot .main-svg').length",
         "points": "document.querySelectorAll('#scatter .scatterlayer .point').length",
         "heatmaps": "document.querySelectorAll('#correlation .hm, #correlation image').length",
         "cards": "Array.from(document.querySelectorAll('.card')).map(c => c.dataset.direction)",
-        "rows": "document.querySelectorAll('#direction-1 table.ex tr').length",
+        "rows": "document.querySelectorAll('#direction-1 table.ex tbody tr').length",
         "text": "document.body.innerText",
         "scatter_title": "document.querySelector('#scatter .gtitle').textContent",
-    }, ready="document.querySelectorAll('.js-plotly-plot').length >= 5")
+        "ranking_points": "document.querySelectorAll('#ranking-plot .scatterlayer .point').length",
+        "first": "document.querySelector('#ranking table tr:nth-child(2) td').textContent",
+        "colorbar": "document.querySelectorAll('#scatter .colorbar').length",
+        "colors": "document.getElementById('scatter').data[0].marker.color.length",
+        "null_traces": "document.getElementById('canonical').data.map(t => t.name)",
+    }, ready="document.querySelectorAll('.js-plotly-plot').length >= 6")
     assert errors == []
-    assert values["plots"] == 5  # scree, scatter, canonical correlations, correlation and Jaccard heatmaps
-    assert values["svgs"] >= 5
+    assert values["plots"] == 6  # scree, ranking, scatter, canonical correlations, correlation and Jaccard heatmaps
+    assert values["svgs"] >= 6
     assert values["points"] >= 400  # every example (all fit under max_points) plus the poles
     assert values["heatmaps"] >= 1
     assert values["cards"] == ["0", "1", "2"]
-    assert values["rows"] == 4 * 4  # 4 examples x (top, bottom) x (projection, cosine)
+    assert values["rows"] == 4 * 4  # 4 examples x (highest, lowest) x (projection, cosine)
     for expected in ("counting vs colour", "size vs shape", "Direction 2", "Comparison with another model",
-                     "400 shared examples", "model-a", "Explained variance per direction"):
+                     "400 shared examples", "model-a", "Explained variance per direction", "Null: the same statistic",
+                     "3 of 3 canonical correlations exceed the null's 95th percentile", "Which directions help",
+                     "a planted note", "This basis carries no diagnostics"):
         assert expected in values["text"], expected
-    assert "directions 0 and 2" in values["scatter_title"]
+    assert "directions 0 and 2" in values["scatter_title"] and "coloured by meta.n" in values["scatter_title"]
+    assert values["ranking_points"] == 6 and values["first"] == "+2 a0.5norm"  # best first
+    assert values["colorbar"] == 1 and values["colors"] == 400  # a number with many values: a colour scale
+    assert values["null_traces"] == ["canonical correlation", "null: mean", "null: 95th percentile"]
+
+
+def test_directions_carry_their_make_up(diagnosed):
+    dirs = directions(load_run(diagnosed), n=2)
+    torch.testing.assert_close(torch.tensor([d.layer_weights for d in dirs]),
+                               torch.tensor([[0.36, 0.4096, 0.2304], [0, 0.5, 0.5], [1, 0, 0]]))
+    assert [d.concentration for d in dirs] == pytest.approx([1.0, 0.5, 1 / 3])
+    assert [(d.coordinate, d.coordinate_layers) for d in dirs] == [(1, [2, 5, 9]), (0, [5, 9]), (0, [2])]
+    summary = format_directions(dirs)
+    assert "direction 0: " in summary and "[100% hidden coordinate 1: an outlier, not a skill]" in summary
+    assert summary.count("an outlier") == 1  # 50% is not above the threshold
 
 
 @needs_chromium
-def test_hostile_text_stays_text_in_chromium(planted):
-    result = inspect(InspectConfig(run=str(planted), n_examples=2))
+def test_report_shows_make_up_warnings_and_colours_in_chromium(diagnosed):
+    """One page: the warnings before the metadata, the layer heatmap and concentration bars, the scatter coloured by
+    a category (a legend), the pole tables with headers, and hostile text that stays text."""
+    result = inspect(InspectConfig(run=str(diagnosed), n_examples=2, color_by="category"))
+    weights = [d.layer_weights for d in result.directions]
     values, errors = open_page(result.html, {
         "alerts": "typeof window.__alerted",
-        "text": "document.body.innerText",
+        "sections": "Array.from(document.querySelectorAll('body > section')).map(s => s.id)",
+        "warnings": "document.querySelector('#warnings').innerText",
         "plots": "document.querySelectorAll('.plotly').length",
-    }, ready="document.querySelectorAll('.js-plotly-plot').length >= 2")
+        "z": "document.getElementById('layer-weights').data[0].z",
+        "layers": "document.getElementById('layer-weights').data[0].x",
+        "heatmap_drawn": "document.querySelectorAll('#layer-weights .hm, #layer-weights image').length",
+        "bars": "document.querySelectorAll('#concentration .barlayer .point').length",
+        "legend": "Array.from(document.querySelectorAll('#scatter .legendtext')).map(t => t.textContent)",
+        "points": "document.querySelectorAll('#scatter .scatterlayer .point').length",
+        "scatter_title": "document.querySelector('#scatter .gtitle').textContent",
+        "headers": "Array.from(document.querySelector('#direction-1 table.ex thead').querySelectorAll('th'))"
+                   ".map(t => t.textContent)",
+        "rows": "document.querySelectorAll('#direction-1 table.ex tbody tr').length",
+        "first_id": "document.querySelector('#direction-1 table.ex tbody td.id').textContent",
+        "made_of": "document.querySelector('#direction-0 .made-of').className",
+        "text": "document.body.innerText",
+        "all_text": "document.body.textContent",
+    }, ready="document.querySelectorAll('.js-plotly-plot').length >= 4")
     assert errors == []
-    assert values["plots"] == 2
-    assert "id</script><b>3" in values["text"] and "<script>alert('x')</script>" in values["text"]
+    assert values["sections"][:2] == ["warnings", "metadata"]  # the warnings come first
+    assert ("direction 0 is 100% hidden coordinate 1 (blocks 2, 5, 9): an outlier activation, not a skill; refit with "
+            "--scaling coordinate") in values["warnings"]
+    assert f"autoskill-fast fit {diagnosed} -k 3 --scaling coordinate" in values["warnings"]
+    assert values["plots"] == 4  # scree, layer weights, concentration, scatter
+    assert values["layers"] == ["2", "5", "9"]
+    torch.testing.assert_close(torch.tensor(values["z"]), 100 * torch.tensor(weights))
+    assert values["z"][0] == pytest.approx([36.0, 40.96, 23.04])
+    assert values["heatmap_drawn"] >= 1 and values["bars"] == 3
+    assert values["legend"][:4] == ["arithmetic", "a<b & c", "poetry", "(no category)"]  # by count, then name
+    assert {"highest on direction 0", "lowest on direction 1"} <= set(values["legend"])
+    assert values["points"] >= 120 and "coloured by category" in values["scatter_title"]
+    assert values["headers"] == ["rank", "id", "score", "text (click for more)"]
+    assert values["rows"] == 2 * 2 * 2  # 2 examples x (highest, lowest) x (projection, cosine)
+    assert values["first_id"] == "ex0005"  # the corpus's id field, not the row number
+    assert "warn" in values["made_of"]
+    for expected in ("What each direction is made of", "Highest scores (positive pole)",
+                     "Lowest scores (negative pole)",
+                     "100% of its squared norm on hidden coordinate 1 (blocks 2, 5, 9)", "ids: the corpus's 'uid' field",
+                     "Hidden coordinates of largest variance"):
+        assert expected in values["text"], expected
+    assert "The paper's score. A raw feature's cosine is dominated by its largest coordinates" in values["all_text"]
+    assert "+ end" not in values["all_text"]
+    assert values["alerts"] == "undefined"
+    assert "id</script><b>3" in values["all_text"] and "<script>alert('x')</script>" in values["all_text"]
+
+
+def test_color_by_reads_only_the_plotted_rows_and_names_a_missing_field(diagnosed, monkeypatch, tmp_path):
+    asked, fetch = [], inspection.fetch_records
+
+    def counted(config, wanted):
+        asked.append(set(wanted))
+        return fetch(config, wanted)
+
+    monkeypatch.setattr(inspection, "fetch_records", counted)
+    html = tmp_path / "r.html"
+    inspect(InspectConfig(run=str(diagnosed), n_examples=1, color_by="meta.source", max_points=12, html=str(html)))
+    monkeypatch.undo()
+    run = load_run(diagnosed)
+    shown = set(inspection.scatter_positions(run.n, 12).tolist())
+    poles = {e.row for d in directions(run, 1) for kind in d.poles.values() for end in kind.values() for e in end}
+    assert len(asked) == 1 and asked[0] == shown | poles  # one pass, the plotted rows and the poles' rows only
+    assert "coloured by meta.source" in html.read_text()
+    missing = (r"corpus.jsonl: none of the 120 records in the scatter has a field 'topic' \(the first one has "
+               r"category, length, meta, text, uid\); pass one of its fields to --color-by")
+    with pytest.raises(AutoskillError, match=missing):
+        inspect(InspectConfig(run=str(diagnosed), color_by="topic", html=str(html)))
+    with pytest.raises(AutoskillError, match="InspectConfig.color_by: colours the HTML report"):
+        InspectConfig(run=str(diagnosed), color_by="category", no_html=True)
+    bad = CliRunner().invoke(cli, ["inspect", str(diagnosed), "--color-by", "topic", "--html", str(html)])
+    assert bad.exit_code == 2 and "has a field 'topic'" in bad.output and "Traceback" not in bad.output
 
 
 def test_cli_inspect(planted, tmp_path):
@@ -173,22 +308,3 @@ def test_inspect_without_run_json_needs_a_corpus(tmp_path):
         inspect(InspectConfig(run=str(run), no_html=True))
     result = inspect(InspectConfig(run=str(run), no_html=True, corpus=str(run / "corpus.jsonl")))
     assert result.directions[0].poles["projection"]["top"][0].text.startswith("example number")
-
-
-@needs_chromium
-def test_the_ranking_section_renders(planted, tmp_path):
-    from autoskill_fast.run.ranking import Ranking, RankingEntry
-
-    entries = [RankingEntry(direction=d, sign=s, effect=0.1 * d * s, low=0.1 * d * s - 0.05, high=0.1 * d * s + 0.05,
-                            statistic="NLL drop (nats/token)", evaluation=f"eval-{d}{s}", cost_s=1.5, alpha=0.5,
-                            alpha_unit="norm") for d in range(3) for s in (1, -1)]
-    Ranking("steer", "nll", "synthetic", entries, notes=["a planted note"]).save(planted)
-    result = inspect(InspectConfig(run=str(planted), n_examples=2))
-    values, errors = open_page(result.html, {
-        "text": "document.body.innerText",
-        "points": "document.querySelectorAll('#ranking-plot .scatterlayer .point').length",
-        "first": "document.querySelector('#ranking table tr:nth-child(2) td').textContent",
-    }, ready="document.querySelectorAll('.js-plotly-plot').length >= 3")
-    assert errors == []
-    assert "Which directions help" in values["text"] and "a planted note" in values["text"]
-    assert values["points"] == 6 and values["first"] == "+2 a0.5norm"  # best first

@@ -1,9 +1,11 @@
 """Seeing what each direction means: pole examples, labeling prompts, labels read back, and the HTML report.
 
-For every direction: its explained variance and the examples at both ends, by the centered projection and by the
-paper's cosine of the raw feature with the direction. `labeling_prompts` turns the poles into one contrastive prompt
-per direction for any LLM; `read_labels` reads the answers back into the report and the basis metadata. The HTML
-itself is drawn in `report_html.py`.
+For every direction: its explained variance, what it is made of (its weight per layer and its concentration on one
+hidden coordinate, from the basis's diagnostics), and the examples at both ends, by the centered projection and by
+the paper's cosine of the raw feature with the direction. `labeling_prompts` turns the poles into one contrastive
+prompt per direction for any LLM; `read_labels` reads the answers back into the report and the basis metadata. The
+corpus is read once, for the pole examples and, with `color_by`, the field that colours the scatter's examples. The
+HTML itself is drawn in `report_html.py`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 import torch
 
 from ..artifacts import save_jsonl, save_text
-from ..config import ConfigError, cli
+from ..basis import CONCENTRATION_WARNING
+from ..config import ConfigError, CorpusConfig, cli
+from ..data.corpus import Record
 from ..errors import AutoskillError
 from ..run.folder import REPORT_HTML
 from ..run.ranking import RANKING_JSON, Ranking
@@ -56,7 +60,7 @@ class InspectConfig:
     labels: str | None = None
     """Read direction labels from this file (JSONL, JSON or one label per line) into the report and the basis."""
     compare: str | None = None
-    """Another profile of the same corpus (another model): adds the compare section."""
+    """Another profile of the same corpus (another model, or another run): adds the compare section."""
     n_pole: int = 50
     """For compare: examples per pole in the Jaccard overlaps."""
     corpus: str | None = None
@@ -65,6 +69,9 @@ class InspectConfig:
     """Characters of each example shown on its line of a card (the full text unfolds below it)."""
     max_points: int = 5000
     """At most this many examples in the scatter plot (an even subsample, plus the poles of its two directions)."""
+    color_by: str | None = None
+    """Colour the scatter's examples by this field of their records (a.b reaches a nested field): a legend for
+    categories, a colour scale for numbers."""
 
     def __post_init__(self):
         owner = "InspectConfig"
@@ -77,6 +84,10 @@ class InspectConfig:
             raise ConfigError(owner, "max_points", f"must be at least 2, got {self.max_points}")
         if self.excerpt_chars < 10:
             raise ConfigError(owner, "excerpt_chars", f"must be at least 10, got {self.excerpt_chars}")
+        if self.color_by is not None and not self.color_by.strip():
+            raise ConfigError(owner, "color_by", "needs a field name, e.g. category")
+        if self.color_by is not None and self.no_html:
+            raise ConfigError(owner, "color_by", "colours the HTML report's scatter; drop no_html (--no-html)")
 
 
 @dataclass
@@ -89,7 +100,7 @@ class Example:
 
 @dataclass
 class Direction:
-    """One direction with its explained variance and its pole examples, by each kind of score."""
+    """One direction: its explained variance, what it is made of, and its pole examples by each kind of score."""
 
     index: int
     label: str | None
@@ -97,20 +108,59 @@ class Direction:
     explained_variance_ratio: float
     cumulative_ratio: float
     poles: dict[str, dict[str, list[Example]]] = field(default_factory=dict)  # {"projection"|"cosine": {"top"|"bottom": [...]}}
+    layer_weights: list[float] | None = None  # share of its squared norm per layer of the layout (None: not diagnosed)
+    concentration: float | None = None  # share of its squared norm on its largest hidden coordinate, over layers
+    coordinate: int | None = None  # that coordinate
+    coordinate_layers: list[int] = field(default_factory=list)  # the blocks that carry it
+
+
+@dataclass
+class ColorField:
+    """A corpus field's value for each example the scatter shows (`values` lacks an example whose record has none)."""
+
+    name: str
+    positions: torch.Tensor  # [M] int64: positions into the run's scores, ascending
+    values: dict[int, Any]  # position -> the field's value
 
 
 def directions(run: ProfileRun, n: int, corpus: str | None = None) -> list[Direction]:
     """Every direction of the run with its n top and n bottom examples (ids, scores, texts), reading the corpus once."""
+    poles = _pole_positions(run, n)
+    records = _read(run, _needed(poles), corpus)
+    return _directions(run, poles, records, run.corpus_config(corpus))
+
+
+def _pole_positions(run: ProfileRun, n: int) -> dict[str, tuple[list[list[int]], list[list[int]]]]:
+    return {kind: pole_positions(getattr(run.scores, kind), n) for kind in SCORE_KINDS}
+
+
+def _needed(poles) -> set[int]:
+    return {p for top, bottom in poles.values() for lists in (top, bottom) for ps in lists for p in ps}
+
+
+def _read(run: ProfileRun, positions: set[int], corpus: str | None) -> dict[int, Record]:
+    """The records at these positions of the run's scores, by position, in one pass over the corpus."""
+    rows = {int(run.scores.row[p]): p for p in positions}
+    records = fetch_records(run.corpus_config(corpus), {r: run.scores.ids[p] for r, p in rows.items()})
+    return {p: records[r] for r, p in rows.items()}
+
+
+def _directions(run: ProfileRun, poles, records: dict[int, Record], config: CorpusConfig) -> list[Direction]:
     basis, scores = run.basis, run.scores
     evr = basis.explained_variance_ratio_.to(torch.float64)
     cumulative = torch.cumsum(evr, 0)
-    by_kind = {kind: pole_positions(getattr(scores, kind), n) for kind in SCORE_KINDS}
-    needed = {p for top, bottom in by_kind.values() for lists in (top, bottom) for ps in lists for p in ps}
-    texts = _texts(run, sorted(needed), corpus)
+    texts = {p: record_text(records[p], config) for p in _needed(poles)}
+    diagnosed = basis.diagnostics.get("directions") or []
+    if len(diagnosed) != basis.k:
+        diagnosed = [{}] * basis.k  # a basis fitted before diagnostics existed
     result = []
     for i in range(basis.k):
-        d = Direction(i, basis.labels[i], float(basis.eigenvalues_[i]), float(evr[i]), float(cumulative[i]))
-        for kind, (top, bottom) in by_kind.items():
+        made_of = diagnosed[i]
+        d = Direction(i, basis.labels[i], float(basis.eigenvalues_[i]), float(evr[i]), float(cumulative[i]),
+                      layer_weights=made_of.get("layer_weights"), concentration=made_of.get("concentration"),
+                      coordinate=made_of.get("coordinate"),
+                      coordinate_layers=list(made_of.get("coordinate_layers") or []))
+        for kind, (top, bottom) in poles.items():
             values = getattr(scores, kind)
             d.poles[kind] = {end: [Example(scores.ids[p], int(scores.row[p]), float(values[p, i]), texts[p]) for p in ps]
                              for end, ps in (("top", top[i]), ("bottom", bottom[i]))}
@@ -118,11 +168,36 @@ def directions(run: ProfileRun, n: int, corpus: str | None = None) -> list[Direc
     return result
 
 
-def _texts(run: ProfileRun, positions: list[int], corpus: str | None) -> dict[int, str]:
-    config = run.corpus_config(corpus)
-    rows = {int(run.scores.row[p]): p for p in positions}
-    records = fetch_records(config, {r: run.scores.ids[p] for r, p in rows.items()})
-    return {p: record_text(records[r], config) for r, p in rows.items()}
+def scatter_positions(n: int, max_points: int) -> torch.Tensor:
+    """The examples the report's scatter shows: an even subsample of at most max_points, as ascending positions."""
+    return torch.linspace(0, n - 1, min(n, max_points)).round().to(torch.int64).unique()
+
+
+def field_value(data: dict[str, Any], name: str) -> tuple[bool, Any]:
+    """(found, value) of a record's field: the key itself, else a dotted path into nested objects ("meta.source")."""
+    if name in data:
+        return True, data[name]
+    node: Any = data
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def color_field(name: str, positions: torch.Tensor, records: dict[int, Record], corpus_path: str) -> ColorField:
+    """The field's value for each shown example; an error naming the field when no shown record has it."""
+    values = {}
+    for p in positions.tolist():
+        found, value = field_value(records[p].data, name)
+        if found and value is not None:
+            values[p] = value
+    if not values:
+        sample = records[int(positions[0])].data
+        raise AutoskillError(f"{corpus_path}: none of the {len(positions)} records in the scatter has a field "
+                             f"{name!r} (the first one has {', '.join(sorted(map(str, sample))) or 'no fields'}); "
+                             "pass one of its fields to --color-by")
+    return ColorField(name, positions, values)
 
 
 def labeling_prompts(dirs: list[Direction], *, by: str = "projection", chars: int = PROMPT_EXAMPLE_CHARS) -> list[dict[str, Any]]:
@@ -224,7 +299,12 @@ def inspect(config: InspectConfig) -> InspectResult:
         run.basis = run.basis.with_labels(read_labels(config.labels, run.basis.k))
         run.basis.save(run.folder)
         result.labels_saved = True
-    result.directions = directions(run, config.n_examples, config.corpus)
+    corpus = run.corpus_config(config.corpus)
+    poles = _pole_positions(run, config.n_examples)
+    shown = scatter_positions(run.n, config.max_points)
+    records = _read(run, _needed(poles) | (set(shown.tolist()) if config.color_by else set()), config.corpus)
+    result.directions = _directions(run, poles, records, corpus)
+    color = color_field(config.color_by, shown, records, corpus.path) if config.color_by else None
     if config.labeling_prompts:
         result.prompts = save_jsonl(config.labeling_prompts, labeling_prompts(result.directions))
     if config.compare:
@@ -233,20 +313,40 @@ def inspect(config: InspectConfig) -> InspectResult:
         from .report_html import render_report
 
         ranking = Ranking.load(run.folder) if (run.folder / RANKING_JSON).is_file() else None
-        html = render_report(run, result.directions, scatter=config.scatter, comparison=result.comparison,
-                             ranking=ranking, excerpt_chars=config.excerpt_chars, max_points=config.max_points,
-                             full_text_chars=REPORT_TEXT_CHARS)
+        html = render_report(run, result.directions, shown=shown, scatter=config.scatter, comparison=result.comparison,
+                             ranking=ranking, excerpt_chars=config.excerpt_chars, full_text_chars=REPORT_TEXT_CHARS,
+                             color=color, id_note=_id_note(run, records))
         result.html = save_text(Path(config.html) if config.html else run.folder / REPORT_HTML, html)
     return result
 
 
-def format_directions(dirs: list[Direction], *, limit: int = 8, per_end: int = 2, chars: int = 80) -> str:
-    """A short terminal summary: the first `limit` directions with a few examples at each end (by projection)."""
+def _id_note(run: ProfileRun, records: dict[int, Record]) -> str | None:
+    """Where the report's example ids come from, in one line (None when the run recorded no corpus options)."""
+    stored = run.record.corpus_config if run.record is not None else None
+    if stored is None:
+        return None
+    if stored.get("id_field"):
+        return f"ids: the corpus's {stored['id_field']!r} field"
+    note = "ids: corpus row numbers (the profile had no --id-field)"
+    fields = {key for record in records.values() for key in record.data}
+    named = sorted(f for f in fields if f.lower() in ("id", "uid", "_id", "qid", "example_id"))
+    if named:
+        note += f"; the records have {named[0]!r}: profile with --id-field {named[0]} to see it here"
+    return note
+
+
+def format_directions(dirs: list[Direction], *, limit: int = 8, per_end: int = 2, chars: int = 80,
+                      threshold: float = CONCENTRATION_WARNING) -> str:
+    """A short terminal summary: the first `limit` directions with a few examples at each end (by projection), and
+    which of them are mostly one hidden coordinate (above `threshold` of their squared norm)."""
     lines = []
     for d in dirs[:limit]:
         label = f"  {d.label}" if d.label else ""
+        outlier = ""
+        if d.concentration is not None and d.concentration > threshold:
+            outlier = f"  [{100 * d.concentration:.0f}% hidden coordinate {d.coordinate}: an outlier, not a skill]"
         lines.append(f"direction {d.index}: {100 * d.explained_variance_ratio:.2f}% of variance "
-                     f"(cumulative {100 * d.cumulative_ratio:.1f}%){label}")
+                     f"(cumulative {100 * d.cumulative_ratio:.1f}%){label}{outlier}")
         for end, sign in (("top", "+"), ("bottom", "-")):
             for e in d.poles["projection"][end][:per_end]:
                 lines.append(f"  {sign} {e.score:+9.3f}  [{e.id}] {excerpt(e.text, chars)}")

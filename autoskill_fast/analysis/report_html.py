@@ -1,19 +1,33 @@
 """The HTML report: one self-contained file (plotly.js inlined once) that opens offline in any browser.
 
-Sections: run metadata, the scree plot with cumulative explained variance, a scatter of the corpus on two directions,
-one card per direction with its pole examples (by projection and by cosine), and, when given, the comparison with
-another model's profile of the same corpus. Every piece of corpus text is HTML-escaped; plot data goes through
-plotly's JSON encoder, which escapes '<' and '>'.
+Sections: the basis's warnings first (directions that are mostly one hidden coordinate, with the remedy), run
+metadata, the scree plot with cumulative explained variance, what each direction is made of (a direction x layer
+heatmap of its weight per layer, its concentration on one hidden coordinate), the ranking when there is one, a
+scatter of the corpus on two directions (coloured by a corpus field if asked), one card per direction with its pole
+examples (by projection, then by the paper's cosine), and, when given, the comparison with another profile of the
+same corpus. A basis fitted before diagnostics existed gets a short note instead of their
+section. Every piece of corpus text is HTML-escaped; plot data goes through plotly's JSON encoder, which escapes
+'<' and '>'.
 """
 
 from __future__ import annotations
 
 import html
 import json
+from collections import Counter
+
 import torch
 
+from ..basis import CONCENTRATION_WARNING
+from ..basis import block_ranges
 from ..errors import AutoskillError
 from ..run.reading import ProfileRun, excerpt
+
+MAX_CATEGORIES = 20  # categories of --color-by with their own legend entry; the rarer ones share one
+NUMERIC_DISTINCT = 12  # a numeric field with more distinct values than this gets a colour scale, not categories
+_SCALING = {"none": "none (the paper's recipe: the raw pooled features)",
+            "layer": "layer (each layer's chunk divided by the square root of its total variance)",
+            "coordinate": "coordinate (every feature standardized: PCA of the correlation matrix)"}
 
 _CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 0 auto; max-width: 1200px;
@@ -26,10 +40,15 @@ table.meta td { padding: 2px 12px 2px 0; vertical-align: top; } table.meta td:fi
 .muted { color: #57606a; font-size: .9rem; }
 table.ex { border-collapse: collapse; width: 100%; font-size: .86rem; margin: .3rem 0 .6rem; }
 table.ex td { border-top: 1px solid #eaeef2; padding: 3px 6px; vertical-align: top; }
+table.ex th { text-align: left; font-weight: 600; color: #57606a; padding: 2px 6px; font-size: .8rem; }
+table.ex td.rank { color: #57606a; width: 2.5em; } .end { font-weight: 600; margin-top: .4rem; }
 table.ex td.score { white-space: nowrap; font-variant-numeric: tabular-nums; width: 5.5em; }
 table.ex td.id { white-space: nowrap; color: #57606a; max-width: 9em; overflow: hidden; text-overflow: ellipsis; }
 details summary { cursor: pointer; color: #57606a; } pre { white-space: pre-wrap; font-size: .8rem; }
 table.matches { border-collapse: collapse; font-size: .88rem; } table.matches td, table.matches th { padding: 2px 10px; }
+section.warnings { border: 2px solid #cf222e; background: #fff5f5; border-radius: 8px; padding: .2rem 1rem .6rem; }
+section.warnings h2 { border: none; color: #cf222e; margin-top: .6rem; } .warn { color: #cf222e; font-weight: 600; }
+code { background: #f6f8fa; padding: 1px 4px; border-radius: 4px; }
 """
 
 
@@ -70,6 +89,7 @@ def _meta_table(run: ProfileRun) -> str:
                        f"{list(basis.layout.layer_ids)} x {basis.layout.hidden_size})"),
         ("explained", f"{100 * float(basis.explained_variance_ratio_.sum()):.1f}% of the total variance"),
         ("pooling", json.dumps(basis.pooling, sort_keys=True)),
+        ("scaling", _SCALING.get(basis.scaling, basis.scaling)),
     ]
     if timings.get("total_s") is not None:
         rows.append(("profile time", f"{timings['total_s']:.1f}s"))
@@ -103,56 +123,183 @@ def _scree(figs: _Figures, run: ProfileRun) -> str:
     return figs.div(fig, "scree")
 
 
-def _scatter(figs: _Figures, run: ProfileRun, dirs, pair: tuple[int, int], max_points: int) -> str:
+def _threshold(run: ProfileRun) -> float:
+    return float(run.basis.diagnostics.get("concentration_warning", CONCENTRATION_WARNING))
+
+
+def _warnings_section(run: ProfileRun) -> str:
+    """The basis's warnings, which change how the rest is read, with what to do about them; empty when there are none
+    (a comparison's own warning opens its section)."""
+    basis = run.basis
+    if not basis.warnings:
+        return ""
+    parts = ["<section id=\"warnings\" class=\"warnings\"><h2>Warnings</h2><ul>",
+             *(f"<li>{html.escape(w)}</li>" for w in basis.warnings), "</ul>"]
+    threshold = _threshold(run)
+    if any(d.get("concentration", 0.0) > threshold for d in basis.diagnostics.get("directions") or []):
+        parts.append("<p>A direction that is mostly one hidden coordinate follows an outlier (\"massive\") activation "
+                     "of the model, not a skill; its cosine poles are the most exposed.")
+        if basis.scaling != "coordinate":
+            command = f"autoskill-fast fit {run.folder} -k {basis.k} --scaling coordinate"
+            parts.append(f" Refit from the saved statistics, no model needed: <code>{html.escape(command)}</code> "
+                         "(without saved features, then rescore with <code>autoskill-fast project</code>).")
+        parts.append("</p>")
+    return "".join(parts) + "</section>"
+
+
+def _composition(figs: _Figures, run: ProfileRun, dirs) -> str:
+    """What each direction is made of: its weight per layer (heatmap) and its concentration on one coordinate."""
+    layer_ids = list(run.basis.layout.layer_ids)
+    head = "<section id=\"composition\"><h2>What each direction is made of</h2>"
+    if any(d.concentration is None or len(d.layer_weights or ()) != len(layer_ids) for d in dirs):
+        return (head + "<p class=\"muted\">This basis carries no diagnostics (it was fitted before they existed); "
+                f"refit it (<code>autoskill-fast fit {html.escape(str(run.folder))} -k {run.basis.k}</code>) to see "
+                "each direction's layers and concentration.</p></section>")
+    go, threshold = figs.go, _threshold(run)
+    rows = [f"{d.index}: {d.label}" if d.label else str(d.index) for d in dirs]
+    heat = go.Figure(go.Heatmap(z=[[100 * w for w in d.layer_weights] for d in dirs], x=[str(l) for l in layer_ids],
+                                y=rows, zmin=0, colorscale="Blues", colorbar={"title": "%"},
+                                hovertemplate="direction %{y}, block %{x}: %{z:.1f}%<extra></extra>"))
+    heat.update_layout(title="Weight of each direction per layer (% of its squared norm)",
+                       xaxis={"title": "block", "type": "category"},
+                       yaxis={"title": "direction", "type": "category", "autorange": "reversed"})
+    bars = go.Figure(go.Bar(
+        x=[d.index for d in dirs], y=[100 * d.concentration for d in dirs],
+        marker={"color": ["#cf222e" if d.concentration > threshold else "#0969da" for d in dirs]},
+        hovertext=[f"hidden coordinate {d.coordinate} (blocks {block_ranges(d.coordinate_layers)})" for d in dirs]))
+    bars.add_hline(y=100 * threshold, line_dash="dot", annotation_text="warning threshold")
+    bars.update_layout(title="Concentration: % of each direction's squared norm on its largest hidden coordinate",
+                       xaxis=_index_axis("direction", len(dirs)), yaxis={"title": "%", "range": [0, 100]})
+    table = "".join(
+        f"<tr><td>{d.index}</td><td class=\"{'warn' if d.concentration > threshold else ''}\">"
+        f"{100 * d.concentration:.1f}%</td><td>{d.coordinate}</td><td>{block_ranges(d.coordinate_layers)}</td>"
+        f"<td>{layer_ids[max(range(len(layer_ids)), key=d.layer_weights.__getitem__)]}</td></tr>" for d in dirs)
+    variance = run.basis.diagnostics.get("coordinate_variance")
+    spread = ""
+    if variance and variance.get("largest"):
+        largest = ", ".join(f"{int(h)} ({ratio:.0f}x)" for h, ratio in variance["largest"][:5])
+        spread = ("<p>Hidden coordinates of largest variance (summed over blocks), relative to the median "
+                  f"coordinate's: {largest}.</p>")
+    scaled = (f" (in the fitted feature space: scaling {html.escape(run.basis.scaling)})"
+              if run.basis.scaling != "none" else "")
+    return "\n".join([
+        head, f"<p>Each direction is a unit vector over {len(layer_ids)} blocks x {run.basis.layout.hidden_size} "
+        f"hidden coordinates{scaled}. Its weight per layer is the share of its squared norm in that block; its "
+        "concentration, the share on its single largest hidden coordinate summed over blocks. Above "
+        f"{100 * threshold:.0f}% a direction is flagged: an outlier coordinate, not a skill.</p>", spread,
+        figs.div(heat, "layer-weights", height=max(320, min(900, 16 * len(dirs) + 160))),
+        figs.div(bars, "concentration", height=360),
+        "<details><summary>Concentration per direction</summary><table class=\"matches\"><tr><th>direction</th>"
+        "<th>concentration</th><th>hidden coordinate</th><th>its blocks</th><th>heaviest block</th></tr>"
+        + table + "</table></details></section>"])
+
+
+def _colored_traces(go, proj, shown: list[int], pair, ids, color) -> list:
+    """The shown examples coloured by a field (an `inspection.ColorField`): one trace per category (a legend), or one
+    with a colour scale."""
+    i, j = pair
+    name = color.name
+
+    def trace(positions, label, marker):
+        hover = [f"{ids[p]}: {name} = {excerpt(str(color.values.get(p, '')), 60)}" for p in positions]
+        return go.Scatter(x=proj[positions, i].tolist(), y=proj[positions, j].tolist(), mode="markers", name=label,
+                          marker={"size": 5, "opacity": 0.75, **marker}, hovertext=hover, hoverinfo="text+x+y")
+
+    missing = [p for p in shown if p not in color.values]
+    present = [p for p in shown if p in color.values]
+    values = [color.values[p] for p in present]
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    traces = []
+    if numeric and len(set(values)) > NUMERIC_DISTINCT:
+        traces.append(trace(present, name, {"color": values, "colorscale": "Viridis", "showscale": True,
+                                            "colorbar": {"title": name, "x": 1.02}}))
+    else:
+        keys = {p: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for p, v in zip(present, values)}
+        counts = Counter(keys.values())
+        named = sorted(counts, key=lambda key: (-counts[key], key))[:MAX_CATEGORIES]
+        for key in named:
+            traces.append(trace([p for p in present if keys[p] == key], excerpt(key, 40), {}))
+        kept = set(named)
+        rest = [p for p in present if keys[p] not in kept]
+        if rest:
+            traces.append(trace(rest, f"other ({len(counts) - len(named)} values)", {"color": "#d0d7de"}))
+    if missing:
+        traces.append(trace(missing, f"(no {name})", {"color": "#8c959f", "symbol": "x"}))
+    return traces
+
+
+def _scatter(figs: _Figures, run: ProfileRun, dirs, pair: tuple[int, int], shown: torch.Tensor, color) -> str:
     go = figs.go
     i, j = pair
     proj = run.scores.projection
     n = run.n
-    shown = torch.linspace(0, n - 1, min(n, max_points)).round().to(torch.int64).unique()
     ids = run.scores.ids
-    traces = [go.Scatter(x=proj[shown, i].tolist(), y=proj[shown, j].tolist(), mode="markers", name="examples",
-                         marker={"size": 4, "color": "#8c959f", "opacity": 0.6},
-                         hovertext=[ids[p] for p in shown.tolist()], hoverinfo="text+x+y")]
-    for d, color in ((dirs[i], "#cf222e"), (dirs[j], "#0969da")):
-        for end, symbol in (("top", "triangle-up"), ("bottom", "triangle-down")):
+    if color is None:
+        traces = [go.Scatter(x=proj[shown, i].tolist(), y=proj[shown, j].tolist(), mode="markers", name="examples",
+                             marker={"size": 4, "color": "#8c959f", "opacity": 0.6},
+                             hovertext=[ids[p] for p in shown.tolist()], hoverinfo="text+x+y")]
+    else:
+        traces = _colored_traces(go, proj, shown.tolist(), pair, ids, color)
+    for d, tint in ((dirs[i], "#cf222e"), (dirs[j], "#0969da")):
+        for end, symbol, word in (("top", "triangle-up", "highest"), ("bottom", "triangle-down", "lowest")):
             examples = d.poles["projection"][end]
             # Scores are sorted by row, so an example's position is where its row sits.
             pos = torch.searchsorted(run.scores.row, torch.tensor([e.row for e in examples], dtype=torch.int64))
             traces.append(go.Scatter(x=proj[pos, i].tolist(), y=proj[pos, j].tolist(), mode="markers",
-                                     name=f"{end} of direction {d.index}",
-                                     marker={"size": 9, "color": color, "symbol": symbol},
+                                     name=f"{word} on direction {d.index}",
+                                     marker={"size": 10, "color": tint, "symbol": symbol,
+                                             "line": {"width": 1, "color": "#1d2430"}},
                                      hovertext=[f"{e.id}: {excerpt(e.text, 80)}" for e in examples],
                                      hoverinfo="text"))
     label = {k: (f"direction {k}: {run.basis.labels[k]}" if run.basis.labels[k] else f"direction {k}") for k in pair}
     subset = f" ({len(shown)} of {n} examples shown)" if len(shown) < n else ""
+    colored = f", coloured by {color.name}" if color is not None else ""
     fig = go.Figure(traces)
-    fig.update_layout(title=f"Corpus on directions {i} and {j} (centered projection){subset}",
+    fig.update_layout(title=f"Corpus on directions {i} and {j} (centered projection){colored}{subset}",
                       xaxis_title=label[i], yaxis_title=label[j], legend={"orientation": "h", "y": -0.2})
     return figs.div(fig, "scatter", height=560)
 
 
 def _examples_table(examples, chars: int, full_chars: int) -> str:
     rows = []
-    for e in examples:
+    for rank, e in enumerate(examples, start=1):
         short = html.escape(excerpt(e.text, chars))
         full = html.escape(e.text[:full_chars] + ("…" if len(e.text) > full_chars else ""))
-        rows.append(f"<tr><td class=\"score\">{e.score:+.3f}</td><td class=\"id\" title=\"{html.escape(e.id)}\">"
-                    f"{html.escape(e.id)}</td><td><details><summary>{short}</summary><pre>{full}</pre></details></td></tr>")
-    return f"<table class=\"ex\">{''.join(rows)}</table>"
+        rows.append(f"<tr><td class=\"rank\">{rank}</td><td class=\"id\" title=\"{html.escape(e.id)}\">"
+                    f"{html.escape(e.id)}</td><td class=\"score\">{e.score:+.3f}</td>"
+                    f"<td><details><summary>{short}</summary><pre>{full}</pre></details></td></tr>")
+    return ("<table class=\"ex\"><thead><tr><th>rank</th><th>id</th><th>score</th><th>text (click for more)</th></tr>"
+            f"</thead><tbody>{''.join(rows)}</tbody></table>")
 
 
-def _card(d, chars: int, full_chars: int) -> str:
+_POLE_KINDS = (
+    ("projection", "Poles by centered projection", ""),
+    ("cosine", "Poles by cosine with the raw feature (the paper's score)",
+     "The paper's score. A raw feature's cosine is dominated by its largest coordinates, so one outlier coordinate "
+     "can decide these lists."),
+)
+
+
+def _card(d, chars: int, full_chars: int, threshold: float) -> str:
     label = f" <span class=\"label\">{html.escape(d.label)}</span>" if d.label else ""
     parts = [f"<div class=\"card\" id=\"direction-{d.index}\" data-direction=\"{d.index}\">",
              f"<h3>Direction {d.index}{label}</h3>",
              f"<div class=\"muted\">{100 * d.explained_variance_ratio:.2f}% of variance (eigenvalue "
              f"{d.explained_variance:.4g}); cumulative {100 * d.cumulative_ratio:.1f}%</div>"]
-    for kind, title in (("projection", "by centered projection"), ("cosine", "by cosine with the raw feature")):
+    if d.concentration is not None:
+        outlier = d.concentration > threshold
+        parts.append(f"<div class=\"{'warn' if outlier else 'muted'} made-of\">{100 * d.concentration:.0f}% of its "
+                     f"squared norm on hidden coordinate {d.coordinate} (blocks {block_ranges(d.coordinate_layers)})"
+                     f"{': an outlier coordinate, not a skill' if outlier else ''}</div>")
+    for kind, title, note in _POLE_KINDS:
         poles = d.poles[kind]
         open_attr = " open" if kind == "projection" else ""
-        parts.append(f"<details{open_attr}><summary>Poles {title}</summary>"
-                     f"<div class=\"muted\">+ end</div>{_examples_table(poles['top'], chars, full_chars)}"
-                     f"<div class=\"muted\">- end</div>{_examples_table(poles['bottom'], chars, full_chars)}</details>")
+        note_html = f"<div class=\"muted\">{note}</div>" if note else ""
+        parts.append(f"<details{open_attr}><summary>{title}</summary>{note_html}"
+                     f"<div class=\"end\">Highest scores (positive pole)</div>"
+                     f"{_examples_table(poles['top'], chars, full_chars)}"
+                     f"<div class=\"end\">Lowest scores (negative pole)</div>"
+                     f"{_examples_table(poles['bottom'], chars, full_chars)}</details>")
     parts.append("</div>")
     return "\n".join(parts)
 
@@ -164,15 +311,26 @@ def _comparison_section(figs: _Figures, c) -> str:
     tick_b = [f"B{j}" for j in range(kb)]
     corr = go.Figure(go.Heatmap(z=c.correlation.tolist(), x=tick_b, y=tick_a, zmin=-1, zmax=1, colorscale="RdBu",
                                 reversescale=True, colorbar={"title": "r"}))
-    corr.update_layout(title=f"Correlation of the two models' scores ({c.by})", yaxis={"autorange": "reversed"})
+    corr.update_layout(title=f"Correlation of the two {'models' if c.models_differ else 'runs'}' scores ({c.by})",
+                       yaxis={"autorange": "reversed"})
     jac = go.Figure(go.Heatmap(z=c.jaccard.tolist(), x=tick_b, y=tick_a, zmin=0, zmax=1, colorscale="Viridis",
                                colorbar={"title": "J"}))
     jac.update_layout(title=f"Pole overlap (Jaccard, {c.n_pole} examples per pole, signs aligned)",
                       yaxis={"autorange": "reversed"})
-    cca = go.Figure(go.Bar(x=list(range(c.canonical.numel())), y=c.canonical.tolist(), name="canonical correlation"))
-    cca.update_layout(title="Canonical correlations between the two score spaces",
+    pairs = list(range(c.canonical.numel()))
+    cca = go.Figure(go.Bar(x=pairs, y=c.canonical.tolist(), name="canonical correlation"))
+    null = ""
+    if c.null_mean is not None:
+        for values, name, dash in ((c.null_mean, "null: mean", "solid"), (c.null_p95, "null: 95th percentile", "dot")):
+            cca.add_trace(go.Scatter(x=pairs, y=values.tolist(), name=name, mode="lines",
+                                     line={"color": "#cf222e", "dash": dash}))
+        null = (f"<p>Null: the same statistic with B's rows permuted ({c.null.shape[0]} draws, seed {c.seed}), which "
+                f"pairs each example of A with a random one of B: mean {float(c.null_mean.mean()):.3f}; "
+                f"{c.above_null} of {c.canonical.numel()} canonical correlations exceed the null's 95th percentile. "
+                "Only those above the null say the two score spaces share structure.</p>")
+    cca.update_layout(title="Canonical correlations between the two score spaces, against the permutation null",
                       xaxis=_index_axis("pair", c.canonical.numel()),
-                      yaxis={"title": "correlation", "range": [0, 1]})
+                      yaxis={"title": "correlation", "range": [0, 1]}, legend={"orientation": "h", "y": -0.2})
     rows = []
     for m in c.best_matches("a"):
         la, lb = c.labels_a[m["direction"]], c.labels_b[m["match"]]
@@ -180,10 +338,12 @@ def _comparison_section(figs: _Figures, c) -> str:
                     f"<td>B{m['match']}{' ' + html.escape(lb) if lb else ''}</td><td>{'+' if m['sign'] > 0 else '-'}</td>"
                     f"<td>{m['jaccard']:.3f}</td><td>{m['correlation']:+.3f}</td><td>{m['best_abs_correlation']:.3f}</td></tr>")
     size = max(420, min(900, 12 * max(ka, kb) + 150))
+    same = "" if c.models_differ else " (two runs of the same model)"
+    warnings = "".join(f"<p class=\"warn\">warning: {html.escape(w)}</p>" for w in c.warnings)
     return "\n".join([
-        "<section id=\"compare\"><h2>Comparison with another model</h2>",
-        f"<p>A = {html.escape(c.name_a)}, B = {html.escape(c.name_b)}: {c.n_shared} shared examples "
-        f"({c.n_only_a} only in A, {c.n_only_b} only in B).</p>",
+        f"<section id=\"compare\"><h2>Comparison with {c.other}</h2>",
+        f"<p>A = {html.escape(c.name_a)}, B = {html.escape(c.name_b)}{same}: {c.n_shared} shared examples "
+        f"({c.n_only_a} only in A, {c.n_only_b} only in B).</p>", warnings, null,
         figs.div(cca, "canonical"), figs.div(corr, "correlation", height=size), figs.div(jac, "jaccard", height=size),
         "<h3>Best match of each direction of A</h3><table class=\"matches\"><tr><th>A</th><th>B</th><th>sign</th>"
         "<th>Jaccard</th><th>r</th><th>max |r|</th></tr>" + "".join(rows) + "</table></section>",
@@ -217,23 +377,29 @@ def _ranking_section(figs: _Figures, ranking) -> str:
             "<th>cost (s)</th><th>evaluation</th></tr>" + rows + "</table></section>")
 
 
-def render_report(run: ProfileRun, dirs, *, scatter: tuple[int, int] = (0, 1), comparison=None, ranking=None,
-                  excerpt_chars: int = 240, max_points: int = 5000, full_text_chars: int = 1500) -> str:
-    """The whole report for one run (its directions from `report.directions`), as one HTML string."""
+def render_report(run: ProfileRun, dirs, *, shown: torch.Tensor, scatter: tuple[int, int] = (0, 1), comparison=None,
+                  ranking=None, excerpt_chars: int = 240, full_text_chars: int = 1500, color=None,
+                  id_note: str | None = None) -> str:
+    """The whole report for one run, as one HTML string: its directions (`inspection.directions`), the positions the
+    scatter shows (`inspection.scatter_positions`) and, optionally, the field that colours them
+    (`inspection.color_field`)."""
     figs = _Figures()
     title = f"autoskill-fast report: {run.folder.name}"
-    body = [f"<h1>{html.escape(title)}</h1>",
+    threshold = _threshold(run)
+    note = f"<p class=\"muted\">{html.escape(id_note)}</p>" if id_note else ""
+    body = [f"<h1>{html.escape(title)}</h1>", _warnings_section(run),
             "<section id=\"metadata\"><h2>Run</h2>" + _meta_table(run) + "</section>",
             "<section id=\"variance\"><h2>Explained variance</h2>" + _scree(figs, run) + "</section>",
-            "<section id=\"scatter-section\"><h2>Corpus on two directions</h2>"
-            + _scatter(figs, run, dirs, scatter, max_points) + "</section>",
-            "<section id=\"directions\"><h2>Directions</h2><div class=\"cards\">"
-            + "\n".join(_card(d, excerpt_chars, full_text_chars) for d in dirs) + "</div></section>"]
+            _composition(figs, run, dirs)]
     if ranking is not None:
-        body.insert(3, _ranking_section(figs, ranking))
+        body.append(_ranking_section(figs, ranking))
+    body += ["<section id=\"scatter-section\"><h2>Corpus on two directions</h2>"
+             + _scatter(figs, run, dirs, scatter, shown, color) + "</section>",
+             "<section id=\"directions\"><h2>Directions</h2>" + note + "<div class=\"cards\">"
+             + "\n".join(_card(d, excerpt_chars, full_text_chars, threshold) for d in dirs) + "</div></section>"]
     if comparison is not None:
         body.append(_comparison_section(figs, comparison))
-    return _page(title, body)
+    return _page(title, [part for part in body if part])
 
 
 def render_comparison_page(run_a: ProfileRun, run_b: ProfileRun, comparison) -> str:

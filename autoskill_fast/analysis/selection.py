@@ -1,12 +1,22 @@
 """Selecting training data along a skill basis, from a profile's stored scores.
 
 - pole: the examples furthest along +d or -d for one or several directions, the budget split across them;
-- coverage: greedy k-center (farthest-point sampling) in the whitened top-k score space, from the example farthest
-  from the mean (the paper's safety recipe); the order is nested: its first b lines are the selection of budget b;
+- coverage: greedy k-center (farthest-point sampling) in the top-k score space, from the example farthest from the
+  mean (the paper's safety recipe); the order is nested: its first b lines are the selection of budget b;
 - random: a seeded uniform sample, and text: greedy k-center on TF-IDF vectors (the baselines to compare against).
 
 The output is a JSONL of the original records, unchanged but for one added key, `_autoskill` (id, row, method and the
 reason each was picked), in selection order, and a manifest JSON beside it (basis, method, budget, seed, counts).
+
+Coverage measures distance in one of two metrics (`SelectConfig.metric`):
+- whitened (the paper's): each direction scaled to unit variance. Every direction weighs the same, so a distinctive
+  group along a low-variance direction is reached early; but the dominant split of the corpus then weighs no more
+  than the k-th direction, and with many directions the first picks can all come from one side of it (30 texts on
+  two topics, k = 8: the first 7 picks from one topic). Fewer directions (`dims`) soften this.
+- euclidean: the raw centered projections, so each direction weighs by its standard deviation. The first picks
+  span the largest splits of the corpus (both sides of the dominant one within the first two picks, when the gap
+  between them is wider than either side); structure along low-variance directions is reached only once it stands
+  out from the spread along the large ones.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from .ranking import top_positions
 
 SelectMethod = Literal["coverage", "pole", "random", "text"]
 ScoreKind = Literal["projection", "cosine"]
+CoverageMetric = Literal["whitened", "euclidean"]
 ADDED_KEY = "_autoskill"  # the one key added to each selected record
 
 
@@ -44,14 +55,18 @@ class SelectConfig:
     budget: int = field(metadata=cli(short="-n"))
     """How many examples to select."""
     method: SelectMethod = "coverage"
-    """coverage: greedy k-center in the whitened score space; pole: the ends of directions; random / text: baselines
-    (seeded uniform; k-center on TF-IDF)."""
+    """coverage: greedy k-center in the score space (see --metric); pole: the ends of directions; random / text:
+    baselines (seeded uniform; k-center on TF-IDF)."""
     directions: tuple[str, ...] = field(default=(), metadata=cli("--direction", short="-d", multiple=True))
     """For pole: +I or -I (one end of direction I) or I (both ends); repeat or comma-separate."""
     by: ScoreKind = "projection"
     """For pole: rank by the centered projection or by the paper's cosine."""
     dims: int | None = None
     """For coverage: use the first DIMS directions (default: all)."""
+    metric: CoverageMetric = "whitened"
+    """For coverage: whitened (the paper's: every direction scaled to unit variance, so a small group along a minor
+    direction is reached early, but the corpus's dominant split weighs no more than the last direction) or euclidean
+    (the raw centered projections: directions weigh by their spread, so the largest splits are covered first)."""
     seed: int = 0
     """For random and text: the seed."""
     text_dim: int = 256
@@ -78,6 +93,8 @@ class SelectConfig:
             raise ConfigError(owner, "budget", f"must be positive, got {self.budget}")
         if self.by not in choices(ScoreKind):
             raise ConfigError(owner, "by", f"must be projection or cosine, got {self.by!r}")
+        if self.metric not in choices(CoverageMetric):
+            raise ConfigError(owner, "metric", f"must be whitened or euclidean, got {self.metric!r}")
         if self.method == "pole" and not self.directions and self.ranking is None:
             raise ConfigError(owner, "directions", "pole selection needs at least one direction, e.g. +0 and -3")
         if self.method != "pole" and self.directions:
@@ -240,15 +257,19 @@ def choose(run: ProfileRun, config: SelectConfig) -> Selection:
         dims = config.dims or basis.k
         if dims > basis.k:
             raise AutoskillError(f"--dims {dims} is more than the basis's {basis.k} directions")
-        eig = basis.eigenvalues_[:dims]
-        if not (eig > 0).all():
-            bad = int((eig <= 0).nonzero()[0])
-            hint = f"; use --dims {bad}" if bad else ""
-            raise AutoskillError(f"direction {bad} has no variance and cannot be whitened{hint}")
-        whitened = basis.whiten(scores.projection[:, :dims].float())  # unit variance on the profiled corpus
-        positions, distance = farthest_point_order(whitened, config.budget)
+        points = scores.projection[:, :dims].float()
+        if config.metric == "whitened":
+            eig = basis.eigenvalues_[:dims]
+            if not (eig > 0).all():
+                bad = int((eig <= 0).nonzero()[0])
+                hint = f"; use --dims {bad}" if bad else ""
+                raise AutoskillError(f"direction {bad} has no variance and cannot be whitened{hint} (or --metric "
+                                     "euclidean)")
+            points = basis.whiten(points)  # unit variance on the profiled corpus
+        positions, distance = farthest_point_order(points, config.budget)
         reasons = [{"method": "coverage", "rank": r, "distance": float(d)} for r, d in enumerate(distance.tolist())]
-        return Selection(positions, reasons, {"dims": dims, "space": "whitened projection",
+        return Selection(positions, reasons, {"dims": dims, "metric": config.metric,
+                                              "space": f"{config.metric} projection",
                                               "first_distance": float(distance[0]), "last_distance": float(distance[-1])})
     if config.method == "random":
         positions = random_order(n, config.budget, config.seed)
