@@ -1,6 +1,7 @@
 """Does profiling stay linear in time and flat in memory up to a million examples? (issue 12)
 
-    python bench/bench_scale.py [--sizes 10000,100000,1000000] [--procs 1,2] [--threads 1] [--out bench/scale.json]
+    python bench/bench_scale.py [--sizes 10000,100000,1000000] [--procs 1,2] [--threads 1] [--scores on,off]
+        [--out bench/scale.json]
 
 A tiny random model (Llama, 2 blocks, hidden 64, the default model's tokenizer; random weights, nothing downloaded)
 over synthetic corpora of short examples (8-24 words from a fixed vocabulary, seeded; one per line, .txt), profiled by
@@ -84,10 +85,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--procs", default="1,2")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--scores", default="on,off", help="with scores (on), --no-scores (off), or both (on,off)")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     procs = [int(p) for p in args.procs.split(",")]
+    score_modes = [{"on": True, "off": False}[m] for m in args.scores.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
     header = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.processor() or
@@ -99,7 +102,7 @@ def main() -> None:
         for n in sizes:
             corpus = make_corpus(work / f"corpus-{n}.txt", n)
             for p in procs:
-                for scores in (True, False):
+                for scores in score_modes:
                     out = work / f"run-{n}-{p}-{scores}"
                     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                                  str(p)] if p > 1 else [sys.executable])
@@ -125,7 +128,7 @@ def main() -> None:
         print(f"{r['examples']:>9} {r['processes']:>5} {str(r['scores']):>6} {r['wall_s']:>8.1f} {r['profile_s']:>9.1f} "
               f"{r['us_per_example']:>10.1f} {r['peak_rss_mib']:>12.0f}")
     for p in procs:
-        for scores in (True, False):
+        for scores in score_modes:
             mine = [r for r in rows if r["processes"] == p and r["scores"] == scores]
             if len(mine) >= 2:
                 first, last = mine[0], mine[-1]
