@@ -116,3 +116,14 @@ def test_non_finite_activations_name_the_example(tmp_path, tiny_model, corpus):
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
     one_line_error(*invoke("profile", "--model", broken, "--corpus", corpus, "--out", tmp_path / "r", "--quiet", "-k", 2),
                    "non-finite activations for example(s) [")
+
+
+def test_every_command_spells_each_option_once():
+    """Options are generated from several configs; two fields may not claim the same flag (click would keep one of
+    them silently, with a warning on every call)."""
+    for name, command in cli.commands.items():
+        flags = [flag for param in command.params for flag in (*param.opts, *param.secondary_opts)]
+        repeated = sorted({flag for flag in flags if flags.count(flag) > 1})
+        assert not repeated, f"{name}: {repeated}"
+        destinations = [param.name for param in command.params]
+        assert len(destinations) == len(set(destinations)), name

@@ -81,7 +81,7 @@ class RankConfig:
     """pilot: keep each pilot's LoRA adapter under RUN/rank/pilot/ (the base model is never modified)."""
     keep_checkpoints: bool = False
     """steer on vllm: keep each baked checkpoint."""
-    seed: int = 0
+    pilot_seed: int = 0
     """pilot: the seed of the random pilot's selection, the adapters' initialization and the order of examples."""
     resamples: int = 1000
     """Bootstrap resamples of every interval."""

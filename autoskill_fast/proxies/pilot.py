@@ -82,7 +82,7 @@ def pilot_proxy(config, basis: SkillBasis, folder: RunFolder, record, loaded: Lo
     n = len(scores.ids)
     m = min(config.pilot_examples, n)
     trainer = _Trainer(config, basis, folder, record, loaded, work, eval_base, scores)
-    plans = [("random", None, random_order(n, m, config.seed))]
+    plans = [("random", None, random_order(n, m, config.pilot_seed))]
     for direction in directions:
         for sign in (1, -1):
             positions, _ = pole_order(scores.projection, [Pole(direction, sign)], m)
@@ -148,7 +148,7 @@ class _Trainer:
         self.settings = {
             "steps": config.pilot_steps, "batch_size": config.pilot_batch_size, "lr": config.pilot_lr,
             "lora_rank": config.lora_rank, "lora_alpha": 2 * config.lora_rank, "lora_dropout": 0.0,
-            "target_modules": "all-linear", "weight_decay": 0.0, "max_grad_norm": MAX_GRAD_NORM, "seed": config.seed,
+            "target_modules": "all-linear", "weight_decay": 0.0, "max_grad_norm": MAX_GRAD_NORM, "seed": config.pilot_seed,
             "chat": eval_base.generation.chat, "question_field": self.problems.question_field,
             "answer_field": self.problems.answer_field, "question_template": self.problems.question_template,
             "dtype": str(loaded.dtype).removeprefix("torch.")}
