@@ -128,6 +128,11 @@ def test_a_killed_eval_resumes_to_the_same_samples(tmp_path, tiny_model, monkeyp
     resumed = evaluate(tiny_eval(tmp_path, tiny_model, name="resumed"))
     assert (tmp_path / "resumed" / "samples.jsonl").read_text() == (tmp_path / "whole" / "samples.jsonl").read_text()
     assert resumed.record["pass_at_k"] == whole.record["pass_at_k"]
+    # Calling a complete evaluation again generates nothing and keeps its cost: the timings add up across calls.
+    again = evaluate(tiny_eval(tmp_path, tiny_model, name="whole"))
+    before, after = whole.record["timings"], again.record["timings"]
+    assert after["generated_tokens"] == before["generated_tokens"] > 0
+    assert after["generate_s"] == pytest.approx(before["generate_s"]) and after["seconds"] > before["seconds"]
     with pytest.raises(AutoskillError, match="holds an evaluation with other options"):
         evaluate(tiny_eval(tmp_path, tiny_model, name="resumed", generation={"seed": 1}))
 

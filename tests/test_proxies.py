@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -169,3 +171,20 @@ def test_rank_then_select_and_steer_along_the_ranking(tmp_path, tiny_model):
     assert code == 0 and "note: 6 of the run's examples are in the dev set" in out, out
     code, out = invoke("select", tmp_path / "all", "--ranking", tmp_path / "all", "-n", 4, "--out", tmp_path / "x.jsonl")
     assert code == 2 and "are in the dev set" in out and "--split pool" in out, out
+
+
+def test_choosing_an_entry_that_does_not_help_warns():
+    from autoskill_fast.run.ranking import RankingEntry
+
+    entries = [RankingEntry(0, 1, 0.03, 0.01, 0.05, "NLL drop"), RankingEntry(1, -1, 0.01, -0.01, 0.03, "NLL drop"),
+               RankingEntry(2, 1, -0.02, -0.03, -0.01, "NLL drop")]
+    ranking = Ranking("steer", "nll", None, list(reversed(entries)))
+    assert [e.pole for e in ranking.entries] == ["+0", "-1", "+2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ranking.best(1) == entries[:1]  # its interval lies above zero: no warning
+    with pytest.warns(UserWarning) as caught:
+        assert ranking.best(3) == entries
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2 and "-1 (steer proxy) is not told apart from no effect" in messages[0]
+    assert "+2 (steer proxy) hurts: NLL drop -0.02 [-0.03, -0.01]" in messages[1]

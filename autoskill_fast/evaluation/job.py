@@ -142,9 +142,11 @@ def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalRe
               "problems": problems_record, "steering": None if steering is None else str(Path(config.steering).resolve()),
               "world_size": world.size}
     done: set[str] | str = set()
+    earlier: dict[str, Any] = {}
     if world.main:
         try:
             done = _claim(out, key, config.overwrite)
+            earlier = load_json(out / EVAL_JSON).get("timings") or {} if done else {}
             if config.metric == "passk":
                 _check_golds(problems, config.grade_timeout)
             save_json(out / EVAL_JSON, record)
@@ -187,10 +189,21 @@ def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalRe
             record["against_baseline"] = {
                 m: compare_evals(base, result, k=int(m.removeprefix("pass@")) if m != "nll" else 1).to_json()
                 for m in measures}
-        record["timings"] = {"seconds": time.perf_counter() - t0, **throughput}
+        record["timings"] = _add_timings(earlier, {"seconds": time.perf_counter() - t0, **throughput})
         record["status"] = "complete"
         save_json(out / EVAL_JSON, record)
     return world.broadcast_object(result)
+
+
+def _add_timings(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """This call's timings plus those of the earlier calls that completed this evaluation's other problems (a resumed
+    evaluation reports its whole cost, not only the resumption's)."""
+    total = {name: value + earlier.get(name, 0) if isinstance(value, (int, float)) else value
+             for name, value in now.items()}
+    if "tokens_per_s" in total:
+        tokens = total.get("generated_tokens", total.get("scored_tokens", 0))
+        total["tokens_per_s"] = tokens / max(total.get("generate_s", total.get("forward_s", 0.0)), 1e-9)
+    return total
 
 
 def _join_parts(out: Path) -> None:

@@ -27,9 +27,7 @@ def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, direc
                 source: str | None = None) -> tuple[list[RankingEntry], dict]:
     """Entries (direction, sign, alpha) with effect = steered minus unsteered (Pass@k gain, or NLL drop)."""
     k = base_config.k[0]
-    t0 = time.perf_counter()
     base = evaluate(replace(base_config, out=str(work / "base")), loaded=loaded)
-    base_cost = time.perf_counter() - t0
     nll = base_config.metric == "nll"
     statistic = "NLL drop (nats/token), steered vs unsteered" if nll else f"pass@{k} difference, steered - unsteered"
     entries = []
@@ -39,15 +37,16 @@ def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, direc
                 name = steering_name(direction, sign, alpha, unit)
                 vector = SteeringVector.from_basis(basis, direction, alpha=alpha, sign=sign, unit=unit, source=source)
                 vector_dir = vector.save(work / "vectors" / name)
-                t0 = time.perf_counter()
                 config = replace(base_config, out=str(work / name))
-                baked = None
+                baked, bake_s = None, 0.0
                 if base_config.generation.backend == "vllm":
                     model_dir, _ = resolve_model_path(base_config.model.model)
                     baked = work / "checkpoints" / name
                     if not (baked / "config.json").is_file():
+                        t0 = time.perf_counter()
                         shutil.rmtree(baked, ignore_errors=True)
                         bake(vector, model_dir, baked)
+                        bake_s = time.perf_counter() - t0
                     config = replace(config, model=replace(base_config.model, model=str(baked)))
                 else:
                     config = replace(config, steering=str(vector_dir))
@@ -59,8 +58,9 @@ def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, direc
                 low, high = sorted((sign_of_good * diff.low, sign_of_good * diff.high))
                 entries.append(RankingEntry(direction=direction, sign=sign, effect=sign_of_good * diff.value, low=low,
                                             high=high, statistic=statistic, evaluation=str(work / name),
-                                            cost_s=time.perf_counter() - t0, alpha=alpha, alpha_unit=unit,
+                                            cost_s=bake_s + steered.record["timings"]["seconds"], alpha=alpha,
+                                            alpha_unit=unit,
                                             details={"vector_norm": vector.norm()}))
-    baseline = {"evaluation": str(work / "base"), "cost_s": base_cost,
+    baseline = {"evaluation": str(work / "base"), "cost_s": base.record["timings"]["seconds"],
                 **({"nll": base.record["nll"]} if nll else {f"pass@{k}": base.record["pass_at_k"][str(k)]})}
     return entries, baseline

@@ -9,6 +9,7 @@ were measured on, so that data selected from a pool that overlaps that dev set c
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,9 +60,17 @@ class Ranking:
         self.entries = sorted(self.entries, key=lambda e: (-e.effect, e.direction, -e.sign))
 
     def best(self, top: int) -> list[RankingEntry]:
+        """The `top` best entries; a warning for each whose interval does not lie above zero (it is used as asked,
+        but nothing says it helps: every direction of a ranking may hurt)."""
         if top < 1:
             raise AutoskillError(f"--top must be positive, got {top}")
-        return self.entries[:top]
+        chosen = self.entries[:top]
+        for entry in chosen:
+            if not entry.significant:
+                verdict = "hurts" if entry.high < 0 else "is not told apart from no effect"
+                warnings.warn(f"{entry.pole} ({self.proxy} proxy) {verdict}: {entry.statistic} {entry.effect:+.4g} "
+                              f"[{entry.low:+.4g}, {entry.high:+.4g}]; used as asked", stacklevel=2)
+        return chosen
 
     def save(self, folder: str | Path) -> Path:
         data = {"schema": SCHEMA, **asdict(self)}
