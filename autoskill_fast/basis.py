@@ -12,6 +12,7 @@ convention: one unit direction per row, its entry of largest magnitude positive.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 from itertools import groupby
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 
 from .artifacts import load_json, load_tensors, save_json, save_tensors
 from .capture.fingerprint import describe_mismatch, model_mismatch
-from .capture.layout import FeatureLayout, check_same_pooling, pooling_config
+from .capture.layout import FeatureLayout, pooling_config
 from .config import BadExamplePolicy, BatchingConfig, CorpusConfig, PoolingConfig
 from .decomposition.pca import PrincipalComponents
 from .errors import AutoskillError
@@ -148,10 +149,14 @@ class SkillBasis:
                                  f"{model.get('name')!r}: {describe_mismatch(key, self.model, model)}; profile this "
                                  "model first")
 
-    def check_compatible(self, model: dict[str, Any], pooling: dict[str, Any], *, what: str = "features") -> None:
-        """Refuse features from another model or pooling than the one this basis was made from."""
-        self.check_model(model, what=what)
-        check_same_pooling(self.pooling, pooling, what=what)
+    def digest(self) -> str:
+        """A hash of the directions and of what maps features onto them (mean, scalings): a refit changes it. Hashed
+        in fp32, as a basis is stored, so a basis and its saved copy agree."""
+        h = hashlib.sha256(self.scaling.encode())
+        for tensor in (self.components_, self.mean_, self.pca.scale, self.layer_scale):
+            if tensor is not None:
+                h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()[:20]
 
     @property
     def warnings(self) -> list[str]:

@@ -42,6 +42,20 @@ def test_profile_fit_project_round_trip(tmp_path, tiny_model, corpus):
     projected, profiled = Scores.load(tmp_path / "proj"), Scores.load(tmp_path / "run")
     assert projected.ids == profiled.ids
     torch.testing.assert_close(projected.projection, profiled.projection, rtol=1e-4, atol=1e-4)
+    code, out = invoke("project", tmp_path / "run", "--model", model, "--corpus", corpus, "--out", tmp_path / "run")
+    assert code == 2 and "holds a profile run" in out, out
+
+    # Scores left by an earlier basis of the run (a refit killed before rescoring) are refused, not used.
+    from autoskill_fast.run.reading import load_run
+
+    stale = Scores.load(tmp_path / "run")
+    code, out = invoke("fit", tmp_path / "run", "-k", 2, "--scaling", "coordinate")
+    assert code == 0, out
+    load_run(tmp_path / "run")
+    stale.save(tmp_path / "run")
+    code, out = invoke("select", tmp_path / "run", "-n", 3, "--method", "pole", "--direction", "+0",
+                       "--out", tmp_path / "s.jsonl")
+    assert code == 2 and "made by an earlier basis" in out, out
 
 
 def test_fit_without_features_drops_stale_scores(tmp_path, tiny_model, corpus):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -136,6 +137,15 @@ def test_a_killed_eval_resumes_to_the_same_samples(tmp_path, tiny_model, monkeyp
     with pytest.raises(AutoskillError, match="holds an evaluation with other options"):
         evaluate(tiny_eval(tmp_path, tiny_model, name="resumed", generation={"seed": 1}))
 
+    # Samples left without their eval.json (or by another evaluation's ranks) are not taken for this one's.
+    stray = tmp_path / "stray"
+    shutil.copytree(tmp_path / "whole", stray)
+    (stray / "eval.json").unlink()
+    (stray / "samples.jsonl.rank1").write_text((stray / "samples.jsonl").read_text())
+    evaluate(tiny_eval(tmp_path, tiny_model, name="stray"))
+    assert (stray / "samples.jsonl").read_text() == (tmp_path / "whole" / "samples.jsonl").read_text()
+    assert not (stray / "samples.jsonl.rank1").exists()
+
 
 @torch.no_grad()
 def test_nll_equals_teacher_forcing_by_hand_and_steering_changes_it(tmp_path, tiny_model):
@@ -172,6 +182,11 @@ def test_nll_equals_teacher_forcing_by_hand_and_steering_changes_it(tmp_path, ti
     diff = compare_evals(load_eval(tmp_path / "e"), steered)
     assert diff.value == pytest.approx(float(np.mean(steered.nll - result.nll)))
     assert steered.record["against_baseline"]["nll"]["value"] == pytest.approx(diff.value)
+
+    # The same folder and vector path holding another vector (a refit wrote it there) is another evaluation.
+    (vector * 2.0).save(tmp_path / "vector")
+    with pytest.raises(AutoskillError, match="holds an evaluation with other options"):
+        evaluate(replace(config, out=str(tmp_path / "steered"), steering=str(tmp_path / "vector")))
 
 
 def test_eval_config_errors():

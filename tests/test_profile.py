@@ -12,8 +12,9 @@ import torch
 from autoskill_fast import (BatchingConfig, CorpusConfig, ModelConfig, PoolingConfig, ProfileConfig, SkillBasis, fit,
                             merge, profile)
 from autoskill_fast.run.features import iter_feature_shards
-from autoskill_fast.run.scores import Scores
 from autoskill_fast.decomposition.statistics import StreamingCovariance
+from autoskill_fast.errors import AutoskillError
+from autoskill_fast.run.scores import Scores
 from model_fixtures import write_jsonl
 from reference import paper_features
 
@@ -215,6 +216,32 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, tiny_model, mo
     assert ia == ib and torch.equal(fa, fb)
     assert not (tmp_path / "resumed" / "checkpoint").exists()
 
+    # Killed while scoring (statistics and basis saved): the rerun scores from the kept features, with no forward.
+    from autoskill_fast.run import scores as scores_mod
+
+    config = ProfileConfig(corpus=corpus, out=str(tmp_path / "scoring"), model=ModelConfig(str(model_dir)), quiet=True,
+                           k=4, batching=BatchingConfig(token_budget=64))
+    original_scores = scores_mod.Scores.from_features.__func__
+
+    def killed(cls, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scores_mod.Scores, "from_features", classmethod(killed))
+    with pytest.raises(KeyboardInterrupt):
+        profile(config)
+    assert json.loads((tmp_path / "scoring" / "run.json").read_text())["status"] == "statistics"
+    monkeypatch.setattr(scores_mod.Scores, "from_features", classmethod(original_scores))
+
+    def no_forward(self, batch):
+        raise AssertionError("the model ran again")
+
+    monkeypatch.setattr(capture_mod.PooledCapture, "__call__", no_forward)
+    profile(config)
+    assert json.loads((tmp_path / "scoring" / "run.json").read_text())["status"] == "complete"
+    assert not (tmp_path / "scoring" / ".features-tmp").exists()
+    scored, reference = Scores.load(tmp_path / "scoring"), Scores.load(tmp_path / "whole")
+    assert scored.ids == reference.ids and torch.allclose(scored.projection.abs(), reference.projection.abs(), atol=1e-4)
+
 
 def test_fit_refits_from_saved_statistics(tmp_path, tiny_model):
     model_dir = tiny_model("llama")
@@ -269,6 +296,12 @@ def test_layer_scaling_options(tmp_path, tiny_model):
     features, _ = load_features(tmp_path / "pilot")
     for j, (chunk, ref_chunk) in enumerate(zip(features.split(48, dim=1), ref.split(48, dim=1))):
         assert_rel_close(chunk, ref_chunk * basis.layer_scale[j], 1e-5)
+
+    # Shards measure their pilot factors on their own first batches: they do not add, and merge says so.
+    for i in range(2):
+        run(tmp_path, model_dir, corpus, name=f"p{i}", shard=(i, 2), pooling=PoolingConfig(layer_scaling="pilot"))
+    with pytest.raises(AutoskillError, match="pilot factors .* differ"):
+        merge([tmp_path / "p0", tmp_path / "p1"], tmp_path / "pm")
 
 
 def test_chat_response_mean_and_prompt_last_token(tmp_path, tiny_model):

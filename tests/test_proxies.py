@@ -136,7 +136,8 @@ def test_rank_then_select_and_steer_along_the_ranking(tmp_path, tiny_model):
     model = tiny_model("llama")
     split = ("--dev-size", 6, "--split-seed", 1)
     code, out = invoke("profile", "--model", model, "--corpus", corpus, "--template", "{question}\n{answer}",
-                       "--split", "pool", *split, "--out", tmp_path / "pool", "-k", 3, "--quiet")
+                       "--split", "pool", *split, "--out", tmp_path / "pool", "-k", 3, "--quiet",
+                       "--save-features")
     assert code == 0, out
     code, out = invoke("rank", tmp_path / "pool", "--proxy", "correlation", "--metric", "nll", "--corpus", corpus, *split,
                        "--resamples", 200, "--quiet")
@@ -161,6 +162,15 @@ def test_rank_then_select_and_steer_along_the_ranking(tmp_path, tiny_model):
     expected = SteeringVector.from_basis(SkillBasis.load(tmp_path / "pool"), best.direction, alpha=0.5, sign=best.sign)
     got = SteeringVector.load(tmp_path / "vec")
     assert all(torch.allclose(got.chunks[i], expected.chunks[i]) for i in expected.layer_ids)
+
+    # A refit makes another basis under the same run: the ranking of the old one is refused, not silently reused.
+    code, out = invoke("fit", tmp_path / "pool", "-k", 3, "--scaling", "coordinate")
+    assert code == 0, out
+    for command in (("select", tmp_path / "pool", "--ranking", tmp_path / "pool", "-n", 4, "--out", tmp_path / "y.jsonl"),
+                    ("steer", tmp_path / "pool", "--ranking", tmp_path / "pool", "--format", "vector", "--out",
+                     tmp_path / "vec2")):
+        code, out = invoke(*command)
+        assert code == 2 and "before a refit" in out, out
 
     # A profile of the whole file holds the dev problems: ranking notes it, selecting along the ranking is refused.
     code, out = invoke("profile", "--model", model, "--corpus", corpus, "--template", "{question}\n{answer}",

@@ -15,7 +15,8 @@ from autoskill_fast.evaluation.problems import ProblemsConfig
 from autoskill_fast.jobs.profiling import profile
 from autoskill_fast.proxies import pilot as pilot_module
 from autoskill_fast.proxies.job import RankConfig, rank
-from autoskill_fast.proxies.pilot import collate, example_order
+from autoskill_fast.evaluation.nll import collate_solutions
+from autoskill_fast.proxies.pilot import example_order
 from autoskill_fast.run.ranking import Ranking
 from model_fixtures import write_jsonl
 
@@ -150,7 +151,7 @@ def test_missing_peft_is_one_clear_line(setup, monkeypatch):
 
 
 def test_training_batches_mask_prompt_and_padding():
-    ids, mask, labels = collate([([5, 6, 7], [8, 9]), ([5], [10, 11, 12])], pad_id=0)
+    ids, mask, labels = collate_solutions([([5, 6, 7], [8, 9]), ([5], [10, 11, 12])], pad_id=0)
     assert ids.tolist() == [[5, 6, 7, 8, 9], [5, 10, 11, 12, 0]]
     assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
     assert labels.tolist() == [[-100, -100, -100, 8, 9], [-100, 10, 11, 12, -100]]

@@ -180,9 +180,7 @@ def ranking_poles(run: ProfileRun, path: str, top: int) -> list[Pole]:
     """The poles of a ranking's `top` best entries, after checking the ranking is this basis's and that this run's
     examples (the pool selected from) are not in the dev set the ranking measured on."""
     ranking = Ranking.load(path)
-    if ranking.run_key is not None and run.basis.run_key is not None and ranking.run_key != run.basis.run_key:
-        raise AutoskillError(f"{path}: ranks the basis of another run ({ranking.run_key}), not {run.folder}'s "
-                             f"({run.basis.run_key}); rank this run first")
+    ranking.check_basis(run.basis, path)
     dev = set(ranking.dev.get("ids") or ())
     same_file = run.record is not None and (ranking.dev.get("corpus") or {}).get("sha256") == run.record.corpus.get("sha256")
     overlap = sorted(dev & set(run.scores.ids)) if same_file else []

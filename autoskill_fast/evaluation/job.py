@@ -107,9 +107,10 @@ class EvalResult:
 
 
 def eval_key(config: EvalConfig, model_fp: dict[str, Any], problems: dict[str, Any], steering: str | None) -> str:
-    """What must match for an evaluation to be resumed: all but where it is written and how it is shown."""
+    """What must match for an evaluation to be resumed: all but where it is written and how it is shown. `steering` is
+    the vector's digest (what it adds, not where it lies: a vector rewritten in place is another evaluation)."""
     cfg = config.to_json()
-    for volatile in ("out", "quiet", "overwrite", "k", "baseline"):
+    for volatile in ("out", "quiet", "overwrite", "k", "baseline", "steering"):
         cfg.pop(volatile)
     cfg["model"].pop("device", None)
     blob = json.dumps({"config": cfg, "model": model_fp, "problems": problems, "steering": steering}, sort_keys=True,
@@ -137,7 +138,7 @@ def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalRe
     if world.distributed:
         config = replace(config, model=replace(config.model, device=str(world.device(config.model.device))))
     model_fp = _model_fingerprint(config, loaded)
-    key = eval_key(config, model_fp, problems_record, None if steering is None else config.steering)
+    key = eval_key(config, model_fp, problems_record, None if steering is None else steering.digest())
     record = {"schema": 1, "status": "running", "key": key, "config": config.to_json(), "model": model_fp,
               "problems": problems_record, "steering": None if steering is None else str(Path(config.steering).resolve()),
               "world_size": world.size}
@@ -147,8 +148,16 @@ def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalRe
         try:
             done = _claim(out, key, config.overwrite)
             earlier = load_json(out / EVAL_JSON).get("timings") or {} if done else {}
+            record["timings"] = earlier  # kept through another interruption
             if config.metric == "passk":
                 _check_golds(problems, config.grade_timeout)
+            if config.baseline is not None:  # before any generation: a missing or other baseline fails now
+                base = load_eval(config.baseline)
+                if base.record["config"]["metric"] != config.metric or (
+                        config.metric == "passk" and max(config.k) > base.n):
+                    raise AutoskillError(f"--baseline {config.baseline}: measured {base.record['config']['metric']} "
+                                         f"with {base.n} sample(s) per problem; compare with an evaluation of the "
+                                         f"same metric and at least {max(config.k)} samples")
             save_json(out / EVAL_JSON, record)
         except AutoskillError as e:
             done = f"error: {e}"
@@ -177,10 +186,9 @@ def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalRe
     if world.main:
         if world.distributed:
             _join_parts(out)
-            throughput = {name: sum(t.get(name, 0) for t in throughputs) for name in throughput}
-            seconds = max(t.get("generate_s", t.get("forward_s", 0.0)) for t in throughputs)
-            tokens = throughput.get("generated_tokens", throughput.get("scored_tokens", 0))
-            throughput["tokens_per_s"] = tokens / max(seconds, 1e-9)
+            # tokens add up over the ranks; their seconds ran side by side (the slowest rank's is the wall time)
+            throughput = {name: (max if name.endswith("_s") else sum)(t.get(name, 0) for t in throughputs)
+                          for name in throughput}
         lines = read_samples(out / SAMPLES_JSONL)
         result = _summarize(config, problems, lines, out, record)
         if config.baseline is not None:
@@ -200,10 +208,15 @@ def _add_timings(earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]
     evaluation reports its whole cost, not only the resumption's)."""
     total = {name: value + earlier.get(name, 0) if isinstance(value, (int, float)) else value
              for name, value in now.items()}
-    if "tokens_per_s" in total:
+    if "tokens_per_s" in total:  # a rate does not add: it is recomputed from the totals
         tokens = total.get("generated_tokens", total.get("scored_tokens", 0))
         total["tokens_per_s"] = tokens / max(total.get("generate_s", total.get("forward_s", 0.0)), 1e-9)
     return total
+
+
+def _drop_samples(out: Path) -> None:
+    for path in (out / SAMPLES_JSONL, *out.glob(f"{SAMPLES_JSONL}.rank*")):
+        path.unlink(missing_ok=True)
 
 
 def _join_parts(out: Path) -> None:
@@ -249,13 +262,14 @@ def _claim(out: Path, key: str, overwrite: bool) -> set[str]:
     """The ids whose samples are complete in `out` (the same evaluation), after dropping an unfinished batch."""
     record_path = out / EVAL_JSON
     if not record_path.is_file():
+        _drop_samples(out)  # samples without their eval.json say nothing of which evaluation made them
         return set()
     record = load_json(record_path)
     if not isinstance(record, dict) or record.get("key") != key:
         if not overwrite:
             raise AutoskillError(f"{out}: holds an evaluation with other options (model, problems, sampling or "
                                  "metric); choose another --out, or pass --overwrite to replace it")
-        (out / SAMPLES_JSONL).unlink(missing_ok=True)
+        _drop_samples(out)
         record_path.unlink()
         return set()
     _join_parts(out)  # the parts of an interrupted multi-process run, whatever its size
@@ -339,6 +353,15 @@ def _summarize(config: EvalConfig, problems: list[Problem], lines: list[dict[str
     return EvalResult(out, record, ids, correct, None)
 
 
+def _check_comparable(a: EvalResult, b: EvalResult, k: int) -> None:
+    metrics = a.record["config"]["metric"], b.record["config"]["metric"]
+    if metrics[0] != metrics[1]:
+        raise AutoskillError(f"{a.folder} measured {metrics[0]} and {b.folder} {metrics[1]}: compare two Pass@k "
+                             "evaluations, or two NLL evaluations")
+    if metrics[0] == "passk" and k > min(a.n, b.n):
+        raise AutoskillError(f"pass@{k} needs {k} samples per problem; {a.folder} has {a.n} and {b.folder} {b.n}")
+
+
 def load_eval(folder: str | Path) -> EvalResult:
     """A finished evaluation, with its per-problem numbers."""
     folder = Path(folder)
@@ -359,17 +382,16 @@ def load_eval(folder: str | Path) -> EvalResult:
     return EvalResult(folder, record, ids, correct, None)
 
 
-def compare_evals(a: EvalResult, b: EvalResult, *, k: int = 1) -> Estimate:
+def compare_evals(a: EvalResult, b: EvalResult, *, k: int = 1, resamples: int = 2000) -> Estimate:
     """b minus a on the problems both evaluated (Pass@k, or NLL), with a paired bootstrap interval."""
     from .passk import paired_mean_difference, paired_pass_at_k_difference
 
-    shared = [pid for pid in a.ids if pid in set(b.ids)]
+    _check_comparable(a, b, k)
+    position_b = {pid: i for i, pid in enumerate(b.ids)}
+    shared = [(i, position_b[pid]) for i, pid in enumerate(a.ids) if pid in position_b]
     if not shared:
         raise AutoskillError(f"{a.folder} and {b.folder} share no problem; compare evaluations of the same problems")
-    ia = np.array([a.ids.index(pid) for pid in shared])
-    ib = np.array([b.ids.index(pid) for pid in shared])
-    if a.nll is not None and b.nll is not None:
-        return paired_mean_difference(a.nll[ia], b.nll[ib])
-    if a.correct is None or b.correct is None:
-        raise AutoskillError("compare two Pass@k evaluations, or two NLL evaluations, not one of each")
-    return paired_pass_at_k_difference(a.correct[ia], b.correct[ib], a.n, b.n, k)
+    ia, ib = (np.array(side) for side in zip(*shared))
+    if a.nll is not None:
+        return paired_mean_difference(a.nll[ia], b.nll[ib], resamples=resamples)
+    return paired_pass_at_k_difference(a.correct[ia], b.correct[ib], a.n, b.n, k, resamples=resamples)

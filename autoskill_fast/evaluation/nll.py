@@ -40,16 +40,9 @@ class NLLScorer:
         from ..steering.hooks import steer
 
         pieces = [self.pieces(p) for p in problems]
-        length = max(len(a) + len(b) for a, b in pieces)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(pieces), length), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        target = torch.zeros_like(ids, dtype=torch.bool)  # positions whose token is a solution token
-        for i, (prompt, solution) in enumerate(pieces):
-            n = len(prompt) + len(solution)
-            ids[i, :n] = torch.tensor(prompt + solution)
-            mask[i, :n] = 1
-            target[i, len(prompt):n] = True
+        ids, mask, labels = collate_solutions(pieces, pad)
+        target = labels != -100  # positions whose token is a solution token
         t0 = time.perf_counter()
         with steer(self.model, self.steering) if self.steering is not None else nullcontext():
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
@@ -62,3 +55,19 @@ class NLLScorer:
         self.seconds += time.perf_counter() - t0
         self.tokens += int(wanted.sum())
         return nll.tolist()
+
+
+def collate_solutions(pieces: list[tuple[list[int], list[int]]],
+                      pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask, labels) [B, S] of (prompt, solution) token lists, right-padded; labels are -100
+    except on solution tokens (teacher forcing, as scored here and as a pilot trains)."""
+    length = max(len(a) + len(b) for a, b in pieces)
+    ids = torch.full((len(pieces), length), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, (prompt, solution) in enumerate(pieces):
+        n = len(prompt) + len(solution)
+        ids[i, :n] = torch.tensor(prompt + solution)
+        mask[i, :n] = 1
+        labels[i, len(prompt):n] = torch.tensor(solution)
+    return ids, mask, labels

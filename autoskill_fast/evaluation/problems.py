@@ -94,24 +94,30 @@ def load_problems(config: ProblemsConfig) -> list[Problem]:
     """The problems of `config` (its part of the split), in corpus order."""
     problems = []
     for record in iter_records(config.corpus):
-        data = record.data
-        if config.question_template is not None:
-            missing = [f for f in template_fields(config.question_template) if data.get(f) is None]
-            if missing:
-                raise AutoskillError(f"{record.where}: missing field(s) {missing} used by the question template")
-            question = config.question_template.format(**data)
-        else:
-            question = _text_field(data, config.question_field, record.where, "--question-field")
-        solution = _text_field(data, config.answer_field, record.where, "--answer-field")
-        gold = gold_answer(solution)
-        if not gold:
+        problem = problem_from_record(record, config)
+        if not problem.gold:
             raise AutoskillError(f"{record.where}: no gold answer in field {config.answer_field!r} (expected "
                                  "'#### answer' or a \\boxed{answer})")
-        problems.append(Problem(record.id, record.row, question, solution, gold))
+        problems.append(problem)
     if not problems:
         raise AutoskillError(f"{config.path}: no problems in the {config.split} part (--split); check --dev-size and "
                              "--limit")
     return problems
+
+
+def problem_from_record(record, config: ProblemsConfig) -> Problem:
+    """One corpus record as a problem: its question (field or template), worked solution and gold answer ("" when the
+    solution states none)."""
+    data = record.data
+    if config.question_template is not None:
+        missing = [f for f in template_fields(config.question_template) if data.get(f) is None]
+        if missing:
+            raise AutoskillError(f"{record.where}: missing field(s) {missing} used by the question template")
+        question = config.question_template.format(**data)
+    else:
+        question = _text_field(data, config.question_field, record.where, "--question-field")
+    solution = _text_field(data, config.answer_field, record.where, "--answer-field")
+    return Problem(record.id, record.row, question, solution, gold_answer(solution))
 
 
 def _text_field(data: dict[str, Any], name: str, where: str, flag: str) -> str:

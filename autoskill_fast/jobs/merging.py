@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import torch
+
 from ..basis import SkillBasis, diagnose, feature_scale
 from ..capture.fingerprint import describe_mismatch, model_mismatch
 from ..capture.layout import FeatureLayout, check_same_pooling
@@ -40,6 +42,10 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, 
             raise AutoskillError(f"{shard.path}: profiled another corpus than {shards[0].path}; merge shards of one "
                                  "corpus")
         check_same_pooling(first.pooling, record.pooling, what=f"statistics in {shard.path}")
+        if record.layer_scale != first.layer_scale:
+            raise AutoskillError(f"{shard.path}: its --layer-scaling pilot factors (measured on its own first batch) "
+                                 f"differ from {shards[0].path}'s, so their statistics do not add; profile without "
+                                 "--layer-scaling pilot and choose fit-time --scaling layer")
         stats = load_statistics(shard.stats_path(record))
         merged = stats if merged is None else merged.merge(stats)
     names = [tuple(r.config.get("shard", (0, 1))) for r in records]
@@ -53,7 +59,9 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, 
     layout = FeatureLayout.from_json(first.layout)
     variances = merged.variances()
     pca = fit_components(merged, k, tol=tol, scale=feature_scale(variances, scaling, layout))
-    basis = SkillBasis(pca, layout, model=first.model, pooling=first.pooling, run_key=key, scaling=scaling)
+    layer_scale = None if first.layer_scale is None else torch.tensor(first.layer_scale, dtype=torch.float32)
+    basis = SkillBasis(pca, layout, model=first.model, pooling=first.pooling, run_key=key, scaling=scaling,
+                       layer_scale=layer_scale)
     basis.diagnostics = diagnose(basis, variances)
     basis.save(folder.path)
     merged.save(folder / STATS_FILE, folder.key_metadata(key))
@@ -65,7 +73,7 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, 
         status="complete", key=key, kind="merge", config={**first.config, "shard": [0, 1], "k": k},
         model=first.model, corpus=first.corpus, pooling=first.pooling, layout=first.layout,
         counts={"profiled": merged.n, "skipped": sum(r.counts.get("skipped", 0) for r in records)},
-        skipped=[s for r in records for s in r.skipped], basis=basis_summary(basis),
+        skipped=[s for r in records for s in r.skipped], basis=basis_summary(basis), layer_scale=first.layer_scale,
         merged_from=[str(s.path.resolve()) for s in shards],
         complete_shards=len(records) == n_of[0] and len(set(n_of)) == 1))
     return basis

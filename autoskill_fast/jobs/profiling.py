@@ -166,6 +166,10 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
         if config.sketch_size:
             raise AutoskillError("--sketch-size with several processes: the ranks' sketches do not add exactly; use "
                                  "exact statistics, or one process per --shard and `merge`")
+        if config.pooling.layer_scaling == "pilot":
+            raise AutoskillError("--layer-scaling pilot with several processes: each rank would measure its own "
+                                 "factors on its own first batch, and their statistics would not add; use fit-time "
+                                 "--scaling layer (from the same statistics) instead")
         config = replace(config, model=replace(config.model, device=str(world.device(config.model.device))))
     loaded = loaded or load_model(config.model)
     t_loaded = time.perf_counter()
@@ -402,6 +406,7 @@ def _fit_beside_write(stats: Statistics, folder: RunFolder, record: RunRecord, c
                        run_key=record.key, scaling=config.scaling)
     basis.diagnostics = diagnose(basis, variances)
     basis.save(folder.path)
+    folder.write_record(record)  # statistics and basis saved: a rerun scores from them, not from the model again
     return basis
 
 

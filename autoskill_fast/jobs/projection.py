@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..artifacts import save_json
+from ..basis import BASIS_JSON
 from ..capture.features import PooledBatches, resolve_pooling
 from ..capture.layout import check_same_pooling, pooling_record
 from ..capture.models import LoadedModel, load_model
@@ -21,7 +22,7 @@ from ..data.corpus import fingerprint as corpus_fingerprint
 from ..data.stream import InputTally, iter_tokenized
 from ..errors import AutoskillError
 from ..progress import Progress
-from ..run.folder import load_basis
+from ..run.folder import RUN_JSON, load_basis
 from ..run.scores import Scores
 from .world import current_world
 
@@ -38,6 +39,9 @@ def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> Scor
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise AutoskillError(f"{out}: is a file, not a folder; choose another output folder")
+    if (out / RUN_JSON).exists() or (out / BASIS_JSON).exists():
+        raise AutoskillError(f"{out}: holds a profile run or a basis, whose scores `project` would replace; write the "
+                             "projection to a folder of its own")
     basis = load_basis(config.basis)
     if world.distributed:
         config = replace(config, model=replace(config.model, device=str(world.device(config.model.device))))
@@ -92,4 +96,5 @@ def _concatenate(parts: list[Scores], run_key: str | None) -> Scores:
     if not any(p.ids for p in parts):
         raise AutoskillError("no example of the corpus could be scored")
     return Scores([i for p in parts for i in p.ids], torch.cat([p.row for p in parts]),
-                  torch.cat([p.projection for p in parts]), torch.cat([p.cosine for p in parts]), run_key).sorted_by_row()
+                  torch.cat([p.projection for p in parts]), torch.cat([p.cosine for p in parts]), run_key,
+                  parts[0].basis_digest).sorted_by_row()

@@ -6,6 +6,7 @@ recomputed when the run saved its features; otherwise the old ones (of the old b
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -39,12 +40,18 @@ def fit(run_dir: str | Path, k: int, *, tol: float = 1e-6, scaling: str | None =
     basis = SkillBasis(pca, layout, model=record.model, pooling=record.pooling, layer_scale=layer_scale, labels=None,
                        run_key=record.key, scaling=scaling)
     basis.diagnostics = diagnose(basis, variances)
+    if record.status == "complete":  # until rescored, the run is not complete: a rerun of `fit` finishes it
+        record.status = "statistics"
+        folder.write_record(record)
     basis.save(folder.path)
-    features = folder.feature_dir(record)
+    temporary = folder.feature_dir(record, temporary=True)  # a profile stopped after its fit, before its scores
+    features = folder.feature_dir(record) or temporary
     if features is not None:
         Scores.from_features(basis, iter_feature_shards(features)).save(folder.path)
     else:
         folder.remove_scores()
+    if temporary is not None:
+        shutil.rmtree(temporary, ignore_errors=True)
     record.status, record.basis, record.error = "complete", basis_summary(basis), None
     record.config["k"], record.config["scaling"] = k, scaling
     folder.write_record(record)

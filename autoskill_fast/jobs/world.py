@@ -64,12 +64,6 @@ class World:
         return device
 
     # ---- collectives (no-ops in a world of one) ------------------------------------------------------------------
-    def barrier(self) -> None:
-        if self.distributed:
-            import torch.distributed as dist
-
-            dist.barrier()
-
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's `obj`, on every rank."""
         if not self.distributed:
@@ -168,7 +162,9 @@ class _Watchdog:
         self.store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                                    timeout=datetime.timedelta(seconds=30), wait_for_workers=False)
         self.prefix = f"autoskill-fast/heartbeat/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/"
-        self.started = time.time()
+        self.started = time.monotonic()
+        self._beats = 0
+        self._seen: dict[int, tuple[str, float]] = {}  # rank -> (its last beat, when this rank saw it change)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="autoskill-fast-watchdog", daemon=True)
 
@@ -184,17 +180,22 @@ class _Watchdog:
             self._thread.join(timeout=2 * HEARTBEAT_S + 30)
 
     def _beat(self) -> None:
-        self.store.set(f"{self.prefix}{self.world.rank}", repr(time.time()))
+        self._beats += 1
+        self.store.set(f"{self.prefix}{self.world.rank}", str(self._beats))
 
     def silent_ranks(self, older_than: float) -> list[int]:
-        """The other ranks whose last heartbeat is older than `older_than` seconds (or who never beat)."""
-        now, silent = time.time(), []
+        """The other ranks whose heartbeat has not changed for `older_than` seconds (or who never beat). A beat is a
+        counter, timed on this rank's own monotonic clock: the nodes' clocks need not agree."""
+        now, silent = time.monotonic(), []
         for rank in range(self.world.size):
             if rank == self.world.rank:
                 continue
             key = f"{self.prefix}{rank}"
-            last = float(self.store.get(key)) if self.store.check([key]) else self.started
-            if now - last > older_than:
+            beat = self.store.get(key).decode() if self.store.check([key]) else ""
+            last_beat, since = self._seen.get(rank, ("", self.started))
+            if beat != last_beat:
+                self._seen[rank] = (beat, now)
+            elif now - since > older_than:
                 silent.append(rank)
         return silent
 

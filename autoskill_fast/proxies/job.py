@@ -14,6 +14,7 @@ and `steer --ranking` use.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from ..basis import SkillBasis
 from ..capture.models import LoadedModel, load_model
 from ..config import BatchingConfig, ConfigError, CorpusConfig, ModelConfig, cli, parse_layers
 from ..data.corpus import fingerprint, iter_records
+from ..data.rendering import template_fields
 from ..errors import AutoskillError
 from ..evaluation.generation import GenerationConfig
 from ..evaluation.job import EvalConfig, Metric, evaluate
@@ -132,7 +134,7 @@ def rank(config: RankConfig, *, loaded: LoadedModel | None = None) -> Ranking:
 
         entries, baseline = steer_proxy(basis, eval_base, work, directions=directions, alphas=list(config.alphas),
                                         unit=config.alpha_unit, loaded=loaded, keep_checkpoints=config.keep_checkpoints,
-                                        source=str(folder.path.resolve()))
+                                        source=str(folder.path.resolve()), resamples=config.resamples)
     else:
         from .pilot import pilot_proxy
 
@@ -140,7 +142,7 @@ def rank(config: RankConfig, *, loaded: LoadedModel | None = None) -> Ranking:
     ranking = Ranking(config.proxy, config.metric, basis.run_key, entries, config.to_json(),
                       {"ids": sorted(dev_ids), "corpus": fingerprint(replace(config.problems, split="all").corpus),
                        "dev_size": config.problems.dev_size, "split_seed": config.problems.split_seed},
-                      baseline, notes)
+                      baseline, notes, basis.digest())
     ranking.save(folder.path)
     return ranking
 
@@ -185,8 +187,9 @@ def _correlation(config: RankConfig, basis: SkillBasis, record, loaded: LoadedMo
         ids = result.ids
         texts = [_text(template, problems[i].question, problems[i].solution) for i in ids]
         scores = score_texts(basis, loaded.model, loaded.tokenizer, texts, batching)[:, directions]
-        target = -result.nll  # a larger score should go with a lower NLL
-        groups = np.arange(len(ids))
+        keep = _scored_rows(scores)
+        scores, target = scores[keep], -result.nll[keep]  # a larger score should go with a lower NLL
+        groups = np.arange(len(target))
 
         def statistic(rows):
             return pearson(scores[rows], target[rows])
@@ -195,13 +198,16 @@ def _correlation(config: RankConfig, basis: SkillBasis, record, loaded: LoadedMo
         entries = entries_from(value, low, high, center=0.0, statistic="correlation of the score with -NLL of the "
                                "gold solution (Pearson)", evaluation=str(work / "eval"),
                                cost_s=time.perf_counter() - t0)
-        baseline = {"nll": result.record["nll"], "problems": len(ids)}
+        baseline = {"nll": result.record["nll"], "problems": len(target)}
     else:
         lines = read_samples(Path(result.folder) / SAMPLES_JSONL)
         texts = [_text(template, problems[line["id"]].question, line["completion"]) for line in lines]
-        labels = np.array([bool(line["correct"]) for line in lines])
-        groups = np.array([result.ids.index(line["id"]) for line in lines])
+        position = {pid: i for i, pid in enumerate(result.ids)}
         scores = score_texts(basis, loaded.model, loaded.tokenizer, texts, batching)[:, directions]
+        keep = _scored_rows(scores)
+        labels = np.array([bool(line["correct"]) for line in lines])[keep]
+        groups = np.array([position[line["id"]] for line in lines])[keep]
+        scores = scores[keep]
         if labels.all() or not labels.any():
             raise AutoskillError(f"all {len(labels)} sampled solutions are {'correct' if labels.all() else 'wrong'}: "
                                  "the correlation with correctness is undefined; sample more (--n, --limit) or use "
@@ -219,14 +225,19 @@ def _correlation(config: RankConfig, basis: SkillBasis, record, loaded: LoadedMo
     return entries, baseline
 
 
+def _scored_rows(scores: np.ndarray) -> np.ndarray:
+    """The texts that could be scored (a text empty after tokenization is skipped, and its row left NaN)."""
+    keep = np.isfinite(scores).all(axis=1)
+    if not keep.any():
+        raise AutoskillError(f"none of the {len(keep)} texts could be scored (each was empty after tokenization)")
+    if not keep.all():
+        warnings.warn(f"{int((~keep).sum())} of {len(keep)} texts could not be scored (empty after tokenization) and "
+                      "are left out of the correlation", stacklevel=2)
+    return keep
+
+
 def _text(template: str | None, question: str, answer: str) -> str:
     """A problem with a solution, written as the profile wrote its texts when its template used these fields."""
-    if template and set(_fields(template)) <= {"question", "answer"}:
+    if template and set(template_fields(template)) <= {"question", "answer"}:
         return template.format(question=question, answer=answer)
     return f"{question}\n{answer}"
-
-
-def _fields(template: str) -> list[str]:
-    from ..data.rendering import template_fields
-
-    return template_fields(template)

@@ -44,8 +44,8 @@ from ..capture.models import LoadedModel
 from ..errors import AutoskillError
 from ..evaluation.job import (EVAL_JSON, SAMPLES_JSONL, EvalConfig, EvalResult, compare_evals, eval_key, evaluate,
                               load_eval)
-from ..evaluation.nll import NLLScorer
-from ..evaluation.problems import Problem, load_problems, split_record
+from ..evaluation.nll import NLLScorer, collate_solutions
+from ..evaluation.problems import Problem, load_problems, problem_from_record, split_record
 from ..progress import Progress
 from ..run.folder import RunFolder
 from ..run.ranking import RankingEntry
@@ -96,7 +96,7 @@ def pilot_proxy(config, basis: SkillBasis, folder: RunFolder, record, loaded: Lo
     entries = []
     for name, pole, positions in plans[1:]:
         pilot = trainer.run(name, [examples[p] for p in positions.tolist()], pole)
-        diff = compare_evals(random.result, pilot.result, k=k)
+        diff = compare_evals(random.result, pilot.result, k=k, resamples=config.resamples)
         sign_of_good = -1.0 if nll else 1.0  # lower NLL is better
         low, high = sorted((sign_of_good * diff.low, sign_of_good * diff.high))
         column = scores.projection[positions, pole.direction].double()
@@ -163,19 +163,7 @@ class _Trainer:
         corpus."""
         ids, rows = self.scores.ids, self.scores.row.tolist()
         records = fetch_records(self.corpus, {rows[p]: ids[p] for p in positions})
-        out = {}
-        for p in positions:
-            record = records[rows[p]]
-            if self.problems.question_template is not None:
-                try:
-                    question = self.problems.question_template.format(**record.data)
-                except KeyError as e:
-                    raise AutoskillError(f"{record.where}: missing field {e} used by the question template") from None
-            else:
-                question = _text(record, self.problems.question_field, "--question-field")
-            out[p] = Problem(record.id, record.row, question, _text(record, self.problems.answer_field,
-                                                                    "--answer-field"), "")
-        return out
+        return {p: problem_from_record(records[rows[p]], self.problems) for p in positions}
 
     def run(self, name: str, examples: list[Problem], pole: Pole | None) -> Pilot:
         """Train (or reuse) and evaluate one pilot."""
@@ -227,14 +215,6 @@ class _Trainer:
                  "train_s": train_s, "device": str(self.loaded.device), "threads": torch.get_num_threads()}
         save_json(self.work / name / PILOT_JSON, state)  # written last: it marks the adapter as complete
         return state
-
-
-def _text(record, field: str, flag: str) -> str:
-    value = record.data.get(field)
-    if not isinstance(value, str) or not value.strip():
-        raise AutoskillError(f"{record.where}: no text in field {field!r}; fields present: {sorted(record.data)}; "
-                             f"name another with {flag}")
-    return value
 
 
 def _hash(obj: Any) -> str:
@@ -325,20 +305,6 @@ def example_order(count: int, total: int, seed: int) -> list[int]:
     return order[:total]
 
 
-def collate(pieces: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input ids, attention mask, labels) [B, S], right-padded; labels are -100 except on solution tokens."""
-    length = max(len(a) + len(b) for a, b in pieces)
-    ids = torch.full((len(pieces), length), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    labels = torch.full_like(ids, -100)
-    for i, (prompt, solution) in enumerate(pieces):
-        n = len(prompt) + len(solution)
-        ids[i, :n] = torch.tensor(prompt + solution)
-        mask[i, :n] = 1
-        labels[i, len(prompt):n] = torch.tensor(solution)
-    return ids, mask, labels
-
-
 def train_lora(peft_model, pieces: list[tuple[list[int], list[int]]], settings: dict[str, Any], *, pad_id: int,
                device: torch.device, progress: Progress | None = None) -> tuple[list[float], int]:
     """Train the adapters of `peft_model` on (prompt ids, solution ids) pairs; returns (loss per step, tokens seen).
@@ -352,7 +318,7 @@ def train_lora(peft_model, pieces: list[tuple[list[int], list[int]]], settings: 
     losses, tokens = [], 0
     peft_model.train()
     for step in range(steps):
-        ids, mask, labels = collate([pieces[i] for i in order[step * size:(step + 1) * size]], pad_id)
+        ids, mask, labels = collate_solutions([pieces[i] for i in order[step * size:(step + 1) * size]], pad_id)
         tokens += int(mask.sum())
         loss = peft_model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
         loss.backward()

@@ -24,7 +24,7 @@ def steering_name(direction: int, sign: int, alpha: float, unit: str) -> str:
 
 def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, directions: list[int],
                 alphas: list[float], unit: str, loaded: LoadedModel | None, keep_checkpoints: bool = False,
-                source: str | None = None) -> tuple[list[RankingEntry], dict]:
+                source: str | None = None, resamples: int = 2000) -> tuple[list[RankingEntry], dict]:
     """Entries (direction, sign, alpha) with effect = steered minus unsteered (Pass@k gain, or NLL drop)."""
     k = base_config.k[0]
     base = evaluate(replace(base_config, out=str(work / "base")), loaded=loaded)
@@ -41,7 +41,7 @@ def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, direc
                 baked, bake_s = None, 0.0
                 if base_config.generation.backend == "vllm":
                     model_dir, _ = resolve_model_path(base_config.model.model)
-                    baked = work / "checkpoints" / name
+                    baked = work / "checkpoints" / f"{name}-{vector.digest()[:12]}"  # a refit's vector: a new bake
                     if not (baked / "config.json").is_file():
                         t0 = time.perf_counter()
                         shutil.rmtree(baked, ignore_errors=True)
@@ -53,7 +53,7 @@ def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, direc
                 steered = evaluate(config, loaded=loaded if baked is None else None)
                 if baked is not None and not keep_checkpoints:
                     shutil.rmtree(baked, ignore_errors=True)
-                diff = compare_evals(base, steered, k=k)
+                diff = compare_evals(base, steered, k=k, resamples=resamples)
                 sign_of_good = -1.0 if nll else 1.0  # lower NLL is better
                 low, high = sorted((sign_of_good * diff.low, sign_of_good * diff.high))
                 entries.append(RankingEntry(direction=direction, sign=sign, effect=sign_of_good * diff.value, low=low,

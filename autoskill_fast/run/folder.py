@@ -155,9 +155,10 @@ class RunFolder:
             self.check_key(self.path / SCORES_JSON, scores.run_key, record)
         return scores
 
-    def feature_dir(self, record: RunRecord) -> Path | None:
-        """The saved features of this run (None when it saved none); every shard must carry the run's key."""
-        folder = self.path / FEATURES_DIR
+    def feature_dir(self, record: RunRecord, *, temporary: bool = False) -> Path | None:
+        """The saved features of this run (None when it saved none), or with `temporary` those kept only until the
+        scores are written; every shard must carry the run's key."""
+        folder = self.path / (TEMP_FEATURES_DIR if temporary else FEATURES_DIR)
         shards = sorted(folder.glob("shard-*.safetensors"))
         for shard in shards:
             self.check_key(shard, file_key(shard), record)

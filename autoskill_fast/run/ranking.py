@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import load_json, save_json
+from ..basis import SkillBasis
 from ..errors import AutoskillError
 
 RANKING_JSON = "ranking.json"
@@ -55,9 +56,23 @@ class Ranking:
     dev: dict[str, Any] = field(default_factory=dict)  # {"ids": [...], "corpus": ..., "dev_size", "split_seed"}
     baseline: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    basis_digest: str | None = None  # the basis ranked (`SkillBasis.digest`): a refit of the run is not it
 
     def __post_init__(self):
         self.entries = sorted(self.entries, key=lambda e: (-e.effect, e.direction, -e.sign))
+
+    def check_basis(self, basis: SkillBasis, path: str | Path) -> None:
+        """Refuse to use this ranking (read from `path`) with a basis it did not rank."""
+        if self.run_key is not None and basis.run_key is not None and self.run_key != basis.run_key:
+            raise AutoskillError(f"{path}: ranks the basis of another run ({self.run_key}), not this one's "
+                                 f"({basis.run_key}); rank this run first")
+        if self.basis_digest is not None and self.basis_digest != basis.digest():
+            raise AutoskillError(f"{path}: ranks this run's basis as it was before a refit (`fit`); rerun "
+                                 "`autoskill-fast rank` on the refitted run")
+        beyond = sorted({e.pole for e in self.entries if e.direction >= basis.k})
+        if beyond:
+            raise AutoskillError(f"{path}: ranks directions {beyond} but the basis has {basis.k}; rerun "
+                                 "`autoskill-fast rank`")
 
     def best(self, top: int) -> list[RankingEntry]:
         """The `top` best entries; a warning for each whose interval does not lie above zero (it is used as asked,
@@ -89,6 +104,7 @@ class Ranking:
         try:
             entries = [RankingEntry(**entry) for entry in data["entries"]]
             return cls(data["proxy"], data["metric"], data.get("run_key"), entries, data.get("config") or {},
-                       data.get("dev") or {}, data.get("baseline") or {}, data.get("notes") or [])
+                       data.get("dev") or {}, data.get("baseline") or {}, data.get("notes") or [],
+                       data.get("basis_digest"))
         except (KeyError, TypeError) as e:
             raise AutoskillError(f"{path}: malformed ranking ({e}); rerun `autoskill-fast rank`") from None

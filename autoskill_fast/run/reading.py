@@ -71,6 +71,9 @@ def load_run(folder: str | Path) -> ProfileRun:
     if scores.k != basis.k:
         raise AutoskillError(f"{folder}: scores have {scores.k} directions but the basis has {basis.k}; the scores are "
                              "from another fit: rerun `autoskill-fast project` against this basis")
+    if scores.basis_digest is not None and scores.basis_digest != basis.digest():
+        raise AutoskillError(f"{folder}: its scores were made by an earlier basis of this run (a fit stopped before "
+                             f"rescoring); rerun `autoskill-fast fit {folder} -k {basis.k}`")
     return ProfileRun(folder, basis, scores, record)
 
 

@@ -27,6 +27,7 @@ class Scores:
     projection: torch.Tensor  # [N, k] fp32
     cosine: torch.Tensor  # [N, k] fp32
     run_key: str | None = None  # the run whose basis scored them
+    basis_digest: str | None = None  # that basis itself (`SkillBasis.digest`): a refit's basis is another
 
     def __post_init__(self):
         n = len(self.ids)
@@ -43,7 +44,7 @@ class Scores:
     def sorted_by_row(self) -> "Scores":
         order = torch.argsort(self.row, stable=True)
         return Scores([self.ids[i] for i in order.tolist()], self.row[order], self.projection[order], self.cosine[order],
-                      self.run_key)
+                      self.run_key, self.basis_digest)
 
     @classmethod
     def from_features(cls, basis: SkillBasis, shards: Iterable[tuple[torch.Tensor, torch.Tensor, list[str]]], *,
@@ -61,14 +62,16 @@ class Scores:
             if not allow_empty:
                 raise AutoskillError("no features to score")
             empty = torch.zeros(0, basis.k)
-            return cls([], torch.zeros(0, dtype=torch.int64), empty, empty.clone(), basis.run_key)
-        return cls(ids, torch.cat(rows), torch.cat(projections), torch.cat(cosines), basis.run_key).sorted_by_row()
+            return cls([], torch.zeros(0, dtype=torch.int64), empty, empty.clone(), basis.run_key, basis.digest())
+        return cls(ids, torch.cat(rows), torch.cat(projections), torch.cat(cosines), basis.run_key,
+                   basis.digest()).sorted_by_row()
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         save_tensors(folder / SCORES_TENSORS, {"projection": self.projection.float(), "cosine": self.cosine.float(),
                                                "row": self.row.long()})
-        save_json(folder / SCORES_JSON, {"k": self.k, "n": len(self.ids), "run_key": self.run_key, "ids": self.ids})
+        save_json(folder / SCORES_JSON, {"k": self.k, "n": len(self.ids), "run_key": self.run_key,
+                                         "basis_digest": self.basis_digest, "ids": self.ids})
 
     @classmethod
     def load(cls, folder: str | Path) -> "Scores":
@@ -80,4 +83,5 @@ class Scores:
         meta = load_json(folder / SCORES_JSON)
         if "ids" not in meta:
             raise AutoskillError(f"{folder / SCORES_JSON}: missing 'ids'; the file is corrupted")
-        return cls(list(meta["ids"]), t["row"], t["projection"], t["cosine"], meta.get("run_key"))
+        return cls(list(meta["ids"]), t["row"], t["projection"], t["cosine"], meta.get("run_key"),
+                   meta.get("basis_digest"))

@@ -84,6 +84,10 @@ def bake(vector: SteeringVector, model_dir: str | Path, out: str | Path, *, veri
         record = {"source": str(src.resolve()), "source_model_type": raw.get("model_type"),
                   "model_type": new_config["model_type"], "steered_layers": vector.layer_ids,
                   "biased_layers": biased, "notes": notes}
+        if verify:  # before it is visible at `out`: a server never picks up a wrong checkpoint
+            check_len = min(VERIFY_TOKENS, int(new_config.get("max_position_embeddings") or VERIFY_TOKENS))
+            record["verified_max_abs_diff"] = verify_bake(src, tmp, vector, seq_len=check_len)
+            record["verified_tokens"] = check_len
         save_json(tmp / "steering" / "bake.json", record)
         share_permissions(tmp)
         if out.exists():
@@ -92,16 +96,6 @@ def bake(vector: SteeringVector, model_dir: str | Path, out: str | Path, *, veri
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if verify:
-        try:  # over the inputs the bake is exact for (a capped sliding window bounds them)
-            check_len = min(VERIFY_TOKENS, int(new_config.get("max_position_embeddings") or VERIFY_TOKENS))
-            record["verified_max_abs_diff"] = verify_bake(src, out, vector, seq_len=check_len)
-            record["verified_tokens"] = check_len
-        except AutoskillError as e:
-            shutil.rmtree(out, ignore_errors=True)  # never leave a wrong checkpoint where a server could pick it up
-            raise AutoskillError(f"{e} ({out} was removed)") from None
-        save_json(out / "steering" / "bake.json", record)
-        share_permissions(out / "steering" / "bake.json")
     return out
 
 

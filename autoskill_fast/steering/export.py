@@ -127,8 +127,7 @@ def build_vector(config: SteerConfig) -> SteeringVector:
 def _ranked_vector(config: SteerConfig, basis) -> SteeringVector:
     """The sum of the ranking's `top` best entries, each at its own sign and (steer proxy) alpha and unit."""
     ranking = Ranking.load(config.ranking)
-    if ranking.run_key is not None and basis.run_key is not None and ranking.run_key != basis.run_key:
-        raise AutoskillError(f"{config.ranking}: ranks the basis of another run; rank {config.run} first")
+    ranking.check_basis(basis, config.ranking)
     vector = None
     for entry in ranking.best(config.top):
         alpha = entry.alpha if entry.alpha is not None else config.alpha

@@ -30,6 +30,7 @@ On disk a vector is two files in one folder: `steering_vector.safetensors` (one 
 
 from __future__ import annotations
 
+import hashlib
 import numbers
 import warnings
 from dataclasses import dataclass, field
@@ -188,6 +189,14 @@ class SteeringVector:
 
     def __neg__(self) -> "SteeringVector":
         return self * -1.0
+
+    def digest(self) -> str:
+        """A hash of what the vector adds (its blocks and their fp32 values): equal digests steer identically."""
+        h = hashlib.sha256()
+        for i in self.layer_ids:
+            h.update(f"layer.{i}:".encode())
+            h.update(self.chunks[i].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()[:20]
 
     # ---- persistence -----------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
