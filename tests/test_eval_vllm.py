@@ -144,11 +144,12 @@ def test_sampling_matches_hf_within_sampling_error(engine_tmp, sampled_vllm):
 
 @pytest.mark.vllm
 def test_a_vllm_eval_resumed_after_a_kill_equals_an_uninterrupted_one(engine_tmp, sampled_vllm):
-    # What a kill after the first batch leaves: eval.json still running, the first batch's lines, and a torn line.
+    # What a kill after the first batch leaves: eval.json still running (with the timings of earlier completed calls:
+    # none), the first batch's lines, and a torn line.
     out = engine_tmp / "sampled-vllm-resumed"
     out.mkdir()
     record = json.loads((Path(sampled_vllm.out) / job.EVAL_JSON).read_text())
-    (out / job.EVAL_JSON).write_text(json.dumps(record | {"status": "running"}))
+    (out / job.EVAL_JSON).write_text(json.dumps(record | {"status": "running", "timings": {}}))
     lines = (Path(sampled_vllm.out) / job.SAMPLES_JSONL).read_text().splitlines(keepends=True)
     first = [line for line in lines if json.loads(line)["batch"] == 0]
     assert 0 < len(first) < len(lines)
