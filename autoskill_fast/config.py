@@ -79,6 +79,17 @@ def parse_layers(spec: str | None) -> tuple[int, ...] | None:
     return tuple(layers)
 
 
+def number_list(kind: type, what: str, example: str) -> Callable[[str], tuple]:
+    """A parser of comma-separated numbers for a CLI option: "1,8" -> (1, 8)."""
+    def parse(spec: str) -> tuple:
+        try:
+            return tuple(kind(x) for x in spec.split(","))
+        except ValueError:
+            raise AutoskillError(f"cannot read {what} {spec!r}; write e.g. {example}") from None
+
+    return parse
+
+
 def parse_shard(spec: str) -> tuple[int, int]:
     """"1/4" -> (1, 4)."""
     try:

@@ -24,7 +24,7 @@ import numpy as np
 from ..artifacts import load_json, save_json
 from ..capture.fingerprint import fingerprint_folder
 from ..capture.models import LoadedModel, load_model, resolve_model_path
-from ..config import ConfigError, ModelConfig, cli
+from ..config import ConfigError, ModelConfig, cli, number_list
 from ..errors import AutoskillError
 from ..jobs.world import World, current_world
 from ..progress import Progress
@@ -37,14 +37,6 @@ EVAL_JSON = "eval.json"
 Metric = Literal["passk", "nll"]
 
 
-def parse_ks(spec: str) -> tuple[int, ...]:
-    """"1,8" -> (1, 8)."""
-    try:
-        return tuple(int(k) for k in spec.split(","))
-    except ValueError:
-        raise AutoskillError(f"cannot read the k values {spec!r}; write e.g. 1,8") from None
-
-
 @dataclass
 class EvalConfig:
     """The eval job: a model on a problem set, sampled, graded and summarized."""
@@ -54,7 +46,8 @@ class EvalConfig:
     problems: ProblemsConfig = field(default_factory=ProblemsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    k: tuple[int, ...] = field(default=(1,), metadata=cli(parse=parse_ks, metavar="K1,K2", shown="1"))
+    k: tuple[int, ...] = field(default=(1,), metadata=cli(parse=number_list(int, "the k values", "1,8"),
+                                                            metavar="K1,K2", shown="1"))
     """The k of Pass@k, each at most n."""
     metric: Metric = "passk"
     """passk: sample, grade and count; nll: the mean negative log-likelihood of the gold solutions (no sampling)."""

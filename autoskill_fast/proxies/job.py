@@ -23,7 +23,7 @@ import numpy as np
 
 from ..basis import SkillBasis
 from ..capture.models import LoadedModel, load_model
-from ..config import BatchingConfig, ConfigError, CorpusConfig, ModelConfig, cli, parse_layers
+from ..config import BatchingConfig, ConfigError, CorpusConfig, ModelConfig, cli, number_list, parse_layers
 from ..data.corpus import fingerprint, iter_records
 from ..data.rendering import template_fields
 from ..errors import AutoskillError
@@ -37,13 +37,6 @@ from .correlation import auroc, cluster_bootstrap, entries_from, pearson, score_
 
 Proxy = Literal["correlation", "steer", "pilot"]
 AlphaUnit = Literal["norm", "std"]
-
-
-def parse_floats(spec: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in spec.split(","))
-    except ValueError:
-        raise AutoskillError(f"cannot read {spec!r}; write numbers separated by commas, e.g. 0.5,2") from None
 
 
 @dataclass
@@ -64,7 +57,8 @@ class RankConfig:
     """The k of the Pass@k the effects are measured in."""
     directions: tuple[int, ...] | None = field(default=None, metadata=cli(parse=parse_layers, metavar="DIRECTIONS"))
     """Directions to rank, e.g. 0-3 or 0,2,5 (default: the first four; correlation: all)."""
-    alphas: tuple[float, ...] = field(default=(0.5,), metadata=cli(parse=parse_floats, metavar="A1,A2", shown="0.5"))
+    alphas: tuple[float, ...] = field(default=(0.5,), metadata=cli(parse=number_list(float, "the alphas", "0.5,2"),
+                                                                 metavar="A1,A2", shown="0.5"))
     """steer: the strengths tried."""
     alpha_unit: AlphaUnit = "norm"
     """steer: alpha on the unit-norm concatenated direction (the paper's 0.5), or in the direction's standard deviations
