@@ -1,36 +1,71 @@
 #!/usr/bin/env bash
-# Every GPU benchmark the open issues name, in one call on a lent device (about 10 minutes on an H100):
+# Every GPU benchmark the open issues name, in one call on a lent device, inside a fixed time budget (steps 1-3 took
+# 290 s on an H200, 2026-11-27; bench/RESULTS.md has the numbers):
 #   bash bench/gpu_session.sh            (results in $OUT, or bench/gpu-results/ when OUT is not set)
+#   SMOKE=1 bash bench/gpu_session.sh    (the same steps on CPU with tiny shapes: checks this script, times nothing)
+# In priority order, each step with its own limit, all of them inside BUDGET seconds (default 540):
 # 1. bench/gpu_profile.py: overhead over the bare forward at Qwen2.5-3B and Llama-3-8B shapes (target <= 3%), the
 #    covariance kernel against a bf16 matmul (target >= 70%), the fit at D = 122,880, peak memory, MFU.
 # 2. bench/gpu_kernels.py: the Triton kernels against the device's two ceilings.
 # 3. A 1-GPU torchrun profile of a random-weight Qwen2.5-0.5B-shaped model over a synthetic corpus, against the same
-#    profile without torchrun (the world of one), both timed.
+#    profile without torchrun (the world of one): both timed, and their bases compared.
+# 4. The tests of the CUDA paths, with whatever time is left (about 60 s with 8 workers on an H200): the kernel tests
+#    (each path against fp64 references, on the device) and the tests marked gpu (the CUDA eigensolver, SkillPCA on
+#    CUDA against sklearn, device tensors written to safetensors). The CPU tests are CI's.
 # The device has torch, triton and transformers but no internet: the package runs from the tree (PYTHONPATH), without
-# its C++ core (the CUDA paths do not use it). Each step writes its own log; a failed step does not stop the others.
+# its C++ core (the CUDA paths do not use it). The device returns at most 8 files: everything printed goes to one log,
+# session.log, beside gpu_profile.json, gpu_kernels.json and runs.json. A failed step does not stop the others.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/gpu-results}"
+SMOKE="${SMOKE:-0}"
+BUDGET="${BUDGET:-540}"
+PY="${PY:-python3}"  # the device's interpreter that holds torch
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-python -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)" \
-    > "$OUT/versions.txt" 2>&1
+LOG="$OUT/session.log"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+exec > >(tee -a "$LOG") 2>&1
 
-timeout 420 python bench/gpu_profile.py --json "$OUT/gpu_profile.json" > "$OUT/gpu_profile.txt" 2>&1
-echo "gpu_profile exit $?" >> "$OUT/status.txt"
-timeout 180 python bench/gpu_kernels.py --json "$OUT/gpu_kernels.json" > "$OUT/gpu_kernels.txt" 2>&1
-echo "gpu_kernels exit $?" >> "$OUT/status.txt"
+# step NAME SECONDS COMMAND...: runs COMMAND for at most SECONDS, and never past the budget.
+step() {
+    local name=$1 limit=$2
+    shift 2
+    local left=$((BUDGET - SECONDS))
+    ((limit > left)) && limit=$left
+    if ((limit < 10)); then
+        echo "=== $name: skipped, ${left} s of the budget left"
+        return
+    fi
+    echo "=== $name (at most ${limit} s; ${SECONDS} s into the session)"
+    local start=$SECONDS
+    timeout --kill-after 5 "$limit" "$@"
+    echo "=== $name: exit $?, $((SECONDS - start)) s"
+}
+
+echo "=== session start $(date -Iseconds), budget ${BUDGET} s, smoke ${SMOKE}"
+nvidia-smi 2>&1 | head -15
+"$PY" -c "import torch, triton, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton',
+triton.__version__, 'transformers', transformers.__version__)"
+
+if ((SMOKE)); then
+    export TRITON_INTERPRET=1
+    step gpu_profile 120 "$PY" bench/gpu_profile.py --cpu-smoke --json "$OUT/gpu_profile.json"
+    step gpu_kernels 60 "$PY" bench/gpu_kernels.py --cpu-smoke --json "$OUT/gpu_kernels.json"
+else
+    step gpu_profile 240 "$PY" bench/gpu_profile.py --json "$OUT/gpu_profile.json"
+    step gpu_kernels 90 "$PY" bench/gpu_kernels.py --json "$OUT/gpu_kernels.json"
+fi
 
 work=$(mktemp -d)
-python - "$work" > "$OUT/torchrun_setup.txt" 2>&1 <<'PY'
-import json, random, sys, torch, transformers
+step torchrun_setup 60 "$PY" - "$work" "$SMOKE" <<'PY'
+import random, sys, torch, transformers
 from pathlib import Path
-work = Path(sys.argv[1])
-config = transformers.AutoConfig.for_model("qwen2", hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
-                                           num_key_value_heads=2, intermediate_size=4864, vocab_size=151936,
-                                           max_position_embeddings=32768, tie_word_embeddings=True)
-with torch.device("cuda"):
+work, smoke = Path(sys.argv[1]), sys.argv[2] == "1"
+shape = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+             vocab_size=1000) if smoke else dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
+             num_key_value_heads=2, intermediate_size=4864, vocab_size=151936)  # Qwen2.5-0.5B
+config = transformers.AutoConfig.for_model("qwen2", max_position_embeddings=32768, tie_word_embeddings=True, **shape)
+with torch.device("cpu" if smoke else "cuda"):
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
 model.save_pretrained(work / "model")
 # A word-level tokenizer over a small vocabulary: the benchmark measures the profile, not tokenization quality.
@@ -44,19 +79,44 @@ fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<un
 fast.save_pretrained(work / "model")
 rng = random.Random(0)
 with open(work / "corpus.txt", "w") as f:
-    for _ in range(20000):
+    for _ in range(200 if smoke else 16000):
         f.write(" ".join(rng.choice(words) for _ in range(rng.randint(64, 512))) + "\n")
-print("ready")
+print("model and corpus ready in", work)
 PY
-for launcher in "torchrun --standalone --nproc-per-node 1" "python"; do
-    name=$(echo "$launcher" | cut -d' ' -f1)
-    start=$SECONDS
-    timeout 240 $launcher -m autoskill_fast profile --model "$work/model" --corpus "$work/corpus.txt" \
-        --out "$work/run-$name" -k 64 --quiet --no-scores > "$OUT/profile_$name.txt" 2>&1
-    code=$?
-    echo "profile via $name: exit $code, $((SECONDS - start)) s wall (see run_$name.json for its own timings)" \
-        >> "$OUT/status.txt"
-    cp "$work/run-$name/run.json" "$OUT/run_$name.json" 2>/dev/null
+for name in torchrun python; do
+    launcher="$PY"  # torchrun is `python -m torch.distributed.run`, whichever folder its script landed in
+    [[ $name == torchrun ]] && launcher="$PY -m torch.distributed.run --standalone --nproc-per-node 1"
+    step "profile via $name" 90 $launcher -m autoskill_fast profile --model "$work/model" --corpus "$work/corpus.txt" \
+        --out "$work/run-$name" -k 64 --quiet --no-scores
 done
+step compare_runs 30 "$PY" - "$work" "$OUT/runs.json" <<'PY'
+import json, sys, torch
+from pathlib import Path
+from autoskill_fast.run.folder import load_basis
+work, out = Path(sys.argv[1]), Path(sys.argv[2])
+runs = {name: json.loads((work / f"run-{name}" / "run.json").read_text()) for name in ("torchrun", "python")
+        if (work / f"run-{name}" / "run.json").exists()}
+result = dict(runs=runs)
+if len(runs) == 2:
+    a, b = (load_basis(work / f"run-{name}") for name in ("torchrun", "python"))
+    cosines = torch.linalg.svdvals(a.components_.double() @ b.components_.double().T)
+    result.update(subspace_cosine_min=float(cosines.min()),
+                  eigenvalue_max_rel_diff=float(((a.pca.explained_variance - b.pca.explained_variance).abs()
+                                                 / a.pca.explained_variance[0]).max()),
+                  mean_max_abs_diff=float((a.mean_ - b.mean_).abs().max()))
+    print({k: v for k, v in result.items() if k != "runs"})
+out.write_text(json.dumps(result, indent=1))
+print(json.dumps(runs, indent=1)[:6000])
+PY
 rm -rf "$work"
-cat "$OUT/status.txt"
+
+if ((SMOKE)); then
+    echo "=== cuda_tests: skipped in smoke mode"
+else
+    workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8")  # pytest-xdist, where installed
+    step kernel_tests 120 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider $workers \
+        tests/test_kernels_covariance.py tests/test_kernels_pooling.py
+    step gpu_tests 90 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider $workers -m gpu \
+        $(grep -l "mark.gpu" tests/test_*.py)
+fi
+echo "=== session end, ${SECONDS} s"

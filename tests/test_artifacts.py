@@ -85,6 +85,7 @@ def test_save_tensors_is_atomic_and_loads_back(tmp_path, monkeypatch):
         load_tensors(path, required=("b",))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_device_tensors_are_streamed_through_pinned_chunks(tmp_path):
     tensors = {k: v.cuda() for k, v in random_tensors(3).items()}

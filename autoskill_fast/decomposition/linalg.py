@@ -232,7 +232,8 @@ def _krylov_torch(matrix: torch.Tensor, k: int, tol: float, max_steps: int, bloc
             p, rf = torch.linalg.qr(project_out(w_new - q[:, :m] @ coef, m))
             w_norm = torch.linalg.vector_norm(w_new, dim=0)
             anorm = max(anorm, float(w_norm.max()))
-            if not bool((rf.diagonal().abs() >= 1e-3 * w_norm).all()):  # heavy cancellation: one more pass
+            # Heavy cancellation in some column (or a zero product, A Q_last = 0): one more pass.
+            if not bool(((rf.diagonal().abs() >= 1e-3 * w_norm) & (w_norm > 0)).all()):
                 p, r2 = torch.linalg.qr(project_out(p, m))
                 rf = r2 @ rf
                 lost = (rf.diagonal().abs() <= torch.clamp(64 * torch.finfo(f64).eps * w_norm, min=1e-2 * tol * anorm))
