@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import tempfile
@@ -107,27 +108,36 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metada
     the optional string metadata) padded with spaces to a multiple of 8 bytes, then the tensors' bytes back to back.
     safetensors' reader loads what this writes (tests/test_artifacts.py); its writer needs every tensor on the host.
     """
+    for name, tensor in tensors.items():
+        if tensor.dtype not in _SAFETENSORS_DTYPES:
+            raise TypeError(f"tensor {name!r} is {tensor.dtype}, which this writer does not store")
+    text = safetensors_header({name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()}, metadata)
+    with open(path, "wb") as f:
+        f.write(text)
+        for tensor in tensors.values():
+            for chunk in _host_chunks(tensor, chunk_bytes):
+                f.write(chunk)
+
+
+def safetensors_header(specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+                       metadata: dict[str, str] | None = None) -> bytes:
+    """The bytes a safetensors file starts with, for tensors of these dtypes and shapes stored back to back in this
+    order: the 8-byte little-endian header length, then the JSON header padded with spaces to a multiple of 8 bytes.
+    Tensor i's bytes then start at len(header) + the sum of the sizes before it."""
     header: dict[str, Any] = {}
     if metadata:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
             raise TypeError(f"safetensors metadata must map str to str, got {metadata!r}")
         header["__metadata__"] = dict(metadata)
     offset = 0
-    for name, tensor in tensors.items():
-        if tensor.dtype not in _SAFETENSORS_DTYPES:
-            raise TypeError(f"tensor {name!r} is {tensor.dtype}, which this writer does not store")
-        nbytes = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+    for name, (dtype, shape) in specs.items():
+        nbytes = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape),
                         "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for tensor in tensors.values():
-            for chunk in _host_chunks(tensor, chunk_bytes):
-                f.write(chunk)
+    return struct.pack("<Q", len(text)) + text
 
 
 def _host_chunks(tensor: torch.Tensor, chunk_bytes: int) -> Iterator[memoryview]:

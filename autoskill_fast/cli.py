@@ -159,8 +159,8 @@ def project_cmd(basis_dir, threads, **values):
     from .jobs.projection import project
 
     set_threads(threads)
-    scores = project(build_config(ProjectConfig, values, skip=("basis",), given=given_params(), basis=basis_dir))
-    click.echo(f"scored {len(scores.ids)} examples on {scores.k} directions -> {values['out']}")
+    summary = project(build_config(ProjectConfig, values, skip=("basis",), given=given_params(), basis=basis_dir))
+    click.echo(f"scored {summary['n']} examples -> {values['out']}")
 
 
 # ---- steer, inspect, select, compare ---------------------------------------------------------------------------------

@@ -45,8 +45,10 @@ def test_in_memory_features_equal_the_saved_ones(tmp_path, tiny_model, scaling):
     with_head = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     again = basis.features(with_head, loaded.tokenizer, texts, batching=BatchingConfig(token_budget=4096))
     torch.testing.assert_close(again.features, pooled.features, rtol=1e-5, atol=1e-6)
-    scores = project(ProjectConfig(basis=str(tmp_path / "run"), out=str(tmp_path / "proj"), corpus=corpus,
-                                   model=ModelConfig(str(model_dir)), quiet=True), loaded=loaded)
+    summary = project(ProjectConfig(basis=str(tmp_path / "run"), out=str(tmp_path / "proj"), corpus=corpus,
+                                    model=ModelConfig(str(model_dir)), quiet=True), loaded=loaded)
+    scores = Scores.load(tmp_path / "proj")
+    assert summary["n"] == len(scores.ids) == len(texts)
     torch.testing.assert_close(basis.project(again.features), scores.projection, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(Scores.load(tmp_path / "run").projection, scores.projection, rtol=1e-4, atol=1e-5)
 

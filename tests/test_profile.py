@@ -221,16 +221,17 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, tiny_model, mo
 
     config = ProfileConfig(corpus=corpus, out=str(tmp_path / "scoring"), model=ModelConfig(str(model_dir)), quiet=True,
                            k=4, batching=BatchingConfig(token_budget=64))
-    original_scores = scores_mod.Scores.from_features.__func__
+    original_read = scores_mod._read_block
 
-    def killed(cls, *args, **kwargs):
+    def killed(*args, **kwargs):  # killed while writing the scores in row order: parts written, files half-written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(scores_mod.Scores, "from_features", classmethod(killed))
+    monkeypatch.setattr(scores_mod, "_read_block", killed)
     with pytest.raises(KeyboardInterrupt):
         profile(config)
     assert json.loads((tmp_path / "scoring" / "run.json").read_text())["status"] == "statistics"
-    monkeypatch.setattr(scores_mod.Scores, "from_features", classmethod(original_scores))
+    assert list((tmp_path / "scoring" / scores_mod.SCORE_PARTS_DIR).glob("part-*"))
+    monkeypatch.setattr(scores_mod, "_read_block", original_read)
 
     def no_forward(self, batch):
         raise AssertionError("the model ran again")
@@ -239,6 +240,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, tiny_model, mo
     profile(config)
     assert json.loads((tmp_path / "scoring" / "run.json").read_text())["status"] == "complete"
     assert not (tmp_path / "scoring" / ".features-tmp").exists()
+    assert sorted(p.name for p in (tmp_path / "scoring").iterdir() if p.name.startswith(".")) == []  # no part, no temp
     scored, reference = Scores.load(tmp_path / "scoring"), Scores.load(tmp_path / "whole")
     assert scored.ids == reference.ids and torch.allclose(scored.projection.abs(), reference.projection.abs(), atol=1e-4)
 

@@ -19,7 +19,7 @@ from ..errors import AutoskillError
 from ..run.features import iter_feature_shards
 from ..run.folder import STATS_FILE, RunFolder, basis_summary
 from ..run.record import RunRecord
-from ..run.scores import Scores
+from ..run.scores import save_scores
 
 
 def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, tol: float = 1e-6,
@@ -67,7 +67,7 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, 
     merged.save(folder / STATS_FILE, folder.key_metadata(key))
     feature_dirs = [shard.feature_dir(record) for shard, record in zip(shards, records)]
     if all(feature_dirs):
-        Scores.from_features(basis, (s for d in feature_dirs for s in iter_feature_shards(d))).save(folder.path)
+        save_scores(folder.path, basis, (s for d in feature_dirs for s in iter_feature_shards(d)))
     n_of = [r.config.get("shard", (0, 1))[1] for r in records]
     folder.write_record(RunRecord(
         status="complete", key=key, kind="merge", config={**first.config, "shard": [0, 1], "k": k},

@@ -46,7 +46,7 @@ from ..run.features import FeatureWriter, iter_feature_shards
 from ..run.folder import (CHECKPOINT_DIR, FEATURES_DIR, STATS_FILE, TEMP_FEATURES_DIR, RunFolder, basis_summary,
                           describe_run, run_key)
 from ..run.record import RunRecord
-from ..run.scores import Scores
+from ..run.scores import save_scores
 from .world import World, current_world
 
 log = logging.getLogger("autoskill_fast")
@@ -296,7 +296,7 @@ def _write_run(config: ProfileConfig, folder: RunFolder, record: RunRecord, stat
     t_scores = time.perf_counter()
     features_dir = folder / (FEATURES_DIR if config.save_features else TEMP_FEATURES_DIR)
     if config.scores:
-        Scores.from_features(basis, iter_feature_shards(features_dir)).save(folder.path)
+        save_scores(folder.path, basis, iter_feature_shards(features_dir))
         if not config.save_features:
             shutil.rmtree(features_dir, ignore_errors=True)
     t_end = time.perf_counter()

@@ -1,7 +1,8 @@
 """The `project` job: a corpus scored against an existing basis, with the basis's own model check and pooling.
 
-Features are pooled a batch at a time and projected straight away (nothing of size N x D is kept), so a corpus of any
-size can be scored; the scores go to `scores.safetensors` / `scores.json` with a `project.json` record.
+Features are pooled a batch at a time and projected straight away into part files (nothing of size N x D, nor N x k,
+is kept in memory), so a corpus of any size can be scored; the scores go to `scores.safetensors` / `scores.json`, in
+corpus row order, with a `project.json` record.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-
-import torch
 
 from ..artifacts import save_json
 from ..basis import BASIS_JSON
@@ -23,17 +22,18 @@ from ..data.stream import InputTally, iter_tokenized
 from ..errors import AutoskillError
 from ..progress import Progress
 from ..run.folder import RUN_JSON, load_basis
-from ..run.scores import Scores
+from ..run.scores import ScoreWriter, write_scores
 from .world import current_world
 
 PROJECT_JSON = "project.json"
 
 
-def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> Scores:
-    """Scores of a corpus against an existing basis (same model and pooling required); written to config.out.
+def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> dict:
+    """Scores of a corpus against an existing basis (same model and pooling required), written to config.out (read
+    them with `Scores.load(config.out)`); returns what `project.json` records (n, truncated, skipped, ...).
 
-    Under torchrun each rank scores its slice of the corpus (row % world_size == rank) on its own device; rank 0
-    gathers the scores, writes them in corpus row order, and every rank returns them."""
+    Under torchrun each rank scores its slice of the corpus (row % world_size == rank) on its own device into its own
+    part files; rank 0 writes them in corpus row order, and every rank returns the record."""
     t0 = time.perf_counter()
     world = current_world()
     out = Path(config.out)
@@ -65,14 +65,13 @@ def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> Scor
                            context=f"model {loaded.name}")
     bar = Progress(disable=config.quiet or not world.main, desc="project")
 
-    def shards():
-        for features, batch in pooled:
-            bar.update(len(batch), batch.n_tokens)
-            yield features, batch.rows, batch.ids
-
-    error, scores = None, None
+    writer = ScoreWriter(out, basis, prefix=f"r{world.rank}-" if world.distributed else "")
+    error, parts = None, []
     try:
-        scores = Scores.from_features(basis, shards(), allow_empty=world.distributed)
+        for features, batch in pooled:
+            writer.add(features, batch.rows, batch.ids)
+            bar.update(len(batch), batch.n_tokens)
+        parts = writer.close()
     except AutoskillError as e:
         error = str(e)
     finally:
@@ -80,21 +79,23 @@ def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> Scor
     error = world.all_succeeded(error)
     if error is not None:
         raise AutoskillError(error)
-    parts = world.gather_objects((scores, tally.truncated, tally.skipped))
+    gathered = world.gather_objects((parts, tally.truncated, tally.skipped))
+    error, summary = None, None
     if world.main:
-        scores = _concatenate([part for part, _, _ in parts], basis.run_key)
-        scores.save(out)
-        save_json(out / PROJECT_JSON, {"basis": str(Path(config.basis).resolve()), "basis_run_key": basis.run_key,
-                                       "config": config.to_json(), "corpus": corpus_fingerprint(config.corpus),
-                                       "n": len(scores.ids), "truncated": sum(t for _, t, _ in parts),
-                                       "skipped": [s for _, _, skipped in parts for s in skipped],
-                                       "world_size": world.size, "seconds": time.perf_counter() - t0})
-    return world.broadcast_object(scores)
-
-
-def _concatenate(parts: list[Scores], run_key: str | None) -> Scores:
-    if not any(p.ids for p in parts):
-        raise AutoskillError("no example of the corpus could be scored")
-    return Scores([i for p in parts for i in p.ids], torch.cat([p.row for p in parts]),
-                  torch.cat([p.projection for p in parts]), torch.cat([p.cosine for p in parts]), run_key,
-                  parts[0].basis_digest).sorted_by_row()
+        try:
+            n = write_scores(out, [p for part, _, _ in gathered for p in part], k=basis.k, run_key=basis.run_key,
+                             basis_digest=basis.digest(), allow_empty=True)
+            if n == 0:
+                raise AutoskillError("no example of the corpus could be scored")
+            summary = {"basis": str(Path(config.basis).resolve()), "basis_run_key": basis.run_key,
+                       "config": config.to_json(), "corpus": corpus_fingerprint(config.corpus), "n": n,
+                       "truncated": sum(t for _, t, _ in gathered),
+                       "skipped": [s for _, _, skipped in gathered for s in skipped], "world_size": world.size,
+                       "seconds": time.perf_counter() - t0}
+            save_json(out / PROJECT_JSON, summary)
+        except AutoskillError as e:
+            error = str(e)
+    error = world.all_succeeded(error)
+    if error is not None:
+        raise AutoskillError(error)
+    return world.broadcast_object(summary)

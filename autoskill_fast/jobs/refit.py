@@ -18,7 +18,7 @@ from ..decomposition.statistics import load_statistics
 from ..errors import AutoskillError
 from ..run.features import iter_feature_shards
 from ..run.folder import RunFolder, basis_summary
-from ..run.scores import Scores
+from ..run.scores import save_scores
 
 
 def fit(run_dir: str | Path, k: int, *, tol: float = 1e-6, scaling: str | None = None) -> SkillBasis:
@@ -47,7 +47,7 @@ def fit(run_dir: str | Path, k: int, *, tol: float = 1e-6, scaling: str | None =
     temporary = folder.feature_dir(record, temporary=True)  # a profile stopped after its fit, before its scores
     features = folder.feature_dir(record) or temporary
     if features is not None:
-        Scores.from_features(basis, iter_feature_shards(features)).save(folder.path)
+        save_scores(folder.path, basis, iter_feature_shards(features))
     else:
         folder.remove_scores()
     if temporary is not None:

@@ -28,7 +28,7 @@ from ..artifacts import load_json, save_json
 from ..basis import BASIS_JSON, BASIS_TENSORS, SkillBasis
 from ..errors import AutoskillError
 from .record import RunRecord
-from .scores import SCORES_JSON, SCORES_TENSORS, Scores
+from .scores import SCORE_PARTS_DIR, SCORES_JSON, SCORES_TENSORS, Scores
 
 RUN_JSON = "run.json"
 STATS_FILE = "stats.safetensors"
@@ -37,7 +37,7 @@ TEMP_FEATURES_DIR = ".features-tmp"
 CHECKPOINT_DIR = "checkpoint"
 REPORT_HTML = "report.html"
 RUN_FILES = (RUN_JSON, STATS_FILE, BASIS_TENSORS, BASIS_JSON, SCORES_TENSORS, SCORES_JSON, REPORT_HTML)
-RUN_DIRS = (FEATURES_DIR, TEMP_FEATURES_DIR, CHECKPOINT_DIR)
+RUN_DIRS = (FEATURES_DIR, TEMP_FEATURES_DIR, CHECKPOINT_DIR, SCORE_PARTS_DIR)
 KEY_METADATA = "run_key"  # the safetensors metadata entry that holds the run key
 
 
