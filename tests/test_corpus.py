@@ -70,3 +70,35 @@ def test_missing_field_and_empty_text_are_bad_examples(tmp_path):
         render(records[1], config)
     with pytest.raises(BadExampleError, match="empty text"):
         render(records[2], config)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 256])
+def test_tokenizing_many_texts_per_call_changes_nothing(tmp_path, default_model_dir, monkeypatch, chunk):
+    """Texts are tokenized TOKENIZE_CHUNK per call (a fast tokenizer encodes them in parallel): every example gets the
+    ids of its own call, bad and truncated examples are told and tallied in corpus order, whatever the chunk size."""
+    from transformers import AutoTokenizer
+
+    from autoskill_fast.config import PoolingConfig
+    from autoskill_fast.data import stream
+    from autoskill_fast.data.batching import tokenize
+
+    monkeypatch.setattr(stream, "TOKENIZE_CHUNK", chunk)
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    records = [{"text": f"Problem {i}: " + "seven ducks sold eggs " * (i % 5) + "é 中 🙂"} for i in range(11)]
+    records[2] = {"body": "no text field"}
+    records[5] = {"text": "   "}
+    records[7] = {"text": "x"}  # one token: nothing left to pool once position 0 is dropped
+    records[9] = {"text": "long " * 100}  # truncated at 64 tokens
+    config = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", records)))
+    pooling = PoolingConfig(max_length=64)
+    tally = stream.InputTally()
+    with pytest.warns(stream.TruncationWarning, match="example '9'"):
+        items = list(stream.iter_tokenized(config, tokenizer, pooling, tally, on_bad_example="skip"))
+    assert [item.example.id for item in items] == ["0", "1", "3", "4", "6", "8", "9", "10"]
+    for item in items:
+        alone = tokenize(item.example, tokenizer, pooling)  # one text, one call
+        assert (item.input_ids, item.pool_start, item.pool_end, item.truncated) == \
+            (alone.input_ids, alone.pool_start, alone.pool_end, alone.truncated)
+    assert [s["id"] for s in tally.skipped] == ["2", "5", "7"] and tally.truncated == 1
+    with pytest.raises(AutoskillError, match=r"c.jsonl:3: example '2': missing text field"):
+        list(stream.iter_tokenized(config, tokenizer, pooling, stream.InputTally()))

@@ -43,7 +43,8 @@ def random_ids(n: int, seed: int) -> list[str]:
 def test_streamed_scores_equal_the_in_memory_ones(tmp_path, monkeypatch, n_writers):
     """Rows in any order, in pieces of awkward sizes, through several writers (the ranks of a torchrun job) and many
     small parts and blocks: the files equal the scores computed in memory and sorted by row."""
-    monkeypatch.setattr(scores_mod, "PART_BYTES", 1000)  # a part every few pieces
+    monkeypatch.setattr(scores_mod, "PART_ROWS", 40)  # a part every few pieces
+    monkeypatch.setattr(scores_mod, "PART_BYTES", 2000)  # or sooner
     monkeypatch.setattr(scores_mod, "BLOCK_ROWS", 13)
     n, dim, k = 301, 19, 5
     basis = random_basis(dim, k, seed=n_writers)

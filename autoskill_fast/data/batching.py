@@ -43,9 +43,11 @@ class Batch:
         return len(self.ids)
 
 
-def tokenize(example: Example, tokenizer, pooling: PoolingConfig) -> Tokenized:
-    """Token ids and the span to pool; raises BadExampleError if nothing is left to pool."""
-    ids = tokenizer(example.text, add_special_tokens=True)["input_ids"]
+def tokenize(example: Example, tokenizer, pooling: PoolingConfig, *, ids: list[int] | None = None) -> Tokenized:
+    """Token ids and the span to pool; raises BadExampleError if nothing is left to pool. `ids`: the text's token ids
+    when they are already known (`tokenizer(texts)` over many texts at once gives each text's own ids)."""
+    if ids is None:
+        ids = tokenizer(example.text, add_special_tokens=True)["input_ids"]
     truncated = pooling.max_length is not None and len(ids) > pooling.max_length
     if truncated:
         ids = ids[: pooling.max_length]

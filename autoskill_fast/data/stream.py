@@ -62,23 +62,51 @@ def _text_example(row: int, text: str) -> Example:
     return Example(row, str(row), text)
 
 
+TOKENIZE_CHUNK = 256  # texts per tokenizer call: a fast tokenizer encodes them in parallel, outside the GIL
+
+
 def _tokenized(examples: Iterator[tuple[str, Callable[[], Example]]], tokenizer, pooling: PoolingConfig,
                tally: InputTally, on_bad_example: BadExamplePolicy) -> Iterator[Tokenized]:
-    for where, make in examples:
-        try:
-            item = tokenize(make(), tokenizer, pooling)
-        except BadExampleError as e:
-            if on_bad_example == "error":
-                raise AutoskillError(f"{where}: example {e.example_id!r}: {e.reason} "
-                                     "(rerun with --on-bad-example skip to skip such examples)") from None
-            tally.skip(e)
-            continue
-        if item.truncated and not tally.truncated:
-            warnings.warn(f"{where}: example {item.example.id!r} is longer than {pooling.max_length} tokens and was "
-                          "truncated (set --max-length to choose the limit); truncations are counted in the run's "
-                          "record", TruncationWarning, stacklevel=2)
-        tally.truncated += item.truncated
-        yield item
+    def bad(where: str, error: BadExampleError) -> None:
+        if on_bad_example == "error":
+            raise AutoskillError(f"{where}: example {error.example_id!r}: {error.reason} "
+                                 "(rerun with --on-bad-example skip to skip such examples)") from None
+        tally.skip(error)
+
+    for chunk in _chunks(examples, TOKENIZE_CHUNK):
+        rendered: list[tuple[str, Example | BadExampleError]] = []
+        for where, make in chunk:
+            try:
+                rendered.append((where, make()))
+            except BadExampleError as e:
+                rendered.append((where, e))
+        texts = [example.text for _, example in rendered if isinstance(example, Example)]
+        token_ids = iter(tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else [])
+        for where, example in rendered:  # in corpus order, as if each had been tokenized on its own
+            try:
+                if isinstance(example, BadExampleError):
+                    raise example
+                item = tokenize(example, tokenizer, pooling, ids=next(token_ids))
+            except BadExampleError as e:
+                bad(where, e)
+                continue
+            if item.truncated and not tally.truncated:
+                warnings.warn(f"{where}: example {item.example.id!r} is longer than {pooling.max_length} tokens and "
+                              "was truncated (set --max-length to choose the limit); truncations are counted in the "
+                              "run's record", TruncationWarning, stacklevel=2)
+            tally.truncated += item.truncated
+            yield item
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def iter_batches(items: Iterator[Tokenized], batching: BatchingConfig, *, token_budget: int, pad_id: int,

@@ -28,7 +28,8 @@ from ..errors import AutoskillError
 SCORES_TENSORS = "scores.safetensors"
 SCORES_JSON = "scores.json"
 SCORE_PARTS_DIR = ".scores-parts"
-PART_BYTES = 32 << 20  # scores buffered per part file: bounds the writer's memory
+PART_ROWS = 1 << 16  # rows per part file at most, and PART_BYTES of scores: bound the writer's memory, whatever N
+PART_BYTES = 32 << 20
 BLOCK_ROWS = 1 << 16  # rows written at a time by write_scores: bounds its memory
 
 
@@ -80,7 +81,7 @@ class Scores:
 
 
 class ScoreWriter:
-    """Scores of feature rows as they come, kept in part files of at most PART_BYTES, each sorted by corpus row.
+    """Scores of feature rows as they come, kept in part files of at most PART_ROWS rows, each sorted by corpus row.
 
     Several writers (the ranks of a torchrun job) may share a folder with different prefixes. `close` returns the
     writer's part files, which `write_scores` turns into the folder's scores."""
@@ -94,14 +95,15 @@ class ScoreWriter:
             stale.unlink()
         self.parts: list[Path] = []
         self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]] = []
-        self._bytes = 0
+        self._rows = self._bytes = 0
 
     def add(self, features: torch.Tensor, rows: torch.Tensor, ids: list[str]) -> None:
         projection = self.basis.project(features).to("cpu", torch.float32)
         cosine = self.basis.cosine(features).to("cpu", torch.float32)
         self._pending.append((projection, cosine, rows.to("cpu", torch.int64), list(ids)))
-        self._bytes += 2 * projection.numel() * 4 + len(ids) * 8
-        if self._bytes >= PART_BYTES:
+        self._rows += len(ids)
+        self._bytes += 2 * projection.numel() * 4
+        if self._rows >= PART_ROWS or self._bytes >= PART_BYTES:
             self._write_part()
 
     def close(self) -> list[Path]:
@@ -123,7 +125,7 @@ class ScoreWriter:
         save_tensors(path, {"projection": projection[order], "cosine": cosine[order], "row": rows[order],
                             "id_offsets": offsets, "id_bytes": id_bytes})
         self.parts.append(path)
-        self._pending, self._bytes = [], 0
+        self._pending, self._rows, self._bytes = [], 0, 0
 
 
 def save_scores(folder: str | Path, basis: SkillBasis, shards: Iterable[tuple[torch.Tensor, torch.Tensor, list[str]]],
