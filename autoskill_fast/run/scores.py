@@ -142,7 +142,7 @@ def save_scores(folder: str | Path, basis: SkillBasis, shards: Iterable[tuple[to
 def write_scores(folder: str | Path, parts: list[Path], *, k: int, run_key: str | None, basis_digest: str | None,
                  allow_empty: bool = False) -> int:
     """`scores.safetensors` and `scores.json` in corpus row order from ScoreWriter parts (each sorted by row), then the
-    parts removed; returns the number of rows. Memory: 28 bytes per row for the order, plus one block of rows."""
+    parts removed; returns the number of rows. Memory: 24 bytes per row for the order, plus one block of rows."""
     folder = Path(folder)
     part_rows = []
     for path in parts:
@@ -167,7 +167,7 @@ def write_scores(folder: str | Path, parts: list[Path], *, k: int, run_key: str 
         for start in range(0, n, BLOCK_ROWS):
             block = _read_block(parts, starts, order[start:start + BLOCK_ROWS], k)
             for region, values in zip(regions, block[:3]):
-                os.pwrite(out.fileno(), values.tobytes(), region + start * values[0:1].nbytes)
+                _pwrite_all(out.fileno(), values.tobytes(), region + start * values[0:1].nbytes)
             ids_out.write(("," if start else "") + ",".join("\n    " + json.dumps(i) for i in block[3]))
         ids_out.write("\n  ]\n}\n")
     shutil.rmtree(folder / SCORE_PARTS_DIR, ignore_errors=True)
@@ -197,3 +197,11 @@ def _read_block(parts: list[Path], starts: np.ndarray, block: np.ndarray, k: int
         for w, i in zip(where.tolist(), (local - lo).tolist()):
             ids[w] = text[offsets[i] - offsets[0]:offsets[i + 1] - offsets[0]].decode("utf-8")
     return projection, cosine, row, ids
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """os.pwrite until every byte is written (one call may write less, e.g. over 2 GiB on Linux)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
