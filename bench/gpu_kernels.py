@@ -7,6 +7,9 @@
 - pooling: `masked_pool_triton` bandwidth (bytes of hidden read / time) against a device-to-device copy of the same
   bytes (read + write / time), and the torch reference; out is a column slice of a [B, L*H] staging buffer.
 - peak memory: torch.cuda.max_memory_allocated during each case.
+- fp32 sweep (--fp32-sweep D): fp32 rows, which is what profile() feeds the kernel (3xTF32), timed over tile and
+  pipeline settings (FP32_SWEEP, the default first). The H200 run of 2026-11-27 measured the default at 60-62 TFLOP/s,
+  8% of a bf16 matmul: this is the table to choose a better default from.
 Each result also carries a correctness check against fp64 on a corner of the output.
 
 Timing: triton.testing.do_bench (warm-up 25 ms, 100 ms of repetitions), median. Run from the repository root:
@@ -104,6 +107,40 @@ def bench_covariance(D: int, N: int, packed: bool, device: torch.device) -> dict
     return result
 
 
+FP32_SWEEP = [  # (BLOCK_D, BLOCK_N, num_warps, num_stages): the default first, then larger K-steps, stages, warps
+    (128, 32, 8, 3), (128, 64, 8, 2), (128, 32, 8, 4), (128, 16, 8, 4), (128, 32, 4, 3), (64, 32, 4, 3),
+    (64, 64, 4, 3), (128, 64, 8, 3)]
+
+
+def bench_fp32_sweep(D: int, N: int, device: torch.device) -> list[dict]:
+    """The fp32-row update (what profile() stages; 3xTF32) over tile and pipeline settings, into a square fp32
+    accumulator, each against fp64 on a corner: which setting the default should be. A setting the device cannot
+    hold (shared memory) is reported, not raised."""
+    gen = torch.Generator(device=device).manual_seed(2)
+    x = torch.randn(N, D, device=device, generator=gen)
+    x64 = x[:, :256].double()
+    want = x64.T @ x64
+    results = []
+    for block_d, block_n, warps, stages in FP32_SWEEP[:2] if device.type != "cuda" else FP32_SWEEP:
+        row = dict(op="covariance-fp32-sweep", D=D, N=N, block_d=block_d, block_n=block_n, num_warps=warps,
+                   num_stages=stages)
+        cov = torch.zeros(D, D, device=device)
+        try:
+            cov_update_triton(cov, x, block_d=block_d, block_n=block_n, num_warps=warps, num_stages=stages)
+        except Exception as e:  # e.g. triton's OutOfResources for shared memory
+            results.append(dict(row, error=f"{type(e).__name__}: {e}"[:200]))
+            print(json.dumps(results[-1]), flush=True)
+            continue
+        got = cov[:256, :256].double().triu()
+        max_rel_err = float(((got - want.triu()).abs() / (x64.abs().T @ x64.abs()).triu().clamp_min(1e-30)).max())
+        t = median_ms(lambda: cov_update_triton(cov, x, block_d=block_d, block_n=block_n, num_warps=warps,
+                                                num_stages=stages), device)
+        results.append(dict(row, kernel_ms=t, useful_tflops=2 * N * D * D / t / 1e9, max_rel_err_vs_fp64=max_rel_err))
+        print(json.dumps(results[-1]), flush=True)
+        del cov
+    return results
+
+
 def bench_pooling(B: int, S: int, H: int, layers: int, device: torch.device) -> dict:
     gen = torch.Generator(device=device).manual_seed(1)
     hidden = torch.randn(B, S, H, device=device, dtype=torch.bfloat16, generator=gen)
@@ -138,6 +175,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--n", type=int, default=4096, help="rows per covariance update")
     parser.add_argument("--pool-shapes", default="16x2048x4096,1x32768x4096,64x512x576",
                         help="comma-separated BxSxH pooling shapes")
+    parser.add_argument("--fp32-sweep", type=int, default=16384, metavar="D",
+                        help="also time fp32 rows over tile settings at this D (0: skip)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes, interpreted on CPU (tests the script)")
     args = parser.parse_args(argv)
@@ -145,6 +184,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.cpu_smoke:
         device = torch.device("cpu")
         args.dims, args.n, args.pool_shapes = [8, 40], 16, "2x5x24,1x33x8"
+        args.fp32_sweep = 40 if args.fp32_sweep else 0
     elif torch.cuda.is_available():
         device = torch.device("cuda")
     else:
@@ -157,6 +197,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for packed in ([False, True] if 4 * D * D < free_bytes(device) / 2 else [True]):
             results.append(bench_covariance(D, args.n, packed, device))
             print(json.dumps(results[-1]), flush=True)
+    if args.fp32_sweep:
+        results.extend(bench_fp32_sweep(args.fp32_sweep, args.n, device))
     for shape in args.pool_shapes.split(","):
         B, S, H = (int(v) for v in shape.split("x"))
         results.append(bench_pooling(B, S, H, layers=4, device=device))

@@ -4,6 +4,7 @@ block-packed accumulators; symmetrize_upper; the GPU benchmark script's CPU smok
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -186,4 +187,5 @@ def test_gpu_benchmark_cpu_smoke(tmp_path):
                            str(out_json)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "covariance" in proc.stdout and "pooling" in proc.stdout
-    assert out_json.exists()
+    sweep = [r for r in json.loads(out_json.read_text())["results"] if r["op"] == "covariance-fp32-sweep"]
+    assert len(sweep) == 2 and all(r["max_rel_err_vs_fp64"] < 1e-5 for r in sweep), sweep
