@@ -83,9 +83,10 @@ def _tokenized(examples: Iterator[tuple[str, Callable[[], Example]]], tokenizer,
         texts = [example.text for _, example in rendered if isinstance(example, Example)]
         token_ids = iter(tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else [])
         for where, example in rendered:  # in corpus order, as if each had been tokenized on its own
+            if isinstance(example, BadExampleError):
+                bad(where, example)
+                continue
             try:
-                if isinstance(example, BadExampleError):
-                    raise example
                 item = tokenize(example, tokenizer, pooling, ids=next(token_ids))
             except BadExampleError as e:
                 bad(where, e)
