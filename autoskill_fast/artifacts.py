@@ -108,15 +108,38 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metada
     the optional string metadata) padded with spaces to a multiple of 8 bytes, then the tensors' bytes back to back.
     safetensors' reader loads what this writes (tests/test_artifacts.py); its writer needs every tensor on the host.
     """
-    for name, tensor in tensors.items():
-        if tensor.dtype not in _SAFETENSORS_DTYPES:
-            raise TypeError(f"tensor {name!r} is {tensor.dtype}, which this writer does not store")
-    text = safetensors_header({name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()}, metadata)
+    _write_pieces(path, {name: [tensor] for name, tensor in tensors.items()}, metadata, chunk_bytes)
+
+
+def save_row_pieces(path: str | Path, pieces: dict[str, list[torch.Tensor]],
+                    metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically whose tensor `name` is `torch.cat(pieces[name])`, without making that
+    concatenation: the pieces' bytes are written one after another. A writer that buffers rows then holds them once,
+    not twice, when it writes them."""
+    with atomic_file(path) as tmp:
+        _write_pieces(tmp, pieces, metadata, STREAM_CHUNK_BYTES)
+
+
+def _write_pieces(path: str | Path, pieces: dict[str, list[torch.Tensor]], metadata: dict[str, str] | None,
+                  chunk_bytes: int) -> None:
+    specs = {}
+    for name, parts in pieces.items():
+        if not parts:
+            raise ValueError(f"tensor {name!r} has no pieces")
+        first = parts[0]
+        if first.dtype not in _SAFETENSORS_DTYPES:
+            raise TypeError(f"tensor {name!r} is {first.dtype}, which this writer does not store")
+        if len(parts) > 1 and any(p.dtype != first.dtype or p.dim() == 0 or p.shape[1:] != first.shape[1:]
+                                  for p in parts):
+            raise ValueError(f"the pieces of tensor {name!r} differ in dtype or in shape past the first dimension")
+        shape = tuple(first.shape) if len(parts) == 1 else (sum(len(p) for p in parts), *first.shape[1:])
+        specs[name] = (first.dtype, shape)
     with open(path, "wb") as f:
-        f.write(text)
-        for tensor in tensors.values():
-            for chunk in _host_chunks(tensor, chunk_bytes):
-                f.write(chunk)
+        f.write(safetensors_header(specs, metadata))
+        for parts in pieces.values():
+            for part in parts:
+                for chunk in _host_chunks(part, chunk_bytes):
+                    f.write(chunk)
 
 
 def safetensors_header(specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],

@@ -196,12 +196,18 @@ class BatchingConfig:
     """Examples read ahead and sorted by length at a time; bounds memory on huge corpora."""
     padding_side: PaddingSide = "right"
     """Where padding goes; both give the same features (positions are computed from the mask)."""
+    prefetch: int = 0
+    """Batches prepared ahead on a background thread (read, tokenized, padded) while the model runs; 0 prepares each
+    in turn. Off by default: on CPU the thread made profiles 6-8% slower (the two threads contend for the GIL;
+    bench/bench_prefetch.py); on a GPU, whose forward leaves the CPU waiting, it is not measured yet."""
 
     def __post_init__(self):
         owner = "BatchingConfig"
         for name in ("token_budget", "max_batch_size", "sort_window"):
             _check_positive(owner, name, getattr(self, name))
         _check_choice(owner, "padding_side", self.padding_side, PaddingSide)
+        if self.prefetch < 0:
+            raise ConfigError(owner, "prefetch", f"must be 0 or more, got {self.prefetch}")
 
 
 CPU_TOKEN_BUDGET = 512

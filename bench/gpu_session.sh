@@ -8,7 +8,8 @@
 #    covariance kernel against a bf16 matmul (target >= 70%), the fit at D = 122,880, peak memory, MFU.
 # 2. bench/gpu_kernels.py: the Triton kernels against the device's two ceilings.
 # 3. A 1-GPU torchrun profile of a random-weight Qwen2.5-0.5B-shaped model over a synthetic corpus, against the same
-#    profile without torchrun (the world of one): both timed, and their bases compared.
+#    profile without torchrun (the world of one), and with --prefetch 4 (batches prepared on a thread): all timed,
+#    and their bases compared with the plain run's.
 # 4. The tests of the CUDA paths, with whatever time is left (about 60 s with 8 workers on an H200): the kernel tests
 #    (each path against fp64 references, on the device) and the tests marked gpu (the CUDA eigensolver, SkillPCA on
 #    CUDA against sklearn, device tensors written to safetensors). The CPU tests are CI's.
@@ -83,28 +84,33 @@ with open(work / "corpus.txt", "w") as f:
         f.write(" ".join(rng.choice(words) for _ in range(rng.randint(64, 512))) + "\n")
 print("model and corpus ready in", work)
 PY
-for name in torchrun python; do
+for name in torchrun python prefetch; do
     launcher="$PY"  # torchrun is `python -m torch.distributed.run`, whichever folder its script landed in
     [[ $name == torchrun ]] && launcher="$PY -m torch.distributed.run --standalone --nproc-per-node 1"
+    extra=()
+    [[ $name == prefetch ]] && extra=(--prefetch 4)  # batches prepared on a thread while the GPU runs (default: off)
     step "profile via $name" 90 $launcher -m autoskill_fast profile --model "$work/model" --corpus "$work/corpus.txt" \
-        --out "$work/run-$name" -k 64 --quiet --no-scores
+        --out "$work/run-$name" -k 64 --quiet --no-scores ${extra[@]+"${extra[@]}"}
 done
 step compare_runs 30 "$PY" - "$work" "$OUT/runs.json" <<'PY'
 import json, sys, torch
 from pathlib import Path
 from autoskill_fast.run.folder import load_basis
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
-runs = {name: json.loads((work / f"run-{name}" / "run.json").read_text()) for name in ("torchrun", "python")
+names = ("torchrun", "python", "prefetch")
+runs = {name: json.loads((work / f"run-{name}" / "run.json").read_text()) for name in names
         if (work / f"run-{name}" / "run.json").exists()}
 result = dict(runs=runs)
-if len(runs) == 2:
-    a, b = (load_basis(work / f"run-{name}") for name in ("torchrun", "python"))
-    cosines = torch.linalg.svdvals(a.components_.double() @ b.components_.double().T)
-    result.update(subspace_cosine_min=float(cosines.min()),
-                  eigenvalue_max_rel_diff=float(((a.pca.explained_variance - b.pca.explained_variance).abs()
-                                                 / a.pca.explained_variance[0]).max()),
-                  mean_max_abs_diff=float((a.mean_ - b.mean_).abs().max()))
-    print({k: v for k, v in result.items() if k != "runs"})
+for name in ("torchrun", "prefetch"):  # each against the plain run: the same basis, and its time
+    if name in runs and "python" in runs:
+        a, b = (load_basis(work / f"run-{n}") for n in (name, "python"))
+        cosines = torch.linalg.svdvals(a.components_.double() @ b.components_.double().T)
+        result[name] = dict(subspace_cosine_min=float(cosines.min()),
+                            eigenvalue_max_rel_diff=float(((a.pca.explained_variance - b.pca.explained_variance).abs()
+                                                           / a.pca.explained_variance[0]).max()),
+                            mean_max_abs_diff=float((a.mean_ - b.mean_).abs().max()),
+                            total_s_ratio=runs[name]["timings"]["total_s"] / runs["python"]["timings"]["total_s"])
+        print(name, "against python:", result[name])
 out.write_text(json.dumps(result, indent=1))
 print(json.dumps(runs, indent=1)[:6000])
 PY

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from autoskill_fast.artifacts import load_tensors, save_tensors, write_safetensors
+from autoskill_fast.artifacts import load_tensors, save_row_pieces, save_tensors, write_safetensors
 from autoskill_fast.errors import AutoskillError
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int8,
@@ -83,6 +83,34 @@ def test_save_tensors_is_atomic_and_loads_back(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["a.safetensors"]  # and no temporary file is left behind
     with pytest.raises(AutoskillError, match="missing tensors"):
         load_tensors(path, required=("b",))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
+def test_row_pieces_are_written_as_their_concatenation(tmp_path, dtype):
+    gen = torch.Generator().manual_seed(7)
+    sizes = [1, 97, 0, 123, 4]  # an empty piece among them
+    features = [(torch.randn(n, 13, generator=gen) * 1000).to(dtype) for n in sizes]
+    features[1] = (torch.randn(13, 97, generator=gen) * 1000).to(dtype).T  # a non-contiguous piece
+    rows = [torch.randint(0, 10**9, (n,), generator=gen) for n in sizes]
+    path = tmp_path / "s.safetensors"
+    save_row_pieces(path, {"features": features, "row": rows}, {"ids": '["a", "é"]'})
+    loaded = load_file(str(path))
+    assert loaded["features"].dtype == dtype and torch.equal(loaded["features"], torch.cat(features))
+    assert torch.equal(loaded["row"], torch.cat(rows))
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == {"ids": '["a", "é"]'}
+    save_row_pieces(path, {"one": [torch.arange(5.0)]})  # one piece is the tensor itself; the file is replaced
+    assert list(load_file(str(path))) == ["one"] and torch.equal(load_file(str(path))["one"], torch.arange(5.0))
+
+
+def test_row_pieces_that_do_not_stack_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="'x'.*shape"):
+        save_row_pieces(tmp_path / "a.safetensors", {"x": [torch.zeros(2, 3), torch.zeros(2, 4)]})
+    with pytest.raises(ValueError, match="'x'.*dtype"):
+        save_row_pieces(tmp_path / "b.safetensors", {"x": [torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.float64)]})
+    with pytest.raises(ValueError, match="no pieces"):
+        save_row_pieces(tmp_path / "c.safetensors", {"x": []})
+    assert os.listdir(tmp_path) == []  # nothing half-written is left
 
 
 @pytest.mark.gpu

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 import pytest
+import torch
 
 from autoskill_fast.config import CorpusConfig
 from autoskill_fast.data.corpus import iter_records
@@ -102,3 +103,71 @@ def test_tokenizing_many_texts_per_call_changes_nothing(tmp_path, default_model_
     assert [s["id"] for s in tally.skipped] == ["2", "5", "7"] and tally.truncated == 1
     with pytest.raises(AutoskillError, match=r"c.jsonl:3: example '2': missing text field"):
         list(stream.iter_tokenized(config, tokenizer, pooling, stream.InputTally()))
+
+
+def _counted(n: int, produced: list, closed: list, fail_at: int | None = None):
+    try:
+        for i in range(n):
+            if i == fail_at:
+                raise AutoskillError(f"item {i} is bad")
+            produced.append(i)
+            yield i
+    finally:
+        closed.append(True)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3, 64])
+def test_prefetched_items_come_in_order_and_errors_where_they_were_raised(depth):
+    from autoskill_fast.data.stream import prefetched
+
+    produced, closed = [], []
+    assert list(prefetched(_counted(97, produced, closed), depth)) == list(range(97))
+    assert closed == [True]
+    got, closed = [], []
+    with pytest.raises(AutoskillError, match="item 41 is bad"):
+        for item in prefetched(_counted(97, [], closed, fail_at=41), depth):
+            got.append(item)
+    assert got == list(range(41)) and closed == [True]  # every item before the bad one, then its error
+
+
+def test_prefetched_runs_at_most_depth_ahead_and_stops_when_closed():
+    import threading
+    import time
+
+    from autoskill_fast.data.stream import prefetched
+
+    produced, closed = [], []
+    before = threading.active_count()
+    items = prefetched(_counted(1000, produced, closed), 3)
+    assert next(items) == 0 and next(items) == 1
+    deadline = time.monotonic() + 10
+    while len(produced) < 6 and time.monotonic() < deadline:  # 2 taken, 3 queued, 1 waiting to be queued
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert len(produced) == 6
+    items.close()
+    assert closed == [True] and threading.active_count() == before  # the thread is joined, the source closed
+
+
+def test_batches_prepared_ahead_equal_batches_prepared_in_turn(tmp_path, default_model_dir):
+    from transformers import AutoTokenizer
+
+    from autoskill_fast.config import BatchingConfig, PoolingConfig
+    from autoskill_fast.data import stream
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    records = [{"text": f"Problem {i}: " + "ducks sold eggs " * (i % 13)} for i in range(301)]
+    records[200] = {"text": ""}
+    config = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", records)))
+    runs = []
+    for prefetch in (0, 2):
+        tally = stream.InputTally()
+        items = stream.iter_tokenized(config, tokenizer, PoolingConfig(), tally, on_bad_example="skip")
+        batching = BatchingConfig(max_batch_size=7, sort_window=50, prefetch=prefetch)
+        batches = list(stream.iter_batches(items, batching, token_budget=256, pad_id=0, mode="mean"))
+        runs.append((batches, tally.skipped))
+    (in_turn, skipped_in_turn), (ahead, skipped_ahead) = runs
+    assert len(in_turn) == len(ahead) > 40
+    for a, b in zip(in_turn, ahead):
+        assert a.ids == b.ids and torch.equal(a.input_ids, b.input_ids) and torch.equal(a.attention_mask, b.attention_mask)
+    assert skipped_in_turn == skipped_ahead == [{"id": "200", "reason": "empty text"}]

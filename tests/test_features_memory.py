@@ -71,3 +71,33 @@ def test_a_basis_refuses_features_of_another_model(tmp_path, tiny_model):
     other = load_model(ModelConfig(str(tiny_model("qwen2"))))
     with pytest.raises(AutoskillError, match="basis was made from model"):
         basis.features(other.model, other.tokenizer, ["some text"])
+
+
+@pytest.mark.parametrize("limit", ["rows", "bytes"])
+def test_feature_writer_writes_a_shard_per_bounded_buffer(tmp_path, monkeypatch, limit):
+    """Shards close at SHARD_ROWS rows or SHARD_BYTES bytes, whichever comes first, and read back as what was added."""
+    from autoskill_fast.run import features
+
+    monkeypatch.setattr(features, "SHARD_ROWS", 10 if limit == "rows" else 10**9)
+    monkeypatch.setattr(features, "SHARD_BYTES", 10**9 if limit == "rows" else 7 * 5 * 2)  # 7 rows of 5 bf16
+    gen = torch.Generator().manual_seed(3)
+    writer = features.FeatureWriter(tmp_path / "f", dtype=torch.bfloat16, metadata={"key": "k"})
+    sizes, added, rows, ids, start = [3, 1, 4, 1, 5, 9, 2, 6], [], [], [], 0
+    for n in sizes:
+        chunk = torch.randn(n, 5, generator=gen)
+        writer.add(chunk, torch.arange(start, start + n), [f"id-{i}" for i in range(start, start + n)])
+        added.append(chunk.bfloat16())
+        start += n
+    n_shards = writer.flush()
+    shards = list(features.iter_feature_shards(tmp_path / "f"))
+    assert n_shards == len(shards) > 2
+    cap, expected, pending = (10 if limit == "rows" else 7), [], 0
+    for n in sizes:  # a shard closes as soon as its rows reach the bound
+        pending += n
+        if pending >= cap:
+            expected, pending = expected + [pending], 0
+    expected += [pending] if pending else []
+    assert [len(r) for _, r, _ in shards] == expected
+    assert torch.equal(torch.cat([f for f, _, _ in shards]), torch.cat(added))
+    assert torch.equal(torch.cat([r for _, r, _ in shards]), torch.arange(start))
+    assert [i for _, _, shard_ids in shards for i in shard_ids] == [f"id-{i}" for i in range(start)]

@@ -188,4 +188,5 @@ def test_gpu_benchmark_cpu_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "covariance" in proc.stdout and "pooling" in proc.stdout
     sweep = [r for r in json.loads(out_json.read_text())["results"] if r["op"] == "covariance-fp32-sweep"]
-    assert len(sweep) == 2 and all(r["max_rel_err_vs_fp64"] < 1e-5 for r in sweep), sweep
+    assert [r["input_precision"] for r in sweep][:3] == ["tf32x3", "tf32x3", "ieee"], sweep  # tiles, then precisions
+    assert all(r["max_rel_err_vs_fp64"] < 1e-5 for r in sweep), sweep

@@ -144,15 +144,20 @@ class PooledBatches:
         self.tally, self.on_bad_example, self.context = tally, on_bad_example, context
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, Batch]]:
-        with self.capture:
-            for batch in self.batches:
-                if self.layer_scale is None and self.pilot:
-                    self.layer_scale = pilot_layer_scale(self.capture, batch)
-                self.capture.layer_scale = self.layer_scale
-                features, batch = drop_non_finite(self.capture(batch), batch, self.on_bad_example, self.tally,
-                                                  context=self.context)
-                if len(batch):
-                    yield features, batch
+        forward = InputTally()  # kept apart from the input's tally, which the batch thread fills meanwhile
+        try:
+            with self.capture:
+                for batch in self.batches:
+                    if self.layer_scale is None and self.pilot:
+                        self.layer_scale = pilot_layer_scale(self.capture, batch)
+                    self.capture.layer_scale = self.layer_scale
+                    features, batch = drop_non_finite(self.capture(batch), batch, self.on_bad_example, forward,
+                                                      context=self.context)
+                    if len(batch):
+                        yield features, batch
+        finally:
+            self.batches.close()
+            self.tally.skipped.extend(forward.skipped)  # input skips, then forward skips: the same order every run
 
 
 def _batches(items: Iterator[Tokenized], batching: BatchingConfig, tokenizer, pooling: PoolingConfig,

@@ -3,9 +3,11 @@ policy, in length buckets. The order is a pure function of the corpus and the op
 
 from __future__ import annotations
 
+import queue
+import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from ..config import BadExamplePolicy, BatchingConfig, CorpusConfig, PoolingConfig
 from ..errors import AutoskillError, BadExampleError
@@ -112,7 +114,65 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
 
 def iter_batches(items: Iterator[Tokenized], batching: BatchingConfig, *, token_budget: int, pad_id: int,
                  mode: str) -> Iterator[Batch]:
-    """Length-bucketed, padded batches of tokenized examples (`token_budget`: the budget resolved for the device)."""
-    for group in buckets(items, token_budget=token_budget, max_batch_size=batching.max_batch_size,
-                         sort_window=batching.sort_window):
-        yield collate(group, pad_id=pad_id, padding_side=batching.padding_side, mode=mode)
+    """Length-bucketed, padded batches of tokenized examples (`token_budget`: the budget resolved for the device),
+    prepared `batching.prefetch` batches ahead on a background thread. Close the iterator when leaving it early."""
+
+    def batches():
+        for group in buckets(items, token_budget=token_budget, max_batch_size=batching.max_batch_size,
+                             sort_window=batching.sort_window):
+            yield collate(group, pad_id=pad_id, padding_side=batching.padding_side, mode=mode)
+
+    return prefetched(batches(), batching.prefetch)
+
+
+T = TypeVar("T")
+_END = object()
+
+
+def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
+    """`items`, produced on a background thread up to `depth` ahead of the caller (0: in turn, on the caller's
+    thread). The corpus is read, rendered, tokenized and padded while the caller runs the model: the tokenizer and
+    torch release the GIL, and so does the caller while it waits on a device. Same items in the same order; an error
+    raised while producing an item is raised here, where that item would have come. Closing this iterator (or
+    finishing it) stops and joins the thread; a thread left blocked would hold the corpus file open."""
+    if depth <= 0:
+        yield from items
+        return
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((None, _END))
+        except BaseException as e:  # handed to the caller, raised in its thread
+            put((None, e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="autoskill-fast batches", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, outcome = ready.get()
+            if outcome is _END:
+                return
+            if outcome is not None:
+                raise outcome
+            yield item
+    finally:
+        stop.set()
+        thread.join()

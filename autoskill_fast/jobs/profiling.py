@@ -374,6 +374,7 @@ def _run_batches(config: ProfileConfig, loaded: LoadedModel, resolved: ResolvedP
         profiler.__exit__(None, None, None)  # the model is the caller's: leave no hook on it
         raise
     finally:
+        batches.close()  # stops the thread that prepares batches ahead
         bar.close()
     if writer is not None:
         writer.flush()

@@ -114,14 +114,15 @@ def _fp32_dot_precision() -> str:
 
 
 def cov_update_triton(cov: torch.Tensor | PackedSymmetric, x: torch.Tensor, *, block_d: int | None = None,
-                      block_n: int | None = None, num_warps: int | None = None,
-                      num_stages: int | None = None) -> torch.Tensor | PackedSymmetric:
+                      block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
+                      input_precision: str | None = None) -> torch.Tensor | PackedSymmetric:
     """Launch `_cov_update_kernel`: cov (fp32, square or packed) += x^T x on upper-triangle tiles. No validation.
 
     fp32 x is multiplied with 3xTF32 on NVIDIA (`input_precision="tf32x3"`): close to fp32 accuracy at tensor-core
     speed; plain TF32 would round x to 10 mantissa bits, worse than the accumulator deserves. 16-bit x goes straight
     to the tensor cores (products are exact in the fp32 accumulator). The tile and pipeline settings default to
-    `_default_config`; bench/gpu_kernels.py --fp32-sweep times others.
+    `_default_config`, the fp32 precision to tf32x3; bench/gpu_kernels.py --fp32-sweep times others (Triton's
+    `tl.dot` precisions, e.g. bf16x3, bf16x6, ieee; the CPU interpreter knows only tf32, tf32x3 and ieee).
     """
     n_rows, dim = x.shape
     if n_rows == 0 or dim == 0:
@@ -145,7 +146,7 @@ def cov_update_triton(cov: torch.Tensor | PackedSymmetric, x: torch.Tensor, *, b
             PACKED=packed,
             TILE=cov.layout.tile if packed else 1,
             UPCAST=interpreting() and x.dtype == torch.bfloat16,
-            INPUT_PRECISION=_fp32_dot_precision() if x.dtype == torch.float32 else None,
+            INPUT_PRECISION=(input_precision or _fp32_dot_precision()) if x.dtype == torch.float32 else None,
             BLOCK_D=block_d, BLOCK_N=block_n, num_warps=num_warps or config["num_warps"],
             num_stages=num_stages or config["num_stages"],
         )

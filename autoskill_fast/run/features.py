@@ -13,10 +13,13 @@ from typing import Iterator
 import torch
 from safetensors import safe_open
 
-from ..artifacts import load_tensors, save_tensors
+from ..artifacts import load_tensors, save_row_pieces
 from ..errors import AutoskillError
 
-SHARD_BYTES = 64 << 20  # rows buffered per shard file: bounds the writer's memory
+# A shard is written when its buffered rows reach either bound, so the writer's memory is small whatever the corpus
+# (a buffer of 64 MiB took 131k rows at D = 128, which a 100k corpus never filled and a 1M one did).
+SHARD_BYTES = 64 << 20
+SHARD_ROWS = 8192
 
 
 def shard_path(folder: Path, index: int, prefix: str = "") -> Path:
@@ -25,7 +28,8 @@ def shard_path(folder: Path, index: int, prefix: str = "") -> Path:
 
 
 class FeatureWriter:
-    """Buffers rows and writes a shard when the buffer is full or on flush()."""
+    """Buffers rows and writes a shard when the buffer is full (SHARD_BYTES or SHARD_ROWS) or on flush(); a shard is
+    written from the buffered pieces, never concatenated in memory."""
 
     def __init__(self, folder: str | Path, *, dtype: torch.dtype = torch.float32, resume_shards: int = 0,
                  metadata: dict[str, str] | None = None, prefix: str = ""):
@@ -51,15 +55,15 @@ class FeatureWriter:
         self._positions.append(rows_n.cpu().long())
         self._ids.extend(ids)
         self._bytes += chunk.numel() * chunk.element_size()
-        if self._bytes >= SHARD_BYTES:
+        if self._bytes >= SHARD_BYTES or len(self._ids) >= SHARD_ROWS:
             self.flush()
 
     def flush(self) -> int:
         """Write buffered rows as one shard; return the number of shards on disk."""
         if self._rows:
-            save_tensors(shard_path(self.folder, self.shards, self.prefix),
-                         {"features": torch.cat(self._rows), "row": torch.cat(self._positions)},
-                         metadata={**self.metadata, "ids": json.dumps(self._ids)})
+            save_row_pieces(shard_path(self.folder, self.shards, self.prefix),
+                            {"features": self._rows, "row": self._positions},
+                            metadata={**self.metadata, "ids": json.dumps(self._ids)})
             self.shards += 1
             self._rows, self._positions, self._ids, self._bytes = [], [], [], 0
         return self.shards
