@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import struct
 import tempfile
 from contextlib import contextmanager
@@ -47,6 +48,32 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        raise
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Write the folder `path` through a temporary folder beside it: yields the temporary path; after the block every
+    file in it is synced, the tree is given the usual permissions (a model folder is read by servers that may run as
+    another user), and the folder is renamed to `path`, so a reader (a server, a resumed job) never sees half of it.
+    `path` must not exist, or be an empty folder."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise AutoskillError(f"{path}: already exists and is not empty; choose another output or delete it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        for item in [tmp, *tmp.rglob("*")]:
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~_UMASK)
+            if item.is_file():
+                with open(item, "rb") as f:
+                    os.fsync(f.fileno())
+        if path.exists():
+            path.rmdir()  # empty (checked above): a rename may not replace a folder on every platform
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -9,7 +9,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from autoskill_fast.artifacts import load_tensors, save_row_pieces, save_tensors, write_safetensors
+from autoskill_fast.artifacts import (atomic_folder, load_tensors, save_json, save_row_pieces, save_tensors,
+                                     write_safetensors)
 from autoskill_fast.errors import AutoskillError
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int8,
@@ -83,6 +84,39 @@ def test_save_tensors_is_atomic_and_loads_back(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["a.safetensors"]  # and no temporary file is left behind
     with pytest.raises(AutoskillError, match="missing tensors"):
         load_tensors(path, required=("b",))
+
+
+def test_atomic_folder_appears_whole_or_not_at_all(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    out = tmp_path / "out"
+    with atomic_folder(out) as tmp:
+        assert tmp.parent == tmp_path and tmp != out and not out.exists()
+        save_json(tmp / "a.json", {"x": 1})
+        (tmp / "sub").mkdir(mode=0o700)
+        (tmp / "sub" / "b.txt").write_text("b")
+        os.chmod(tmp / "sub" / "b.txt", 0o600)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["a.json", "sub", "sub/b.txt"]
+    assert os.listdir(tmp_path) == ["out"]
+    # Temporary folders and files are created private; the folder is given the umask's usual modes (servers read it).
+    assert (out.stat().st_mode & 0o777, (out / "sub").stat().st_mode & 0o777) == (0o777 & ~umask,) * 2
+    assert (out / "sub" / "b.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+    with pytest.raises(AutoskillError, match="already exists and is not empty"):
+        with atomic_folder(out):
+            pass
+    assert sorted(os.listdir(out)) == ["a.json", "sub"]
+
+    (tmp_path / "empty").mkdir()
+    with atomic_folder(tmp_path / "empty") as tmp:
+        (tmp / "c").write_text("c")
+    assert os.listdir(tmp_path / "empty") == ["c"]
+
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_folder(tmp_path / "failed") as tmp:
+            (tmp / "half").write_text("half")
+            raise OSError("disk full")
+    assert sorted(os.listdir(tmp_path)) == ["empty", "out"]  # neither the folder nor its temporary one is left
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])

@@ -61,9 +61,32 @@ COLLECTIVES = textwrap.dedent("""
     shared = world.broadcast_object("from rank 0" if world.main else None)
     ok = world.all_succeeded(None)
     failed = world.all_succeeded("planted failure" if world.rank == 1 else None)
+    gen = torch.Generator().manual_seed(7)
+    sent = {"rows": torch.randn(37, 11, generator=gen).t(), "count": torch.tensor([5], dtype=torch.int64),
+            "empty": torch.zeros(0, 11, dtype=torch.float64), "half": torch.randn(97, generator=gen).half()}
+    if world.main:
+        got = world.recv_tensors(1, slice_bytes=40)   # 10 fp32 numbers a slice: 41 slices for the rows
+        same = list(got) == list(sent) and all(got[k].dtype == v.dtype and torch.equal(got[k], v)
+                                                for k, v in sent.items())
+    else:
+        world.send_tensors(sent, slice_bytes=40)
+
+    def planted():
+        if world.rank == 1:
+            raise ValueError("planted bug")
+        return "done"
+
+    try:
+        together = world.together(planted)
+    except Exception as e:  # rank 1: its own ValueError; rank 0: an AutoskillError naming rank 1
+        together = f"{type(e).__name__}: {e}"
+    only_main = world.together(lambda: world.rank, main_only=True)
+    if not world.main:
+        assert together == "ValueError: planted bug" and only_main is None, (together, only_main)
     if world.main:
         print(json.dumps({"sum_ok": bool(torch.equal(x, torch.arange(1000, dtype=torch.float64) * 3)),
-                          "objects": objects, "shared": shared, "ok": ok, "failed": failed}))
+                          "objects": objects, "shared": shared, "ok": ok, "failed": failed, "sent_ok": same,
+                          "together": together, "only_main": only_main}))
     world.close()
 """)
 
@@ -80,7 +103,8 @@ def test_collectives_in_many_slices():
     assert all(p.returncode == 0 for p in procs), outs
     result = json.loads(outs[0][0].strip().splitlines()[-1])
     assert result == {"sum_ok": True, "objects": [{"rank": 0}, {"rank": 1}], "shared": "from rank 0", "ok": None,
-                      "failed": "rank 1: planted failure"}
+                      "failed": "rank 1: planted failure", "sent_ok": True,
+                      "together": "AutoskillError: rank 1: ValueError: planted bug", "only_main": 0}
 
 
 @pytest.mark.slow
@@ -123,6 +147,27 @@ def test_two_processes_equal_one_profile_project_and_eval(tmp_path, tiny_model):
     assert one_eval.returncode == 0, one_eval.stderr
     assert (tmp_path / "e2" / "samples.jsonl").read_text() == (tmp_path / "e1" / "samples.jsonl").read_text()
     assert not list((tmp_path / "e2").glob("samples.jsonl.rank*"))
+
+
+@pytest.mark.slow
+def test_two_processes_with_sketches_equal_one_exact_profile(tmp_path, tiny_model):
+    """Each rank sketches its rows around its own pilot mean; rank 0 merges the sketches. One large enough to hold every
+    row shrinks nothing, so the basis equals one process's exact statistics'."""
+    model = tiny_model("llama")
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(37, seed=22)])
+    common = ("--model", model, "--corpus", corpus, "-k", 4, "--quiet", "--token-budget", 64)
+    two = torchrun(2, "profile", *common, "--sketch-size", 48, "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stdout + two.stderr
+    one = plain("profile", *common, "--out", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    sketched = load_statistics(tmp_path / "two" / "stats.safetensors")
+    assert sketched.n == 37 and sketched.error_bound() == 0.0 and sketched.sketch.negative.shape[0] == 1
+    a, b = SkillBasis.load(tmp_path / "one"), SkillBasis.load(tmp_path / "two")
+    assert torch.allclose(a.eigenvalues_, b.eigenvalues_, rtol=0, atol=1e-5 * float(a.eigenvalues_[0]))
+    cosines = torch.linalg.svdvals(a.components_.double() @ b.components_.double().T)
+    assert bool((cosines >= 1 - 1e-6).all()), cosines
+    sa, sb = Scores.load(tmp_path / "one"), Scores.load(tmp_path / "two")
+    assert sa.ids == sb.ids and torch.allclose(sa.projection, sb.projection, atol=1e-5 * float(sa.projection.abs().max()))
 
 
 def rank_pids(parent: int) -> list[int]:

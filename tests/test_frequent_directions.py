@@ -151,6 +151,73 @@ def test_merge_in_exact_regime_equals_one_pass():
     assert torch.allclose(v1, v2, atol=1e-8)
 
 
+@pytest.mark.parametrize("D,ell", [(10, 14), (33, 8)])
+def test_merge_across_shifts_keeps_the_guarantee(D, ell):
+    """Two sketches around their own pilot means (as two shards or two ranks make them) merge exactly: count, sum and
+    mean exact, the covariance estimate within the bound (equal to the exact one when nothing was shrunk), and the
+    other sketch left as it was."""
+    x = synthetic(700, D, decay=1.5, offset=40.0, seed=D)
+    a, b = x[:60].mean(dim=0), x[400:430].mean(dim=0) + 0.5  # two different shifts, neither the mean
+    left = FrequentDirections(D, ell, dtype=torch.float64).update(x[:400] - a)
+    right = FrequentDirections(D, ell, dtype=torch.float64).update(x[400:] - b)
+    before = {key: value.clone() for key, value in right.state_dict().items()}
+    merged = left.merge(right, offset=b - a)
+    assert all(torch.equal(before[key], value) for key, value in right.state_dict().items())
+    assert merged.count == 700
+    assert torch.allclose(merged.sum, (x - a).sum(dim=0), rtol=1e-12, atol=1e-9)
+    assert merged.negative.shape == (1, D)
+    exact = torch.cov(x.T)
+    evals, vectors = merged.components(min(D, ell) - 2, compensate=False)
+    estimate = vectors @ torch.diag(evals) @ vectors.T
+    top = float(torch.linalg.matrix_norm(exact, ord=2))
+    bound = merged.error_bound()
+    if D + 1 <= ell:  # the shifted rows (and the one extra row) span at most l dims: nothing shrunk
+        assert bound < 1e-9 * top
+        want_evals, want_vectors = exact_components(x, D)
+        got_evals, got_vectors = merged.components(D)
+        assert torch.allclose(got_evals, want_evals, rtol=1e-9, atol=1e-9 * top)
+        assert max_principal_angle_deg(got_vectors, want_vectors) < 1e-4
+    else:
+        assert 0 < bound < 0.2 * top  # a real shrink, and an informative bound
+        # Weyl: each exact eigenvalue lies in [sketch eigenvalue, sketch eigenvalue + bound].
+        want_evals = torch.linalg.eigvalsh(exact).flip(0)[:evals.shape[0]]
+        assert torch.all(evals <= want_evals + 1e-9 * top)
+        assert torch.all(want_evals <= evals + bound + 1e-9 * top)
+    assert float(torch.linalg.matrix_norm(estimate, ord=2)) <= top + 1e-9 * top
+
+
+def test_reshift_changes_the_frame_not_the_estimate():
+    """`reshift_` expresses the same rows around another shift: in the exact regime the components do not move, and the
+    count and the sum are those of the rows around the new shift."""
+    x = synthetic(300, 12, offset=25.0, seed=9)
+    a, new = x[:40].mean(dim=0), x[100:140].mean(dim=0)
+    fd = FrequentDirections(12, 16, dtype=torch.float64).update(x - a)
+    want_evals, want_vectors = fd.components(12)
+    fd.reshift_(a - new)
+    assert torch.allclose(fd.sum, (x - new).sum(dim=0), rtol=1e-12, atol=1e-9)
+    got_evals, got_vectors = fd.components(12)
+    assert torch.allclose(got_evals, want_evals, rtol=1e-9, atol=1e-10 * float(want_evals[0]))
+    assert max_principal_angle_deg(got_vectors, want_vectors) < 1e-4
+    same = FrequentDirections(12, 16, dtype=torch.float64).update(x - a)
+    same.reshift_(torch.zeros(12, dtype=torch.float64))  # no change of shift: nothing added
+    assert same.negative.shape[0] == 0 and same.state_dict()["sketch"].shape[0] == 300 % 32 + 16 * (300 >= 32)
+
+
+def test_negative_rows_round_trip_and_old_states_load(tmp_path):
+    x = synthetic(200, 9, offset=3.0, seed=10)
+    fd = FrequentDirections(9, 4, dtype=torch.float64).update(x[:120] - x[:10].mean(dim=0))
+    fd.merge(FrequentDirections(9, 4, dtype=torch.float64).update(x[120:] - x[150:160].mean(dim=0)),
+             offset=x[150:160].mean(dim=0) - x[:10].mean(dim=0))
+    save_file(fd.state_dict(), str(tmp_path / "fd.safetensors"))
+    restored = FrequentDirections.from_state_dict(load_file(str(tmp_path / "fd.safetensors")))
+    assert torch.equal(restored.negative, fd.negative) and restored.negative.shape == (1, 9)
+    assert torch.equal(restored.components(3)[1], fd.components(3)[1])
+    old = {key: value for key, value in fd.state_dict().items() if key != "negative"}  # saved before negative rows
+    assert FrequentDirections.from_state_dict(old).negative.shape == (0, 9)
+    with pytest.raises(AutoskillError, match="negative rows"):
+        FrequentDirections.from_state_dict({**old, "negative": torch.zeros(1, 8, dtype=torch.float64)})
+
+
 def test_resume_through_safetensors_equals_uninterrupted(tmp_path):
     y = synthetic(900, 40, seed=6).float()
     straight = FrequentDirections(40, 16).update(y)

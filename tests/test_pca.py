@@ -309,8 +309,6 @@ def test_merge_errors_are_clear():
         exact.merge(SkillPCA(2).fit(rows(60, 9, seed=6)))
     with pytest.raises(AutoskillError, match="can only merge another SkillPCA, got ndarray"):
         exact.merge(x)
-    with pytest.raises(AutoskillError, match="sketched statistics merge only with the same shift"):
-        sketched.merge(SkillPCA(2, sketch_size=8).fit(x[::-1][:30]))
     assert exact.n_samples_seen_ == 60
 
 
@@ -426,6 +424,23 @@ def test_sketch_mean_and_total_variance_are_exact_under_a_large_offset():
     pca = SkillPCA(5, sketch_size=100).fit(x)
     np.testing.assert_allclose(pca.mean_.numpy(), x.mean(axis=0), rtol=0, atol=1e-10 * np.abs(x).max())
     assert pca.result().total_variance == pytest.approx(np.var(x, axis=0, ddof=1).sum(), rel=1e-10)
+
+
+def test_sketches_around_different_shifts_merge_exactly():
+    """Each SkillPCA fixes its shift to its own first rows' mean; merged, two sketches that hold every row give the
+    exact PCA of all rows (to fp32 storage), with the mean and total variance exact."""
+    x = rows(150, 33, seed=16, offset=50.0)
+    left, right = SkillPCA(5, sketch_size=100).fit(x[:70]), SkillPCA(5, sketch_size=100).fit(x[70:])
+    assert not torch.equal(left.stats.shift, right.stats.shift)
+    merged = left.merge(right)
+    assert merged.n_samples_seen_ == 150 and merged.stats.error_bound() == 0.0
+    ref = reference(x, 5)
+    top = ref.spectrum[0]
+    np.testing.assert_allclose(merged.explained_variance_.numpy(), ref.pca.explained_variance_, rtol=0,
+                               atol=1e-6 * top)
+    component_distances(merged, ref, torch.float32)
+    np.testing.assert_allclose(merged.mean_.numpy(), x.mean(axis=0), rtol=0, atol=1e-10 * np.abs(x).max())
+    assert merged.result().total_variance == pytest.approx(np.var(x, axis=0, ddof=1).sum(), rel=1e-10)
 
 
 @pytest.mark.parametrize("sketch_size", [12, 40])

@@ -12,7 +12,7 @@ import torch
 from autoskill_fast import (BatchingConfig, CorpusConfig, ModelConfig, PoolingConfig, ProfileConfig, SkillBasis, fit,
                             merge, profile)
 from autoskill_fast.run.features import iter_feature_shards
-from autoskill_fast.decomposition.statistics import StreamingCovariance
+from autoskill_fast.decomposition.statistics import StreamingCovariance, load_statistics
 from autoskill_fast.errors import AutoskillError
 from autoskill_fast.run.scores import Scores
 from model_fixtures import write_jsonl
@@ -179,6 +179,28 @@ def test_shards_merge_to_one_pass_and_basis_matches_numpy(tmp_path, tiny_model):
     np.testing.assert_allclose(scores.projection.numpy(), ref * signs, atol=1e-4 * np.abs(ref).max())
     merged_scores = Scores.load(tmp_path / "merged")
     assert merged_scores.ids == scores.ids
+
+
+def test_sketched_shards_merge_to_the_exact_basis(tmp_path, tiny_model):
+    """Each shard's sketch is around its own pilot mean; a sketch large enough to hold every row (and the one extra
+    row each merge adds) shrinks nothing, so the merge equals the exact whole run to fp32 storage."""
+    model_dir = tiny_model("llama")
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(29, seed=4)])))
+    whole = run(tmp_path, model_dir, corpus, name="whole", k=5)
+    for i in range(3):
+        run(tmp_path, model_dir, corpus, name=f"s{i}", k=5, shard=(i, 3), sketch_size=32)
+    merged = merge([tmp_path / f"s{i}" for i in range(3)], tmp_path / "merged")
+    stats = load_statistics(tmp_path / "merged" / "stats.safetensors")
+    assert stats.n == 29 and stats.error_bound() == 0.0 and stats.sketch.negative.shape[0] == 2
+    top = float(whole.eigenvalues_[0])
+    assert torch.allclose(merged.eigenvalues_, whole.eigenvalues_, rtol=0, atol=1e-5 * top)
+    cosines = torch.linalg.svdvals(merged.components_.double() @ whole.components_.double().T)
+    assert bool((cosines >= 1 - 1e-6).all()), cosines
+    assert torch.allclose(merged.mean_, whole.mean_, atol=1e-6 * float(whole.mean_.abs().max()))
+    assert Scores.load(tmp_path / "merged").ids == Scores.load(tmp_path / "whole").ids
+    run(tmp_path, model_dir, corpus, name="s1", k=5, shard=(1, 3), overwrite=True)  # exact this time
+    with pytest.raises(AutoskillError, match=r"s1: holds exact statistics and .*s0 sketched"):
+        merge([tmp_path / "s0", tmp_path / "s1"], tmp_path / "mixed")
 
 
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, tiny_model, monkeypatch):

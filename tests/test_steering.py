@@ -357,6 +357,7 @@ def test_steer_cli_writes_every_format(tiny, tmp_path):
 
     result = runner.invoke(cli, ["steer", str(run), "--format", "llamacpp", "--out", str(tmp_path / "cpp0")])
     assert result.exit_code == 2 and "block 0" in result.output and "--layers 1-2" in result.output
+    assert not (tmp_path / "cpp0").exists() and not list(tmp_path.glob(".cpp0*"))  # a failed export leaves nothing
 
     # --out NAME.gguf (the README's own example) writes that file, which is what llama.cpp's --control-vector takes.
     result = runner.invoke(cli, ["steer", str(run), "--layers", "1-2", "--format", "llamacpp",

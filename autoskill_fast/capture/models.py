@@ -12,8 +12,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..artifacts import atomic_folder
 from ..config import ModelConfig
 from ..errors import AutoskillError
 from .fingerprint import fingerprint
@@ -108,16 +107,16 @@ def convert_gguf(gguf_path: Path, out_dir: Path | None = None) -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "autoskill_source.json").write_text(json.dumps({"gguf": str(gguf_path.resolve()), "bytes": stat.st_size}))
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_folder(out_dir) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "autoskill_source.json").write_text(json.dumps({"gguf": str(gguf_path.resolve()),
+                                                                   "bytes": stat.st_size}))
+    except (OSError, AutoskillError):
+        if not (out_dir / "config.json").is_file():
+            raise
+        # another process (a rank beside this one) converted the same file first: its folder is the same
     return out_dir
 
 

@@ -11,6 +11,13 @@ exact `StreamingCovariance`). The sketch sees these *uncentered* shifted rows; i
 fp64 sum, so the centered scatter is  Y^T Y - s s^T / n,  estimated by B^T B - s s^T / n  with the same error bound
 (the rank-one correction is exact). The shift does not enter the bound, but a shift near the mean keeps the stored
 rows (fp32 by default) from rounding away the variance under a large common offset. `components` divides by n - ddof.
+
+Another shift. Rows y around one shift are y + d around a shift d lower, and
+sum (y + d)(y + d)^T = Y^T Y + (s + n d)(s + n d)^T / n - s s^T / n.
+So `reshift_(d)` feeds the sketch one more row, (s + n d) / sqrt(n), and keeps s / sqrt(n) as an exact *negative* row,
+subtracted at the end like the mean. The bound is unchanged: the sketch still lags what it was fed by at most the
+shrinkage, and everything else is exact. Sketches made around different shifts (shards, ranks: each fixes its own pilot
+mean) merge this way.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ class FrequentDirections:
         self.count = 0
         self.sum = torch.zeros(self.dim, dtype=torch.float64, device=self.device)  # sum of the (shifted) rows
         self.shrinkage = torch.zeros((), dtype=torch.float64, device=self.device)  # total delta subtracted
+        # [c, D] fp64: rows whose outer products are subtracted from the sketch's (one per change of shift; see above)
+        self.negative = torch.zeros(0, self.dim, dtype=torch.float64, device=self.device)
 
     # ---- accumulation ------------------------------------------------------------------------------------
     def update(self, x_nd: torch.Tensor) -> "FrequentDirections":
@@ -55,15 +64,35 @@ class FrequentDirections:
         self._append(x_nd)
         return self
 
-    def merge(self, other: "FrequentDirections") -> "FrequentDirections":
-        """Add another sketch's rows, count, sum and shrinkage (both must have used the same shift)."""
+    def merge(self, other: "FrequentDirections", *, offset: torch.Tensor | None = None) -> "FrequentDirections":
+        """Add another sketch's rows, count, sum, shrinkage and negative rows. `offset` [D]: what to add to the other's
+        rows to express them around this sketch's shift (its shift minus ours); None when both used the same shift.
+        The other sketch is left as it was."""
         if other.dim != self.dim:
             raise ValueError(f"cannot merge a sketch of {other.dim} dims into one of {self.dim} dims")
         self._append(other._buffer[:other._filled].to(self.device))
         self.count += other.count
         self.sum += other.sum.to(self.device)
         self.shrinkage += other.shrinkage.to(self.device)
+        self.negative = torch.cat([self.negative, other.negative.to(self.device)])
+        if offset is not None and other.count:
+            self._shift_rows(other.sum.to(self.device), other.count, offset)
         return self
+
+    def reshift_(self, offset: torch.Tensor) -> "FrequentDirections":
+        """The same sketch for the rows y + offset [D] (the rows around a shift `offset` lower): exact, see above."""
+        if self.count:
+            self._shift_rows(self.sum.clone(), self.count, offset)
+        return self
+
+    def _shift_rows(self, sum_d: torch.Tensor, count: int, offset: torch.Tensor) -> None:
+        """Rows with sum `sum_d` and `count`, already in the sketch, become those rows + offset."""
+        offset = offset.to(self.device, torch.float64)
+        if not bool(offset.any()):
+            return
+        self.negative = torch.cat([self.negative, (sum_d / count ** 0.5)[None, :]])
+        self._append(((sum_d + count * offset) / count ** 0.5)[None, :].to(self.dtype))
+        self.sum += count * offset
 
     def _append(self, rows: torch.Tensor) -> None:
         capacity = self._buffer.shape[0]
@@ -97,7 +126,7 @@ class FrequentDirections:
 
     # ---- results -----------------------------------------------------------------------------------------
     def components(self, k: int, *, ddof: int = 1, compensate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k eigenpairs of the estimated covariance of the rows, (B^T B - s s^T / n) / (n - ddof).
+        """Top-k eigenpairs of the estimated covariance of the rows, (B^T B - N^T N - s s^T / n) / (n - ddof).
 
         Returns (eigenvalues [k] fp64, descending; vectors [D, k] fp64, orthonormal columns, each with its
         largest-magnitude entry positive). The estimate is within `error_bound(ddof)` of the exact covariance in
@@ -108,19 +137,21 @@ class FrequentDirections:
             that stayed in the sketch throughout (the top ones, for k well below l) lost exactly the total shrinkage,
             and adding it back is nearly exact. False returns the raw sketch eigenvalues (the lower end).
         """
-        max_k = min(self.dim, self._filled + 1)
+        subtracted = self.negative.shape[0] + 1  # the negative rows and the mean
+        max_k = min(self.dim, self._filled + subtracted)
         if not 1 <= k <= max_k:
-            raise ValueError(f"FrequentDirections.components: k must be in [1, {max_k}] (sketch rows + 1, at most "
-                             f"dim), got {k}")
+            raise ValueError(f"FrequentDirections.components: k must be in [1, {max_k}] (sketch rows + {subtracted}, "
+                             f"at most dim), got {k}")
         if self.count <= ddof:
             raise AutoskillError(f"the sketch holds {self.count} rows; at least {ddof + 1} are needed")
-        # The estimate is M^T J M with M = [B; s^T / sqrt(n)] and J = diag(1, ..., 1, -1): its eigenvectors lie in
-        # the row space of M. With M^T = Q R, M^T J M = Q (R J R^T) Q^T, so a small eigenproblem gives them exactly.
+        # The estimate is M^T J M with M = [B; N; s^T / sqrt(n)] and J = diag(1, ..., 1, -1, ..., -1): its
+        # eigenvectors lie in the row space of M. With M^T = Q R, M^T J M = Q (R J R^T) Q^T, so a small eigenproblem
+        # gives them exactly.
         sketch = self._buffer[:self._filled].to(torch.float64)
         mean_row = (self.sum / self.count ** 0.5)[None, :]
-        q, r = torch.linalg.qr(torch.cat([sketch, mean_row]).T)  # [D, m + 1], [m + 1, m + 1] (fewer if m + 1 > D)
+        q, r = torch.linalg.qr(torch.cat([sketch, self.negative, mean_row]).T)  # [D, m + c + 1] (fewer if > D)
         signs = torch.ones(r.shape[1], dtype=r.dtype, device=r.device)
-        signs[-1] = -1.0
+        signs[self._filled:] = -1.0
         evals, evecs = torch.linalg.eigh((r * signs) @ r.T)
         evals, evecs = evals.flip(0)[:k], evecs.flip(1)[:, :k]
         vectors = canonical_signs(q @ evecs)
@@ -143,6 +174,7 @@ class FrequentDirections:
             "count": torch.tensor([self.count], dtype=torch.int64),
             "sum": self.sum.clone(),
             "shrinkage": self.shrinkage.reshape(1).clone(),
+            "negative": self.negative.clone(),  # [c, D] fp64
         }
 
     @classmethod
@@ -163,4 +195,10 @@ class FrequentDirections:
         sketch.count = int(state["count"][0])
         sketch.sum = state["sum"].to(sketch.device, torch.float64).clone()
         sketch.shrinkage = state["shrinkage"].to(sketch.device, torch.float64).reshape(()).clone()
+        negative = state.get("negative")  # absent in sketches saved before shifts could change
+        if negative is not None:
+            if negative.ndim != 2 or negative.shape[1] != dim:
+                raise AutoskillError(f"Frequent Directions state is inconsistent: negative rows {tuple(negative.shape)} "
+                                     f"for {dim} dims; the file is corrupted")
+            sketch.negative = negative.to(sketch.device, torch.float64).clone()
         return sketch

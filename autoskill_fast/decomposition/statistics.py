@@ -276,6 +276,11 @@ class ScaledOperator(SymmetricOperator):
         return dense.mul_(s[:, None]).mul_(s[None, :])
 
 
+def _sq_norm_shift(s1: torch.Tensor, n: int, delta: torch.Tensor) -> torch.Tensor:
+    """What sum |y|^2 of rows y (with sum s1) gains when they become y + delta: 2 s1 . delta + n |delta|^2."""
+    return 2 * (s1 @ delta) + n * (delta @ delta)
+
+
 def _add_shift_terms(sumsq: PackedSymmetric, s1: torch.Tensor, delta: torch.Tensor, n: int) -> None:
     """Second-moment sums of rows y (with sum s1) -> those of y + delta: + s1 delta^T + delta s1^T + n delta delta^T."""
     sumsq.add_outer_(s1, delta).add_outer_(delta, s1).add_outer_(delta, delta, alpha=n)
@@ -328,7 +333,8 @@ class SketchedCovariance(Statistics):
 
     Memory is O(l D) instead of O(D^2). Count, mean and total variance stay exact (count, sum and the sum of squared
     norms are tracked in fp64); the top eigenpairs are within the sketch's reported error bound (`error_bound`).
-    Merging needs the same shift on both sides (runs resumed from one checkpoint, or given one shift).
+    Sketches made around different shifts merge: the change of shift is exact (one more row and one negative row
+    each: `FrequentDirections.reshift_`), and the merged sketch's bound is the sum of theirs.
     """
 
     def __init__(self, dim: int, sketch_size: int, *, shift: torch.Tensor | None = None, device: str | torch.device = "cpu"):
@@ -354,13 +360,26 @@ class SketchedCovariance(Statistics):
         self.sketch.update(xc_nd)  # the count and sum from the rows as given (fp64 exact); the sketch stores fp32
 
     def merge(self, other: "SketchedCovariance") -> "SketchedCovariance":
-        if self.n and other.n and not torch.equal(self.shift, other.shift.to(self.device)):
-            raise AutoskillError("sketched statistics merge only with the same shift; profile shards with exact "
-                                 "statistics (no --sketch-size) to merge them")
-        if self.shift is None:
+        """Add another sketch's rows, re-expressed around this shift when theirs differs (the other is unchanged)."""
+        if other.dim != self.dim:
+            raise AutoskillError(f"cannot merge sketched statistics of {other.dim} features into {self.dim}")
+        if other.shift is None:
+            return self
+        if self.shift is None or self.n == 0:
             self.shift = other.shift.to(self.device).clone()
-        self.sketch.merge(other.sketch)
-        self.sq_norm += other.sq_norm.to(self.device)
+        offset = other.shift.to(self.device) - self.shift  # the other's rows around our shift: y + offset
+        self.sq_norm += other.sq_norm.to(self.device) + _sq_norm_shift(other.sum.to(self.device), other.n, offset)
+        self.sketch.merge(other.sketch, offset=offset)
+        return self
+
+    def reshift_(self, shift_d: torch.Tensor) -> "SketchedCovariance":
+        """The same statistics around another shift (exact; the sketch gains one row and one negative row)."""
+        new = shift_d.detach().to(self.device, torch.float64)
+        if self.shift is not None and self.n:
+            offset = self.shift - new
+            self.sq_norm += _sq_norm_shift(self.sum, self.n, offset)
+            self.sketch.reshift_(offset)
+        self.shift = new.clone()
         return self
 
     @property

@@ -157,23 +157,19 @@ def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalRe
     done = world.broadcast_object(done)
     if isinstance(done, str):
         raise AutoskillError(done.removeprefix("error: "))
-    error, throughput = None, {}
-    try:
+
+    def generate() -> dict[str, Any]:
         if config.generation.backend == "vllm":
             from .vllm_backend import run_vllm
 
-            throughput = run_vllm(config, problems, done, out / SAMPLES_JSONL)
-        else:
-            loaded = loaded or load_model(config.model, causal_lm=True)
-            if steering is not None:
-                steering.check_model(loaded.fingerprint, what=f"the model {loaded.name}")
-            part = out / (SAMPLES_JSONL if not world.distributed else f"{SAMPLES_JSONL}.rank{world.rank}")
-            throughput = _run_hf(config, loaded, steering, problems, done, part, world)
-    except AutoskillError as e:
-        error = str(e)
-    error = world.all_succeeded(error)
-    if error is not None:
-        raise AutoskillError(error)
+            return run_vllm(config, problems, done, out / SAMPLES_JSONL)
+        model = loaded or load_model(config.model, causal_lm=True)
+        if steering is not None:
+            steering.check_model(model.fingerprint, what=f"the model {model.name}")
+        part = out / (SAMPLES_JSONL if not world.distributed else f"{SAMPLES_JSONL}.rank{world.rank}")
+        return _run_hf(config, model, steering, problems, done, part, world)
+
+    throughput = world.together(generate)
     throughputs = world.gather_objects(throughput)
     result = None
     if world.main:

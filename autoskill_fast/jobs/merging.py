@@ -1,4 +1,5 @@
 """The `merge` job: the statistics of shard runs (`profile --shard i/n`) added exactly, and one basis fitted over all.
+Sketched statistics (`--sketch-size`) merge too, within the sum of the shards' error bounds.
 
 Scores too, when every shard saved its features. The merged folder's key is made from the shards' keys.
 """
@@ -14,7 +15,7 @@ from ..basis import SkillBasis, diagnose, feature_scale
 from ..capture.fingerprint import describe_mismatch, model_mismatch
 from ..capture.layout import FeatureLayout, check_same_pooling
 from ..decomposition.pca import fit_components
-from ..decomposition.statistics import load_statistics
+from ..decomposition.statistics import SketchedCovariance, load_statistics
 from ..errors import AutoskillError
 from ..run.features import iter_feature_shards
 from ..run.folder import STATS_FILE, RunFolder, basis_summary
@@ -47,7 +48,10 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, 
                                  f"differ from {shards[0].path}'s, so their statistics do not add; profile without "
                                  "--layer-scaling pilot and choose fit-time --scaling layer")
         stats = load_statistics(shard.stats_path(record))
-        merged = stats if merged is None else merged.merge(stats)
+        if merged is not None and type(stats) is not type(merged):
+            raise AutoskillError(f"{shard.path}: holds {_kind(stats)} statistics and {shards[0].path} {_kind(merged)}; "
+                                 "merge shards profiled alike (all with --sketch-size, or none)")
+        merged = stats if merged is None else merged.merge(stats)  # around the first shard's shift
     names = [tuple(r.config.get("shard", (0, 1))) for r in records]
     if len(set(names)) != len(names):
         raise AutoskillError(f"the runs include the same shard twice: {names}")
@@ -77,3 +81,7 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, 
         merged_from=[str(s.path.resolve()) for s in shards],
         complete_shards=len(records) == n_of[0] and len(set(n_of)) == 1))
     return basis
+
+
+def _kind(stats) -> str:
+    return "sketched (--sketch-size)" if isinstance(stats, SketchedCovariance) else "exact"

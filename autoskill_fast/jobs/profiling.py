@@ -163,9 +163,6 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
     world = current_world()
     folder = RunFolder(config.out)
     if world.distributed:
-        if config.sketch_size:
-            raise AutoskillError("--sketch-size with several processes: the ranks' sketches do not add exactly; use "
-                                 "exact statistics, or one process per --shard and `merge`")
         if config.pooling.layer_scaling == "pilot":
             raise AutoskillError("--layer-scaling pilot with several processes: each rank would measure its own "
                                  "factors on its own first batch, and their statistics would not add; use fit-time "
@@ -201,27 +198,12 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
     if decision != "run":
         return _finished(folder, config, decision, world)
 
-    error, profiler, tally = None, None, None
-    try:
-        profiler, tally = _run_batches(config, loaded, resolved, folder, key, world)
-    except AutoskillError as e:
-        error = str(e)
-    error = world.all_succeeded(error)  # every rank learns the first error (no rank waits for a failed one)
-    if error is not None:
-        raise AutoskillError(error)
+    profiler, tally = world.together(lambda: _run_batches(config, loaded, resolved, folder, key, world))
     stats = _reduce_statistics(profiler.finish(), world)
     tallies = world.gather_objects({"counts": asdict(profiler.counts), "truncated": tally.truncated,
                                     "skipped": tally.skipped + profiler.tally.skipped, "forward_s": profiler.forward_s})
-    error = None
-    if world.main:
-        try:
-            basis = _write_run(config, folder, record, stats, tallies, profiler, resolved, model_fp, loaded.device,
-                               t_start, t_loaded)
-        except AutoskillError as e:
-            error = str(e)
-    error = world.all_succeeded(error)
-    if error is not None:
-        raise AutoskillError(error)
+    basis = world.together(lambda: _write_run(config, folder, record, stats, tallies, profiler, resolved, model_fp,
+                                              loaded.device, t_start, t_loaded), main_only=True)
     return basis if world.main else folder.basis(folder.record())
 
 
@@ -231,17 +213,9 @@ def _finished(folder: RunFolder, config: ProfileConfig, status: str, world: Worl
         log.info("%s: this run is already complete; `autoskill-fast fit` refits it with another k", folder.path)
     else:
         log.info("%s: the statistics of this run are saved; fitting k=%d from them", folder.path, config.k)
-        error = None
-        if world.main:
-            from .refit import fit
+        from .refit import fit
 
-            try:
-                fit(folder.path, config.k, tol=config.eig_tol)
-            except AutoskillError as e:
-                error = str(e)
-        error = world.all_succeeded(error)
-        if error is not None:
-            raise AutoskillError(error)
+        world.together(lambda: fit(folder.path, config.k, tol=config.eig_tol), main_only=True)
     return folder.basis(folder.record())
 
 
@@ -262,6 +236,8 @@ def _reduce_statistics(stats: Statistics, world: World) -> Statistics:
     """Every rank's statistics added on rank 0, exactly: around one shift (the first rank with rows), then summed."""
     if not world.distributed:
         return stats
+    if isinstance(stats, SketchedCovariance):
+        return _merge_sketches(stats, world)
     meta = world.gather_objects((stats.n, None if stats.shift is None else stats.shift.cpu()))
     common = next((shift for n, shift in meta if n), None) if world.main else None
     common = world.broadcast_object(common)
@@ -272,6 +248,19 @@ def _reduce_statistics(stats: Statistics, world: World) -> Statistics:
     world.reduce_sum_(stats.sumsq.data)
     if world.main:
         stats.set_count(sum(n for n, _ in meta))
+    return stats
+
+
+def _merge_sketches(stats: SketchedCovariance, world: World) -> SketchedCovariance:
+    """Every rank's sketch merged into rank 0's, one rank at a time (rank 0 holds at most one other sketch). Sketches
+    do not add like sums: the merge shrinks their union, and the error bounds add (`FrequentDirections`)."""
+    if not world.main:
+        world.send_tensors(stats.state_dict() if stats.shift is not None else {})  # {}: a rank without rows
+        return stats
+    for rank in range(1, world.size):
+        state = world.recv_tensors(rank, device=stats.device)
+        if state:
+            stats.merge(SketchedCovariance.from_state_dict(state, device=stats.device))
     return stats
 
 

@@ -66,36 +66,30 @@ def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> dict
     bar = Progress(disable=config.quiet or not world.main, desc="project")
 
     writer = ScoreWriter(out, basis, prefix=f"r{world.rank}-" if world.distributed else "")
-    error, parts = None, []
-    try:
-        for features, batch in pooled:
-            writer.add(features, batch.rows, batch.ids)
-            bar.update(len(batch), batch.n_tokens)
-        parts = writer.close()
-    except AutoskillError as e:
-        error = str(e)
-    finally:
-        bar.close()
-    error = world.all_succeeded(error)
-    if error is not None:
-        raise AutoskillError(error)
-    gathered = world.gather_objects((parts, tally.truncated, tally.skipped))
-    error, summary = None, None
-    if world.main:
+
+    def score_slice() -> list:
         try:
-            n = write_scores(out, [p for part, _, _ in gathered for p in part], k=basis.k, run_key=basis.run_key,
-                             basis_digest=basis.digest(), allow_empty=True)
-            if n == 0:
-                raise AutoskillError("no example of the corpus could be scored")
-            summary = {"basis": str(Path(config.basis).resolve()), "basis_run_key": basis.run_key,
-                       "config": config.to_json(), "corpus": corpus_fingerprint(config.corpus), "n": n,
-                       "truncated": sum(t for _, t, _ in gathered),
-                       "skipped": [s for _, _, skipped in gathered for s in skipped], "world_size": world.size,
-                       "seconds": time.perf_counter() - t0}
-            save_json(out / PROJECT_JSON, summary)
-        except AutoskillError as e:
-            error = str(e)
-    error = world.all_succeeded(error)
-    if error is not None:
-        raise AutoskillError(error)
-    return world.broadcast_object(summary)
+            for features, batch in pooled:
+                writer.add(features, batch.rows, batch.ids)
+                bar.update(len(batch), batch.n_tokens)
+            return writer.close()
+        finally:
+            bar.close()
+
+    parts = world.together(score_slice)
+    gathered = world.gather_objects((parts, tally.truncated, tally.skipped))
+
+    def write_summary() -> dict:
+        n = write_scores(out, [p for part, _, _ in gathered for p in part], k=basis.k, run_key=basis.run_key,
+                         basis_digest=basis.digest(), allow_empty=True)
+        if n == 0:
+            raise AutoskillError("no example of the corpus could be scored")
+        summary = {"basis": str(Path(config.basis).resolve()), "basis_run_key": basis.run_key,
+                   "config": config.to_json(), "corpus": corpus_fingerprint(config.corpus), "n": n,
+                   "truncated": sum(t for _, t, _ in gathered),
+                   "skipped": [s for _, _, skipped in gathered for s in skipped], "world_size": world.size,
+                   "seconds": time.perf_counter() - t0}
+        save_json(out / PROJECT_JSON, summary)
+        return summary
+
+    return world.broadcast_object(world.together(write_summary, main_only=True))

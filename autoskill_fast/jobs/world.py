@@ -4,9 +4,9 @@ Under torchrun (or any launcher that sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_A
 exported) each process is one rank on one device: `cuda:LOCAL_RANK` with NCCL, or the CPU with gloo. A plain run is a
 world of size 1, whose collectives do nothing, so every job runs the same code either way.
 
-Collectives of large tensors go in slices of at most `REDUCE_SLICE_BYTES` (1 GiB): c10d and gloo have element-count and
-message-size limits, and a slice bounds the staging buffers. A watchdog thread keeps a heartbeat per rank in the
-rendezvous store; when a rank stops beating (killed, crashed, its node lost) every other rank stops within
+Collectives and sends of large tensors go in slices of at most `REDUCE_SLICE_BYTES` (1 GiB): c10d and gloo have
+element-count and message-size limits, and a slice bounds the staging buffers. A watchdog thread keeps a heartbeat per
+rank in the rendezvous store; when a rank stops beating (killed, crashed, its node lost) every other rank stops within
 `LOST_AFTER_S` seconds with an error naming it, instead of waiting in a collective until the process-group timeout.
 """
 
@@ -21,12 +21,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 
 from ..errors import AutoskillError
 
+T = TypeVar("T")
 REDUCE_SLICE_BYTES = 1 << 30
 HEARTBEAT_S = 1.0  # how often each rank says it is alive
 LOST_AFTER_S = 15.0  # a rank silent this long is lost: every rank stops
@@ -90,10 +91,40 @@ class World:
             return
         import torch.distributed as dist
 
-        flat = tensor.view(-1)
-        step = max(1, slice_bytes // flat.element_size())
-        for start in range(0, flat.numel(), step):
-            dist.reduce(flat[start:start + step], dst=0, op=dist.ReduceOp.SUM)
+        for piece in _slices(tensor.view(-1), slice_bytes):
+            dist.reduce(piece, dst=0, op=dist.ReduceOp.SUM)
+
+    def send_tensors(self, tensors: dict[str, torch.Tensor], *, dst: int = 0,
+                     slice_bytes: int = REDUCE_SLICE_BYTES) -> None:
+        """Send named tensors to rank `dst` (which calls `recv_tensors` with this rank): their shapes and dtypes first,
+        then each tensor in slices of at most `slice_bytes`."""
+        import torch.distributed as dist
+
+        meta = [(name, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in tensors.items()]
+        dist.send_object_list([meta], dst=dst)
+        for tensor in tensors.values():
+            flat = tensor.to(self._wire_device()).contiguous().view(-1)
+            for piece in _slices(flat, slice_bytes):
+                dist.send(piece, dst=dst)
+
+    def recv_tensors(self, src: int, *, device: torch.device | str = "cpu",
+                     slice_bytes: int = REDUCE_SLICE_BYTES) -> dict[str, torch.Tensor]:
+        """The named tensors rank `src` sent with `send_tensors` (the same `slice_bytes`), on `device`."""
+        import torch.distributed as dist
+
+        box = [None]
+        dist.recv_object_list(box, src=src)
+        received = {}
+        for name, shape, dtype in box[0]:
+            tensor = torch.empty(shape, dtype=getattr(torch, dtype), device=self._wire_device())
+            for piece in _slices(tensor.view(-1), slice_bytes):
+                dist.recv(piece, src=src)
+            received[name] = tensor.to(device)
+        return received
+
+    def _wire_device(self) -> torch.device:
+        """Where point-to-point tensors must be: NCCL sends from and to this rank's GPU, gloo from and to the CPU."""
+        return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
 
     def all_succeeded(self, error: str | None) -> str | None:
         """Every rank reports its outcome (None: fine, else its error); the first error (by rank), on every rank."""
@@ -108,6 +139,27 @@ class World:
                 return message if rank == self.rank else f"rank {rank}: {message}"
         return None
 
+    def together(self, step: Callable[[], T], *, main_only: bool = False) -> T | None:
+        """Run `step` on every rank (on rank 0 alone with `main_only`; the others get None), then let every rank know
+        how every run went, so none waits in a later collective for a rank that failed. An AutoskillError anywhere is
+        raised on every rank (the first by rank, naming it). Any other exception (a CUDA out-of-memory, a full disk) is
+        re-raised with its traceback where it happened, and the other ranks raise an AutoskillError naming that rank
+        and the exception."""
+        result, error, raised = None, None, None
+        if self.main or not main_only:
+            try:
+                result = step()
+            except AutoskillError as e:
+                error = str(e)
+            except Exception as e:
+                error, raised = f"{type(e).__name__}: {e}", e
+        error = self.all_succeeded(error)
+        if raised is not None:
+            raise raised
+        if error is not None:
+            raise AutoskillError(error)
+        return result
+
     def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.stop()
@@ -117,6 +169,13 @@ class World:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def _slices(flat: torch.Tensor, slice_bytes: int):
+    """Consecutive views of a 1-D tensor, each of at most `slice_bytes` (at least one element)."""
+    step = max(1, slice_bytes // flat.element_size())
+    for start in range(0, flat.numel(), step):
+        yield flat[start:start + step]
 
 
 _WORLD: World | None = None

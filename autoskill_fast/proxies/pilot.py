@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -37,7 +35,7 @@ from typing import Any, Iterator
 import torch
 
 from ..analysis.selection import Pole, pole_order, random_order
-from ..artifacts import load_json, save_json
+from ..artifacts import atomic_folder, load_json, save_json
 from ..basis import SkillBasis
 from ..capture.fingerprint import fingerprint
 from ..capture.models import LoadedModel
@@ -282,15 +280,9 @@ def adapted(model: torch.nn.Module, settings: dict[str, Any], adapter: Path | No
 
 def _save_adapter(peft_model, adapter: Path) -> None:
     """The adapter's safetensors and config, written to a temporary folder and renamed into place."""
-    adapter.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(adapter, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{adapter.name}.", dir=adapter.parent))
-    try:
+    shutil.rmtree(adapter, ignore_errors=True)  # an adapter of an earlier, unfinished run
+    with atomic_folder(adapter) as tmp:
         peft_model.save_pretrained(str(tmp), safe_serialization=True)
-        os.replace(tmp, adapter)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ---- the training loop ---------------------------------------------------------------------------------------------

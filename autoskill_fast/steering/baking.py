@@ -25,10 +25,8 @@ source model.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..artifacts import load_json, save_json
+from ..artifacts import atomic_folder, load_json, save_json
 from ..errors import AutoskillError
 from ..capture.fingerprint import fingerprint_folder
 from .vector import SteeringVector
@@ -50,6 +48,7 @@ SUPPORTED = {
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
                    "generation_config.json")
+STEER_JSON = "steer.json"  # the steer job's resolved config, beside the vector it made
 VERIFY_TOKENS = 24  # the baked and hook-steered logits are compared over this many random tokens
 # Source config keys with no Llama counterpart, dropped once `_window_cap` has accounted for them.
 _WINDOW_KEYS = ("sliding_window", "use_sliding_window", "max_window_layers", "layer_types")
@@ -57,8 +56,10 @@ _LAYER_KEY = re.compile(r"^(?P<prefix>.*layers\.(?P<layer>\d+))\."
                         r"(?P<module>mlp\.(?:gate|up|down)_proj|self_attn\.o_proj)\.weight$")
 
 
-def bake(vector: SteeringVector, model_dir: str | Path, out: str | Path, *, verify: bool = True) -> Path:
-    """Write `out`: the model in `model_dir` with `vector` baked into its `down_proj` biases."""
+def bake(vector: SteeringVector, model_dir: str | Path, out: str | Path, *, verify: bool = True,
+         recipe: dict[str, Any] | None = None) -> Path:
+    """Write `out`: the model in `model_dir` with `vector` baked into its `down_proj` biases (and `recipe`, the steer
+    job's config, as `steering/steer.json`). The folder appears whole or not at all."""
     from transformers import AutoConfig
 
     src, out = Path(model_dir), Path(out)
@@ -69,9 +70,7 @@ def bake(vector: SteeringVector, model_dir: str | Path, out: str | Path, *, veri
     raw = load_json(src / "config.json")
     new_config, notes = rewrite_config(raw, config)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         biased = _write_weights(src, tmp, vector, config, add_o_proj_bias=new_config.get("attention_bias", False)
                                 and not raw.get("attention_bias", False))
         save_json(tmp / "config.json", new_config)
@@ -89,23 +88,9 @@ def bake(vector: SteeringVector, model_dir: str | Path, out: str | Path, *, veri
             record["verified_max_abs_diff"] = verify_bake(src, tmp, vector, seq_len=check_len)
             record["verified_tokens"] = check_len
         save_json(tmp / "steering" / "bake.json", record)
-        share_permissions(tmp)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if recipe is not None:
+            save_json(tmp / "steering" / STEER_JSON, recipe)
     return out
-
-
-def share_permissions(path: Path) -> None:
-    """Give `path` (and what it holds) the umask's usual modes: temp files and folders are created private, but a
-    model folder is read by servers that may run as another user."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
-        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def rewrite_config(raw: dict[str, Any], config) -> tuple[dict[str, Any], list[str]]:

@@ -13,19 +13,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..artifacts import save_json
+from ..artifacts import atomic_folder, save_json
 from ..config import ConfigError, choices, cli, parse_layers
 from ..errors import AutoskillError
 from ..capture.models import resolve_model_path
 from ..run.folder import RunFolder, load_basis
 from ..run.ranking import Ranking
-from .baking import bake, share_permissions
+from .baking import STEER_JSON, bake
 from .llamacpp import export_llamacpp
 from .vector import SteeringVector
 
 SteerFormat = Literal["hf", "llamacpp", "vector"]
 CONTROL_VECTOR_GGUF = "control_vector.gguf"
-STEER_JSON = "steer.json"
 
 
 @dataclass
@@ -151,15 +150,10 @@ def export_steering(config: SteerConfig) -> Path:
     if config.format == "hf":
         spec = config.model if config.model is not None else run_model_spec(Path(config.run))
         model_dir, _ = resolve_model_path(spec)
-        bake(vector, model_dir, out, verify=config.verify)
-        save_json(out / "steering" / STEER_JSON, config.to_json())
-        share_permissions(out / "steering" / STEER_JSON)
-        return out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise AutoskillError(f"{out}: already exists and is not empty; choose another --out or delete it")
-    if config.format == "llamacpp":
-        export_llamacpp(vector, out / CONTROL_VECTOR_GGUF)
-    vector.save(out)
-    save_json(out / STEER_JSON, config.to_json())
-    share_permissions(out)
+        return bake(vector, model_dir, out, verify=config.verify, recipe=config.to_json())
+    with atomic_folder(out) as tmp:  # the folder appears whole or not at all
+        if config.format == "llamacpp":
+            export_llamacpp(vector, tmp / CONTROL_VECTOR_GGUF)
+        vector.save(tmp)
+        save_json(tmp / STEER_JSON, config.to_json())
     return out
