@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import AutoskillError
@@ -25,6 +25,7 @@ STREAM_CHUNK_BYTES = 1 << 28  # a device tensor is written through two pinned ho
 _SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
                        torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
                        torch.uint8: "U8", torch.bool: "BOOL"}
+_TORCH_DTYPES = {name: dtype for dtype, name in _SAFETENSORS_DTYPES.items()}
 
 
 @contextmanager
@@ -222,6 +223,92 @@ def _host_chunks(tensor: torch.Tensor, chunk_bytes: int) -> Iterator[memoryview]
             start_copy(i + 1)  # into the buffer the caller finished writing
         copied[i % 2].synchronize()
         yield memoryview(buffers[i % 2][:min(chunk_bytes, n - start)].numpy())
+
+
+class TensorReader:
+    """A safetensors file read one tensor at a time, and a large 1-D tensor in slices straight into memory the caller
+    owns (`read_into`: a device accumulator, say), so it never has a whole host copy. A context manager; a missing,
+    truncated or corrupted file is a one-line error naming it."""
+
+    def __init__(self, path: str | Path, required: tuple[str, ...] = ()):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise AutoskillError(f"{self.path}: file not found")
+        try:
+            self._file = safe_open(str(self.path), framework="pt", device="cpu")
+            self._names = set(self._file.keys())
+        except (SafetensorError, OSError, ValueError) as e:
+            raise self._corrupted(e) from None
+        missing = [k for k in required if k not in self._names]
+        if missing:
+            raise AutoskillError(f"{self.path}: missing tensors {missing}; the file was not written by this version "
+                                 "of autoskill-fast")
+
+    def __enter__(self) -> "TensorReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file = None  # safetensors closes its memory map when the handle goes
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._names
+
+    def keys(self) -> list[str]:
+        return sorted(self._names)
+
+    def spec(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
+        """The dtype and shape of a tensor, read from the header alone."""
+        piece = self._file.get_slice(name)
+        return _TORCH_DTYPES[piece.get_dtype()], tuple(piece.get_shape())
+
+    def get(self, name: str) -> torch.Tensor:
+        try:
+            return self._file.get_tensor(name)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise self._corrupted(e) from None
+
+    def read_into(self, name: str, out: torch.Tensor, *, chunk_bytes: int = STREAM_CHUNK_BYTES) -> torch.Tensor:
+        """Copy the tensor `name` into `out` (contiguous, same dtype and shape, any device) by plain reads of its bytes:
+        straight into `out`'s memory on the CPU, through one pinned buffer of `chunk_bytes` for a GPU. Neither maps
+        the file nor holds a second copy of the tensor in host memory."""
+        dtype, shape = self.spec(name)
+        if dtype != out.dtype or tuple(out.shape) != shape or not out.is_contiguous():
+            raise ValueError(f"{self.path}: tensor {name!r} is {dtype} {shape}; cannot read it into "
+                             f"{out.dtype} {tuple(out.shape)}")
+        flat = out.view(-1).view(torch.uint8)
+        nbytes = flat.numel()
+        on_host = flat.device.type == "cpu"
+        buffer = None if on_host else torch.empty(min(chunk_bytes, nbytes), dtype=torch.uint8,
+                                                  pin_memory=torch.cuda.is_available())
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self._data_start(name))
+            for start in range(0, nbytes, chunk_bytes):
+                size = min(chunk_bytes, nbytes - start)
+                target = flat[start:start + size] if on_host else buffer[:size]
+                self._read_exactly(f, memoryview(target.numpy()))
+                if not on_host:
+                    flat[start:start + size].copy_(target)
+        return out
+
+    def _data_start(self, name: str) -> int:
+        """The file offset of a tensor's first byte: after the 8-byte length and the JSON header (already validated
+        by safetensors when the file was opened)."""
+        with open(self.path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        return 8 + length + int(header[name]["data_offsets"][0])
+
+    def _read_exactly(self, f, view: memoryview) -> None:
+        done = 0
+        while done < len(view):
+            got = f.readinto(view[done:])
+            if not got:
+                raise self._corrupted(EOFError(f"the file ends {len(view) - done} bytes early"))
+            done += got
+
+    def _corrupted(self, error: Exception) -> AutoskillError:
+        return AutoskillError(f"{self.path}: corrupted or truncated safetensors file ({error}); rerun the command "
+                              "that wrote it")
 
 
 def load_tensors(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:

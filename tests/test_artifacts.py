@@ -9,8 +9,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from autoskill_fast.artifacts import (atomic_folder, load_tensors, save_json, save_row_pieces, save_tensors,
-                                     write_safetensors)
+from autoskill_fast.artifacts import (TensorReader, atomic_folder, load_tensors, save_json, save_row_pieces,
+                                     save_tensors, write_safetensors)
 from autoskill_fast.errors import AutoskillError
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int8,
@@ -147,6 +147,42 @@ def test_row_pieces_that_do_not_stack_are_refused(tmp_path):
     assert os.listdir(tmp_path) == []  # nothing half-written is left
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 64, 1 << 20])
+def test_tensor_reader_reads_every_tensor_into_given_memory(tmp_path, chunk_bytes):
+    tensors = random_tensors(5)
+    write_safetensors(tmp_path / "r.safetensors", tensors, {"n": "3"})
+    with TensorReader(tmp_path / "r.safetensors", required=("transposed",)) as reader:
+        assert reader.keys() == sorted(tensors) and "transposed" in reader and "absent" not in reader
+        for name, want in tensors.items():
+            assert reader.spec(name) == (want.dtype, tuple(want.shape)), name
+            assert torch.equal(reader.get(name), want), name
+            out = torch.full_like(want, 1 if want.dtype == torch.bool else 3)
+            assert reader.read_into(name, out, chunk_bytes=chunk_bytes) is out
+            assert torch.equal(out, want), name
+        with pytest.raises(ValueError, match="cannot read it into"):
+            reader.read_into("transposed", torch.empty(6, 9))  # the shape is [9, 6]
+        with pytest.raises(ValueError, match="cannot read it into"):
+            reader.read_into("transposed", torch.empty(9, 6, dtype=torch.float64))
+
+
+def test_tensor_reader_errors_name_the_file(tmp_path):
+    with pytest.raises(AutoskillError, match="absent.safetensors: file not found"):
+        TensorReader(tmp_path / "absent.safetensors")
+    path = tmp_path / "r.safetensors"
+    write_safetensors(path, {"a": torch.arange(1000.0), "b": torch.ones(3)})
+    with pytest.raises(AutoskillError, match="r.safetensors: missing tensors \\['c'\\]"):
+        TensorReader(path, required=("a", "c"))
+    data = path.read_bytes()
+    (tmp_path / "short.safetensors").write_bytes(data[:-4])
+    with pytest.raises(AutoskillError, match="short.safetensors: corrupted or truncated"):
+        TensorReader(tmp_path / "short.safetensors")
+    # A file cut short after it was opened (a disk gone, a copy still running): the read says so.
+    with TensorReader(path) as reader:
+        path.write_bytes(data[:200])
+        with pytest.raises(AutoskillError, match="r.safetensors: corrupted or truncated.*ends .* bytes early"):
+            reader.read_into("a", torch.empty(1000))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_device_tensors_are_streamed_through_pinned_chunks(tmp_path):
@@ -159,3 +195,7 @@ def test_device_tensors_are_streamed_through_pinned_chunks(tmp_path):
         assert torch.equal(loaded[name], t.cpu()), name
     save_tensors(tmp_path / "e.safetensors", {"big": big})
     assert torch.equal(load_tensors(tmp_path / "e.safetensors")["big"], big.cpu())
+    with TensorReader(tmp_path / "e.safetensors") as reader:  # back onto the device through one pinned chunk
+        out = torch.empty_like(big)
+        reader.read_into("big", out, chunk_bytes=1 << 20)
+        assert torch.equal(out, big)

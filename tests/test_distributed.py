@@ -167,7 +167,8 @@ def test_two_processes_with_sketches_equal_one_exact_profile(tmp_path, tiny_mode
     cosines = torch.linalg.svdvals(a.components_.double() @ b.components_.double().T)
     assert bool((cosines >= 1 - 1e-6).all()), cosines
     sa, sb = Scores.load(tmp_path / "one"), Scores.load(tmp_path / "two")
-    assert sa.ids == sb.ids and torch.allclose(sa.projection, sb.projection, atol=1e-5 * float(sa.projection.abs().max()))
+    assert sa.ids == sb.ids
+    assert torch.allclose(sa.projection, sb.projection, atol=1e-5 * float(sa.projection.abs().max()))
 
 
 def rank_pids(parent: int) -> list[int]:

@@ -76,6 +76,26 @@ def test_errors_are_clear(tmp_path):
         StreamingCovariance.load(tmp_path / "bad.safetensors")
 
 
+@pytest.mark.parametrize("accum", [torch.float64, torch.float32], ids=str)
+def test_loading_reads_the_sums_into_the_accumulator_once(tmp_path, monkeypatch, accum):
+    """The packed sums go from the file straight into the new accumulator (never a whole tensor of them read first),
+    and the loaded statistics are the saved ones exactly."""
+    stats = StreamingCovariance(300, accum_dtype=accum)
+    stats.update(data(97, 300, seed=9))
+    stats.save(tmp_path / "s.safetensors")
+    from autoskill_fast import artifacts
+
+    read = []
+    original = artifacts.TensorReader.get
+    monkeypatch.setattr(artifacts.TensorReader, "get", lambda self, name: read.append(name) or original(self, name))
+    loaded = load_statistics(tmp_path / "s.safetensors")
+    assert "sumsq_packed" not in read and read
+    assert loaded.n == 97 and loaded.sumsq.dtype == accum
+    assert torch.equal(loaded.sumsq.data, stats.sumsq.data) and torch.equal(loaded.sum, stats.sum)
+    assert torch.equal(loaded.shift, stats.shift)
+    assert torch.equal(StreamingCovariance.from_state_dict(stats.state_dict()).sumsq.data, loaded.sumsq.data)
+
+
 def test_sums_are_block_packed_and_half_the_square():
     stats = StreamingCovariance(1000)
     assert isinstance(stats.sumsq, PackedSymmetric) and stats.sumsq.layout.tile == 128

@@ -198,7 +198,7 @@ class FrequentDirections:
         negative = state.get("negative")  # absent in sketches saved before shifts could change
         if negative is not None:
             if negative.ndim != 2 or negative.shape[1] != dim:
-                raise AutoskillError(f"Frequent Directions state is inconsistent: negative rows {tuple(negative.shape)} "
-                                     f"for {dim} dims; the file is corrupted")
+                raise AutoskillError(f"Frequent Directions state is inconsistent: negative rows "
+                                     f"{tuple(negative.shape)} for {dim} dims; the file is corrupted")
             sketch.negative = negative.to(sketch.device, torch.float64).clone()
         return sketch

@@ -12,10 +12,11 @@ products with (S2 - S1 S1^T / n) / (n - ddof) without ever forming the D x D cov
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
-from ..artifacts import load_tensors, save_tensors
+from ..artifacts import TensorReader, save_tensors
 from ..errors import AutoskillError
 from ..kernels import PackedSymmetric, cov_update_
 from ..kernels.packed import BlockPackedLayout
@@ -232,21 +233,30 @@ class StreamingCovariance(Statistics):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor], *, device: str | torch.device = "cpu") -> "StreamingCovariance":
+        packed = state["sumsq_packed"]
+        return cls._restore(state, packed.dtype, tuple(packed.shape), lambda data: data.copy_(packed), device)
+
+    @classmethod
+    def _restore(cls, state: dict[str, torch.Tensor], packed_dtype: torch.dtype, packed_shape: tuple[int, ...],
+                 fill: Callable[[torch.Tensor], Any], device: str | torch.device) -> "StreamingCovariance":
+        """Statistics from their small tensors and `fill`, which writes the packed sums into the new accumulator's
+        own storage (a copy, or reads from the file): one copy of the sums on the device, never two."""
         dim = state["shift"].numel()
         if state["sum"].numel() != dim:
             raise AutoskillError("statistics tensors have inconsistent sizes; the file is corrupted")
-        packed = state["sumsq_packed"]
         try:
             layout = BlockPackedLayout(dim, int(state["sumsq_tile"].flatten()[0]))
-            PackedSymmetric(packed, layout)  # validates the size
         except (ValueError, IndexError) as exc:
             raise AutoskillError(f"statistics tensors have inconsistent sizes ({exc}); the file is corrupted")
-        if packed.dtype not in (torch.float32, torch.float64):
-            raise AutoskillError(f"the second-moment sums are {packed.dtype}, not float32/float64; "
+        if packed_shape != (layout.numel,):
+            raise AutoskillError(f"statistics tensors have inconsistent sizes (the packed sums of D={dim}, tile="
+                                 f"{layout.tile} are {layout.numel} numbers, got shape {packed_shape}); the file is "
+                                 "corrupted")
+        if packed_dtype not in (torch.float32, torch.float64):
+            raise AutoskillError(f"the second-moment sums are {packed_dtype}, not float32/float64; "
                                  "the file is corrupted")
-        # The sums are copied straight into the accumulator's own storage: one copy on the device, never two.
-        stats = cls(dim, shift=state["shift"], accum_dtype=packed.dtype, device=device, tile=layout.tile)
-        stats.sumsq.data.copy_(packed)
+        stats = cls(dim, shift=state["shift"], accum_dtype=packed_dtype, device=device, tile=layout.tile)
+        fill(stats.sumsq.data)
         stats._n = int(state["count"][0])
         stats.sum = state["sum"].to(stats.device, torch.float64).clone()
         return stats
@@ -439,8 +449,22 @@ def statistics_from_state(state: dict[str, torch.Tensor], *, device: str | torch
 
 def load_statistics(path: str | Path, *, device: str | torch.device = "cpu",
                     expect: type | None = None) -> Statistics:
-    """Exact or sketched statistics, whichever the file holds (`expect`: the class the caller needs)."""
-    stats = statistics_from_state(load_tensors(path), device=device, source=str(path))
+    """Exact or sketched statistics, whichever the file holds (`expect`: the class the caller needs). The packed sums
+    of exact statistics are read straight into the accumulator on `device` (through one pinned slice for a GPU), so
+    no second copy of them is ever in host memory: resuming 8 ranks of Llama-3-8B statistics does not need 8 x 30 GB
+    of host RAM, and `fit` on a CPU holds the sums once."""
+    with TensorReader(path) as reader:
+        if "fd.sketch" in reader or "sumsq_packed" not in reader:
+            stats = statistics_from_state({name: reader.get(name) for name in reader.keys()}, device=device,
+                                          source=str(path))
+        else:
+            missing = [k for k in STATE_KEYS if k not in reader]
+            if missing:
+                raise AutoskillError(f"{path}: missing tensors {missing}; not statistics of autoskill-fast")
+            small = {name: reader.get(name) for name in STATE_KEYS if name != "sumsq_packed"}
+            dtype, shape = reader.spec("sumsq_packed")
+            stats = StreamingCovariance._restore(small, dtype, shape,
+                                                 lambda data: reader.read_into("sumsq_packed", data), device)
     if expect is not None and not isinstance(stats, expect):
         raise AutoskillError(f"{path} holds {type(stats).__name__} statistics, not {expect.__name__}")
     return stats
