@@ -168,13 +168,18 @@ args = sys.argv[2:]  # sys.argv[1] is vllm_worker.py
 request = json.load(open(args[args.index("--request") + 1]))
 mode = os.environ.get("FAKE_VLLM_MODE", "ok")
 n, eos = request["sampling"]["n"], request["sampling"]["eos_token_id"]
+gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+if os.environ.get("FAKE_VLLM_SEEN"):
+    with open(os.environ["FAKE_VLLM_SEEN"], "a") as seen:
+        seen.write(json.dumps({"gpus": gpus, "tensor_parallel": request["engine"]["tensor_parallel"],
+                               "batches": [batch["batch"] for batch in request["batches"]]}) + "\\n")
 with open(args[args.index("--out") + 1], "a") as out:
     def write(record):
         out.write(json.dumps(record) + "\\n")
         out.flush()
     write({"kind": "load", "load_s": 0.5, "vllm": "fake"})
     for k, batch in enumerate(request["batches"]):
-        if k == 1 and mode == "fail":
+        if k == 1 and mode == "fail" or mode == "fail-gpu-" + str(gpus):
             sys.exit("RuntimeError: the fake engine died")
         if k == 1 and mode == "hang":  # an engine process of its own, as vLLM has, and both wait forever
             child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
@@ -199,13 +204,13 @@ def fake_vllm(tmp_path, monkeypatch):
     return python
 
 
-def fake_eval(tmp_path, tiny_model, name: str, **kw) -> EvalConfig:
+def fake_eval(tmp_path, tiny_model, name: str, *, engines: int = 1, tensor_parallel: int = 1, **kw) -> EvalConfig:
     problems = write_jsonl(tmp_path / "problems.jsonl", [
         {"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"} for i in range(6)])
+    generation = GenerationConfig(backend="vllm", n=2, max_new_tokens=8, batch_size=2, vllm_engines=engines,
+                                  tensor_parallel=tensor_parallel)
     return EvalConfig(out=str(tmp_path / name), problems=ProblemsConfig(path=str(problems)),
-                      model=ModelConfig(str(tiny_model("llama"))),
-                      generation=GenerationConfig(backend="vllm", n=2, max_new_tokens=8, batch_size=2), quiet=True,
-                      **kw)
+                      model=ModelConfig(str(tiny_model("llama"))), generation=generation, quiet=True, **kw)
 
 
 def alive(pid: int) -> bool:
@@ -264,6 +269,56 @@ def test_stopping_early_kills_the_worker_and_its_engine(tmp_path, tiny_model, fa
     monkeypatch.setenv("FAKE_VLLM_MODE", "ok")
     evaluate(config)
     assert samples(config.out) == reference
+
+
+def test_engines_side_by_side_write_one_engines_samples(tmp_path, tiny_model, fake_vllm, monkeypatch):
+    reference = evaluate(fake_eval(tmp_path, tiny_model, "reference"))
+    seen = tmp_path / "seen.jsonl"
+    monkeypatch.setenv("FAKE_VLLM_SEEN", str(seen))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    two = evaluate(fake_eval(tmp_path, tiny_model, "two", engines=2, tensor_parallel=2))
+    engines = sorted((json.loads(line) for line in seen.read_text().splitlines()), key=lambda e: e["gpus"])
+    assert engines == [{"gpus": "0,1", "tensor_parallel": 2, "batches": [0, 2]},
+                       {"gpus": "2,3", "tensor_parallel": 2, "batches": [1]}]
+    assert samples(two.folder) == samples(reference.folder)  # in batch order, whichever engine finished first
+    assert two.record["timings"]["generated_tokens"] == reference.record["timings"]["generated_tokens"]
+    assert two.record["key"] == reference.record["key"]  # how many engines is not part of what is evaluated
+
+    # One engine fails: the others stop, what was appended is kept, and a rerun (here with one engine) completes it.
+    seen.unlink()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,1,7")
+    monkeypatch.setenv("FAKE_VLLM_MODE", "fail-gpu-1")
+    config = fake_eval(tmp_path, tiny_model, "failed", engines=3)
+    with pytest.raises(AutoskillError, match=r"(?s)on GPUs 1 failed with exit code 1.*the fake engine died"):
+        evaluate(config)
+    assert sorted(json.loads(line)["gpus"] for line in seen.read_text().splitlines()) == ["1", "5", "7"]
+    assert (Path(config.out) / "vllm_worker-1.log").is_file()
+    assert {line["batch"] for line in samples(config.out)} <= {0, 2}
+    monkeypatch.setenv("FAKE_VLLM_MODE", "ok")
+    resumed = evaluate(fake_eval(tmp_path, tiny_model, "failed"))
+    assert samples(resumed.folder) == samples(reference.folder)
+
+
+def test_engine_gpus(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert vllm_backend.engine_gpus(1, 4) == [None]  # one engine: the environment as it is
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert vllm_backend.engine_gpus(4, 2) == ["0,1", "2,3", "4,5", "6,7"]
+    with pytest.raises(AutoskillError, match="--vllm-engines 3 x --tensor-parallel 3 needs 9 GPUs; 8 GPU"):
+        vllm_backend.engine_gpus(3, 3)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # a CPU build of torch beside a GPU build of vLLM
+    assert vllm_backend.engine_gpus(2, 1) == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 6,2")
+    assert vllm_backend.engine_gpus(3, 1) == ["3", "6", "2"]
+    with pytest.raises(AutoskillError, match="needs 4 GPUs; CUDA_VISIBLE_DEVICES=3, 6,2"):
+        vllm_backend.engine_gpus(2, 2)
+    from autoskill_fast.config import ConfigError
+
+    with pytest.raises(ConfigError, match="vllm_engines.*applies to --backend vllm"):
+        GenerationConfig(vllm_engines=2)
+    with pytest.raises(ConfigError, match="tensor_parallel.*must be positive"):
+        GenerationConfig(backend="vllm", tensor_parallel=0)
 
 
 def test_refusals(tmp_path, tiny_model, fake_vllm, monkeypatch):

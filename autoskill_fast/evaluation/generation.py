@@ -43,12 +43,21 @@ class GenerationConfig:
     """hf: transformers generate (CPU or GPU, in process); vllm: vLLM's offline engine (its own environment here)."""
     batch_size: int = 8
     """Problems per batch (hf: one generate call with n samples each; also the unit of resume)."""
+    vllm_engines: int = 1
+    """vllm: engines run side by side, each on GPUs of its own (CUDA_VISIBLE_DEVICES), the batches dealt among them;
+    the samples are those one engine gives. (The hf backend spreads over GPUs under torchrun.)"""
+    tensor_parallel: int = 1
+    """vllm: the GPUs each engine spreads the model over (vLLM's tensor_parallel_size)."""
 
     def __post_init__(self):
         owner = "GenerationConfig"
-        for name in ("n", "max_new_tokens", "batch_size"):
+        for name in ("n", "max_new_tokens", "batch_size", "vllm_engines", "tensor_parallel"):
             if getattr(self, name) < 1:
                 raise ConfigError(owner, name, f"must be positive, got {getattr(self, name)}")
+        for name in ("vllm_engines", "tensor_parallel"):
+            if getattr(self, name) > 1 and self.backend != "vllm":
+                raise ConfigError(owner, name, "applies to --backend vllm; the hf backend runs one process per GPU "
+                                               "under torchrun")
         if self.temperature < 0:
             raise ConfigError(owner, "temperature", f"must be 0 (greedy) or more, got {self.temperature}")
         if not 0 < self.top_p <= 1:

@@ -31,7 +31,7 @@ from ..progress import Progress
 from .generation import GenerationConfig, HFGenerator, batch_seed, prompt_text
 from .passk import Estimate, mean_interval, pass_at_k_interval
 from .problems import Problem, ProblemsConfig, load_problems, split_record
-from .samples import SAMPLES_JSONL, append_batch, batches_of, read_samples, rewrite_samples
+from .samples import SAMPLES_JSONL, append_batch, batches_of, join_in_batch_order, read_samples, rewrite_samples
 
 EVAL_JSON = "eval.json"
 Metric = Literal["passk", "nll"]
@@ -106,6 +106,8 @@ def eval_key(config: EvalConfig, model_fp: dict[str, Any], problems: dict[str, A
     for volatile in ("out", "quiet", "overwrite", "k", "baseline", "steering"):
         cfg.pop(volatile)
     cfg["model"].pop("device", None)
+    for how in ("vllm_engines", "tensor_parallel"):  # where the samples are computed, not what they are
+        cfg["generation"].pop(how, None)
     blob = json.dumps({"config": cfg, "model": model_fp, "problems": problems, "steering": steering}, sort_keys=True,
                       default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
@@ -123,8 +125,8 @@ def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalRe
     if out.exists() and not out.is_dir():
         raise AutoskillError(f"{out}: is a file, not a folder; choose another --out")
     if world.distributed and config.generation.backend == "vllm":
-        raise AutoskillError("the vllm backend runs one engine (it spreads a model over a node's GPUs itself): launch "
-                             "`eval --backend vllm` without torchrun")
+        raise AutoskillError("the vllm backend starts its own engines over a node's GPUs (--vllm-engines, "
+                             "--tensor-parallel): launch `eval --backend vllm` without torchrun")
     problems = load_problems(config.problems)
     problems_record = split_record(config.problems, problems)
     steering = _load_steering(config.steering)
@@ -210,12 +212,7 @@ def _drop_samples(out: Path) -> None:
 
 def _join_parts(out: Path) -> None:
     """The ranks' samples (and any from earlier runs) as one samples.jsonl, in batch order."""
-    parts = sorted(out.glob(f"{SAMPLES_JSONL}.rank*"))
-    lines = read_samples(out / SAMPLES_JSONL) + [line for part in parts for line in read_samples(part)]
-    lines.sort(key=lambda line: line["batch"])  # stable: a batch's lines keep their order
-    rewrite_samples(out / SAMPLES_JSONL, lines)
-    for part in parts:
-        part.unlink()
+    join_in_batch_order(out / SAMPLES_JSONL, sorted(out.glob(f"{SAMPLES_JSONL}.rank*")))
 
 
 def _check_golds(problems: list[Problem], timeout: float) -> None:

@@ -41,6 +41,18 @@ def rewrite_samples(path: Path, lines: list[dict[str, Any]]) -> None:
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
+def join_in_batch_order(path: Path, parts: list[Path] = ()) -> None:
+    """`path`'s lines and those of `parts` (which are then deleted) as one `path`, in batch order: what one process
+    appending batch after batch writes. Stable: a batch's lines keep their order. Not rewritten when already so."""
+    lines = read_samples(path) + [line for part in parts for line in read_samples(part)]
+    batches = [line["batch"] for line in lines]
+    if parts or batches != sorted(batches):
+        lines.sort(key=lambda line: line["batch"])
+        rewrite_samples(path, lines)
+    for part in parts:
+        part.unlink()
+
+
 def append_batch(path: Path, lines: list[dict[str, Any]]) -> None:
     """Append one batch's lines and sync: the batch is complete on disk once this returns (its last line says so)."""
     if lines:

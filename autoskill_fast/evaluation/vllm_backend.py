@@ -8,6 +8,12 @@ backends feed the model the same token ids; completions are decoded here too. Th
 the hf backend (auto: float32 on CPU, bfloat16 on GPU); --device is not passed on: vLLM runs on its build's device
 (CUDA_VISIBLE_DEVICES chooses the GPU).
 
+Several GPUs: `--tensor-parallel T` spreads each engine's model over T GPUs (vLLM's tensor_parallel_size), and
+`--vllm-engines E` runs E engines side by side, engine e on the e-th group of T visible GPUs (its own
+CUDA_VISIBLE_DEVICES), batch k of those left dealt to engine k % E. Each batch's samples depend only on its seeds, so
+they are the ones one engine gives; batches are graded and appended as they arrive, and samples.jsonl is put back in
+batch order at the end. A failing engine stops the others at once; the batches already appended are kept.
+
 `--metric nll` is refused: it scores gold solutions with a forward pass, which the hf backend does (vLLM only
 samples here).
 """
@@ -24,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +39,7 @@ from ..errors import AutoskillError
 from ..progress import Progress
 from .generation import Completion, batch_seed, prompt_text
 from .problems import Problem
-from .samples import append_batch, batches_of
+from .samples import append_batch, batches_of, join_in_batch_order
 
 WORKER = Path(__file__).with_name("vllm_worker.py")
 REPO_VENV_PYTHON = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
@@ -70,6 +77,29 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+def engine_gpus(engines: int, tensor_parallel: int) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES for each engine (None: leave the environment as it is, for one engine): consecutive groups
+    of `tensor_parallel` from the visible GPUs (CUDA_VISIBLE_DEVICES if set, else every GPU torch sees, else 0, 1, ...
+    unchecked: a CPU build of torch here does not see the GPUs of the vLLM environment)."""
+    if engines == 1:
+        return [None]
+    needed = engines * tensor_parallel
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        visible = [gpu.strip() for gpu in listed.split(",") if gpu.strip()]
+        source = f"CUDA_VISIBLE_DEVICES={listed}"
+    else:
+        import torch
+
+        count = torch.cuda.device_count()
+        visible = [str(i) for i in range(count if count else needed)]
+        source = f"{count} GPU(s) visible"
+    if len(visible) < needed:
+        raise AutoskillError(f"--vllm-engines {engines} x --tensor-parallel {tensor_parallel} needs {needed} GPUs; "
+                             f"{source}: use fewer engines")
+    return [",".join(visible[e * tensor_parallel:(e + 1) * tensor_parallel]) for e in range(engines)]
+
+
 def run_vllm(config, problems: list[Problem], done: set[str], samples_path: Path) -> dict[str, Any]:
     """Sample, grade and append to `samples_path` every batch of an `EvalConfig`'s evaluation not yet complete; return
     the throughput (generated tokens, generate seconds, tokens/s, engine load seconds)."""
@@ -100,38 +130,66 @@ def run_vllm(config, problems: list[Problem], done: set[str], samples_path: Path
                              f"--max-new-tokens {gen.max_new_tokens} exceeds the model's context of {context} tokens; "
                              "lower --max-new-tokens")
     dtype = resolve_dtype(config.model.dtype, resolve_device(config.model.device))
-    request = {
-        "engine": {"model": str(path), "dtype": str(dtype).removeprefix("torch."), "max_model_len": max_model_len,
-                   "enforce_eager": True, "seed": gen.seed, "trust_remote_code": remote},
-        "sampling": {"n": gen.n, "temperature": gen.temperature, "top_p": gen.top_p, "max_tokens": gen.max_new_tokens,
-                     "eos_token_id": tokenizer.eos_token_id},
-        "batches": [{"batch": b, "seed": batch_seed(gen.seed, b),
-                     "prompts": prompts[b * gen.batch_size:(b + 1) * gen.batch_size]} for b in todo],
-    }
+    gpus = engine_gpus(min(gen.vllm_engines, len(todo)), gen.tensor_parallel)
+    engine = {"model": str(path), "dtype": str(dtype).removeprefix("torch."), "max_model_len": max_model_len,
+              "enforce_eager": True, "seed": gen.seed, "trust_remote_code": remote,
+              "tensor_parallel": gen.tensor_parallel}
+    sampling = {"n": gen.n, "temperature": gen.temperature, "top_p": gen.top_p, "max_tokens": gen.max_new_tokens,
+                "eos_token_id": tokenizer.eos_token_id}
     from .grading import Grader
 
     bar = Progress(disable=config.quiet, desc="eval", initial_examples=len(done))
-    received = []
-    with tempfile.TemporaryDirectory(prefix="autoskill-vllm-") as tmp, Grader(timeout=config.grade_timeout) as grader:
-        tmp = Path(tmp)
-        (tmp / "request.json").write_text(json.dumps(request), encoding="utf-8")
-        with _Worker(python, tmp, samples_path.parent / WORKER_LOG) as worker:
-            for record in worker.records():
-                if record["kind"] == "load":
-                    throughput["load_s"] = record["load_s"]
-                    continue
-                b = record["batch"]
-                append_batch(samples_path, _graded_lines(b, batches[b], record["outputs"], tokenizer, grader))
-                received.append(b)
-                throughput["generated_tokens"] += record["generated_tokens"]
-                throughput["generate_s"] += record["generate_s"]
-                bar.update(len(batches[b]), record["generated_tokens"])
+    received, load_s, generate_s = [], [0.0] * len(gpus), [0.0] * len(gpus)
+    with tempfile.TemporaryDirectory(prefix="autoskill-vllm-") as tmp, Grader(timeout=config.grade_timeout) as grader, \
+            ExitStack() as running:
+        workers = []
+        for e, visible in enumerate(gpus):
+            folder = Path(tmp) / f"engine-{e}"
+            folder.mkdir()
+            mine = todo[e::len(gpus)]
+            request = {"engine": engine, "sampling": sampling,
+                       "batches": [{"batch": b, "seed": batch_seed(gen.seed, b),
+                                    "prompts": prompts[b * gen.batch_size:(b + 1) * gen.batch_size]} for b in mine]}
+            (folder / "request.json").write_text(json.dumps(request), encoding="utf-8")
+            log = samples_path.parent / (WORKER_LOG if len(gpus) == 1 else f"vllm_worker-{e}.log")
+            workers.append(running.enter_context(_Worker(python, folder, log, gpus=visible)))
+        for e, record in _records_of(workers):
+            if record["kind"] == "load":
+                load_s[e] = record["load_s"]
+                continue
+            b = record["batch"]
+            append_batch(samples_path, _graded_lines(b, batches[b], record["outputs"], tokenizer, grader))
+            received.append(b)
+            throughput["generated_tokens"] += record["generated_tokens"]
+            generate_s[e] += record["generate_s"]
+            bar.update(len(batches[b]), record["generated_tokens"])
     bar.close()
-    if received != todo:
+    if sorted(received) != todo:
         raise AutoskillError(f"the vLLM worker ({python}) exited without generating batches "
                              f"{sorted(set(todo) - set(received))}; rerun to resume")
+    join_in_batch_order(samples_path)  # engines side by side, or an earlier run's, may have appended out of order
+    # The engines ran side by side: their wall time is the slowest one's.
+    throughput["load_s"], throughput["generate_s"] = max(load_s), max(generate_s)
     throughput["tokens_per_s"] = throughput["generated_tokens"] / max(throughput["generate_s"], 1e-9)
     return throughput
+
+
+def _records_of(workers: list["_Worker"]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(engine, record) for each line any worker writes, as soon as it is whole; a worker that failed is raised at
+    once (leaving the `with` blocks then stops the others)."""
+    running = dict(enumerate(workers))
+    while running:
+        progressed = False
+        for e, worker in list(running.items()):
+            exited = worker.process.poll() is not None  # checked before reading, so no last line is missed
+            for record in worker.whole_lines():
+                progressed = True
+                yield e, record
+            if exited:
+                del running[e]
+                worker.raise_if_failed()
+        if running and not progressed:
+            time.sleep(POLL_S)
 
 
 def _graded_lines(b: int, batch: list[Problem], outputs: list[list[dict[str, Any]]], tokenizer,
@@ -158,45 +216,49 @@ def _completion(token_ids: list[int], tokenizer) -> Completion:
 
 class _Worker:
     """The worker process on tmp/request.json, in its own process group (vLLM starts engine processes of its own),
-    killed with them on leaving the `with` block if still running: after an error here, or a kill Python sees."""
+    killed with them on leaving the `with` block if still running: after an error here, or a kill Python sees.
+    `gpus`: its CUDA_VISIBLE_DEVICES (None: this process's own)."""
 
-    def __init__(self, python: str, tmp: Path, log_path: Path):
-        self.python, self.tmp, self.log_path = python, tmp, log_path
+    def __init__(self, python: str, tmp: Path, log_path: Path, *, gpus: str | None = None):
+        self.python, self.tmp, self.log_path, self.gpus = python, tmp, log_path, gpus
         self.out_path, self.stdout_path, self.stderr_path = tmp / "out.jsonl", tmp / "stdout.log", tmp / "stderr.log"
         self.process: subprocess.Popen | None = None
+        self._out = None
+        self._pending = ""
 
     def __enter__(self) -> _Worker:
         self.out_path.touch()
+        env = worker_env()
+        if self.gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus
         with open(self.stdout_path, "wb") as stdout, open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
                 [self.python, str(WORKER), "--request", str(self.tmp / "request.json"), "--out", str(self.out_path)],
-                stdout=stdout, stderr=stderr, env=worker_env(), start_new_session=True)
+                stdout=stdout, stderr=stderr, env=env, start_new_session=True)
+        self._out = open(self.out_path, encoding="utf-8")
         return self
 
     def __exit__(self, *exc_info) -> None:
+        self._out.close()
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
-    def records(self) -> Iterator[dict[str, Any]]:
-        """Each line of out.jsonl as soon as it is whole; then raise if the worker failed."""
-        with open(self.out_path, encoding="utf-8") as out:
-            pending = ""
-            while True:
-                exited = self.process.poll() is not None  # checked before reading, so no last line is missed
-                pending += out.read()
-                *whole, pending = pending.split("\n")
-                for line in whole:
-                    yield json.loads(line)
-                if exited:
-                    break
-                if not whole:
-                    time.sleep(POLL_S)
-        if self.process.returncode != 0:
-            shutil.copyfile(self.stderr_path, self.log_path)
-            with open(self.log_path, "ab") as log:
-                log.write(b"\n--- stdout ---\n" + self.stdout_path.read_bytes())
-            tail = [line for line in self.stderr_path.read_text(errors="replace").splitlines() if line.strip()]
-            raise AutoskillError(f"the vLLM worker ({self.python}) failed with exit code {self.process.returncode}; "
-                                 "the batches it finished are saved: rerun to resume. Its log: "
-                                 f"{self.log_path}. The last lines of its stderr:\n" + "\n".join(tail[-STDERR_LINES:]))
+    def whole_lines(self) -> list[dict[str, Any]]:
+        """The records written since the last call, up to the last whole line."""
+        self._pending += self._out.read()
+        *whole, self._pending = self._pending.split("\n")
+        return [json.loads(line) for line in whole]
+
+    def raise_if_failed(self) -> None:
+        """After the process exited: an error with its log when it failed."""
+        if self.process.returncode == 0:
+            return
+        shutil.copyfile(self.stderr_path, self.log_path)
+        with open(self.log_path, "ab") as log:
+            log.write(b"\n--- stdout ---\n" + self.stdout_path.read_bytes())
+        tail = [line for line in self.stderr_path.read_text(errors="replace").splitlines() if line.strip()]
+        where = "" if self.gpus is None else f" on GPUs {self.gpus}"
+        raise AutoskillError(f"the vLLM worker ({self.python}){where} failed with exit code {self.process.returncode}; "
+                             "the batches it finished are saved: rerun to resume. Its log: "
+                             f"{self.log_path}. The last lines of its stderr:\n" + "\n".join(tail[-STDERR_LINES:]))

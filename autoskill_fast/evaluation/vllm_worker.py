@@ -5,9 +5,9 @@ Run by whichever Python has vLLM (here .venv-vllm, see scripts/vllm_env.sh; on a
     PYTHON vllm_worker.py --request request.json --out out.jsonl
 
 Only vLLM and the standard library are imported: the vLLM environment does not have autoskill-fast installed.
-request.json (written by vllm_backend.py) holds the engine options (model, dtype, max_model_len, enforce_eager, seed),
-the sampling options (n, temperature, top_p, max_tokens, eos_token_id) and the batches, in order, each
-{"batch": b, "seed": s, "prompts": [[token ids], ...]}. out.jsonl receives one line when the engine is loaded
+request.json (written by vllm_backend.py) holds the engine options (model, dtype, max_model_len, enforce_eager, seed,
+tensor_parallel), the sampling options (n, temperature, top_p, max_tokens, eos_token_id) and the batches, in order,
+each {"batch": b, "seed": s, "prompts": [[token ids], ...]}. out.jsonl receives one line when the engine is loaded
 ({"kind": "load", "load_s", "vllm"}) and then one line per batch as soon as it is generated ({"kind": "batch",
 "batch", "outputs": per prompt, its n samples as {"token_ids", "finish_reason"}, "generate_s", "generated_tokens"}),
 each flushed and fsynced, so a kill loses at most the batch being generated. load_s includes importing vLLM;
@@ -58,6 +58,7 @@ def main() -> None:
     engine, sampling = request["engine"], request["sampling"]
     llm = LLM(model=engine["model"], dtype=engine["dtype"], max_model_len=engine["max_model_len"],
               enforce_eager=engine["enforce_eager"], seed=engine["seed"],
+              tensor_parallel_size=engine.get("tensor_parallel", 1),
               trust_remote_code=engine.get("trust_remote_code", False), generation_config="vllm")
     load_s = time.perf_counter() - t0
     greedy = sampling["temperature"] == 0
