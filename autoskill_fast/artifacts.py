@@ -70,9 +70,13 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
             if item.is_file():
                 with open(item, "rb") as f:
                     os.fsync(f.fileno())
-        if path.exists():
-            path.rmdir()  # empty (checked above): a rename may not replace a folder on every platform
-        os.replace(tmp, path)
+        try:
+            if path.exists():
+                path.rmdir()  # empty (checked above): a rename may not replace a folder on every platform
+            os.replace(tmp, path)
+        except OSError as e:  # another process wrote `path` meanwhile
+            raise AutoskillError(f"{path}: appeared while this was being written ({e.strerror}); was another "
+                                 "command writing the same output?") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -259,6 +263,9 @@ class TensorReader:
     def spec(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
         """The dtype and shape of a tensor, read from the header alone."""
         piece = self._file.get_slice(name)
+        if piece.get_dtype() not in _TORCH_DTYPES:
+            raise self._corrupted(ValueError(f"tensor {name!r} has dtype {piece.get_dtype()}, which this version does "
+                                             "not read"))
         return _TORCH_DTYPES[piece.get_dtype()], tuple(piece.get_shape())
 
     def get(self, name: str) -> torch.Tensor:

@@ -165,13 +165,13 @@ def test_merge_across_shifts_keeps_the_guarantee(D, ell):
     assert all(torch.equal(before[key], value) for key, value in right.state_dict().items())
     assert merged.count == 700
     assert torch.allclose(merged.sum, (x - a).sum(dim=0), rtol=1e-12, atol=1e-9)
-    assert merged.negative.shape == (1, D)
+    assert merged.positive.shape == merged.negative.shape == (1, D)  # the change of shift, kept exactly
     exact = torch.cov(x.T)
     evals, vectors = merged.components(min(D, ell) - 2, compensate=False)
     estimate = vectors @ torch.diag(evals) @ vectors.T
     top = float(torch.linalg.matrix_norm(exact, ord=2))
     bound = merged.error_bound()
-    if D + 1 <= ell:  # the shifted rows (and the one extra row) span at most l dims: nothing shrunk
+    if D <= ell:  # the shifted rows span at most l dims: nothing shrunk
         assert bound < 1e-9 * top
         want_evals, want_vectors = exact_components(x, D)
         got_evals, got_vectors = merged.components(D)
@@ -200,7 +200,19 @@ def test_reshift_changes_the_frame_not_the_estimate():
     assert max_principal_angle_deg(got_vectors, want_vectors) < 1e-4
     same = FrequentDirections(12, 16, dtype=torch.float64).update(x - a)
     same.reshift_(torch.zeros(12, dtype=torch.float64))  # no change of shift: nothing added
-    assert same.negative.shape[0] == 0 and same.state_dict()["sketch"].shape[0] == 300 % 32 + 16 * (300 >= 32)
+    assert same.positive.shape[0] == same.negative.shape[0] == 0
+
+
+def test_a_far_shift_keeps_fp32_sketches_accurate():
+    """The change of shift is kept in fp64 beside the fp32 sketch: moving unit-variance rows by a thousand standard
+    deviations costs 8e-8 of an eigenvalue at most (the correction rounded to fp32 into the sketch cost 1.1e-5)."""
+    x = synthetic(400, 16, decay=0.5, seed=12)
+    fd = FrequentDirections(16, 20).update((x - x.mean(dim=0)).float())  # fp32 storage, nothing shrunk
+    fd.reshift_(torch.full((16,), 1000.0, dtype=torch.float64))
+    want_evals, want_vectors = exact_components(x, 16)
+    got_evals, got_vectors = fd.components(16)
+    assert float(((got_evals - want_evals).abs() / want_evals).max()) < 1e-6
+    assert max_principal_angle_deg(got_vectors[:, :8], want_vectors[:, :8]) < 0.05
 
 
 def test_negative_rows_round_trip_and_old_states_load(tmp_path):
@@ -211,11 +223,15 @@ def test_negative_rows_round_trip_and_old_states_load(tmp_path):
     save_file(fd.state_dict(), str(tmp_path / "fd.safetensors"))
     restored = FrequentDirections.from_state_dict(load_file(str(tmp_path / "fd.safetensors")))
     assert torch.equal(restored.negative, fd.negative) and restored.negative.shape == (1, 9)
+    assert torch.equal(restored.positive, fd.positive) and restored.positive.shape == (1, 9)
     assert torch.equal(restored.components(3)[1], fd.components(3)[1])
-    old = {key: value for key, value in fd.state_dict().items() if key != "negative"}  # saved before negative rows
-    assert FrequentDirections.from_state_dict(old).negative.shape == (0, 9)
-    with pytest.raises(AutoskillError, match="negative rows"):
-        FrequentDirections.from_state_dict({**old, "negative": torch.zeros(1, 8, dtype=torch.float64)})
+    old = {key: value for key, value in fd.state_dict().items() if key not in ("positive", "negative")}
+    assert FrequentDirections.from_state_dict(old).negative.shape == (0, 9)  # saved before shifts could change
+    with pytest.raises(AutoskillError, match="exact rows"):
+        FrequentDirections.from_state_dict({**old, "positive": torch.zeros(1, 8, dtype=torch.float64),
+                                            "negative": torch.zeros(1, 8, dtype=torch.float64)})
+    with pytest.raises(AutoskillError, match="exact rows"):
+        FrequentDirections.from_state_dict({**old, "positive": torch.zeros(1, 9, dtype=torch.float64)})
 
 
 def test_resume_through_safetensors_equals_uninterrupted(tmp_path):

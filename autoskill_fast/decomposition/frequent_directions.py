@@ -4,7 +4,7 @@ The sketch B (at most `sketch_size` = l rows of D) keeps 0 <= Y^T Y - B^T B <= d
 with delta (the total shrinkage, tracked exactly) <= ||Y - Y_k||_F^2 / (l - k) for every k < l (Liberty 2013;
 Ghashami, Liberty, Phillips and Woodruff 2016). Rows go into a 2l-row buffer; a full buffer is shrunk back to l rows
 by one small eigendecomposition, so each row costs O(l D) amortized. Two sketches merge by shrinking the union of
-their rows, with the same guarantee (the shrinkages add).
+their rows, with the same guarantee (the merged shrinkage: both sketches', plus that of shrinking the union).
 
 Centering. The caller passes rows y = x - shift, with the shift fixed before the first row (a pilot mean, as for the
 exact `StreamingCovariance`). The sketch sees these *uncentered* shifted rows; it also keeps their exact count n and
@@ -14,10 +14,10 @@ rows (fp32 by default) from rounding away the variance under a large common offs
 
 Another shift. Rows y around one shift are y + d around a shift d lower, and
 sum (y + d)(y + d)^T = Y^T Y + (s + n d)(s + n d)^T / n - s s^T / n.
-So `reshift_(d)` feeds the sketch one more row, (s + n d) / sqrt(n), and keeps s / sqrt(n) as an exact *negative* row,
-subtracted at the end like the mean. The bound is unchanged: the sketch still lags what it was fed by at most the
-shrinkage, and everything else is exact. Sketches made around different shifts (shards, ranks: each fixes its own pilot
-mean) merge this way.
+So `reshift_(d)` keeps two exact fp64 rows beside the sketch: P gains (s + n d) / sqrt(n), added at the end, and N gains
+s / sqrt(n), subtracted like the mean. The sketch itself is untouched, so the bound is too, and fp64 keeps the
+correction exact to rounding even when d is many standard deviations. Sketches made around different shifts (shards,
+ranks, actors: each fixes its own pilot mean) merge this way, at two rows of D each.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ class FrequentDirections:
         self.count = 0
         self.sum = torch.zeros(self.dim, dtype=torch.float64, device=self.device)  # sum of the (shifted) rows
         self.shrinkage = torch.zeros((), dtype=torch.float64, device=self.device)  # total delta subtracted
-        # [c, D] fp64: rows whose outer products are subtracted from the sketch's (one per change of shift; see above)
+        # [c, D] fp64 each: exact rows whose outer products are added to (P) and subtracted from (N) the sketch's, a
+        # pair per change of shift (module docstring)
+        self.positive = torch.zeros(0, self.dim, dtype=torch.float64, device=self.device)
         self.negative = torch.zeros(0, self.dim, dtype=torch.float64, device=self.device)
 
     # ---- accumulation ------------------------------------------------------------------------------------
@@ -65,7 +67,7 @@ class FrequentDirections:
         return self
 
     def merge(self, other: "FrequentDirections", *, offset: torch.Tensor | None = None) -> "FrequentDirections":
-        """Add another sketch's rows, count, sum, shrinkage and negative rows. `offset` [D]: what to add to the other's
+        """Add another sketch's rows, count, sum, shrinkage and exact rows. `offset` [D]: what to add to the other's
         rows to express them around this sketch's shift (its shift minus ours); None when both used the same shift.
         The other sketch is left as it was."""
         if other.dim != self.dim:
@@ -74,6 +76,7 @@ class FrequentDirections:
         self.count += other.count
         self.sum += other.sum.to(self.device)
         self.shrinkage += other.shrinkage.to(self.device)
+        self.positive = torch.cat([self.positive, other.positive.to(self.device)])
         self.negative = torch.cat([self.negative, other.negative.to(self.device)])
         if offset is not None and other.count:
             self._shift_rows(other.sum.to(self.device), other.count, offset)
@@ -90,8 +93,8 @@ class FrequentDirections:
         offset = offset.to(self.device, torch.float64)
         if not bool(offset.any()):
             return
+        self.positive = torch.cat([self.positive, ((sum_d + count * offset) / count ** 0.5)[None, :]])
         self.negative = torch.cat([self.negative, (sum_d / count ** 0.5)[None, :]])
-        self._append(((sum_d + count * offset) / count ** 0.5)[None, :].to(self.dtype))
         self.sum += count * offset
 
     def _append(self, rows: torch.Tensor) -> None:
@@ -126,7 +129,7 @@ class FrequentDirections:
 
     # ---- results -----------------------------------------------------------------------------------------
     def components(self, k: int, *, ddof: int = 1, compensate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k eigenpairs of the estimated covariance of the rows, (B^T B - N^T N - s s^T / n) / (n - ddof).
+        """Top-k eigenpairs of the estimated covariance of the rows, (B^T B + P^T P - N^T N - s s^T / n) / (n - ddof).
 
         Returns (eigenvalues [k] fp64, descending; vectors [D, k] fp64, orthonormal columns, each with its
         largest-magnitude entry positive). The estimate is within `error_bound(ddof)` of the exact covariance in
@@ -137,21 +140,22 @@ class FrequentDirections:
             that stayed in the sketch throughout (the top ones, for k well below l) lost exactly the total shrinkage,
             and adding it back is nearly exact. False returns the raw sketch eigenvalues (the lower end).
         """
-        subtracted = self.negative.shape[0] + 1  # the negative rows and the mean
-        max_k = min(self.dim, self._filled + subtracted)
+        exact = 2 * self.negative.shape[0] + 1  # the exact rows and the mean
+        max_k = min(self.dim, self._filled + exact)
         if not 1 <= k <= max_k:
-            raise ValueError(f"FrequentDirections.components: k must be in [1, {max_k}] (sketch rows + {subtracted}, "
+            raise ValueError(f"FrequentDirections.components: k must be in [1, {max_k}] (sketch rows + {exact}, "
                              f"at most dim), got {k}")
         if self.count <= ddof:
             raise AutoskillError(f"the sketch holds {self.count} rows; at least {ddof + 1} are needed")
-        # The estimate is M^T J M with M = [B; N; s^T / sqrt(n)] and J = diag(1, ..., 1, -1, ..., -1): its
+        # The estimate is M^T J M with M = [B; P; N; s^T / sqrt(n)] and J = diag(1, ..., 1, -1, ..., -1): its
         # eigenvectors lie in the row space of M. With M^T = Q R, M^T J M = Q (R J R^T) Q^T, so a small eigenproblem
         # gives them exactly.
         sketch = self._buffer[:self._filled].to(torch.float64)
         mean_row = (self.sum / self.count ** 0.5)[None, :]
-        q, r = torch.linalg.qr(torch.cat([sketch, self.negative, mean_row]).T)  # [D, m + c + 1] (fewer if > D)
+        added = torch.cat([sketch, self.positive])
+        q, r = torch.linalg.qr(torch.cat([added, self.negative, mean_row]).T)  # [D, m + 2c + 1] (fewer if > D)
         signs = torch.ones(r.shape[1], dtype=r.dtype, device=r.device)
-        signs[self._filled:] = -1.0
+        signs[added.shape[0]:] = -1.0
         evals, evecs = torch.linalg.eigh((r * signs) @ r.T)
         evals, evecs = evals.flip(0)[:k], evecs.flip(1)[:, :k]
         vectors = canonical_signs(q @ evecs)
@@ -174,6 +178,7 @@ class FrequentDirections:
             "count": torch.tensor([self.count], dtype=torch.int64),
             "sum": self.sum.clone(),
             "shrinkage": self.shrinkage.reshape(1).clone(),
+            "positive": self.positive.clone(),  # [c, D] fp64
             "negative": self.negative.clone(),  # [c, D] fp64
         }
 
@@ -195,10 +200,11 @@ class FrequentDirections:
         sketch.count = int(state["count"][0])
         sketch.sum = state["sum"].to(sketch.device, torch.float64).clone()
         sketch.shrinkage = state["shrinkage"].to(sketch.device, torch.float64).reshape(()).clone()
-        negative = state.get("negative")  # absent in sketches saved before shifts could change
-        if negative is not None:
-            if negative.ndim != 2 or negative.shape[1] != dim:
-                raise AutoskillError(f"Frequent Directions state is inconsistent: negative rows "
-                                     f"{tuple(negative.shape)} for {dim} dims; the file is corrupted")
-            sketch.negative = negative.to(sketch.device, torch.float64).clone()
+        empty = torch.zeros(0, dim, dtype=torch.float64)  # absent in sketches saved before shifts could change
+        positive, negative = state.get("positive", empty), state.get("negative", empty)
+        if positive.ndim != 2 or positive.shape != negative.shape or positive.shape[1] != dim:
+            raise AutoskillError(f"Frequent Directions state is inconsistent: exact rows {tuple(positive.shape)} and "
+                                 f"{tuple(negative.shape)} for {dim} dims; the file is corrupted")
+        sketch.positive = positive.to(sketch.device, torch.float64).clone()
+        sketch.negative = negative.to(sketch.device, torch.float64).clone()
         return sketch

@@ -343,8 +343,8 @@ class SketchedCovariance(Statistics):
 
     Memory is O(l D) instead of O(D^2). Count, mean and total variance stay exact (count, sum and the sum of squared
     norms are tracked in fp64); the top eigenpairs are within the sketch's reported error bound (`error_bound`).
-    Sketches made around different shifts merge: the change of shift is exact (one more row and one negative row
-    each: `FrequentDirections.reshift_`), and the merged sketch's bound is the sum of theirs.
+    Sketches made around different shifts merge: the change of shift is exact (two fp64 rows kept beside the sketch:
+    `FrequentDirections.reshift_`); the merged bound is the sketches' shrinkages plus that of the merge's own shrink.
     """
 
     def __init__(self, dim: int, sketch_size: int, *, shift: torch.Tensor | None = None, device: str | torch.device = "cpu"):
@@ -383,7 +383,7 @@ class SketchedCovariance(Statistics):
         return self
 
     def reshift_(self, shift_d: torch.Tensor) -> "SketchedCovariance":
-        """The same statistics around another shift (exact; the sketch gains one row and one negative row)."""
+        """The same statistics around another shift (exact: two fp64 rows kept beside the sketch)."""
         new = shift_d.detach().to(self.device, torch.float64)
         if self.shift is not None and self.n:
             offset = self.shift - new

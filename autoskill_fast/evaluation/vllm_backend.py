@@ -231,6 +231,7 @@ class _Worker:
         env = worker_env()
         if self.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus
+            env.pop("VLLM_PORT", None)  # engines side by side would all take it: each picks a free port
         with open(self.stdout_path, "wb") as stdout, open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
                 [self.python, str(WORKER), "--request", str(self.tmp / "request.json"), "--out", str(self.out_path)],
@@ -240,9 +241,11 @@ class _Worker:
 
     def __exit__(self, *exc_info) -> None:
         self._out.close()
-        if self.process.poll() is None:
+        try:  # also when the worker exited: engine processes it started (tensor parallel) may still hold GPUs
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        except ProcessLookupError:
+            pass
+        self.process.wait()
 
     def whole_lines(self) -> list[dict[str, Any]]:
         """The records written since the last call, up to the last whole line."""

@@ -1,5 +1,5 @@
 """The `merge` job: the statistics of shard runs (`profile --shard i/n`) added exactly, and one basis fitted over all.
-Sketched statistics (`--sketch-size`) merge too, within the sum of the shards' error bounds.
+Sketched statistics (`--sketch-size`) merge too: the shards' shrinkages add, plus the merge's own (its error bound).
 
 Scores too, when every shard saved its features. The merged folder's key is made from the shards' keys.
 """

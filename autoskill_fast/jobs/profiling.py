@@ -253,7 +253,7 @@ def _reduce_statistics(stats: Statistics, world: World) -> Statistics:
 
 def _merge_sketches(stats: SketchedCovariance, world: World) -> SketchedCovariance:
     """Every rank's sketch merged into rank 0's, one rank at a time (rank 0 holds at most one other sketch). Sketches
-    do not add like sums: the merge shrinks their union, and the error bounds add (`FrequentDirections`)."""
+    do not add like sums: the merge shrinks their union, so the bound is the ranks' shrinkages plus its own."""
     if not world.main:
         world.send_tensors(stats.state_dict() if stats.shift is not None else {})  # {}: a rank without rows
         return stats

@@ -97,7 +97,9 @@ class World:
     def send_tensors(self, tensors: dict[str, torch.Tensor], *, dst: int = 0,
                      slice_bytes: int = REDUCE_SLICE_BYTES) -> None:
         """Send named tensors to rank `dst` (which calls `recv_tensors` with this rank): their shapes and dtypes first,
-        then each tensor in slices of at most `slice_bytes`."""
+        then each tensor in slices of at most `slice_bytes`. Several processes only."""
+        if not self.distributed:
+            raise RuntimeError("send_tensors in a world of one process: there is no other rank")
         import torch.distributed as dist
 
         meta = [(name, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in tensors.items()]
@@ -110,6 +112,8 @@ class World:
     def recv_tensors(self, src: int, *, device: torch.device | str = "cpu",
                      slice_bytes: int = REDUCE_SLICE_BYTES) -> dict[str, torch.Tensor]:
         """The named tensors rank `src` sent with `send_tensors` (the same `slice_bytes`), on `device`."""
+        if not self.distributed:
+            raise RuntimeError("recv_tensors in a world of one process: there is no other rank")
         import torch.distributed as dist
 
         box = [None]
@@ -141,10 +145,10 @@ class World:
 
     def together(self, step: Callable[[], T], *, main_only: bool = False) -> T | None:
         """Run `step` on every rank (on rank 0 alone with `main_only`; the others get None), then let every rank know
-        how every run went, so none waits in a later collective for a rank that failed. An AutoskillError anywhere is
-        raised on every rank (the first by rank, naming it). Any other exception (a CUDA out-of-memory, a full disk) is
-        re-raised with its traceback where it happened, and the other ranks raise an AutoskillError naming that rank
-        and the exception."""
+        how every run went, so none waits in a later collective for a rank that failed. `step` must not itself call a
+        collective. A rank whose step raised something other than an AutoskillError (a CUDA out-of-memory, a full disk)
+        re-raises it with its traceback; every other rank raises an AutoskillError with the first failure by rank
+        (naming that rank when it is another)."""
         result, error, raised = None, None, None
         if self.main or not main_only:
             try:
