@@ -282,20 +282,32 @@ class TensorReader:
         if dtype != out.dtype or tuple(out.shape) != shape or not out.is_contiguous():
             raise ValueError(f"{self.path}: tensor {name!r} is {dtype} {shape}; cannot read it into "
                              f"{out.dtype} {tuple(out.shape)}")
-        flat = out.view(-1).view(torch.uint8)
-        nbytes = flat.numel()
-        on_host = flat.device.type == "cpu"
-        buffer = None if on_host else torch.empty(min(chunk_bytes, nbytes), dtype=torch.uint8,
-                                                  pin_memory=torch.cuda.is_available())
+        flat = out.view(-1)
+        if flat.device.type != "cpu":
+            for start, piece in self.slices(name, chunk_bytes=chunk_bytes, pinned=True):
+                flat[start:start + piece.numel()].copy_(piece)
+            return out
+        raw = flat.view(torch.uint8)
         with open(self.path, "rb", buffering=0) as f:
             f.seek(self._data_start(name))
-            for start in range(0, nbytes, chunk_bytes):
-                size = min(chunk_bytes, nbytes - start)
-                target = flat[start:start + size] if on_host else buffer[:size]
-                self._read_exactly(f, memoryview(target.numpy()))
-                if not on_host:
-                    flat[start:start + size].copy_(target)
+            for start in range(0, raw.numel(), chunk_bytes):
+                self._read_exactly(f, memoryview(raw[start:start + chunk_bytes].numpy()))
         return out
+
+    def slices(self, name: str, *, chunk_bytes: int = STREAM_CHUNK_BYTES,
+               pinned: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+        """(index of its first element, a 1-D host tensor) for each consecutive slice of the tensor `name` (flattened),
+        read into one buffer of `chunk_bytes` that the next slice overwrites: use each before asking for the next."""
+        dtype, shape = self.spec(name)
+        count = math.prod(shape)
+        step = max(1, chunk_bytes // dtype.itemsize)
+        buffer = torch.empty(min(step, count), dtype=dtype, pin_memory=pinned and torch.cuda.is_available())
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self._data_start(name))
+            for start in range(0, count, step):
+                piece = buffer[:min(step, count - start)]
+                self._read_exactly(f, memoryview(piece.view(torch.uint8).numpy()))
+                yield start, piece
 
     def _data_start(self, name: str) -> int:
         """The file offset of a tensor's first byte: after the 8-byte length and the JSON header (already validated

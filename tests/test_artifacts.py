@@ -148,7 +148,7 @@ def test_row_pieces_that_do_not_stack_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 7, 64, 1 << 20])
-def test_tensor_reader_reads_every_tensor_into_given_memory(tmp_path, chunk_bytes):
+def test_tensor_reader_reads_every_tensor_into_given_memory_or_in_slices(tmp_path, chunk_bytes):
     tensors = random_tensors(5)
     write_safetensors(tmp_path / "r.safetensors", tensors, {"n": "3"})
     with TensorReader(tmp_path / "r.safetensors", required=("transposed",)) as reader:
@@ -159,6 +159,10 @@ def test_tensor_reader_reads_every_tensor_into_given_memory(tmp_path, chunk_byte
             out = torch.full_like(want, 1 if want.dtype == torch.bool else 3)
             assert reader.read_into(name, out, chunk_bytes=chunk_bytes) is out
             assert torch.equal(out, want), name
+            pieces = [(start, piece.clone()) for start, piece in reader.slices(name, chunk_bytes=chunk_bytes)]
+            assert [start for start, _ in pieces] == list(range(0, want.numel(), max(1, chunk_bytes // want.itemsize)))
+            got = torch.cat([piece for _, piece in pieces]) if pieces else torch.empty(0, dtype=want.dtype)
+            assert torch.equal(got, want.reshape(-1)), name
         with pytest.raises(ValueError, match="cannot read it into"):
             reader.read_into("transposed", torch.empty(6, 9))  # the shape is [9, 6]
         with pytest.raises(ValueError, match="cannot read it into"):

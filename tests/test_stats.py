@@ -96,6 +96,55 @@ def test_loading_reads_the_sums_into_the_accumulator_once(tmp_path, monkeypatch,
     assert torch.equal(StreamingCovariance.from_state_dict(stats.state_dict()).sumsq.data, loaded.sumsq.data)
 
 
+@pytest.mark.parametrize("saved_accum", [torch.float64, torch.float32], ids=str)
+def test_merging_a_saved_file_equals_merging_it_loaded(tmp_path, saved_accum):
+    """merge_saved adds the file's packed sums a slice at a time: the same numbers as merge(load_statistics(file)),
+    whatever the slices (here 97 x 8 bytes, cutting tiles), the other's shift and dtype."""
+    left, right = StreamingCovariance(300), StreamingCovariance(300, accum_dtype=saved_accum)
+    left.update(data(61, 300, seed=10))
+    right.update(data(45, 300, seed=11, offset=-20.0))  # another shift
+    right.save(tmp_path / "right.safetensors")
+    left.save(tmp_path / "left.safetensors")
+    loaded = load_statistics(tmp_path / "left.safetensors").merge(load_statistics(tmp_path / "right.safetensors"))
+    streamed = load_statistics(tmp_path / "left.safetensors").merge_saved(tmp_path / "right.safetensors",
+                                                                          chunk_bytes=97 * 8)
+    assert streamed.n == loaded.n == 106
+    assert torch.equal(streamed.sumsq.data, loaded.sumsq.data) and torch.equal(streamed.sum, loaded.sum)
+    assert torch.equal(streamed.shift, loaded.shift)
+    # Into empty statistics: the file's own shift; an empty file adds nothing.
+    empty = StreamingCovariance(300).merge_saved(tmp_path / "right.safetensors", chunk_bytes=1000)
+    assert torch.equal(empty.shift, right.shift) and empty.n == 45
+    assert torch.allclose(empty.covariance(), right.covariance(), rtol=0, atol=1e-12 * float(right.covariance().max()))
+    nothing = StreamingCovariance(300)
+    nothing.set_shift(torch.zeros(300, dtype=torch.float64))
+    nothing.save(tmp_path / "nothing.safetensors")
+    assert torch.equal(load_statistics(tmp_path / "left.safetensors").merge_saved(tmp_path / "nothing.safetensors")
+                       .sumsq.data, left.sumsq.data)
+
+
+def test_merging_a_saved_file_of_another_tile_or_kind(tmp_path):
+    left = StreamingCovariance(200)
+    left.update(data(30, 200, seed=12))
+    other = StreamingCovariance(200, tile=256)  # the default at D = 200 is 128
+    other.update(data(20, 200, seed=13))
+    other.save(tmp_path / "tile256.safetensors")
+    want = StreamingCovariance.from_state_dict(left.state_dict()).merge(other)
+    got = StreamingCovariance.from_state_dict(left.state_dict()).merge_saved(tmp_path / "tile256.safetensors")
+    assert torch.allclose(got.covariance(), want.covariance(), rtol=0, atol=1e-12 * float(want.covariance().max()))
+    from autoskill_fast.decomposition.statistics import SketchedCovariance
+
+    sketch = SketchedCovariance(200, 16)
+    sketch.update(data(20, 200, seed=14))
+    sketch.save(tmp_path / "sketch.safetensors")
+    with pytest.raises(AutoskillError, match="cannot merge a sketch into exact statistics"):
+        left.merge_saved(tmp_path / "sketch.safetensors")
+    narrow = StreamingCovariance(100)
+    narrow.update(data(5, 100, seed=15))
+    narrow.save(tmp_path / "narrow.safetensors")
+    with pytest.raises(AutoskillError, match="narrow.safetensors: statistics of 100 dims; cannot merge them into 200"):
+        left.merge_saved(tmp_path / "narrow.safetensors")
+
+
 def test_sums_are_block_packed_and_half_the_square():
     stats = StreamingCovariance(1000)
     assert isinstance(stats.sumsq, PackedSymmetric) and stats.sumsq.layout.tile == 128

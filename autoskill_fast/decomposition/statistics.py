@@ -24,6 +24,7 @@ from .frequent_directions import FrequentDirections
 from .linalg import EighResult, SymmetricOperator, topk_eigh
 
 STATE_KEYS = ("count", "shift", "sum", "sumsq_packed", "sumsq_tile")
+MERGE_SLICE_BYTES = 1 << 26  # a saved file's sums are added 64 MiB at a time (16 reads a GB: no slower than one)
 
 
 class Statistics:
@@ -62,6 +63,10 @@ class Statistics:
 
     def merge(self, other: "Statistics") -> "Statistics":
         raise NotImplementedError
+
+    def merge_saved(self, path: str | Path) -> "Statistics":
+        """`merge` of the statistics saved at `path` (exact ones never whole in memory: see StreamingCovariance)."""
+        return self.merge(load_statistics(path, device=self.device))
 
     @property
     def mean(self) -> torch.Tensor:
@@ -145,20 +150,54 @@ class StreamingCovariance(Statistics):
 
     def merge(self, other: "StreamingCovariance") -> "StreamingCovariance":
         """Add another accumulator's rows (exact: re-expresses the other's sums around this shift)."""
+        if not isinstance(other, StreamingCovariance):
+            raise AutoskillError("cannot merge a sketch into exact statistics; merge statistics of one kind")
         if other.dim != self.dim:
             raise AutoskillError(f"cannot merge statistics of {other.dim} dims into {self.dim} dims")
         if other.n == 0:
             return self
-        self.flush()
         other.flush()
+        return self._add_sums(other.shift, other.sum, other.n, lambda: self.sumsq.add_(other.sumsq))
+
+    def merge_saved(self, path: str | Path, *, chunk_bytes: int = MERGE_SLICE_BYTES) -> "StreamingCovariance":
+        """`merge(load_statistics(path))` with the same result, without the saved statistics in memory: their packed
+        sums are added a slice of `chunk_bytes` at a time (the merged sums and one slice; a merge of Llama-3-8B shards
+        on a CPU then needs one accumulator's memory, not two)."""
+        with TensorReader(path) as reader:
+            if "sumsq_packed" not in reader:
+                return self.merge(statistics_from_state({k: reader.get(k) for k in reader.keys()}, device=self.device,
+                                                        source=str(path)))  # a sketch, or not statistics: refused
+            state = _small_state(reader, path)
+            dtype, shape = reader.spec("sumsq_packed")
+            layout = _packed_layout(state, dtype, shape)
+            if layout.dim != self.dim:
+                raise AutoskillError(f"{path}: statistics of {layout.dim} dims; cannot merge them into {self.dim} dims")
+            n = int(state["count"][0])
+            if n == 0:
+                return self
+            if layout != self.sumsq.layout:  # another tile: the slices do not line up (not written by this version)
+                return self.merge(load_statistics(path, device=self.device))
+
+            def add_slices() -> None:
+                data = self.sumsq.data
+                for start, piece in reader.slices("sumsq_packed", chunk_bytes=chunk_bytes):
+                    data[start:start + piece.numel()] += piece.to(data.device, data.dtype)
+
+            return self._add_sums(state["shift"].to(self.device, torch.float64), state["sum"].to(self.device), n,
+                                  add_slices)
+
+    def _add_sums(self, shift: torch.Tensor, sum_d: torch.Tensor, n: int,
+                  add_second_moments: Callable[[], Any]) -> "StreamingCovariance":
+        """Add rows (count n, sums around `shift`), their second-moment sums added by `add_second_moments`."""
+        self.flush()
         if self.n == 0 and self.shift is None:
-            self.shift = other.shift.to(self.device).clone()
-        delta = other.shift.to(self.device) - self.shift  # other rows around our shift: (x - s') + delta
-        s1 = other.sum.to(self.device)
-        self.sumsq.add_(other.sumsq)
-        _add_shift_terms(self.sumsq, s1, delta, other.n)
-        self.sum += s1 + other.n * delta
-        self._n += other.n
+            self.shift = shift.to(self.device).clone()
+        delta = shift.to(self.device) - self.shift  # the other rows around our shift: (x - s') + delta
+        s1 = sum_d.to(self.device, torch.float64)
+        add_second_moments()
+        _add_shift_terms(self.sumsq, s1, delta, n)
+        self.sum += s1 + n * delta
+        self._n += n
         return self
 
     def set_count(self, n: int) -> None:
@@ -241,21 +280,8 @@ class StreamingCovariance(Statistics):
                  fill: Callable[[torch.Tensor], Any], device: str | torch.device) -> "StreamingCovariance":
         """Statistics from their small tensors and `fill`, which writes the packed sums into the new accumulator's
         own storage (a copy, or reads from the file): one copy of the sums on the device, never two."""
-        dim = state["shift"].numel()
-        if state["sum"].numel() != dim:
-            raise AutoskillError("statistics tensors have inconsistent sizes; the file is corrupted")
-        try:
-            layout = BlockPackedLayout(dim, int(state["sumsq_tile"].flatten()[0]))
-        except (ValueError, IndexError) as exc:
-            raise AutoskillError(f"statistics tensors have inconsistent sizes ({exc}); the file is corrupted")
-        if packed_shape != (layout.numel,):
-            raise AutoskillError(f"statistics tensors have inconsistent sizes (the packed sums of D={dim}, tile="
-                                 f"{layout.tile} are {layout.numel} numbers, got shape {packed_shape}); the file is "
-                                 "corrupted")
-        if packed_dtype not in (torch.float32, torch.float64):
-            raise AutoskillError(f"the second-moment sums are {packed_dtype}, not float32/float64; "
-                                 "the file is corrupted")
-        stats = cls(dim, shift=state["shift"], accum_dtype=packed_dtype, device=device, tile=layout.tile)
+        layout = _packed_layout(state, packed_dtype, packed_shape)
+        stats = cls(layout.dim, shift=state["shift"], accum_dtype=packed_dtype, device=device, tile=layout.tile)
         fill(stats.sumsq.data)
         stats._n = int(state["count"][0])
         stats.sum = state["sum"].to(stats.device, torch.float64).clone()
@@ -284,6 +310,33 @@ class ScaledOperator(SymmetricOperator):
         dense = self.operator.to_dense(dtype)
         s = self.scale.to(dense.dtype)
         return dense.mul_(s[:, None]).mul_(s[None, :])
+
+
+def _packed_layout(state: dict[str, torch.Tensor], packed_dtype: torch.dtype,
+                   packed_shape: tuple[int, ...]) -> BlockPackedLayout:
+    """The layout of saved exact statistics, checked against their small tensors and their packed sums' spec."""
+    dim = state["shift"].numel()
+    if state["sum"].numel() != dim:
+        raise AutoskillError("statistics tensors have inconsistent sizes; the file is corrupted")
+    try:
+        layout = BlockPackedLayout(dim, int(state["sumsq_tile"].flatten()[0]))
+    except (ValueError, IndexError) as exc:
+        raise AutoskillError(f"statistics tensors have inconsistent sizes ({exc}); the file is corrupted")
+    if packed_shape != (layout.numel,):
+        raise AutoskillError(f"statistics tensors have inconsistent sizes (the packed sums of D={dim}, tile="
+                             f"{layout.tile} are {layout.numel} numbers, got shape {packed_shape}); the file is "
+                             "corrupted")
+    if packed_dtype not in (torch.float32, torch.float64):
+        raise AutoskillError(f"the second-moment sums are {packed_dtype}, not float32/float64; the file is corrupted")
+    return layout
+
+
+def _small_state(reader: TensorReader, path: str | Path) -> dict[str, torch.Tensor]:
+    """Exact statistics' tensors but the packed sums."""
+    missing = [k for k in STATE_KEYS if k not in reader]
+    if missing:
+        raise AutoskillError(f"{path}: missing tensors {missing}; not statistics of autoskill-fast")
+    return {name: reader.get(name) for name in STATE_KEYS if name != "sumsq_packed"}
 
 
 def _sq_norm_shift(s1: torch.Tensor, n: int, delta: torch.Tensor) -> torch.Tensor:
@@ -447,6 +500,12 @@ def statistics_from_state(state: dict[str, torch.Tensor], *, device: str | torch
     return StreamingCovariance.from_state_dict(state, device=device)
 
 
+def saved_statistics_kind(path: str | Path) -> type:
+    """StreamingCovariance or SketchedCovariance: what the file at `path` holds, from its header alone."""
+    with TensorReader(path) as reader:
+        return SketchedCovariance if "fd.sketch" in reader else StreamingCovariance
+
+
 def load_statistics(path: str | Path, *, device: str | torch.device = "cpu",
                     expect: type | None = None) -> Statistics:
     """Exact or sketched statistics, whichever the file holds (`expect`: the class the caller needs). The packed sums
@@ -458,10 +517,7 @@ def load_statistics(path: str | Path, *, device: str | torch.device = "cpu",
             stats = statistics_from_state({name: reader.get(name) for name in reader.keys()}, device=device,
                                           source=str(path))
         else:
-            missing = [k for k in STATE_KEYS if k not in reader]
-            if missing:
-                raise AutoskillError(f"{path}: missing tensors {missing}; not statistics of autoskill-fast")
-            small = {name: reader.get(name) for name in STATE_KEYS if name != "sumsq_packed"}
+            small = _small_state(reader, path)
             dtype, shape = reader.spec("sumsq_packed")
             stats = StreamingCovariance._restore(small, dtype, shape,
                                                  lambda data: reader.read_into("sumsq_packed", data), device)

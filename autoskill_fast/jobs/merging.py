@@ -15,7 +15,7 @@ from ..basis import SkillBasis, diagnose, feature_scale
 from ..capture.fingerprint import describe_mismatch, model_mismatch
 from ..capture.layout import FeatureLayout, check_same_pooling
 from ..decomposition.pca import fit_components
-from ..decomposition.statistics import SketchedCovariance, load_statistics
+from ..decomposition.statistics import SketchedCovariance, load_statistics, saved_statistics_kind
 from ..errors import AutoskillError
 from ..run.features import iter_feature_shards
 from ..run.folder import STATS_FILE, RunFolder, basis_summary
@@ -47,11 +47,15 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, 
             raise AutoskillError(f"{shard.path}: its --layer-scaling pilot factors (measured on its own first batch) "
                                  f"differ from {shards[0].path}'s, so their statistics do not add; profile without "
                                  "--layer-scaling pilot and choose fit-time --scaling layer")
-        stats = load_statistics(shard.stats_path(record))
-        if merged is not None and type(stats) is not type(merged):
-            raise AutoskillError(f"{shard.path}: holds {_kind(stats)} statistics and {shards[0].path} {_kind(merged)}; "
-                                 "merge shards profiled alike (all with --sketch-size, or none)")
-        merged = stats if merged is None else merged.merge(stats)  # around the first shard's shift
+        path = shard.stats_path(record)
+        if merged is None:
+            merged = load_statistics(path)
+            continue
+        kind = saved_statistics_kind(path)
+        if kind is not type(merged):
+            raise AutoskillError(f"{shard.path}: holds {_kind(kind)} statistics and {shards[0].path} "
+                                 f"{_kind(type(merged))}; merge shards profiled alike (all with --sketch-size, or none)")
+        merged.merge_saved(path)  # around the first shard's shift; exact sums are added a slice at a time
     names = [tuple(r.config.get("shard", (0, 1))) for r in records]
     if len(set(names)) != len(names):
         raise AutoskillError(f"the runs include the same shard twice: {names}")
@@ -83,5 +87,5 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, 
     return basis
 
 
-def _kind(stats) -> str:
-    return "sketched (--sketch-size)" if isinstance(stats, SketchedCovariance) else "exact"
+def _kind(kind: type) -> str:
+    return "sketched (--sketch-size)" if kind is SketchedCovariance else "exact"
