@@ -198,6 +198,8 @@ def test_sketched_shards_merge_to_the_exact_basis(tmp_path, tiny_model):
     assert bool((cosines >= 1 - 1e-6).all()), cosines
     assert torch.allclose(merged.mean_, whole.mean_, atol=1e-6 * float(whole.mean_.abs().max()))
     assert Scores.load(tmp_path / "merged").ids == Scores.load(tmp_path / "whole").ids
+    refit = fit(tmp_path / "merged", 3)  # from the saved merged sketch, its exact rows included
+    assert torch.allclose(refit.eigenvalues_, whole.eigenvalues_[:3], rtol=0, atol=1e-5 * top)
     run(tmp_path, model_dir, corpus, name="s1", k=5, shard=(1, 3), overwrite=True)  # exact this time
     with pytest.raises(AutoskillError, match=r"s1: holds exact statistics and .*s0 sketched"):
         merge([tmp_path / "s0", tmp_path / "s1"], tmp_path / "mixed")
