@@ -20,6 +20,7 @@ PoolingMode = Literal["mean", "last", "response_mean"]
 LayerScaling = Literal["none", "l2", "pilot"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 FeaturesDType = Literal["float32", "bfloat16", "float16"]
+CovarianceRows = Literal["float32", "bfloat16"]
 BadExamplePolicy = Literal["error", "skip"]
 PaddingSide = Literal["right", "left"]
 Split = Literal["all", "dev", "pool"]
@@ -272,6 +273,10 @@ class ProfileConfig:
     """Relative residual every eigenpair must reach."""
     sketch_size: int | None = None
     """Keep a Frequent Directions sketch of this many rows instead of the exact packed D x D second moment."""
+    covariance_rows: CovarianceRows = "float32"
+    """The precision the centered features enter the second-moment sums in. bfloat16 runs the GPU covariance kernel at
+    its full rate (12x float32 rows' on an H200) and keeps 8 significant bits of each centered feature (what that does
+    to the basis: bench/RESULTS.md); the mean and the sums' accumulation stay exact."""
     overwrite: bool = False
     """Replace the run already in the output folder (its files only) instead of refusing."""
     quiet: bool = False
@@ -281,6 +286,9 @@ class ProfileConfig:
         owner = "ProfileConfig"
         _check_positive(owner, "k", self.k)
         _check_choice(owner, "features_dtype", self.features_dtype, FeaturesDType)
+        _check_choice(owner, "covariance_rows", self.covariance_rows, CovarianceRows)
+        if self.covariance_rows != "float32" and self.sketch_size is not None:
+            raise ConfigError(owner, "covariance_rows", "applies to exact statistics, not to a sketch (--sketch-size)")
         _check_choice(owner, "scaling", self.scaling, FeatureScaling)
         _check_choice(owner, "on_bad_example", self.on_bad_example, BadExamplePolicy)
         i, n = self.shard = tuple(int(x) for x in self.shard)

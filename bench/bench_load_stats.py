@@ -122,8 +122,8 @@ def main() -> None:
         for leftover in work.iterdir():
             leftover.unlink()
         work.rmdir()
-    print(f"\n| op | dtype | sums MiB | whole-file: peak above MiB | direct: peak above MiB | **RSS direct / "
-          f"whole-file** | whole-file s | direct s | time direct / whole-file |")
+    print("\n| op | dtype | sums MiB | whole-file: peak above MiB | direct: peak above MiB | **RSS direct / "
+          "whole-file** | whole-file s | direct s | time direct / whole-file |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['op']} | {r['dtype']} | {r['sums_mib']:.0f} | {r['whole-file_peak_above_mib']:.0f} | "

@@ -84,7 +84,7 @@ MODEL_CONFIGS = {
 }
 TINY_SHAPES = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                    intermediate_size=128, vocab_size=1000)
-VARIANTS = ("floor", "capture", "profiler")
+VARIANTS = ("floor", "capture", "profiler", "profiler_bf16")  # the last: --covariance-rows bfloat16
 
 
 def hf_config(name: str, tiny: bool):
@@ -226,7 +226,8 @@ def bench_model(name: str, args, device: torch.device) -> dict:
             for batch in batches:
                 capture(batch)
 
-    def profiler_pass():
+    def profiler_pass(rows_dtype=None):
+        stats.rows_dtype = rows_dtype  # the same accumulator (its values do not matter here): one fits on an H100
         profiler.capture.__enter__()
         try:
             for batch in batches:
@@ -237,12 +238,14 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         stats.flush()
         return flush_start
 
-    passes = dict(floor=floor_pass, capture=capture_pass, profiler=profiler_pass)
+    passes = dict(floor=floor_pass, capture=capture_pass, profiler=profiler_pass,
+                  profiler_bf16=lambda: profiler_pass(torch.bfloat16))
     times = {v: [] for v in VARIANTS}
     flush_ms, peak_profiler = [], 0.0
     try:
         for rep in range(1 + args.reps):  # rep 0 is the warm-up
-            for variant in VARIANTS[rep % 3:] + VARIANTS[:rep % 3]:  # rotating order: no variant always goes first
+            turn = rep % len(VARIANTS)
+            for variant in VARIANTS[turn:] + VARIANTS[:turn]:  # rotating order: no variant always goes first
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                     torch.cuda.reset_peak_memory_stats(device)
@@ -263,7 +266,8 @@ def bench_model(name: str, args, device: torch.device) -> dict:
     result.update({f"{v}_tokens_per_s": real_tokens / medians[v] * 1e3 for v in VARIANTS})
     result.update(flush_ms=statistics.median(flush_ms), peak_profiler_gib=peak_profiler / 1024 or None,
                   capture_overhead_pct=100 * (medians["capture"] / medians["floor"] - 1),
-                  overhead_pct=100 * (medians["profiler"] / medians["floor"] - 1), reps=args.reps)
+                  overhead_pct=100 * (medians["profiler"] / medians["floor"] - 1),
+                  overhead_bf16_pct=100 * (medians["profiler_bf16"] / medians["floor"] - 1), reps=args.reps)
     # Model FLOP utilization: tokens/s x 2 x the parameters of the blocks run (attention's own FLOPs not counted) over
     # the device's measured bf16 matmul rate. The floor runs every block, the profiler stops after block L-2.
     floor_params = block_parameters(model, config.num_hidden_layers - 1)
@@ -321,7 +325,8 @@ def print_tables(models: list[dict], covs: list[dict]) -> None:
               f"{r['profiler_tokens_per_s']:>14.0f} {_fmt(r['peak_floor_gib'], '.2f'):>14} "
               f"{_fmt(r['peak_profiler_gib'], '.2f'):>17} {r['fit_s']:>7.2f} {_fmt(r['peak_fit_gib'], '.2f'):>12}"
               f"  MFU floor {100 * r['mfu_floor']:.1f}% profiler {100 * r['mfu_profiler']:.1f}% (of "
-              f"{r['peak_bf16_tflops']:.0f} TFLOP/s bf16)")
+              f"{r['peak_bf16_tflops']:.0f} TFLOP/s bf16); --covariance-rows bfloat16: {r['profiler_bf16_ms']:.1f} ms, "
+              f"overhead {r['overhead_bf16_pct']:+.2f}%")
     print(f"\ncovariance kernel (bf16 rows; fp32 rows as profile() feeds them) vs bf16 matmul, "
           f"FLOPs = 2*N*D*D for all\n"
           f"{'D':>7} {'N':>6} {'kernel ms':>10} {'kernel TFLOP/s':>14} {'matmul ms':>10} {'matmul TFLOP/s':>14} "

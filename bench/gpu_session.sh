@@ -4,8 +4,9 @@
 #   bash bench/gpu_session.sh            (results in $OUT, or bench/gpu-results/ when OUT is not set)
 #   SMOKE=1 bash bench/gpu_session.sh    (the same steps on CPU with tiny shapes: checks this script, times nothing)
 # In priority order, each step with its own limit, all of them inside BUDGET seconds (default 540):
-# 1. bench/gpu_profile.py: overhead over the bare forward at Qwen2.5-3B and Llama-3-8B shapes (target <= 3%), the
-#    covariance kernel against a bf16 matmul (target >= 70%), the fit at D = 122,880, peak memory, MFU.
+# 1. bench/gpu_profile.py: overhead over the bare forward at Qwen2.5-3B and Llama-3-8B shapes (target <= 3%), also
+#    with --covariance-rows bfloat16, the covariance kernel against a bf16 matmul (target >= 70%), the fit at
+#    D = 122,880, peak memory, MFU.
 # 2. bench/gpu_kernels.py: the Triton kernels against the device's two ceilings.
 # 3. A 1-GPU torchrun profile of a random-weight Qwen2.5-0.5B-shaped model over a synthetic corpus, against the same
 #    profile without torchrun (the world of one), and with --prefetch 4 (batches prepared on a thread): all timed,

@@ -14,6 +14,7 @@ from autoskill_fast import (BatchingConfig, CorpusConfig, ModelConfig, PoolingCo
 from autoskill_fast.run.features import iter_feature_shards
 from autoskill_fast.decomposition.statistics import StreamingCovariance, load_statistics
 from autoskill_fast.errors import AutoskillError
+from autoskill_fast.kernels import PackedSymmetric
 from autoskill_fast.run.scores import Scores
 from model_fixtures import write_jsonl
 from reference import paper_features
@@ -205,12 +206,49 @@ def test_sketched_shards_merge_to_the_exact_basis(tmp_path, tiny_model):
         merge([tmp_path / "s0", tmp_path / "s1"], tmp_path / "mixed")
 
 
-def test_resume_after_interruption_equals_uninterrupted(tmp_path, tiny_model, monkeypatch):
+def test_bfloat16_rows_enter_the_sums_rounded_and_nothing_else_changes(tmp_path, tiny_model):
+    """--covariance-rows bfloat16: the second-moment sums are those of the centered features rounded to bf16 (fp64 sums
+    on the CPU: exact), the count, sum and mean those of the features themselves; and it is another run (its key)."""
+    model_dir = tiny_model("llama")
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(29, seed=6)])))
+    rounded = run(tmp_path, model_dir, corpus, name="bf16", covariance_rows="bfloat16")
+    plain = run(tmp_path, model_dir, corpus, name="fp32")
+    stats, exact = stats_of(tmp_path / "bf16"), stats_of(tmp_path / "fp32")
+    features, _ = load_features(tmp_path / "bf16")
+    centered = (features - stats.shift.float()).bfloat16().double()  # what the kernel is given
+    want = PackedSymmetric.from_dense(centered.T @ centered, tile=stats.sumsq.layout.tile)
+    assert torch.allclose(stats.sumsq.data, want.data, rtol=1e-12, atol=1e-12 * float(want.data.abs().max()))
+    assert torch.equal(stats.sum, exact.sum) and torch.equal(stats.shift, exact.shift) and stats.n == exact.n
+    assert not torch.equal(stats.sumsq.data, exact.sumsq.data)  # the rounding is real
+    cosines = torch.linalg.svdvals(rounded.components_.double() @ plain.components_.double().T)
+    assert bool((cosines >= 1 - 1e-3).all()), cosines  # and small at this size (bench/RESULTS.md measures it)
+    records = [json.loads((tmp_path / name / "run.json").read_text()) for name in ("bf16", "fp32")]
+    assert records[0]["key"] != records[1]["key"] and records[0]["config"]["covariance_rows"] == "bfloat16"
+
+
+def test_covariance_rows_benchmark_runs(tmp_path, tiny_model):
+    import subprocess
+    import sys
+
+    model_dir = tiny_model("llama")
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(40, seed=7)])))
+    run(tmp_path, model_dir, corpus, name="run")
+    script = Path(__file__).resolve().parents[1] / "bench" / "bench_covariance_rows.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), "-k", "3", "--bootstrap", "2",
+                           "--out", str(tmp_path / "rows.json")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [r["direction"] for r in rows] == [0, 1, 2]
+    assert all(0 <= r["angle_deg"] < 5 and abs(r["eigenvalue_rel_change"]) < 1e-2 for r in rows), rows
+
+
+@pytest.mark.parametrize("rows", ["float32", "bfloat16"])
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, tiny_model, monkeypatch, rows):
     from autoskill_fast.capture import hooks as capture_mod
 
     model_dir = tiny_model("llama")
     corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(37, seed=5)])))
-    common = dict(token_budget=64, checkpoint_every=2)
+    common = dict(token_budget=64, checkpoint_every=2, covariance_rows=rows)
     whole = run(tmp_path, model_dir, corpus, name="whole", **common)
 
     calls = {"n": 0}
@@ -244,7 +282,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, tiny_model, mo
     from autoskill_fast.run import scores as scores_mod
 
     config = ProfileConfig(corpus=corpus, out=str(tmp_path / "scoring"), model=ModelConfig(str(model_dir)), quiet=True,
-                           k=4, batching=BatchingConfig(token_budget=64))
+                           k=4, batching=BatchingConfig(token_budget=64), covariance_rows=rows)
     original_read = scores_mod._read_block
 
     def killed(*args, **kwargs):  # killed while writing the scores in row order: parts written, files half-written

@@ -145,6 +145,43 @@ def test_merging_a_saved_file_of_another_tile_or_kind(tmp_path):
         left.merge_saved(tmp_path / "narrow.safetensors")
 
 
+@pytest.mark.parametrize("accum", [torch.float64, torch.float32], ids=str)
+def test_rows_dtype_rounds_only_what_enters_the_second_moments(accum):
+    x = data(97, 123, seed=16)
+    stats = StreamingCovariance(123, accum_dtype=accum, rows_dtype=torch.bfloat16, stage_rows=40)
+    stats.set_shift(x[:10].mean(dim=0))
+    centered = (x - stats.shift).float()
+    for chunk in centered.split(33):
+        stats.update_shifted(chunk)
+    stats.flush()
+    rounded = centered.bfloat16().double()
+    want = rounded.T @ rounded
+    got = stats.sumsq.to_dense(torch.float64)
+    upper = torch.triu(torch.ones(123, 123, dtype=torch.bool))
+    rtol = 1e-12 if accum == torch.float64 else 1e-6
+    assert float((got - want)[upper].abs().max()) <= rtol * float(want.abs().max())
+    assert torch.allclose(stats.sum, centered.double().sum(dim=0), rtol=1e-12, atol=1e-9)  # the mean is not rounded
+    plain = StreamingCovariance(123, accum_dtype=accum)
+    plain.set_shift(stats.shift)
+    plain.update_shifted(centered)
+    plain.flush()
+    assert not torch.equal(plain.sumsq.data, stats.sumsq.data)
+
+
+def test_covariance_rows_option(tmp_path):
+    from autoskill_fast.config import ConfigError, ProfileConfig
+    from autoskill_fast.run.folder import run_key
+
+    with pytest.raises(ConfigError, match="covariance_rows.*not to a sketch"):
+        ProfileConfig(out="x", covariance_rows="bfloat16", sketch_size=200)
+    with pytest.raises(ConfigError, match="covariance_rows"):
+        ProfileConfig(out="x", covariance_rows="float16")
+    config = ProfileConfig(out="x").to_json()
+    before_the_option = {k: v for k, v in config.items() if k != "covariance_rows"}
+    assert run_key(config, {}, {}) == run_key(before_the_option, {}, {})  # runs begun before it still resume
+    assert run_key({**config, "covariance_rows": "bfloat16"}, {}, {}) != run_key(config, {}, {})
+
+
 def test_sums_are_block_packed_and_half_the_square():
     stats = StreamingCovariance(1000)
     assert isinstance(stats.sumsq, PackedSymmetric) and stats.sumsq.layout.tile == 128

@@ -105,8 +105,12 @@ class StreamingCovariance(Statistics):
     """Exact streaming first and second moments of [N, D] rows."""
 
     def __init__(self, dim: int, *, shift: torch.Tensor | None = None, accum_dtype: torch.dtype | None = None,
-                 device: str | torch.device = "cpu", stage_rows: int | None = None, tile: int | None = None):
+                 device: str | torch.device = "cpu", stage_rows: int | None = None, tile: int | None = None,
+                 rows_dtype: torch.dtype | None = None):
         self.dim = int(dim)
+        # The dtype rows enter the second-moment sums in (None: their own). bf16 is the GPU kernel's full rate; the
+        # sum (so the mean) is always taken from the rows as given.
+        self.rows_dtype = rows_dtype
         self.device = torch.device(device)
         # Rows are staged and added in blocks: C += X^T X then reads and writes C once per block, so the update is
         # compute-bound (a few thousand rows on a GPU; a few hundred keep CPU GEMMs efficient and memory small).
@@ -136,7 +140,7 @@ class StreamingCovariance(Statistics):
         xc_nd = xc_nd.to(self.device)
         self.sum += xc_nd.sum(dim=0, dtype=torch.float64)
         self._n += xc_nd.shape[0]
-        self._staged.append(xc_nd)
+        self._staged.append(xc_nd if self.rows_dtype is None else xc_nd.to(self.rows_dtype))
         self._staged_n += xc_nd.shape[0]
         if self._staged_n >= self.stage_rows:
             self.flush()

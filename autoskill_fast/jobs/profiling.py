@@ -67,12 +67,14 @@ class Profiler:
     """The per-batch step of a profile (module docstring). `writer` keeps the features (shifted back to raw values)."""
 
     def __init__(self, model: nn.Module, pooling: ResolvedPooling, *, on_bad_example: BadExamplePolicy = "error",
-                 sketch_size: int | None = None, writer: FeatureWriter | None = None, context: str = ""):
+                 sketch_size: int | None = None, writer: FeatureWriter | None = None, context: str = "",
+                 rows_dtype: torch.dtype | None = None):
         self.pooling = pooling
         self.capture = PooledCapture(model, pooling.layout, layer_scaling=pooling.config.layer_scaling)
         self.device = self.capture.device
         self.on_bad_example = on_bad_example
         self.sketch_size = sketch_size
+        self.rows_dtype = rows_dtype  # of the rows entering exact second-moment sums (None: fp32, as pooled)
         self.writer = writer
         self.context = context
         self.stats: Statistics | None = None
@@ -86,10 +88,12 @@ class Profiler:
         dim = self.pooling.layout.feature_dim
         if stats is not None:
             self.stats = stats
+            if isinstance(stats, StreamingCovariance):
+                stats.rows_dtype = self.rows_dtype  # not part of what a checkpoint saves: a resume goes on the same way
         elif self.sketch_size:
             self.stats = SketchedCovariance(dim, self.sketch_size, device=self.device)
         else:
-            self.stats = StreamingCovariance(dim, device=self.device)
+            self.stats = StreamingCovariance(dim, device=self.device, rows_dtype=self.rows_dtype)
         if state:
             self.counts = Counts(**state["counts"])
             self.tally = InputTally(list(state["forward_skipped"]))
@@ -333,8 +337,10 @@ def _run_batches(config: ProfileConfig, loaded: LoadedModel, resolved: ResolvedP
                                dtype=getattr(torch, config.features_dtype),
                                resume_shards=progress["shards"] if progress else 0, metadata=folder.key_metadata(key),
                                prefix=f"r{world.rank}-" if world.distributed else "")
+    rows_dtype = None if config.covariance_rows == "float32" else getattr(torch, config.covariance_rows)
     profiler = Profiler(loaded.model, resolved, on_bad_example=config.on_bad_example, sketch_size=config.sketch_size,
-                        writer=writer, context=f"model {loaded.name}, dtype {str(loaded.dtype).removeprefix('torch.')}")
+                        writer=writer, context=f"model {loaded.name}, dtype {str(loaded.dtype).removeprefix('torch.')}",
+                        rows_dtype=rows_dtype)
     stats = checkpoint.load_statistics(progress, loaded.device) if progress else None
     profiler.prepare(progress, stats)
     done = profiler.counts.batches

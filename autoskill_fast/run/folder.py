@@ -186,6 +186,8 @@ def run_key(config: dict[str, Any], model: dict[str, Any], corpus: dict[str, Any
                      "overwrite", "scaling"):
         cfg.pop(volatile, None)
     cfg["model"].pop("device", None)
+    if cfg.get("covariance_rows") == "float32":
+        del cfg["covariance_rows"]  # the default: runs begun before the option existed keep their key (and resume)
     blob = json.dumps({"config": cfg, "model": model, "corpus": corpus}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
