@@ -275,8 +275,9 @@ class ProfileConfig:
     """Keep a Frequent Directions sketch of this many rows instead of the exact packed D x D second moment."""
     covariance_rows: CovarianceRows = "float32"
     """The precision the centered features enter the second-moment sums in. bfloat16 runs the GPU covariance kernel at
-    its full rate (12x float32 rows' on an H200) and keeps 8 significant bits of each centered feature (what that does
-    to the basis: bench/RESULTS.md); the mean and the sums' accumulation stay exact."""
+    its full rate (12x float32 rows' on an H200; no faster on a CPU) and keeps 8 significant bits of each centered
+    feature (what that does to the basis: bench/RESULTS.md); the mean is still the features' own, and the sums
+    accumulate as before (fp32 on a GPU, fp64 on a CPU)."""
     overwrite: bool = False
     """Replace the run already in the output folder (its files only) instead of refusing."""
     quiet: bool = False

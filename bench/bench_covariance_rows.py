@@ -5,7 +5,8 @@
 RUN is a profile run with `--save-features` (float32 features). The script rebuilds its covariance twice, in fp64 from
 the same rows: once from the centered features as they are (what the default float32 rows give), and once with the
 centered features rounded to bf16 before the second moments (the mean from the features themselves), as the profiler
-does with `--covariance-rows bfloat16`; the rows are centered by the run's own pilot-mean shift, as in the profile. Each
+does with `--covariance-rows bfloat16`; the rows are centered by the run's saved shift, which is the pilot mean the
+profile centered them by for a one-process run (not for a torchrun or merged run: use a one-process run). Each
 covariance's top-k eigenpairs come from the rows (a QR of the [D, N + 1] row matrix, then a small eigenproblem), so
 D x D never exists.
 
@@ -61,7 +62,7 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=20)
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
-    from autoskill_fast.decomposition.statistics import load_statistics
+    from autoskill_fast.artifacts import TensorReader
     from autoskill_fast.run.features import iter_feature_shards
 
     run = Path(args.run)
@@ -70,7 +71,8 @@ def main() -> None:
     features = torch.cat([f for f, _, _ in shards])[order]
     if features.dtype != torch.float32:
         raise SystemExit(f"{run}: features are {features.dtype}; profile with --features-dtype float32")
-    shift = load_statistics(run / "stats.safetensors").shift
+    with TensorReader(run / "stats.safetensors", required=("shift",)) as reader:
+        shift = reader.get("shift")
     centered = features - shift.float()  # fp32, as the capture kernel writes them
     n, dim = centered.shape
     exact = centered.double()

@@ -8,7 +8,7 @@ model only (no LM head). Batches are random token ids with ragged lengths (half 
 fixed seed), put through `batching.collate` so the profiler's own masks, positions and pooling weights are used, and
 moved to the GPU once, before timing (host-to-device copies are left out of every variant).
 
-Three variants run over the same batches, interleaved with rotating order, after one warm-up pass each; a pass is all
+Four variants run over the same batches, interleaved with rotating order, after one warm-up pass each; a pass is all
 --batches batches, timed with CUDA events; medians over --reps passes:
   floor     the bare base model, full depth, no hooks
   capture   `PooledCapture` on the default layers 1..L-2 (it stops the forward after block L-2), rows discarded
@@ -16,6 +16,8 @@ Three variants run over the same batches, interleaved with rotating order, after
             shift, `StreamingCovariance.update_shifted`; no feature writer), and a `flush()` at the end of every pass:
             C is read and written once per pass, not once per 4096 rows as in a long run, so this overstates the
             covariance's share (its time is printed as "flush ms").
+  profiler_bf16  the same with `--covariance-rows bfloat16` (the centered rows rounded to bf16 before the covariance
+            update), on the same accumulator; its flush time and peak memory are not recorded apart.
 Overhead = profiler / floor - 1 (target <= 3%); it can be negative because the capture skips the last block. Tokens/s
 count real (unpadded) tokens.
 Peak memory is `torch.cuda.max_memory_allocated`: for the floor before the accumulator exists, for the profiler with it.

@@ -224,6 +224,10 @@ def test_bfloat16_rows_enter_the_sums_rounded_and_nothing_else_changes(tmp_path,
     assert bool((cosines >= 1 - 1e-3).all()), cosines  # and small at this size (bench/RESULTS.md measures it)
     records = [json.loads((tmp_path / name / "run.json").read_text()) for name in ("bf16", "fp32")]
     assert records[0]["key"] != records[1]["key"] and records[0]["config"]["covariance_rows"] == "bfloat16"
+    run(tmp_path, model_dir, corpus, name="half0", shard=(0, 2), covariance_rows="bfloat16")
+    run(tmp_path, model_dir, corpus, name="half1", shard=(1, 2))
+    with pytest.raises(AutoskillError, match="half1: profiled with --covariance-rows float32, .*half0 with bfloat16"):
+        merge([tmp_path / "half0", tmp_path / "half1"], tmp_path / "mixed")
 
 
 def test_covariance_rows_benchmark_runs(tmp_path, tiny_model):

@@ -184,7 +184,9 @@ class StreamingCovariance(Statistics):
 
             def add_slices() -> None:
                 data = self.sumsq.data
-                for start, piece in reader.slices("sumsq_packed", chunk_bytes=chunk_bytes):
+                # The same rounding as merge's `add_` (the other's sums cast to ours), so the same numbers.
+                slices = reader.slices("sumsq_packed", chunk_bytes=chunk_bytes, pinned=data.device.type == "cuda")
+                for start, piece in slices:
                     data[start:start + piece.numel()] += piece.to(data.device, data.dtype)
 
             return self._add_sums(state["shift"].to(self.device, torch.float64), state["sum"].to(self.device), n,

@@ -47,6 +47,10 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, 
             raise AutoskillError(f"{shard.path}: its --layer-scaling pilot factors (measured on its own first batch) "
                                  f"differ from {shards[0].path}'s, so their statistics do not add; profile without "
                                  "--layer-scaling pilot and choose fit-time --scaling layer")
+        rows = record.config.get("covariance_rows", "float32")
+        if rows != first.config.get("covariance_rows", "float32"):
+            raise AutoskillError(f"{shard.path}: profiled with --covariance-rows {rows}, {shards[0].path} with "
+                                 f"{first.config.get('covariance_rows', 'float32')}; merge shards profiled alike")
         path = shard.stats_path(record)
         if merged is None:
             merged = load_statistics(path)
