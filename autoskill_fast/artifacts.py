@@ -14,7 +14,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .errors import AutoskillError
 
@@ -332,14 +332,5 @@ class TensorReader:
 
 def load_tensors(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """Load a safetensors file; a missing, truncated or incomplete file is a one-line error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise AutoskillError(f"{path}: file not found")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise AutoskillError(f"{path}: corrupted or truncated safetensors file ({e}); rerun the command that wrote it") from None
-    missing = [k for k in required if k not in tensors]
-    if missing:
-        raise AutoskillError(f"{path}: missing tensors {missing}; the file was not written by this version of autoskill-fast")
-    return tensors
+    with TensorReader(path, required) as reader:
+        return {name: reader.get(name) for name in reader.keys()}
