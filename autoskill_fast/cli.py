@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
@@ -309,8 +310,20 @@ def format_ranking(ranking, limit: int = 10) -> str:
 
 
 def main():
-    cli()
+    """The console entry point. Under torchrun a rank ends through `end_process` (no interpreter teardown, which can
+    abort a finished rank; see there); a plain run exits as usual."""
+    from .jobs.world import end_process, several_ranks
 
+    try:
+        cli()
+    except SystemExit as e:  # click ends every command with sys.exit
+        end_process(e.code)
+    except BaseException:  # not an AutoskillError (those are one line and status 2): a bug, an out-of-memory
+        if not several_ranks():
+            raise
+        traceback.print_exc()  # as Python prints it, before the process ends without its teardown
+        end_process(1)
+    end_process(0)
 
 if __name__ == "__main__":
     main()

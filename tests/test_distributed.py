@@ -19,6 +19,7 @@ import torch
 
 from autoskill_fast import SkillBasis
 from autoskill_fast.decomposition.statistics import load_statistics
+from autoskill_fast.jobs.world import end_process
 from autoskill_fast.run.features import iter_feature_shards
 from autoskill_fast.run.scores import Scores
 from model_fixtures import write_jsonl
@@ -53,7 +54,7 @@ def features_in_row_order(folder: Path) -> torch.Tensor:
 
 COLLECTIVES = textwrap.dedent("""
     import json, sys, torch
-    from autoskill_fast.jobs.world import current_world
+    from autoskill_fast.jobs.world import current_world, end_process
     world = current_world()
     x = torch.arange(1000, dtype=torch.float64) * (world.rank + 1)
     world.reduce_sum_(x, slice_bytes=24)          # 3 numbers a slice: 334 slices
@@ -87,24 +88,66 @@ COLLECTIVES = textwrap.dedent("""
         print(json.dumps({"sum_ok": bool(torch.equal(x, torch.arange(1000, dtype=torch.float64) * 3)),
                           "objects": objects, "shared": shared, "ok": ok, "failed": failed, "sent_ok": same,
                           "together": together, "only_main": only_main}))
-    world.close()
+    end_process(0)  # as the command line ends a rank
 """)
 
 
-def test_collectives_in_many_slices():
-    port = free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, "-c", COLLECTIVES], stdout=subprocess.PIPE,
+def run_ranks(script: str, *args, world_size: int = 2) -> list[tuple[int, str, str]]:
+    """`script` as every rank of a world launched by hand (rank 0 hosts the store): (returncode, stdout, stderr)."""
+    port, procs = free_port(), []
+    for rank in range(world_size):
+        env = dict(os.environ, WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, env=env, cwd=REPO))
     outs = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
-    result = json.loads(outs[0][0].strip().splitlines()[-1])
+    return [(p.returncode, *out) for p, out in zip(procs, outs)]
+
+
+def test_collectives_in_many_slices():
+    ranks = run_ranks(COLLECTIVES)
+    assert all(returncode == 0 for returncode, _, _ in ranks), ranks
+    result = json.loads(ranks[0][1].strip().splitlines()[-1])
     assert result == {"sum_ok": True, "objects": [{"rank": 0}, {"rank": 1}], "shared": "from rank 0", "ok": None,
                       "failed": "rank 1: planted failure", "sent_ok": True,
                       "together": "AutoskillError: rank 1: ValueError: planted bug", "only_main": 0}
+
+
+ENDING = textwrap.dedent("""
+    import atexit, sys, threading, time, torch
+    from autoskill_fast.jobs.world import current_world, end_process
+    world = current_world()
+    marker, code = sys.argv[1], int(sys.argv[2])
+
+    def spin():  # in torch calls that release the GIL: the interpreter's teardown aborts the process on such a thread
+        a = torch.randn(1000)
+        while True:
+            a + a
+
+    threading.Thread(target=spin, daemon=True).start()
+    atexit.register(lambda: open(f"{marker}-{world.rank}", "w").write("ran"))
+    print(f"rank {world.rank} done", end="")  # left in the buffer: end_process flushes it
+    time.sleep(0.2)
+    end_process(code if world.rank == 1 else 0)
+""")
+
+
+def test_a_rank_ends_without_the_teardown_that_aborts_on_a_busy_thread(tmp_path):
+    """A plain exit with that thread running ends in SIGABRT ("terminate called without an active exception");
+    end_process still runs the atexit handlers, flushes the output and keeps each rank's exit status."""
+    marker = tmp_path / "atexit"
+    ranks = run_ranks(ENDING, marker, 5)  # rank 0 ends with 0, rank 1 with 5
+    assert [returncode for returncode, _, _ in ranks] == [0, 5], ranks
+    assert [out for _, out, _ in ranks] == ["rank 0 done", "rank 1 done"], ranks
+    assert all("terminate called" not in err for _, _, err in ranks), ranks
+    assert all(Path(f"{marker}-{rank}").read_text() == "ran" for rank in range(2))
+
+
+def test_end_process_in_a_world_of_one_is_sys_exit():
+    for code in (0, 3, None):
+        with pytest.raises(SystemExit) as exit_:
+            end_process(code)
+        assert exit_.value.code == code
 
 
 @pytest.mark.slow

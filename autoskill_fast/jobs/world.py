@@ -193,6 +193,42 @@ def current_world() -> World:
     return _WORLD
 
 
+def several_ranks() -> bool:
+    """Whether this process joined a world of several ranks (without starting one)."""
+    return _WORLD is not None and _WORLD.distributed
+
+
+def end_process(code: int | str | None) -> None:
+    """Leave the process as `sys.exit(code)` does; in a world of several ranks, without the interpreter's teardown.
+
+    That teardown stops each thread that asks for the GIL by unwinding it (`pthread_exit`). If the thread is a C++ one,
+    or in a torch call that released the GIL, the unwinding aborts the whole process: "terminate called without an
+    active exception", then SIGABRT (pytorch/pytorch#38228). In CI a torchrun rank that had finished its run died so
+    (which thread asked is not known), and torchrun reported the whole job as failed. So here everything a normal exit
+    does before the teardown still runs: non-daemon threads are joined, the `atexit` handlers run (`World.close` among
+    them: the watchdog stops, the process group is destroyed), and the standard streams are flushed. Then the process
+    ends with `os._exit`. Every file this package writes is closed and renamed into place before that."""
+    if not several_ranks():
+        sys.exit(code)
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("message") prints the message and exits with 1
+        sys.stderr.write(f"{code}\n")
+        status = 1
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing left to say on it
+            pass
+    os._exit(status)
+
+
 def _init_from_env() -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
