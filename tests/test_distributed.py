@@ -114,10 +114,18 @@ def test_collectives_in_many_slices():
 
 
 ENDING = textwrap.dedent("""
-    import atexit, sys, threading, time, torch
+    import atexit, json, os, sys, threading, time, torch
+    marker, code = sys.argv[1], int(sys.argv[2])
+
+    def threads_left():  # registered before the world, so it runs after World.close
+        names = [open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task")]
+        open(f"{marker}-{os.environ['RANK']}", "w").write(json.dumps(sorted(names)))
+
+    atexit.register(threads_left)
     from autoskill_fast.jobs.world import current_world, end_process
     world = current_world()
-    marker, code = sys.argv[1], int(sys.argv[2])
+    world.broadcast_object("a collective" if world.main else None)
+    import torch.distributed.nn.functional  # as transformers does while it loads a model
 
     def spin():  # in torch calls that release the GIL: the interpreter's teardown aborts the process on such a thread
         a = torch.randn(1000)
@@ -125,7 +133,6 @@ ENDING = textwrap.dedent("""
             a + a
 
     threading.Thread(target=spin, daemon=True).start()
-    atexit.register(lambda: open(f"{marker}-{world.rank}", "w").write("ran"))
     print(f"rank {world.rank} done", end="")  # left in the buffer: end_process flushes it
     time.sleep(0.2)
     end_process(code if world.rank == 1 else 0)
@@ -134,13 +141,16 @@ ENDING = textwrap.dedent("""
 
 def test_a_rank_ends_without_the_teardown_that_aborts_on_a_busy_thread(tmp_path):
     """A plain exit with that thread running ends in SIGABRT ("terminate called without an active exception");
-    end_process still runs the atexit handlers, flushes the output and keeps each rank's exit status."""
-    marker = tmp_path / "atexit"
+    end_process still runs the atexit handlers, flushes the output and keeps each rank's exit status. And World.close
+    ends gloo's threads, even after a module that keeps the default group was imported."""
+    marker = tmp_path / "threads"
     ranks = run_ranks(ENDING, marker, 5)  # rank 0 ends with 0, rank 1 with 5
     assert [returncode for returncode, _, _ in ranks] == [0, 5], ranks
     assert [out for _, out, _ in ranks] == ["rank 0 done", "rank 1 done"], ranks
     assert all("terminate called" not in err for _, _, err in ranks), ranks
-    assert all(Path(f"{marker}-{rank}").read_text() == "ran" for rank in range(2))
+    for rank in range(2):
+        left = json.loads(Path(f"{marker}-{rank}").read_text())
+        assert left and not [name for name in left if "gloo" in name], left
 
 
 def test_end_process_in_a_world_of_one_is_sys_exit():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import importlib
 import os
 import signal
 import socket
@@ -203,11 +204,12 @@ def end_process(code: int | str | None) -> None:
 
     That teardown stops each thread that asks for the GIL by unwinding it (`pthread_exit`). If the thread is a C++ one,
     or in a torch call that released the GIL, the unwinding aborts the whole process: "terminate called without an
-    active exception", then SIGABRT (pytorch/pytorch#38228). In CI a torchrun rank that had finished its run died so
-    (which thread asked is not known), and torchrun reported the whole job as failed. So here everything a normal exit
-    does before the teardown still runs: non-daemon threads are joined, the `atexit` handlers run (`World.close` among
-    them: the watchdog stops, the process group is destroyed), and the standard streams are flushed. Then the process
-    ends with `os._exit`. Every file this package writes is closed and renamed into place before that."""
+    active exception", then SIGABRT (pytorch/pytorch#38228). In CI a torchrun rank that had finished its run died so,
+    and torchrun reported the whole job as failed. Gloo's threads were then still alive at the teardown (see the import
+    in `_init_from_env`); which thread asked is not known. So whatever else is left running, here everything a normal
+    exit does before the teardown still runs: non-daemon threads are joined, the `atexit` handlers run (`World.close`
+    among them: the watchdog stops, the process group is destroyed), and the standard streams are flushed. Then the
+    process ends with `os._exit`. Every file this package writes is closed and renamed into place before that."""
     if not several_ranks():
         sys.exit(code)
     if code is None:
@@ -243,6 +245,10 @@ def _init_from_env() -> World:
     backend = os.environ.get("AUTOSKILL_FAST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
+    # Imported after the group exists, this module keeps it as the default `group=` of ten functions, and the group,
+    # its threads with it, then outlives destroy_process_group until the interpreter's teardown (transformers imports
+    # it while loading a model). Imported first, it keeps None.
+    importlib.import_module("torch.distributed.nn.functional")
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     world = World(rank, size, local_rank, backend)
     world._watchdog = _Watchdog(world)
