@@ -325,5 +325,6 @@ def main():
         end_process(1)
     end_process(0)
 
+
 if __name__ == "__main__":
     main()
