@@ -264,7 +264,8 @@ class ProfileConfig:
     on_bad_example: BadExamplePolicy = "error"
     """error: stop at the first unusable example; skip: skip it and record its id."""
     checkpoint_every: int | None = None
-    """Also checkpoint every N batches (default: by time only)."""
+    """Also checkpoint every N batches (default: by time only); under torchrun at the ranks' first meeting at or after
+    each N-th batch (they meet every min(N, 16) batches)."""
     checkpoint_seconds: float = 600.0
     """Checkpoint at least this often; stretched so that saving (D^2 / 2 numbers) costs at most 1% of the run."""
     shard: tuple[int, int] = field(default=(0, 1), metadata=cli(parse=parse_shard, metavar="I/N", shown="0/1"))

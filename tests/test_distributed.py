@@ -19,7 +19,7 @@ import torch
 
 from autoskill_fast import SkillBasis
 from autoskill_fast.decomposition.statistics import load_statistics
-from autoskill_fast.jobs.world import end_process
+from autoskill_fast.jobs.world import EXIT_RANK_LOST, LOST_AFTER_S, end_process
 from autoskill_fast.run.features import iter_feature_shards
 from autoskill_fast.run.scores import Scores
 from model_fixtures import write_jsonl
@@ -153,11 +153,97 @@ def test_a_rank_ends_without_the_teardown_that_aborts_on_a_busy_thread(tmp_path)
         assert left and not [name for name in left if "gloo" in name], left
 
 
+LOST_PEER = textwrap.dedent("""
+    import os, signal, time, torch
+    from autoskill_fast.jobs.world import current_world, end_process
+    world = current_world()
+    world.sum_ints_async([1])()  # both ranks are connected
+    if world.rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    started = time.monotonic()
+    try:
+        world.reduce_sum_(torch.ones(10))
+    finally:
+        print(f"{time.monotonic() - started:.1f}", end="")  # not reached: the rank stops at once
+    end_process(0)
+""")
+
+
+def test_a_collective_with_a_killed_rank_stops_at_once_naming_it():
+    """gloo breaks the collective off ("Connection reset by peer") as soon as the other rank's process is gone: the
+    rank stops with an error naming it, as the watchdog would only after its heartbeat was silent for 15 s."""
+    started = time.monotonic()
+    (code0, out0, err0), (code1, _, _) = run_ranks(LOST_PEER)
+    assert code1 == -signal.SIGKILL
+    assert code0 == EXIT_RANK_LOST and out0 == "", (code0, err0)
+    assert "error: rank 0: a collective broke off" in err0 and "rank 1 failed" in err0, err0
+    assert "Traceback" not in err0 and time.monotonic() - started < LOST_AFTER_S, err0
+
+
 def test_end_process_in_a_world_of_one_is_sys_exit():
     for code in (0, 3, None):
         with pytest.raises(SystemExit) as exit_:
             end_process(code)
         assert exit_.value.code == code
+
+
+MEETINGS = textwrap.dedent("""
+    import json, sys
+    from types import SimpleNamespace
+    from autoskill_fast.jobs.profiling import _Meetings
+    from autoskill_fast.jobs.world import current_world, end_process
+    world = current_world()
+
+    def run(n_batches, every, seconds, fail_at=None):
+        meetings = _Meetings(world, SimpleNamespace(checkpoint_every=every, checkpoint_seconds=seconds), saved_at=0)
+        log, failure = [], None
+        for batch in range(1, n_batches + 1):
+            if batch == fail_at:
+                failure = ValueError(f"planted at batch {batch}")
+                break
+            if batch % meetings.period == 0:
+                log.append([batch, *meetings.meet(batch, finished=False)])
+        while True:
+            finished, save = meetings.meet(n_batches, finished=True, failure=failure)
+            log.append(["done", finished, save])
+            if finished:
+                return log
+
+    logs = {"every 20": run([70, 37][world.rank], 20, 1e9), "every 4": run([9, 14][world.rank], 4, 1e9),
+            "by time": run([40, 33][world.rank], None, 0.0)}
+    try:
+        run([70, 50][world.rank], 20, 1e9, fail_at=[None, 21][world.rank])
+    except Exception as e:
+        logs["failure"] = f"{type(e).__name__}: {e}"
+    print(json.dumps(logs))
+    end_process(0)
+""")
+
+
+def test_ranks_meet_to_checkpoint_finish_and_fail_together():
+    """The ranks of a profile meet every few batches of their own (at most 16; as often as --checkpoint-every asks).
+    A rank posts its flags and goes on; at its next meeting every rank acts on what all posted at the one before. A
+    rank that is done keeps meeting the others until all are; a checkpoint is decided the same on every rank (by batch
+    count: once the ranks still running passed a multiple of N; by time: rank 0's clock) and taken at the next meeting,
+    in step; a rank that failed stops every rank within two meetings."""
+    ranks = run_ranks(MEETINGS)
+    assert [code for code, _, _ in ranks] == [0, 0], ranks
+    rank0, rank1 = (json.loads(out) for _, out, _ in ranks)
+    # Rank 0 runs 70 batches and rank 1 37, meeting every 16. The meeting at 32 finds batch 20 passed: the checkpoint
+    # is at the next meeting, rank 0's at 48, which rank 1 joins from its first "done" meeting. Batch 60, found passed
+    # at 64, would be saved at the next meeting, but every rank is done by then.
+    assert rank0["every 20"] == [[16, False, False], [32, False, False], [48, False, True], [64, False, False],
+                                 ["done", True, False]]
+    assert rank1["every 20"] == [[16, False, False], [32, False, False], ["done", False, True], ["done", False, False],
+                                 ["done", True, False]]
+    # --checkpoint-every 4 meets every 4 batches: batch 4, found passed at meeting 4, is saved at 8.
+    assert rank0["every 4"] == [[4, False, False], [8, False, True], ["done", False, False], ["done", True, False]]
+    assert rank1["every 4"] == [[4, False, False], [8, False, True], [12, False, False], ["done", True, False]]
+    # By time (here: due at once): found at the first meeting, saved at the second.
+    assert rank0["by time"] == [[16, False, False], [32, False, True], ["done", False, False], ["done", True, False]]
+    assert rank1["by time"] == [[16, False, False], [32, False, True], ["done", False, False], ["done", True, False]]
+    assert rank1["failure"] == "ValueError: planted at batch 21"
+    assert rank0["failure"] == "AutoskillError: rank 1: ValueError: planted at batch 21"
 
 
 @pytest.mark.slow
@@ -224,6 +310,23 @@ def test_two_processes_with_sketches_equal_one_exact_profile(tmp_path, tiny_mode
     assert torch.allclose(sa.projection, sb.projection, atol=1e-5 * float(sa.projection.abs().max()))
 
 
+@pytest.mark.slow
+def test_a_bad_example_on_one_rank_stops_every_rank_with_its_error(tmp_path, tiny_model):
+    """Row 101 is rank 1's: its error reaches rank 0 at the next meeting of the ranks, and both stop with it (not with
+    a lost rank's error, nor a hang until a timeout)."""
+    model = tiny_model("llama")
+    records = [{"text": t} for t in make_texts(200, seed=23)]
+    records[101] = {"text": ""}
+    corpus = write_jsonl(tmp_path / "c.jsonl", records)
+    run = torchrun(2, "profile", "--model", model, "--corpus", corpus, "-k", 4, "--quiet", "--token-budget", 48,
+                   "--out", tmp_path / "run", timeout=300)
+    assert run.returncode != 0
+    where = f"{corpus}:102: example '101': empty text"
+    assert f"error: {where}" in run.stderr, run.stderr[-3000:]  # rank 1, the one that read it
+    assert f"error: rank 1: {where}" in run.stderr, run.stderr[-3000:]  # rank 0
+    assert "stopped responding" not in run.stderr and "broke off" not in run.stderr, run.stderr[-3000:]
+
+
 def rank_pids(parent: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
     return [int(pid) for pid in out]
@@ -239,11 +342,11 @@ def test_a_killed_rank_stops_the_others_and_the_run_resumes(tmp_path, tiny_model
                "-m", "autoskill_fast", *map(str, common), "--out", str(tmp_path / "run")]
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                                 env=dict(os.environ, OMP_NUM_THREADS="1"))
-    progress = tmp_path / "run" / "checkpoint" / "rank-1" / "progress.json"
+    progress = tmp_path / "run" / "checkpoint" / "progress.json"
     deadline = time.time() + 300
     while not progress.exists() and launcher.poll() is None and time.time() < deadline:
         time.sleep(0.1)
-    assert progress.exists(), "rank 1 never checkpointed"
+    assert progress.exists(), "the run never checkpointed"
     workers = rank_pids(launcher.pid)
     assert len(workers) == 2
     victim = max(workers)  # the workers start in rank order
@@ -253,6 +356,12 @@ def test_a_killed_rank_stops_the_others_and_the_run_resumes(tmp_path, tiny_model
     stopped_after = time.time() - killed_at
     assert launcher.returncode != 0 and stopped_after < 60, (stopped_after, err[-2000:])
     assert "error: rank 0:" in err and "rank 1 failed" in err, err[-3000:]
+
+    # One checkpoint for the run, saved by rank 0: every rank's statistics added, every rank's position beside them.
+    saved = json.loads(progress.read_text())
+    assert not list(progress.parent.glob("rank-*"))
+    assert len(saved["ranks"]) == 2 and saved["batches"] % 16 == 0  # the ranks meet every 16 batches
+    assert load_statistics(progress.parent / saved["stats_file"]).n == sum(r["counts"]["examples"] for r in saved["ranks"])
 
     # Resuming with another number of processes is refused, saying how to continue.
     other = plain(*common, "--out", tmp_path / "run")

@@ -276,3 +276,34 @@ def test_bad_dtype_or_tile_in_a_packed_state_is_named(tmp_path):
     save_tensors(tmp_path / "tile.safetensors", dict(state, sumsq_tile=torch.zeros(0, dtype=torch.int64)))
     with pytest.raises(AutoskillError, match="corrupted"):
         StreamingCovariance.load(tmp_path / "tile.safetensors")
+
+
+@pytest.mark.parametrize("kind", ["exact", "sketched"])
+def test_cleared_statistics_go_on_as_new_ones_around_the_same_shift(kind):
+    """A rank of a multi-process run whose rows went into rank 0's statistics clears its own and goes on: from there
+    it must equal statistics made new around that shift, bit for bit (a resumed run makes them new)."""
+    from autoskill_fast.decomposition.statistics import SketchedCovariance
+
+    def make(shift=None):
+        if kind == "exact":
+            return StreamingCovariance(11, shift=shift, stage_rows=5)
+        return SketchedCovariance(11, 6, shift=shift)
+
+    x = data(40, 11, seed=9)
+    used = make()
+    used.update(x[:20])
+    used.update(x[20:23])  # exact: 3 rows staged, not yet in the sums
+    memory = used.sumsq.data.data_ptr() if kind == "exact" else None
+    shift = used.shift.clone()
+    assert used.clear_() is used
+    assert used.n == 0 and torch.equal(used.shift, shift)
+    if kind == "exact":
+        assert used.sumsq.data.data_ptr() == memory  # cleared in place: no second accumulator on the device
+    fresh = make(shift)
+    for stats in (used, fresh):
+        stats.update(x[23:31])
+        stats.update(x[31:])
+    assert used.n == fresh.n == 17
+    for name, tensor in fresh.state_dict().items():
+        assert torch.equal(used.state_dict()[name], tensor), name
+    torch.testing.assert_close(used.mean, x[23:].mean(0), rtol=1e-12, atol=1e-9)

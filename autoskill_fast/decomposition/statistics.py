@@ -64,6 +64,11 @@ class Statistics:
     def merge(self, other: "Statistics") -> "Statistics":
         raise NotImplementedError
 
+    def clear_(self) -> "Statistics":
+        """No rows, around the same shift, in the same memory (a rank of a multi-process run whose rows were added
+        into rank 0's statistics goes on from here)."""
+        raise NotImplementedError
+
     def merge_saved(self, path: str | Path) -> "Statistics":
         """`merge` of the statistics saved at `path` (exact ones never whole in memory: see StreamingCovariance)."""
         return self.merge(load_statistics(path, device=self.device))
@@ -204,6 +209,13 @@ class StreamingCovariance(Statistics):
         _add_shift_terms(self.sumsq, s1, delta, n)
         self.sum += s1 + n * delta
         self._n += n
+        return self
+
+    def clear_(self) -> "StreamingCovariance":
+        self._staged, self._staged_n = [], 0
+        self._n = 0
+        self.sum.zero_()
+        self.sumsq.data.zero_()
         return self
 
     def set_count(self, n: int) -> None:
@@ -439,6 +451,11 @@ class SketchedCovariance(Statistics):
         offset = other.shift.to(self.device) - self.shift  # the other's rows around our shift: y + offset
         self.sq_norm += other.sq_norm.to(self.device) + _sq_norm_shift(other.sum.to(self.device), other.n, offset)
         self.sketch.merge(other.sketch, offset=offset)
+        return self
+
+    def clear_(self) -> "SketchedCovariance":
+        self.sketch = FrequentDirections(self.dim, self.sketch.sketch_size, dtype=torch.float32, device=self.device)
+        self.sq_norm.zero_()
         return self
 
     def reshift_(self, shift_d: torch.Tensor) -> "SketchedCovariance":

@@ -23,11 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
+from ..artifacts import TensorReader
 from ..basis import SkillBasis, diagnose, feature_scale
 from ..capture.features import ResolvedPooling, drop_non_finite, pilot_layer_scale, resolve_pooling
 from ..capture.hooks import PooledCapture
@@ -41,7 +42,7 @@ from ..decomposition.pca import fit_components
 from ..decomposition.statistics import SketchedCovariance, Statistics, StreamingCovariance
 from ..errors import AutoskillError
 from ..progress import Progress
-from ..run.checkpoint import Checkpoint
+from ..run.checkpoint import PROGRESS_JSON, Checkpoint
 from ..run.features import FeatureWriter, iter_feature_shards
 from ..run.folder import (CHECKPOINT_DIR, FEATURES_DIR, STATS_FILE, TEMP_FEATURES_DIR, RunFolder, basis_summary,
                           describe_run, run_key)
@@ -85,25 +86,30 @@ class Profiler:
     # ---- the three steps -------------------------------------------------------------------------------------------
     def prepare(self, state: dict[str, Any] | None = None, stats: Statistics | None = None) -> "Profiler":
         """Enter the hooks; start from a checkpoint's `state` and `stats` when given."""
-        dim = self.pooling.layout.feature_dim
-        if stats is not None:
-            self.stats = stats
-            if isinstance(stats, StreamingCovariance):
-                stats.rows_dtype = self.rows_dtype  # not part of what a checkpoint saves: a resume goes on the same way
-        elif self.sketch_size:
-            self.stats = SketchedCovariance(dim, self.sketch_size, device=self.device)
-        else:
-            self.stats = StreamingCovariance(dim, device=self.device, rows_dtype=self.rows_dtype)
+        self.stats = stats if stats is not None else self.new_statistics()
+        if isinstance(self.stats, StreamingCovariance):
+            self.stats.rows_dtype = self.rows_dtype  # not part of what a checkpoint saves: a resume goes on the same way
         if state:
             self.counts = Counts(**state["counts"])
             self.tally = InputTally(list(state["forward_skipped"]))
             self.forward_s = float(state["forward_s"])
             if state.get("layer_scale") is not None:
                 self.capture.layer_scale = torch.tensor(state["layer_scale"], device=self.device)
-        if self.stats.shift is not None:
-            self.capture.shift = self.stats.shift.to(self.device, torch.float32)
+        self.follow_shift()
         self.capture.__enter__()
         return self
+
+    def new_statistics(self, shift: torch.Tensor | None = None) -> Statistics:
+        """Empty statistics of the kind this profile keeps (around `shift`, when given)."""
+        dim = self.pooling.layout.feature_dim
+        if self.sketch_size:
+            return SketchedCovariance(dim, self.sketch_size, shift=shift, device=self.device)
+        return StreamingCovariance(dim, shift=shift, device=self.device, rows_dtype=self.rows_dtype)
+
+    def follow_shift(self) -> None:
+        """Subtract the statistics' shift in the capture (after it was set, or moved to the other ranks' shift)."""
+        if self.stats.shift is not None:
+            self.capture.shift = self.stats.shift.to(self.device, torch.float32)
 
     def step(self, batch: Batch) -> None:
         """One batch: pooled rows (shifted by the pilot mean) into the statistics and the feature writer."""
@@ -160,8 +166,9 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
     """Profile a model over a corpus and write the run folder; return the basis.
 
     Under torchrun every rank profiles its slice of the corpus (rows with row % world_size == rank, within --shard),
-    on its own device, and checkpoints its own statistics; the statistics are added on rank 0 at the end (exactly,
-    around one shift), which fits and writes the folder. Every rank returns the basis, or raises the same error.
+    on its own device; the statistics are added on rank 0 (exactly, around one shift) at each checkpoint and at the
+    end, and rank 0 saves the checkpoints, fits and writes the folder. Every rank returns the basis, or raises the
+    same error.
     """
     t_start = time.perf_counter()
     world = current_world()
@@ -202,7 +209,7 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
     if decision != "run":
         return _finished(folder, config, decision, world)
 
-    profiler, tally = world.together(lambda: _run_batches(config, loaded, resolved, folder, key, world))
+    profiler, tally = _run_batches(config, loaded, resolved, folder, key, world)
     stats = _reduce_statistics(profiler.finish(), world)
     tallies = world.gather_objects({"counts": asdict(profiler.counts), "truncated": tally.truncated,
                                     "skipped": tally.skipped + profiler.tally.skipped, "forward_s": profiler.forward_s})
@@ -231,23 +238,25 @@ def _check_resumed_world(folder: RunFolder, record: RunRecord | None, world: Wor
     if started != world.size:
         how = (f"torchrun --nproc-per-node {started} (or as many processes over your nodes)" if started > 1
                else "one process (no torchrun)")
-        raise AutoskillError(f"{folder.path}: this run was started by {started} process(es) and has their "
-                             f"checkpoints; resume it with {how}, or pass --overwrite to start over with "
+        raise AutoskillError(f"{folder.path}: this run was started by {started} process(es) and its checkpoint "
+                             f"holds their positions; resume it with {how}, or pass --overwrite to start over with "
                              f"{world.size}")
 
 
 def _reduce_statistics(stats: Statistics, world: World) -> Statistics:
-    """Every rank's statistics added on rank 0, exactly: around one shift (the first rank with rows), then summed."""
+    """Every rank's statistics added into rank 0's, exactly: every rank first moves to one shift (the first rank with
+    rows), then the sums are reduced (a sketch is sent to rank 0, which merges it). Every rank keeps that shift."""
     if not world.distributed:
         return stats
-    if isinstance(stats, SketchedCovariance):
-        return _merge_sketches(stats, world)
+    stats.flush()
     meta = world.gather_objects((stats.n, None if stats.shift is None else stats.shift.cpu()))
     common = next((shift for n, shift in meta if n), None) if world.main else None
     common = world.broadcast_object(common)
     if common is None:
         return stats  # no rank has a row: the caller reports it
     stats.reshift_(common)
+    if isinstance(stats, SketchedCovariance):
+        return _merge_sketches(stats, world)
     world.reduce_sum_(stats.sum)
     world.reduce_sum_(stats.sumsq.data)
     if world.main:
@@ -259,7 +268,7 @@ def _merge_sketches(stats: SketchedCovariance, world: World) -> SketchedCovarian
     """Every rank's sketch merged into rank 0's, one rank at a time (rank 0 holds at most one other sketch). Sketches
     do not add like sums: the merge shrinks their union, so the bound is the ranks' shrinkages plus its own."""
     if not world.main:
-        world.send_tensors(stats.state_dict() if stats.shift is not None else {})  # {}: a rank without rows
+        world.send_tensors(stats.state_dict() if stats.n else {})  # {}: a rank without rows
         return stats
     for rank in range(1, world.size):
         state = world.recv_tensors(rank, device=stats.device)
@@ -324,47 +333,50 @@ def _check_k_before_forward(config: ProfileConfig, resolved: ResolvedPooling) ->
 
 def _run_batches(config: ProfileConfig, loaded: LoadedModel, resolved: ResolvedPooling, folder: RunFolder,
                  key: str, world: World) -> tuple[Profiler, InputTally]:
-    """This rank's forward pass over its batches, with its checkpoints; resumes from its last one."""
-    index, n_shards = config.shard
-    shard = (index + n_shards * world.rank, n_shards * world.size)  # rank r takes every world_size-th row of the shard
-    checkpoint = Checkpoint(folder.path, key, name=f"{CHECKPOINT_DIR}/rank-{world.rank}" if world.distributed
-                            else CHECKPOINT_DIR)
-    progress = checkpoint.load()
-    keep_features = config.save_features or config.scores
-    writer = None
-    if keep_features:
-        writer = FeatureWriter(folder / (FEATURES_DIR if config.save_features else TEMP_FEATURES_DIR),
-                               dtype=getattr(torch, config.features_dtype),
-                               resume_shards=progress["shards"] if progress else 0, metadata=folder.key_metadata(key),
-                               prefix=f"r{world.rank}-" if world.distributed else "")
-    rows_dtype = None if config.covariance_rows == "float32" else getattr(torch, config.covariance_rows)
-    profiler = Profiler(loaded.model, resolved, on_bad_example=config.on_bad_example, sketch_size=config.sketch_size,
-                        writer=writer, context=f"model {loaded.name}, dtype {str(loaded.dtype).removeprefix('torch.')}",
-                        rows_dtype=rows_dtype)
-    stats = checkpoint.load_statistics(progress, loaded.device) if progress else None
-    profiler.prepare(progress, stats)
+    """This rank's forward pass over its batches, with the run's checkpoints; resumes from the last one.
+
+    The ranks of a multi-process run meet every `MEET_EVERY` batches of their own (or `--checkpoint-every`, if fewer),
+    in one small all-reduce: whether all are done, whether one failed (then every rank stops with its error), and whether
+    rank 0 wants a checkpoint. A checkpoint adds every rank's statistics into rank 0's, which saves them once, with
+    every rank's position; the other ranks go on from empty statistics around the same shift. So a run keeps one copy
+    of the D^2 / 2 sums on disk, not one per rank."""
+    checkpoint = Checkpoint(folder.path, key)
+    progress = world.broadcast_object(world.together(lambda: _saved_progress(checkpoint, world), main_only=True))
+    state = None
+    if progress:
+        state = progress["ranks"][world.rank] if world.distributed else progress
+    profiler, writer = world.together(lambda: _resumed_profiler(config, loaded, resolved, folder, key, world,
+                                                                checkpoint, progress, state))
     done = profiler.counts.batches
     tally = InputTally()
     bar = Progress(disable=config.quiet or not world.main, initial_examples=profiler.counts.examples)
-    last_save, interval = time.perf_counter(), config.checkpoint_seconds
-    items = iter_tokenized(config.corpus, loaded.tokenizer, resolved.config, tally, shard=shard,
+    items = iter_tokenized(config.corpus, loaded.tokenizer, resolved.config, tally, shard=_rank_shard(config, world),
                            on_bad_example=config.on_bad_example)
-    pad_id = loaded.tokenizer.pad_token_id
-    batches = iter_batches(items, config.batching, token_budget=config.batching.token_budget, pad_id=pad_id,
-                           mode=resolved.config.mode)
+    batches = iter_batches(items, config.batching, token_budget=config.batching.token_budget,
+                           pad_id=loaded.tokenizer.pad_token_id, mode=resolved.config.mode)
+    meetings = _Meetings(world, config, saved_at=progress["batches"] if progress else 0)
     try:
-        for index, batch in enumerate(batches):
-            if index < done:
-                continue  # replayed up to the checkpoint: tokenized again, never run through the model
-            profiler.step(batch)
-            bar.update(len(batch), batch.n_tokens)
-            every = config.checkpoint_every
-            if (every and profiler.counts.batches % every == 0) or time.perf_counter() - last_save > interval:
-                saving = time.perf_counter()
-                shards = writer.flush() if writer is not None else 0
-                checkpoint.save(profiler.stats, {**profiler.state(), "shards": shards})
-                last_save = time.perf_counter()
-                interval = max(config.checkpoint_seconds, CHECKPOINT_COST_RATIO * (last_save - saving))
+        steps, failure = _steps(batches, done, profiler, bar), None
+        while True:
+            try:
+                next(steps)
+            except StopIteration:
+                break
+            except Exception as e:  # this rank stops, and tells the others at their next meeting
+                if not world.distributed:
+                    raise
+                failure = e
+                break
+            if profiler.counts.batches % meetings.period == 0:
+                _, save = meetings.meet(profiler.counts.batches, finished=False)
+                if save:
+                    meetings.timed(lambda: _save_checkpoint(checkpoint, profiler, writer, world, meetings.saved_at))
+        while world.distributed:  # this rank is done: it meets the others until every rank is
+            finished, save = meetings.meet(profiler.counts.batches, finished=True, failure=failure)
+            if finished:
+                break
+            if save:
+                meetings.timed(lambda: _save_checkpoint(checkpoint, profiler, writer, world, meetings.saved_at))
     except BaseException:
         profiler.__exit__(None, None, None)  # the model is the caller's: leave no hook on it
         raise
@@ -374,6 +386,156 @@ def _run_batches(config: ProfileConfig, loaded: LoadedModel, resolved: ResolvedP
     if writer is not None:
         writer.flush()
     return profiler, tally
+
+
+MEET_EVERY = 16  # batches between the meetings of a multi-process run's ranks (without --checkpoint-every)
+
+
+def _rank_shard(config: ProfileConfig, world: World) -> tuple[int, int]:
+    """Rank r takes every world_size-th row of the --shard."""
+    index, n_shards = config.shard
+    return index + n_shards * world.rank, n_shards * world.size
+
+
+def _saved_progress(checkpoint: Checkpoint, world: World) -> dict[str, Any] | None:
+    """Rank 0: the checkpoint's position (every rank's, for several) and the shift of its statistics."""
+    if world.distributed and (checkpoint.dir / "rank-0" / PROGRESS_JSON).exists():
+        raise AutoskillError(f"{checkpoint.dir}: holds one checkpoint per rank, written by an earlier version of "
+                             "autoskill-fast; finish the run with that version, or pass --overwrite to start over")
+    progress = checkpoint.load()
+    if progress is None:
+        return None
+    ranks = progress.get("ranks")
+    if world.distributed and (not isinstance(ranks, list) or len(ranks) != world.size):
+        raise AutoskillError(f"{checkpoint.dir}: this checkpoint does not hold the positions of {world.size} ranks; "
+                             "pass --overwrite to start over")
+    if world.distributed:
+        with TensorReader(checkpoint.dir / progress["stats_file"]) as reader:
+            progress["shift"] = reader.get("shift")
+    return progress
+
+
+def _resumed_profiler(config: ProfileConfig, loaded: LoadedModel, resolved: ResolvedPooling, folder: RunFolder,
+                      key: str, world: World, checkpoint: Checkpoint, progress: dict[str, Any] | None,
+                      state: dict[str, Any] | None) -> tuple[Profiler, FeatureWriter | None]:
+    """This rank's profiler, at its position in the checkpoint (if any): rank 0 (or the only process) with the saved
+    statistics, another rank with empty statistics around their shift."""
+    writer = None
+    if config.save_features or config.scores:
+        writer = FeatureWriter(folder / (FEATURES_DIR if config.save_features else TEMP_FEATURES_DIR),
+                               dtype=getattr(torch, config.features_dtype),
+                               resume_shards=state["shards"] if state else 0, metadata=folder.key_metadata(key),
+                               prefix=f"r{world.rank}-" if world.distributed else "")
+    rows_dtype = None if config.covariance_rows == "float32" else getattr(torch, config.covariance_rows)
+    profiler = Profiler(loaded.model, resolved, on_bad_example=config.on_bad_example, sketch_size=config.sketch_size,
+                        writer=writer, context=f"model {loaded.name}, dtype {str(loaded.dtype).removeprefix('torch.')}",
+                        rows_dtype=rows_dtype)
+    stats = None
+    if progress and world.main:
+        stats = checkpoint.load_statistics(progress, loaded.device)
+    elif progress:
+        stats = profiler.new_statistics(progress["shift"])
+    profiler.prepare(state, stats)
+    return profiler, writer
+
+
+def _steps(batches: Iterator[Batch], done: int, profiler: Profiler, bar: Progress) -> Iterator[None]:
+    """Each batch after the first `done` through the profiler (those are replayed up to the checkpoint: tokenized
+    again, never run through the model); yields after each."""
+    for index, batch in enumerate(batches):
+        if index < done:
+            continue
+        profiler.step(batch)
+        bar.update(len(batch), batch.n_tokens)
+        yield
+
+
+class _Meetings:
+    """Where the ranks of a multi-process run decide together, every `period` batches of their own (see
+    `_run_batches`); a world of one decides alone, after every batch.
+
+    A rank does not wait at a meeting for the others: it posts its flags (one small all-reduce, started) and goes on,
+    and acts at its next meeting on what every rank posted at this one. So a rank waits only when it is a whole
+    period ahead of the slowest, instead of at every meeting. A checkpoint is the exception: every rank joins it, so
+    the ranks meet in step there, and they first check that none failed since.
+
+    A checkpoint is due once --checkpoint-seconds have passed on rank 0 (an interval at least CHECKPOINT_COST_RATIO
+    times the last save's duration), and with --checkpoint-every N once the ranks still running have passed a
+    multiple of N (they are all at the same batch at a meeting: they meet every `period` batches from one start); it
+    is taken at the meeting after the one that found it due."""
+
+    def __init__(self, world: World, config: ProfileConfig, *, saved_at: int):
+        self.world = world
+        self.every = config.checkpoint_every
+        self.period = min(self.every or MEET_EVERY, MEET_EVERY) if world.distributed else 1
+        self.seconds = self.interval = config.checkpoint_seconds
+        self.last_save = time.perf_counter()
+        self.saved_at = saved_at  # the batch the last checkpoint was taken at (0: none yet)
+        self._posted: Callable[[], list[int]] | None = None  # the sums of this rank's last meeting, on their way
+
+    def meet(self, batches: int, *, finished: bool, failure: Exception | None = None) -> tuple[bool, bool]:
+        """(every rank is finished, save a checkpoint now), the same on every rank; raises on every rank when one
+        failed (`failure`: this rank's, posted until then)."""
+        late = self.world.main and time.perf_counter() - self.last_save > self.interval
+        flags = [int(not finished), int(failure is not None), int(late), 0 if finished else batches]
+        if not self.world.distributed:
+            return False, self._due(*self._read(flags, failure))
+        due = False
+        if self._posted is not None:
+            running, late, at = self._read(self._posted(), failure)
+            self._posted = None
+            if not running:
+                return True, False
+            due = self._due(running, late, at)
+        self._posted = self.world.sum_ints_async(flags)
+        if not due:
+            return False, False
+        running, _, at = self._read(self._posted(), failure)  # in step: no rank failed or finished since
+        self._posted = None
+        if not running:
+            return True, False
+        self.saved_at = at
+        return False, True
+
+    def _read(self, sums: list[int], failure: Exception | None) -> tuple[int, bool, int]:
+        """(ranks running, rank 0 wants a checkpoint by time, the batch the running ranks are at)."""
+        running, failed, late, batch_sum = sums
+        if failed:
+            self.world.settle(failure)
+        return running, bool(late), batch_sum // running if running else 0
+
+    def _due(self, running: int, late: bool, at: int) -> bool:
+        if running and (late or (self.every and at // self.every > self.saved_at // self.every)):
+            self.saved_at = at
+            return True
+        return False
+
+    def timed(self, save: Callable[[], None]) -> None:
+        started = time.perf_counter()
+        save()
+        self.last_save = time.perf_counter()
+        self.interval = max(self.seconds, CHECKPOINT_COST_RATIO * (self.last_save - started))
+
+
+def _save_checkpoint(checkpoint: Checkpoint, profiler: Profiler, writer: FeatureWriter | None, world: World,
+                     at: int) -> None:
+    """The statistics and position of every rank, saved by rank 0 (or the only process) as the checkpoint at batch
+    `at`. Several ranks first add their statistics into rank 0's, and go on from empty ones."""
+    state = {**profiler.state(), "shards": writer.flush() if writer is not None else 0}
+    if not world.distributed:
+        checkpoint.save(profiler.stats, state)
+        return
+    _reduce_statistics(profiler.stats, world)
+    if not world.main:
+        profiler.stats.clear_()  # its rows are in rank 0's statistics now
+    profiler.follow_shift()
+    states = world.gather_objects(state)
+
+    def save() -> None:
+        if profiler.stats.shift is not None:  # else no rank has a row yet: nothing to keep
+            checkpoint.save(profiler.stats, {"batches": at, "ranks": states})
+
+    world.together(save, main_only=True)
 
 
 def _fit_beside_write(stats: Statistics, folder: RunFolder, record: RunRecord, config: ProfileConfig,

@@ -8,12 +8,14 @@ Collectives and sends of large tensors go in slices of at most `REDUCE_SLICE_BYT
 element-count and message-size limits, and a slice bounds the staging buffers. A watchdog thread keeps a heartbeat per
 rank in the rendezvous store; when a rank stops beating (killed, crashed, its node lost) every other rank stops within
 `LOST_AFTER_S` seconds with an error naming it, instead of waiting in a collective until the process-group timeout.
+A collective that breaks off sooner (gloo notices a closed connection at once) stops the rank with the same error.
 """
 
 from __future__ import annotations
 
 import atexit
 import datetime
+import functools
 import importlib
 import os
 import signal
@@ -34,6 +36,22 @@ HEARTBEAT_S = 1.0  # how often each rank says it is alive
 LOST_AFTER_S = 15.0  # a rank silent this long is lost: every rank stops
 EXIT_RANK_LOST = 3
 COLLECTIVE_TIMEOUT_S = 1800  # a collective waits this long at most (the watchdog normally ends things much sooner)
+
+
+def _collective(method: Callable[..., T]) -> Callable[..., T]:
+    """A collective of the world. When it breaks off because another rank's process is gone (gloo: "Connection reset by
+    peer"), this rank stops at once with an error naming that rank, as the watchdog would a little later."""
+
+    @functools.wraps(method)
+    def run(self: "World", *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except RuntimeError as error:  # c10d's DistBackendError is one
+            if self._watchdog is not None:
+                self._watchdog.stop_if_a_rank_is_gone(error)
+            raise
+
+    return run
 
 
 @dataclass
@@ -66,6 +84,7 @@ class World:
         return device
 
     # ---- collectives (no-ops in a world of one) ------------------------------------------------------------------
+    @_collective
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's `obj`, on every rank."""
         if not self.distributed:
@@ -76,6 +95,7 @@ class World:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    @_collective
     def gather_objects(self, obj: Any) -> list[Any] | None:
         """Every rank's `obj` (small metadata: counts, ids of skipped examples), in rank order, on rank 0."""
         if not self.distributed:
@@ -86,6 +106,7 @@ class World:
         dist.gather_object(obj, out, dst=0)
         return out
 
+    @_collective
     def reduce_sum_(self, tensor: torch.Tensor, *, slice_bytes: int = REDUCE_SLICE_BYTES) -> None:
         """tensor (contiguous) += the other ranks' tensors, on rank 0, a slice of at most `slice_bytes` at a time."""
         if not self.distributed:
@@ -95,6 +116,7 @@ class World:
         for piece in _slices(tensor.view(-1), slice_bytes):
             dist.reduce(piece, dst=0, op=dist.ReduceOp.SUM)
 
+    @_collective
     def send_tensors(self, tensors: dict[str, torch.Tensor], *, dst: int = 0,
                      slice_bytes: int = REDUCE_SLICE_BYTES) -> None:
         """Send named tensors to rank `dst` (which calls `recv_tensors` with this rank): their shapes and dtypes first,
@@ -110,6 +132,7 @@ class World:
             for piece in _slices(flat, slice_bytes):
                 dist.send(piece, dst=dst)
 
+    @_collective
     def recv_tensors(self, src: int, *, device: torch.device | str = "cpu",
                      slice_bytes: int = REDUCE_SLICE_BYTES) -> dict[str, torch.Tensor]:
         """The named tensors rank `src` sent with `send_tensors` (the same `slice_bytes`), on `device`."""
@@ -131,6 +154,7 @@ class World:
         """Where point-to-point tensors must be: NCCL sends from and to this rank's GPU, gloo from and to the CPU."""
         return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
 
+    @_collective
     def all_succeeded(self, error: str | None) -> str | None:
         """Every rank reports its outcome (None: fine, else its error); the first error (by rank), on every rank."""
         if not self.distributed:
@@ -144,26 +168,49 @@ class World:
                 return message if rank == self.rank else f"rank {rank}: {message}"
         return None
 
+    @_collective
+    def sum_ints_async(self, values: list[int]) -> Callable[[], list[int]]:
+        """Each value summed over the ranks (one small all-reduce: flags, counts), started now; the sums on every rank
+        come from calling what this returns, so the rank can work on until it needs them."""
+        if not self.distributed:
+            return lambda: list(values)
+        import torch.distributed as dist
+
+        summed = torch.tensor(values, dtype=torch.int64, device=self._wire_device())
+        work = dist.all_reduce(summed, op=dist.ReduceOp.SUM, async_op=True)
+
+        @_collective
+        def sums(world: World) -> list[int]:
+            work.wait()
+            return summed.tolist()
+
+        return lambda: sums(self)
+
     def together(self, step: Callable[[], T], *, main_only: bool = False) -> T | None:
-        """Run `step` on every rank (on rank 0 alone with `main_only`; the others get None), then let every rank know
-        how every run went, so none waits in a later collective for a rank that failed. `step` must not itself call a
-        collective. A rank whose step raised something other than an AutoskillError (a CUDA out-of-memory, a full disk)
-        re-raises it with its traceback; every other rank raises an AutoskillError with the first failure by rank
-        (naming that rank when it is another)."""
-        result, error, raised = None, None, None
+        """Run `step` on every rank (on rank 0 alone with `main_only`; the others get None), then `settle` how every
+        run went, so none waits in a later collective for a rank that failed. `step` must not itself call a
+        collective."""
+        result, failure = None, None
         if self.main or not main_only:
             try:
                 result = step()
-            except AutoskillError as e:
-                error = str(e)
             except Exception as e:
-                error, raised = f"{type(e).__name__}: {e}", e
+                failure = e
+        self.settle(failure)
+        return result
+
+    def settle(self, failure: Exception | None) -> None:
+        """Every rank says whether it failed (`failure`), and every rank stops if one did: a rank whose failure is not
+        an AutoskillError (a CUDA out-of-memory, a full disk) re-raises it with its traceback; every other rank raises
+        an AutoskillError with the first failure by rank (naming that rank when it is another)."""
+        error = None
+        if failure is not None:
+            error = str(failure) if isinstance(failure, AutoskillError) else f"{type(failure).__name__}: {failure}"
         error = self.all_succeeded(error)
-        if raised is not None:
-            raise raised
+        if failure is not None and not isinstance(failure, AutoskillError):
+            raise failure
         if error is not None:
             raise AutoskillError(error)
-        return result
 
     def close(self) -> None:
         if self._watchdog is not None:
@@ -331,13 +378,27 @@ class _Watchdog:
                 continue
             host, _, pid = self.store.get(key).decode().rpartition(":")
             if host == here:
-                try:
-                    os.kill(int(pid), 0)
-                except ProcessLookupError:
+                if _process_gone(int(pid)):
                     dead.append(rank)
             elif rank in self.silent_ranks(2.5 * HEARTBEAT_S):
                 dead.append(rank)
         return dead
+
+    def stop_if_a_rank_is_gone(self, error: Exception) -> None:
+        """After a collective failed with `error`: if another rank's process is gone (looked for over a few heartbeats,
+        which a lost node's silence takes), stop this rank with an error naming it; else return (the caller raises)."""
+        deadline = time.monotonic() + 3 * HEARTBEAT_S
+        while True:
+            try:
+                lost = self.dead_ranks()
+            except Exception as store_error:
+                self._die(f"a collective failed ({type(error).__name__}) and the rendezvous store is gone "
+                          f"({type(store_error).__name__}): the launcher or rank 0 stopped")
+            if lost:
+                self._die(f"a collective broke off ({type(error).__name__}): rank {', '.join(map(str, lost))} failed")
+            if time.monotonic() > deadline:
+                return
+            time.sleep(HEARTBEAT_S / 4)
 
     def _terminated(self, signum, frame) -> None:
         """torchrun ends the other workers when one fails: say which one."""
@@ -347,3 +408,18 @@ class _Watchdog:
             lost = []
         who = f"rank {', '.join(map(str, lost))} failed" if lost else "another rank failed"
         self._die(f"the launcher ended the job: {who}")
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether process `pid` (on this host) has ended: gone, or a zombie its parent has not reaped yet."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except (OSError, IndexError):  # no /proc (not Linux): alive as far as can be told
+        return False

@@ -21,10 +21,10 @@ PROGRESS_JSON = "progress.json"
 
 
 class Checkpoint:
-    """Statistics + position of one run (its key) in `folder/checkpoint/` (or `name` for one of several ranks)."""
+    """Statistics + position of one run (its key) in `folder/checkpoint/`: the position of every rank, for several."""
 
-    def __init__(self, folder: Path, key: str, *, name: str = CHECKPOINT_DIR):
-        self.dir = Path(folder) / name
+    def __init__(self, folder: Path, key: str):
+        self.dir = Path(folder) / CHECKPOINT_DIR
         self.key = key
 
     def load(self) -> dict[str, Any] | None:
