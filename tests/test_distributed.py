@@ -180,6 +180,39 @@ def test_a_collective_with_a_killed_rank_stops_at_once_naming_it():
     assert "Traceback" not in err0 and time.monotonic() - started < LOST_AFTER_S, err0
 
 
+MAIN_ALONE = textwrap.dedent("""
+    import json, time
+    import autoskill_fast.jobs.world as world_module
+    world_module.COLLECTIVE_TIMEOUT_S = 2  # a collective open while rank 0 works alone for 4 s would time out
+    world = world_module.current_world()
+    world.sum_ints_async([1])()
+
+    def fail():
+        raise ValueError("disk full")
+
+    slow = world.together(lambda: time.sleep(4) or "written", main_only=True)
+    try:
+        world.together(fail, main_only=True)
+        failed = None
+    except Exception as e:
+        failed = f"{type(e).__name__}: {e}"
+    after = world.sum_ints_async([world.rank])()  # the collectives still line up
+    print(json.dumps({"slow": slow, "failed": failed, "after": after}))
+    world_module.end_process(0)
+""")
+
+
+def test_rank_0_alone_may_take_longer_than_a_collective_may_wait():
+    """`together(main_only=True)`, as a checkpoint's write or the fit: the other ranks wait for rank 0's outcome in
+    the rendezvous store, so a step longer than the collectives' timeout is fine, and rank 0's failure still reaches
+    them."""
+    ranks = run_ranks(MAIN_ALONE)
+    assert [code for code, _, _ in ranks] == [0, 0], ranks
+    rank0, rank1 = (json.loads(out) for _, out, _ in ranks)
+    assert rank0 == {"slow": "written", "failed": "ValueError: disk full", "after": [1]}
+    assert rank1 == {"slow": None, "failed": "AutoskillError: rank 0: ValueError: disk full", "after": [1]}
+
+
 def test_end_process_in_a_world_of_one_is_sys_exit():
     for code in (0, 3, None):
         with pytest.raises(SystemExit) as exit_:
@@ -194,10 +227,11 @@ MEETINGS = textwrap.dedent("""
     from autoskill_fast.jobs.world import current_world, end_process
     world = current_world()
 
-    def run(n_batches, every, seconds, fail_at=None):
-        meetings = _Meetings(world, SimpleNamespace(checkpoint_every=every, checkpoint_seconds=seconds), saved_at=0)
+    def run(n_batches, every, seconds, fail_at=None, resumed_at=0):
+        config = SimpleNamespace(checkpoint_every=every, checkpoint_seconds=seconds)
+        meetings = _Meetings(world, config, saved_at=resumed_at)
         log, failure = [], None
-        for batch in range(1, n_batches + 1):
+        for batch in range(resumed_at + 1, n_batches + 1):
             if batch == fail_at:
                 failure = ValueError(f"planted at batch {batch}")
                 break
@@ -210,7 +244,8 @@ MEETINGS = textwrap.dedent("""
                 return log
 
     logs = {"every 20": run([70, 37][world.rank], 20, 1e9), "every 4": run([9, 14][world.rank], 4, 1e9),
-            "by time": run([40, 33][world.rank], None, 0.0)}
+            "by time": run([40, 33][world.rank], None, 0.0),
+            "every 20, resumed at 32": run([70, 37][world.rank], 20, 1e9, resumed_at=32)}
     try:
         run([70, 50][world.rank], 20, 1e9, fail_at=[None, 21][world.rank])
     except Exception as e:
@@ -224,21 +259,24 @@ def test_ranks_meet_to_checkpoint_finish_and_fail_together():
     """The ranks of a profile meet every few batches of their own (at most 16; as often as --checkpoint-every asks).
     A rank posts its flags and goes on; at its next meeting every rank acts on what all posted at the one before. A
     rank that is done keeps meeting the others until all are; a checkpoint is decided the same on every rank (by batch
-    count: once the ranks still running passed a multiple of N; by time: rank 0's clock) and taken at the next meeting,
-    in step; a rank that failed stops every rank within two meetings."""
+    count: at the first meeting at or after each multiple of N the ranks still running pass; by time: rank 0's clock,
+    at the meeting after) and taken in step; a rank that failed stops every rank within two meetings."""
     ranks = run_ranks(MEETINGS)
     assert [code for code, _, _ in ranks] == [0, 0], ranks
     rank0, rank1 = (json.loads(out) for _, out, _ in ranks)
-    # Rank 0 runs 70 batches and rank 1 37, meeting every 16. The meeting at 32 finds batch 20 passed: the checkpoint
-    # is at the next meeting, rank 0's at 48, which rank 1 joins from its first "done" meeting. Batch 60, found passed
-    # at 64, would be saved at the next meeting, but every rank is done by then.
-    assert rank0["every 20"] == [[16, False, False], [32, False, False], [48, False, True], [64, False, False],
+    # Rank 0 runs 70 batches and rank 1 37, meeting every 16: checkpoints at the first meetings after batch 20, 40 and
+    # 60, rank 0's at 32, 48 and 64, which rank 1 joins from its "done" meetings once it has run all its batches.
+    assert rank0["every 20"] == [[16, False, False], [32, False, True], [48, False, True], [64, False, True],
                                  ["done", True, False]]
-    assert rank1["every 20"] == [[16, False, False], [32, False, False], ["done", False, True], ["done", False, False],
+    assert rank1["every 20"] == [[16, False, False], [32, False, True], ["done", False, True], ["done", False, True],
                                  ["done", True, False]]
-    # --checkpoint-every 4 meets every 4 batches: batch 4, found passed at meeting 4, is saved at 8.
-    assert rank0["every 4"] == [[4, False, False], [8, False, True], ["done", False, False], ["done", True, False]]
-    assert rank1["every 4"] == [[4, False, False], [8, False, True], [12, False, False], ["done", True, False]]
+    # Resumed from the checkpoint at 32, the ranks decide as they did going on from it.
+    assert rank0["every 20, resumed at 32"] == rank0["every 20"][2:]
+    assert rank1["every 20, resumed at 32"] == rank1["every 20"][2:]
+    # --checkpoint-every 4 meets every 4 batches and saves at each from the second on (the first has no meeting
+    # before it to decide), while a rank runs: rank 1 alone from batch 12.
+    assert rank0["every 4"] == [[4, False, False], [8, False, True], ["done", False, True], ["done", True, False]]
+    assert rank1["every 4"] == [[4, False, False], [8, False, True], [12, False, True], ["done", True, False]]
     # By time (here: due at once): found at the first meeting, saved at the second.
     assert rank0["by time"] == [[16, False, False], [32, False, True], ["done", False, False], ["done", True, False]]
     assert rank1["by time"] == [[16, False, False], [32, False, True], ["done", False, False], ["done", True, False]]

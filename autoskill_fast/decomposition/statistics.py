@@ -229,6 +229,8 @@ class StreamingCovariance(Statistics):
         if self.shift is None or self._n == 0:
             self.shift = new.clone()
             return self
+        if torch.equal(new, self.shift):  # already there (the ranks after their first checkpoint): no O(D^2) update
+            return self
         self.flush()
         delta = self.shift - new
         _add_shift_terms(self.sumsq, self.sum, delta, self._n)
@@ -461,7 +463,7 @@ class SketchedCovariance(Statistics):
     def reshift_(self, shift_d: torch.Tensor) -> "SketchedCovariance":
         """The same statistics around another shift (exact: two fp64 rows kept beside the sketch)."""
         new = shift_d.detach().to(self.device, torch.float64)
-        if self.shift is not None and self.n:
+        if self.shift is not None and self.n and not torch.equal(new, self.shift):
             offset = self.shift - new
             self.sq_norm += _sq_norm_shift(self.sum, self.n, offset)
             self.sketch.reshift_(offset)

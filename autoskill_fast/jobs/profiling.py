@@ -210,7 +210,7 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
         return _finished(folder, config, decision, world)
 
     profiler, tally = _run_batches(config, loaded, resolved, folder, key, world)
-    stats = _reduce_statistics(profiler.finish(), world)
+    stats = _reduce_statistics(world.together(profiler.finish), world)
     tallies = world.gather_objects({"counts": asdict(profiler.counts), "truncated": tally.truncated,
                                     "skipped": tally.skipped + profiler.tally.skipped, "forward_s": profiler.forward_s})
     basis = world.together(lambda: _write_run(config, folder, record, stats, tallies, profiler, resolved, model_fp,
@@ -336,17 +336,15 @@ def _run_batches(config: ProfileConfig, loaded: LoadedModel, resolved: ResolvedP
     """This rank's forward pass over its batches, with the run's checkpoints; resumes from the last one.
 
     The ranks of a multi-process run meet every `MEET_EVERY` batches of their own (or `--checkpoint-every`, if fewer),
-    in one small all-reduce: whether all are done, whether one failed (then every rank stops with its error), and whether
-    rank 0 wants a checkpoint. A checkpoint adds every rank's statistics into rank 0's, which saves them once, with
-    every rank's position; the other ranks go on from empty statistics around the same shift. So a run keeps one copy
-    of the D^2 / 2 sums on disk, not one per rank."""
+    each posting in one small all-reduce whether it is done, whether it failed (then every rank stops with its error)
+    and, rank 0, whether it wants a checkpoint (`_Meetings`). A checkpoint adds every rank's statistics into rank 0's,
+    which saves them once, with every rank's position; the other ranks go on from empty statistics around the same
+    shift. So a run keeps one copy of the D^2 / 2 sums on disk, not one per rank."""
     checkpoint = Checkpoint(folder.path, key)
     progress = world.broadcast_object(world.together(lambda: _saved_progress(checkpoint, world), main_only=True))
-    state = None
-    if progress:
-        state = progress["ranks"][world.rank] if world.distributed else progress
-    profiler, writer = world.together(lambda: _resumed_profiler(config, loaded, resolved, folder, key, world,
-                                                                checkpoint, progress, state))
+    profiler, writer, stats = world.together(lambda: _resumed_profiler(config, loaded, resolved, folder, key, world,
+                                                                       checkpoint, progress))
+    profiler.prepare(_rank_state(progress, world), stats)  # the hooks go in on every rank or on none
     done = profiler.counts.batches
     tally = InputTally()
     bar = Progress(disable=config.quiet or not world.main, initial_examples=profiler.counts.examples)
@@ -377,14 +375,14 @@ def _run_batches(config: ProfileConfig, loaded: LoadedModel, resolved: ResolvedP
                 break
             if save:
                 meetings.timed(lambda: _save_checkpoint(checkpoint, profiler, writer, world, meetings.saved_at))
+        if writer is not None:  # on every rank or on none
+            world.together(writer.flush)
     except BaseException:
         profiler.__exit__(None, None, None)  # the model is the caller's: leave no hook on it
         raise
     finally:
         batches.close()  # stops the thread that prepares batches ahead
         bar.close()
-    if writer is not None:
-        writer.flush()
     return profiler, tally
 
 
@@ -415,11 +413,20 @@ def _saved_progress(checkpoint: Checkpoint, world: World) -> dict[str, Any] | No
     return progress
 
 
+def _rank_state(progress: dict[str, Any] | None, world: World) -> dict[str, Any] | None:
+    """This rank's position and tallies in the checkpoint (None: no checkpoint)."""
+    if not progress:
+        return None
+    return progress["ranks"][world.rank] if world.distributed else progress
+
+
 def _resumed_profiler(config: ProfileConfig, loaded: LoadedModel, resolved: ResolvedPooling, folder: RunFolder,
-                      key: str, world: World, checkpoint: Checkpoint, progress: dict[str, Any] | None,
-                      state: dict[str, Any] | None) -> tuple[Profiler, FeatureWriter | None]:
-    """This rank's profiler, at its position in the checkpoint (if any): rank 0 (or the only process) with the saved
-    statistics, another rank with empty statistics around their shift."""
+                      key: str, world: World, checkpoint: Checkpoint, progress: dict[str, Any] | None
+                      ) -> tuple[Profiler, FeatureWriter | None, Statistics]:
+    """This rank's profiler (not yet prepared), its feature writer and its statistics, at its position in the
+    checkpoint (if any): rank 0 (or the only process) with the saved statistics, another rank with empty statistics
+    around their shift."""
+    state = _rank_state(progress, world)
     writer = None
     if config.save_features or config.scores:
         writer = FeatureWriter(folder / (FEATURES_DIR if config.save_features else TEMP_FEATURES_DIR),
@@ -430,13 +437,9 @@ def _resumed_profiler(config: ProfileConfig, loaded: LoadedModel, resolved: Reso
     profiler = Profiler(loaded.model, resolved, on_bad_example=config.on_bad_example, sketch_size=config.sketch_size,
                         writer=writer, context=f"model {loaded.name}, dtype {str(loaded.dtype).removeprefix('torch.')}",
                         rows_dtype=rows_dtype)
-    stats = None
     if progress and world.main:
-        stats = checkpoint.load_statistics(progress, loaded.device)
-    elif progress:
-        stats = profiler.new_statistics(progress["shift"])
-    profiler.prepare(state, stats)
-    return profiler, writer
+        return profiler, writer, checkpoint.load_statistics(progress, loaded.device)
+    return profiler, writer, profiler.new_statistics(progress["shift"] if progress else None)
 
 
 def _steps(batches: Iterator[Batch], done: int, profiler: Profiler, bar: Progress) -> Iterator[None]:
@@ -460,9 +463,10 @@ class _Meetings:
     the ranks meet in step there, and they first check that none failed since.
 
     A checkpoint is due once --checkpoint-seconds have passed on rank 0 (an interval at least CHECKPOINT_COST_RATIO
-    times the last save's duration), and with --checkpoint-every N once the ranks still running have passed a
-    multiple of N (they are all at the same batch at a meeting: they meet every `period` batches from one start); it
-    is taken at the meeting after the one that found it due."""
+    times the last save's duration), and with --checkpoint-every N at the first meeting at or after each N-th batch
+    (from the second meeting on): the ranks still running are all at the same batch at a meeting (they meet every
+    `period` batches from one start), so the meeting before it can tell. One due by time is taken at the meeting
+    after the one that found it."""
 
     def __init__(self, world: World, config: ProfileConfig, *, saved_at: int):
         self.world = world
@@ -472,6 +476,8 @@ class _Meetings:
         self.last_save = time.perf_counter()
         self.saved_at = saved_at  # the batch the last checkpoint was taken at (0: none yet)
         self._posted: Callable[[], list[int]] | None = None  # the sums of this rank's last meeting, on their way
+        if world.distributed and saved_at:  # resumed: as just after that checkpoint (`meet` keeps its sums)
+            self._posted = lambda: [1, 0, 0, saved_at]
 
     def meet(self, batches: int, *, finished: bool, failure: Exception | None = None) -> tuple[bool, bool]:
         """(every rank is finished, save a checkpoint now), the same on every rank; raises on every rank when one
@@ -479,21 +485,24 @@ class _Meetings:
         late = self.world.main and time.perf_counter() - self.last_save > self.interval
         flags = [int(not finished), int(failure is not None), int(late), 0 if finished else batches]
         if not self.world.distributed:
-            return False, self._due(*self._read(flags, failure))
+            running, late, at = self._read(flags, failure)
+            return False, self._due(late, at)
         due = False
         if self._posted is not None:
             running, late, at = self._read(self._posted(), failure)
             self._posted = None
             if not running:
                 return True, False
-            due = self._due(running, late, at)
+            due = self._due(late, at + self.period)  # the batch the running ranks are at now
         self._posted = self.world.sum_ints_async(flags)
         if not due:
             return False, False
-        running, _, at = self._read(self._posted(), failure)  # in step: no rank failed or finished since
-        self._posted = None
+        sums = self._posted()
+        running, _, at = self._read(sums, failure)  # in step: no rank failed or finished since
         if not running:
+            self._posted = None
             return True, False
+        self._posted = lambda: [sums[0], 0, 0, sums[3]]  # read again at the next meeting, less the wish just met
         self.saved_at = at
         return False, True
 
@@ -504,9 +513,10 @@ class _Meetings:
             self.world.settle(failure)
         return running, bool(late), batch_sum // running if running else 0
 
-    def _due(self, running: int, late: bool, at: int) -> bool:
-        if running and (late or (self.every and at // self.every > self.saved_at // self.every)):
-            self.saved_at = at
+    def _due(self, late: bool, now: int) -> bool:
+        """Whether a checkpoint is due at batch `now`."""
+        if late or (self.every and now // self.every > self.saved_at // self.every):
+            self.saved_at = now
             return True
         return False
 
@@ -521,7 +531,7 @@ def _save_checkpoint(checkpoint: Checkpoint, profiler: Profiler, writer: Feature
                      at: int) -> None:
     """The statistics and position of every rank, saved by rank 0 (or the only process) as the checkpoint at batch
     `at`. Several ranks first add their statistics into rank 0's, and go on from empty ones."""
-    state = {**profiler.state(), "shards": writer.flush() if writer is not None else 0}
+    state = world.together(lambda: {**profiler.state(), "shards": writer.flush() if writer is not None else 0})
     if not world.distributed:
         checkpoint.save(profiler.stats, state)
         return
@@ -535,7 +545,7 @@ def _save_checkpoint(checkpoint: Checkpoint, profiler: Profiler, writer: Feature
         if profiler.stats.shift is not None:  # else no rank has a row yet: nothing to keep
             checkpoint.save(profiler.stats, {"batches": at, "ranks": states})
 
-    world.together(save, main_only=True)
+    world.together(save, main_only=True)  # the others wait in the store, not in a collective: a write may be slow
 
 
 def _fit_beside_write(stats: Statistics, folder: RunFolder, record: RunRecord, config: ProfileConfig,

@@ -63,6 +63,8 @@ class World:
     local_rank: int = 0
     backend: str | None = None  # "nccl", "gloo", or None for one process
     _watchdog: "_Watchdog | None" = field(default=None, repr=False)
+    _store: Any = field(default=None, repr=False)  # the client `together(main_only=True)` waits in
+    _alone_steps: int = field(default=0, repr=False)
 
     @property
     def distributed(self) -> bool:
@@ -189,15 +191,46 @@ class World:
     def together(self, step: Callable[[], T], *, main_only: bool = False) -> T | None:
         """Run `step` on every rank (on rank 0 alone with `main_only`; the others get None), then `settle` how every
         run went, so none waits in a later collective for a rank that failed. `step` must not itself call a
-        collective."""
+        collective. With `main_only` the other ranks wait for rank 0's outcome in the rendezvous store, with no
+        collective open: rank 0 may take as long as it needs (a checkpoint written to slow storage, a fit on a CPU)
+        without passing the collectives' timeout, and the watchdog still stops them if rank 0 is lost."""
+        if main_only and self.distributed:
+            return self._main_alone(step)
         result, failure = None, None
-        if self.main or not main_only:
+        try:
+            result = step()
+        except Exception as e:
+            failure = e
+        self.settle(failure)
+        return result
+
+    def _main_alone(self, step: Callable[[], T]) -> T | None:
+        """`together(step, main_only=True)` in a world of several ranks (see there)."""
+        import torch.distributed as dist
+
+        self._alone_steps += 1
+        key = f"autoskill-fast/main-alone/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{self._alone_steps}"
+        if self._store is None:  # its own client: a long wait in it holds up nothing else (the watchdog's heartbeats)
+            self._store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                        timeout=datetime.timedelta(seconds=60), wait_for_workers=False)
+        if self.main:
             try:
                 result = step()
             except Exception as e:
-                failure = e
-        self.settle(failure)
-        return result
+                self._store.set(key, str(e) if isinstance(e, AutoskillError) else f"{type(e).__name__}: {e}")
+                raise
+            self._store.set(key, "")
+            return result
+        while True:
+            try:
+                self._store.wait([key], datetime.timedelta(days=1))
+                break
+            except getattr(dist, "DistStoreError", RuntimeError):  # a day has passed: wait on
+                continue
+        error = self._store.get(key).decode()
+        if error:
+            raise AutoskillError(f"rank 0: {error}")
+        return None
 
     def settle(self, failure: Exception | None) -> None:
         """Every rank says whether it failed (`failure`), and every rank stops if one did: a rank whose failure is not
@@ -213,6 +246,7 @@ class World:
             raise AutoskillError(error)
 
     def close(self) -> None:
+        self._store = None
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog = None
@@ -387,7 +421,7 @@ class _Watchdog:
     def stop_if_a_rank_is_gone(self, error: Exception) -> None:
         """After a collective failed with `error`: if another rank's process is gone (looked for over a few heartbeats,
         which a lost node's silence takes), stop this rank with an error naming it; else return (the caller raises)."""
-        deadline = time.monotonic() + 3 * HEARTBEAT_S
+        deadline = time.monotonic() + 5 * HEARTBEAT_S  # a lost node's beats stop counting after 2.5, seen 1 late
         while True:
             try:
                 lost = self.dead_ranks()
