@@ -403,11 +403,11 @@ def _saved_progress(checkpoint: Checkpoint, world: World) -> dict[str, Any] | No
     progress = checkpoint.load()
     if progress is None:
         return None
-    ranks = progress.get("ranks")
-    if world.distributed and (not isinstance(ranks, list) or len(ranks) != world.size):
-        raise AutoskillError(f"{checkpoint.dir}: this checkpoint does not hold the positions of {world.size} ranks; "
-                             "pass --overwrite to start over")
     if world.distributed:
+        ranks = progress.get("ranks")
+        if not isinstance(ranks, list) or len(ranks) != world.size:
+            raise AutoskillError(f"{checkpoint.dir}: this checkpoint does not hold the positions of {world.size} "
+                                 "ranks; pass --overwrite to start over")
         with TensorReader(checkpoint.dir / progress["stats_file"]) as reader:
             progress["shift"] = reader.get("shift")
     return progress

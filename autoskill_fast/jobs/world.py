@@ -217,7 +217,7 @@ class World:
             try:
                 result = step()
             except Exception as e:
-                self._store.set(key, str(e) if isinstance(e, AutoskillError) else f"{type(e).__name__}: {e}")
+                self._store.set(key, _describe(e))
                 raise
             self._store.set(key, "")
             return result
@@ -236,10 +236,7 @@ class World:
         """Every rank says whether it failed (`failure`), and every rank stops if one did: a rank whose failure is not
         an AutoskillError (a CUDA out-of-memory, a full disk) re-raises it with its traceback; every other rank raises
         an AutoskillError with the first failure by rank (naming that rank when it is another)."""
-        error = None
-        if failure is not None:
-            error = str(failure) if isinstance(failure, AutoskillError) else f"{type(failure).__name__}: {failure}"
-        error = self.all_succeeded(error)
+        error = self.all_succeeded(None if failure is None else _describe(failure))
         if failure is not None and not isinstance(failure, AutoskillError):
             raise failure
         if error is not None:
@@ -255,6 +252,11 @@ class World:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def _describe(failure: Exception) -> str:
+    """A failure as the other ranks report it: an AutoskillError's message, else the exception's type and message."""
+    return str(failure) if isinstance(failure, AutoskillError) else f"{type(failure).__name__}: {failure}"
 
 
 def _slices(flat: torch.Tensor, slice_bytes: int):
