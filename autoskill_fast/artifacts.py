@@ -36,8 +36,9 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise AutoskillError(f"{path}: is a folder, not a file; choose another output path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with _writable(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -61,8 +62,9 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise AutoskillError(f"{path}: already exists and is not empty; choose another output or delete it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    with _writable(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
         for item in [tmp, *tmp.rglob("*")]:
@@ -80,6 +82,16 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def _writable(path: Path) -> Iterator[None]:
+    """A folder for `path` that cannot be made or written is the user's to fix: one line naming it."""
+    try:
+        yield
+    except OSError as e:
+        raise AutoskillError(f"{path}: cannot write there ({e.strerror}: {e.filename}); choose another output path or "
+                             "fix its folder's permissions") from None
 
 
 def save_text(path: str | Path, text: str) -> Path:

@@ -111,11 +111,6 @@ class SkillBasis:
         (a step of alpha along it moves the scaled feature by alpha * u); [D] fp64."""
         return self.direction(i).to(torch.float64) * self.pca.inverse_scale()
 
-    def whiten(self, scores_nk: torch.Tensor) -> torch.Tensor:
-        """Scores divided by each direction's standard deviation (unit variance on the profiled corpus)."""
-        std = self.eigenvalues_[:scores_nk.shape[1]].clamp_min(0).sqrt().to(scores_nk.device, torch.float32)
-        return scores_nk / std.clamp_min(torch.finfo(torch.float32).tiny)
-
     def direction(self, i: int) -> torch.Tensor:
         if not 0 <= i < self.k:
             raise AutoskillError(f"direction {i} out of range: the basis has {self.k} directions (0..{self.k - 1})")

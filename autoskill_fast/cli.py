@@ -304,7 +304,7 @@ def format_ranking(ranking, limit: int = 10) -> str:
         alpha = f" alpha {e.alpha:g} ({e.alpha_unit})" if e.alpha is not None else ""
         mark = "  *" if e.significant else ""
         lines.append(f"  {e.pole:>4}{alpha}: {e.effect:+.4f}  [{e.low:+.4f}, {e.high:+.4f}]  {e.statistic}{mark}")
-    lines.append("  (* the interval lies above zero)")
+    lines.append(f"  (* the interval lies above zero; {ranking.multiplicity_note})")
     lines.extend(f"note: {note}" for note in ranking.notes)
     return "\n".join(lines)
 

@@ -9,6 +9,8 @@ Fields with a `cli(...)` entry in their metadata tell the CLI their flag when it
 from __future__ import annotations
 
 import importlib.util
+import re
+import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, get_args
@@ -109,6 +111,30 @@ def default_corpus_path() -> Path:
     return Path(spec.submodule_search_locations[0]) / "data" / "gsm8k" / "test.jsonl"
 
 
+def template_fields(template: str) -> list[str]:
+    """The record fields a template names ("{question}", "{meta[source]}" -> meta). Raises ValueError for a template
+    str.format cannot read, or a field it does not name ("{}", "{0}")."""
+    names = []
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is None:
+            continue
+        base = re.match(r"[^.\[]*", name).group(0)
+        if not base or base.isdigit():
+            raise ValueError(f"{{{name}}} names no field")
+        names.append(base)
+    return names
+
+
+def check_template(owner: str, name: str, template: str | None) -> None:
+    if template is None:
+        return
+    try:
+        template_fields(template)
+    except ValueError as e:
+        raise ConfigError(owner, name, f"{e} in {template!r}; name fields as in \"{{question}}\\n{{answer}}\" (write "
+                                       "{{ and }} for literal braces)") from None
+
+
 @dataclass
 class CorpusConfig:
     """Where the texts come from and how each record becomes one text."""
@@ -143,6 +169,7 @@ class CorpusConfig:
         _check_positive(owner, "dev_size", self.dev_size)
         if self.template is not None and self.messages_field is not None:
             raise ConfigError(owner, "template", "give either a template or a messages field, not both")
+        check_template(owner, "template", self.template)
         _check_positive(owner, "limit", self.limit)
         if self.path is None:
             self.path = str(default_corpus_path())

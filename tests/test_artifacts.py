@@ -119,6 +119,16 @@ def test_atomic_folder_appears_whole_or_not_at_all(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["empty", "out"]  # neither the folder nor its temporary one is left
 
 
+def test_an_output_whose_folder_cannot_be_made_is_a_one_line_error(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(AutoskillError, match=r"file/sub/x.json: cannot write there \(.*\); choose another output"):
+        save_json(tmp_path / "file" / "sub" / "x.json", {"x": 1})
+    with pytest.raises(AutoskillError, match=r"file/out: cannot write there \(.*\); choose another output"):
+        with atomic_folder(tmp_path / "file" / "out"):
+            pass
+    assert os.listdir(tmp_path) == ["file"]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
 def test_row_pieces_are_written_as_their_concatenation(tmp_path, dtype):
     gen = torch.Generator().manual_seed(7)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 
 import pytest
 import torch
@@ -50,6 +51,41 @@ def test_chat_messages_rendered_with_template(tmp_path, default_model_dir):
     assert example.prompt is not None and example.text.startswith(example.prompt) and example.text.endswith("5<|im_end|>\n")
 
 
+def test_chat_text_gets_the_bos_its_template_writes_and_no_second_one(tmp_path, default_model_dir):
+    """A tokenizer that adds a BOS (Llama-3, Mistral, Gemma) with a chat template that writes one too: the chat text is
+    tokenized without the tokenizer's own, as a server tokenizes it; plain text still gets the tokenizer's BOS."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    from autoskill_fast.config import PoolingConfig
+    from autoskill_fast.data import stream
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    tokenizer.bos_token = "<|endoftext|>"  # its own is <|im_start|>, which its chat template starts with anyway
+    bos = tokenizer.bos_token_id
+    tokenizer._tokenizer.post_processor = TemplateProcessing(single=f"{tokenizer.bos_token} $A",
+                                                             special_tokens=[(tokenizer.bos_token, bos)])
+    tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
+    assert tokenizer("hi")["input_ids"][0] == bos
+    messages = [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}]
+    write_jsonl(tmp_path / "chat.jsonl", [{"messages": messages}] * 3)
+    write_jsonl(tmp_path / "plain.jsonl", [{"text": "Add 2 and 3."}])
+    chat = CorpusConfig(str(tmp_path / "chat.jsonl"), messages_field="messages")
+    served = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+    prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert served[:2].count(bos) == 1 and served[:len(prompt)] == prompt
+    for mode, expected in (("mean", served), ("response_mean", served), ("last", prompt)):  # last: the prompt's
+        items = list(stream.iter_tokenized(chat, tokenizer, PoolingConfig(mode=mode), stream.InputTally()))
+        assert [item.input_ids for item in items] == [expected] * 3, mode
+    assert items[0].pool_end == len(prompt)
+    items = list(stream.iter_tokenized(chat, tokenizer, PoolingConfig(mode="response_mean"), stream.InputTally()))
+    assert items[0].pool_start == len(prompt)  # the response starts where the prompt, tokenized the same way, ends
+    plain = list(stream.iter_tokenized(CorpusConfig(str(tmp_path / "plain.jsonl")), tokenizer, PoolingConfig(),
+                                       stream.InputTally()))
+    assert plain[0].input_ids[0] == bos and plain[0].input_ids[1] != bos
+
+
 @pytest.mark.parametrize("content,match", [
     (b'{"text": "ok"}\n{"text": broken}\n', r"c.jsonl:2: malformed JSON"),
     (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', r"c.jsonl:2: not valid UTF-8"),
@@ -60,6 +96,63 @@ def test_bad_files_name_file_and_line(tmp_path, content, match):
     (tmp_path / "c.jsonl").write_bytes(content)
     with pytest.raises(AutoskillError, match=match):
         texts(CorpusConfig(str(tmp_path / "c.jsonl"), id_field="id" if b'"id"' in content else None))
+
+
+def test_json_python_cannot_read_names_its_line(tmp_path):
+    deep = b"[" * 100_000 + b"]" * 100_000
+    (tmp_path / "c.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "x", "n": ' + deep + b'}\n{"text": "ok", "n": ' +
+                                       b"9" * 5000 + b"}\n")
+    with pytest.raises(AutoskillError, match=r"c.jsonl:2: JSON that Python cannot read \(.*recursion"):
+        texts(CorpusConfig(str(tmp_path / "c.jsonl")))
+    (tmp_path / "c.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "ok", "n": ' + b"9" * 5000 + b"}\n")
+    with pytest.raises(AutoskillError, match=r"c.jsonl:2: JSON that Python cannot read \(.*4300 digits"):
+        texts(CorpusConfig(str(tmp_path / "c.jsonl")))
+
+
+def test_a_byte_order_mark_is_not_text_and_limit_reads_no_further(tmp_path):
+    (tmp_path / "c.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "first"}\n{"text": "second"}\n{broken\n')
+    (tmp_path / "c.txt").write_bytes(b"\xef\xbb\xbffirst\nsecond\n")
+    assert texts(CorpusConfig(str(tmp_path / "c.jsonl"), limit=2)) == [("0", "first"), ("1", "second")]
+    assert texts(CorpusConfig(str(tmp_path / "c.txt"))) == [("0", "first"), ("1", "second")]
+    with pytest.raises(AutoskillError, match="c.jsonl:3: malformed JSON"):
+        texts(CorpusConfig(str(tmp_path / "c.jsonl")))
+
+
+@pytest.mark.parametrize("template,problem", [("{q} {", "Single '{'"), ("{q} {}", "{} names no field"),
+                                              ("{0}", "{0} names no field")])
+def test_a_template_str_format_cannot_read_is_a_config_error(template, problem):
+    from autoskill_fast.evaluation.problems import ProblemsConfig
+
+    with pytest.raises(AutoskillError, match=f"CorpusConfig.template: {re.escape(problem)}"):
+        CorpusConfig("c.jsonl", template=template)
+    with pytest.raises(AutoskillError, match=f"ProblemsConfig.question_template: {re.escape(problem)}"):
+        ProblemsConfig(path="c.jsonl", question_template=template)
+
+
+def test_records_a_template_or_chat_template_cannot_render_are_bad_examples(tmp_path, default_model_dir):
+    from transformers import AutoTokenizer
+
+    write_jsonl(tmp_path / "c.jsonl", [{"q": "a", "n": 3, "meta": {"src": "x"}}, {"q": "b", "n": "three",
+                                                                               "meta": {"src": "y"}}])
+    config = CorpusConfig(str(tmp_path / "c.jsonl"), template="{q} {n:d} {meta[src]}")
+    records = list(iter_records(config))
+    assert render(records[0], config).text == "a 3 x"  # a field's item is named by its field
+    with pytest.raises(BadExampleError, match=r"c.jsonl:2: example '1': the template cannot format this record "
+                                              r"\(ValueError: Unknown format code 'd'"):
+        render(records[1], config)
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}, {"role": "assistant", "content": "ok"}]
+    write_jsonl(tmp_path / "chat.jsonl", [{"messages": parts}])
+    (tmp_path / "s.jsonl").write_text('{"text": "lone \\ud800 surrogate"}\n')
+    chat = CorpusConfig(str(tmp_path / "chat.jsonl"), messages_field="messages")
+    with pytest.raises(BadExampleError, match=r"chat.jsonl:1: example '0': the chat template cannot render these "
+                                              r"messages \(TypeError"):
+        render(next(iter_records(chat)), chat, tokenizer)
+    plain = CorpusConfig(str(tmp_path / "s.jsonl"))
+    with pytest.raises(BadExampleError, match=r"s.jsonl:1: example '0': the text holds '\\ud800' at character 5, a "
+                                              "lone surrogate"):
+        render(next(iter_records(plain)), plain)
 
 
 def test_missing_field_and_empty_text_are_bad_examples(tmp_path):

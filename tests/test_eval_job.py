@@ -20,6 +20,20 @@ from autoskill_fast.evaluation.problems import ProblemsConfig, gold_answer, load
 from model_fixtures import write_jsonl
 
 
+def test_samples_keep_texts_with_characters_that_splitlines_breaks_at(tmp_path):
+    from autoskill_fast.evaluation.samples import append_batch, read_samples
+
+    odd = "a\u2028b\u2029c\x85d\re"  # JSON escapes \r; it leaves the others as they are
+    first = [{"batch": 0, "text": odd}, {"batch": 0, "text": "plain"}]
+    second = [{"batch": 1, "text": odd + "!"}]
+    append_batch(tmp_path / "samples.jsonl", [dict(line) for line in first])
+    append_batch(tmp_path / "samples.jsonl", [dict(line) for line in second])
+    assert [line["text"] for line in read_samples(tmp_path / "samples.jsonl")] == [odd, "plain", odd + "!"]
+    with open(tmp_path / "samples.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"batch": 2, "text": "torn')  # a kill mid-write: the torn line is dropped
+    assert len(read_samples(tmp_path / "samples.jsonl")) == 3
+
+
 def gsm8k_like(tmp_path, n=10):
     records = [{"question": f"Tom has {i} apples and buys {i + 2} more. How many apples does he have?",
                 "answer": f"He has {i} + {i + 2} = {2 * i + 2} apples.\n#### {2 * i + 2:,}"} for i in range(n)]
@@ -31,6 +45,12 @@ def test_gold_answers_and_problem_errors(tmp_path):
     assert gold_answer("so 3 + 4 = 7\n#### 1,234") == "1234"
     assert gold_answer("the result is \\boxed{\\frac{3}{4}} indeed") == "\\frac{3}{4}"
     assert gold_answer("no final answer here") is None
+    # Only thousands separators are dropped; the answer is its own line, not the rest of the text.
+    assert gold_answer("x\n#### -3, 3") == "-3, 3" and gold_answer("#### (1, 2)\n") == "(1, 2)"
+    assert gold_answer("#### 1,234,567") == "1234567"
+    assert gold_answer("so\n#### 18\nCheck: 18 - 5 = 13") == "18"
+    assert gold_answer("#### Step 1\nso the answer is \\boxed{5}") == "5"  # a heading, not an answer
+    assert gold_answer("####  \n") is None
     problems = load_problems(ProblemsConfig(path=str(gsm8k_like(tmp_path))))
     assert [p.gold for p in problems[:4]] == ["2", "4", "6", "\\frac{1}{2}"] and problems[9].gold == "20"
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "no answer"}])
@@ -129,11 +149,12 @@ def test_a_killed_eval_resumes_to_the_same_samples(tmp_path, tiny_model, monkeyp
     resumed = evaluate(tiny_eval(tmp_path, tiny_model, name="resumed"))
     assert (tmp_path / "resumed" / "samples.jsonl").read_text() == (tmp_path / "whole" / "samples.jsonl").read_text()
     assert resumed.record["pass_at_k"] == whole.record["pass_at_k"]
-    # Calling a complete evaluation again generates nothing and keeps its cost: the timings add up across calls.
+    # Calling a complete evaluation again generates nothing and keeps its cost as it was (what `rank` reports).
+    monkeypatch.setattr(generation_mod.HFGenerator, "generate", lambda *a, **k: pytest.fail("generated again"))
     again = evaluate(tiny_eval(tmp_path, tiny_model, name="whole"))
-    before, after = whole.record["timings"], again.record["timings"]
-    assert after["generated_tokens"] == before["generated_tokens"] > 0
-    assert after["generate_s"] == pytest.approx(before["generate_s"]) and after["seconds"] > before["seconds"]
+    assert again.record["timings"] == whole.record["timings"] and whole.record["timings"]["generated_tokens"] > 0
+    assert again.record["pass_at_k"] == whole.record["pass_at_k"]
+    monkeypatch.setattr(generation_mod.HFGenerator, "generate", original)
     with pytest.raises(AutoskillError, match="holds an evaluation with other options"):
         evaluate(tiny_eval(tmp_path, tiny_model, name="resumed", generation={"seed": 1}))
 
@@ -182,6 +203,21 @@ def test_nll_equals_teacher_forcing_by_hand_and_steering_changes_it(tmp_path, ti
     diff = compare_evals(load_eval(tmp_path / "e"), steered)
     assert diff.value == pytest.approx(float(np.mean(steered.nll - result.nll)))
     assert steered.record["against_baseline"]["nll"]["value"] == pytest.approx(diff.value)
+
+    # NLL samples nothing: other sampling options are the same evaluation (resumed as finished, nothing redone).
+    same = evaluate(replace(config, generation=replace(config.generation, seed=5, max_new_tokens=99, n=4)))
+    assert np.array_equal(same.nll, result.nll) and same.record["timings"] == result.record["timings"]
+    # The key holds the dtype the model runs in: --dtype auto is float32 on a CPU; bfloat16 is another evaluation.
+    as_fp32 = evaluate(replace(config, model=replace(config.model, dtype="float32")))
+    assert as_fp32.record["timings"] == result.record["timings"]
+    with pytest.raises(AutoskillError, match="holds an evaluation with other options"):
+        evaluate(replace(config, model=replace(config.model, dtype="bfloat16")))
+    # Problems are paired by id: an evaluation of another file is refused as a baseline, before anything is scored.
+    other = write_jsonl(tmp_path / "other.jsonl", [{"question": f"q{i}", "answer": "#### 1"} for i in range(10)])
+    with pytest.raises(AutoskillError, match="--baseline .* and .* evaluate different problem files"):
+        evaluate(replace(config, out=str(tmp_path / "other"), problems=ProblemsConfig(path=str(other)),
+                         baseline=str(tmp_path / "e")))
+    assert not (tmp_path / "other" / "samples.jsonl").exists()
 
     # The same folder and vector path holding another vector (a refit wrote it there) is another evaluation.
     (vector * 2.0).save(tmp_path / "vector")

@@ -397,7 +397,14 @@ def test_load_errors_are_clear(tmp_path):
     meta = json.loads((folder / "pca.json").read_text())
     del meta["n_components"]
     (folder / "pca.json").write_text(json.dumps(meta))
-    with pytest.raises(AutoskillError, match="missing 'n_components'.*not a saved SkillPCA"):
+    with pytest.raises(AutoskillError, match="missing or malformed 'n_components'.*not a saved SkillPCA"):
+        SkillPCA.load(folder)
+    meta["n_components"], meta["tol"] = 2, None
+    (folder / "pca.json").write_text(json.dumps(meta))
+    with pytest.raises(AutoskillError, match="missing or malformed .*NoneType.* not a saved SkillPCA"):
+        SkillPCA.load(folder)
+    (folder / "pca.json").write_text("[1, 2]")
+    with pytest.raises(AutoskillError, match="pca.json: expected a JSON object; not a saved SkillPCA"):
         SkillPCA.load(folder)
 
 

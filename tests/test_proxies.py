@@ -13,6 +13,7 @@ from autoskill_fast.capture.fingerprint import fingerprint
 from autoskill_fast.capture.layout import FeatureLayout
 from autoskill_fast.config import ModelConfig
 from autoskill_fast.decomposition.pca import PrincipalComponents
+from autoskill_fast.errors import AutoskillError
 from autoskill_fast.evaluation.generation import GenerationConfig
 from autoskill_fast.evaluation.job import EvalConfig
 from autoskill_fast.evaluation.problems import ProblemsConfig
@@ -181,6 +182,24 @@ def test_rank_then_select_and_steer_along_the_ranking(tmp_path, tiny_model):
     assert code == 0 and "note: 6 of the run's examples are in the dev set" in out, out
     code, out = invoke("select", tmp_path / "all", "--ranking", tmp_path / "all", "-n", 4, "--out", tmp_path / "x.jsonl")
     assert code == 2 and "are in the dev set" in out and "--split pool" in out, out
+
+
+def test_the_best_poles_or_directions_of_a_ranking_take_each_once_at_its_best_alpha():
+    from autoskill_fast.run.ranking import RankingEntry
+
+    def entry(direction, sign, alpha, effect):
+        return RankingEntry(direction, sign, effect, effect - 0.01, effect + 0.01, "pass@1 difference", alpha=alpha)
+
+    # A steer ranking: one entry per (pole, alpha); its best two entries are one pole at two strengths.
+    ranking = Ranking("steer", "pass@1", None, [entry(0, 1, 0.5, 0.05), entry(0, 1, 2.0, 0.04),
+                                                entry(0, -1, 2.0, 0.03), entry(1, -1, 0.5, 0.02)])
+    poles = ranking.best(2, per="pole")
+    assert [(e.pole, e.alpha) for e in poles] == [("+0", 0.5), ("-0", 2.0)]
+    directions = ranking.best(2, per="direction")  # -0 would cancel +0 in a steering vector
+    assert [(e.pole, e.alpha) for e in directions] == [("+0", 0.5), ("-1", 0.5)]
+    with pytest.raises(AutoskillError, match=r"--top 3: this steer ranking holds 2 directions \(\+0, -1\); lower "
+                                             r"--top to at most 2"):
+        ranking.best(3, per="direction")
 
 
 def test_choosing_an_entry_that_does_not_help_warns():

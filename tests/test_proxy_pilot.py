@@ -128,9 +128,14 @@ def test_kept_adapters_resume_an_interrupted_evaluation(setup, monkeypatch):
     assert not next(e for e in again.entries if e.pole == "+0").details["reused"]
     assert next(e for e in again.entries if e.pole == "-0").details["reused"]
 
-    # Other options for the same pilot names are refused, naming the folder to remove.
-    with pytest.raises(AutoskillError, match="holds a pilot trained on other examples or with other options"):
+    # Other options for the same pilot names are refused, unless --overwrite: then they are trained again.
+    with pytest.raises(AutoskillError, match="holds a pilot trained on other examples or with other options; pass "
+                                             "--overwrite"):
         rank(config(run_copy, corpus, keep_adapters=True, pilot_steps=3), loaded=loaded)
+    monkeypatch.undo()
+    redone = rank(config(run_copy, corpus, keep_adapters=True, pilot_steps=3, overwrite=True), loaded=loaded)
+    assert {e.details["steps"] for e in redone.entries} == {3} and not any(e.details["reused"] for e in redone.entries)
+    assert not redone.baseline["reused"]
 
 
 def test_a_run_that_profiled_the_dev_set_is_refused(setup):

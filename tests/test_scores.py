@@ -97,6 +97,16 @@ def test_no_rows(tmp_path):
     assert empty.ids == [] and empty.projection.shape == (0, 2) and empty.row.shape == (0,)
 
 
+@pytest.mark.parametrize("name", ["projection", "cosine"])
+def test_a_non_finite_score_is_refused_naming_its_example(tmp_path, name):
+    gen = torch.Generator().manual_seed(3)
+    tensors = {"projection": torch.randn(5, 3, generator=gen), "cosine": torch.rand(5, 3, generator=gen)}
+    tensors[name][3, 2] = float("nan")
+    Scores(["a", "b", "c", "d", "e"], torch.arange(5), tensors["projection"], tensors["cosine"]).save(tmp_path)
+    with pytest.raises(AutoskillError, match=f"a non-finite {name} score for example 'd'; the file is corrupted"):
+        Scores.load(tmp_path)
+
+
 def test_a_kill_while_writing_leaves_the_old_scores(tmp_path, monkeypatch):
     basis = random_basis(6, 2, seed=0)
     shards = [(torch.randn(5, 6), torch.arange(5), list("abcde"))]

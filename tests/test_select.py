@@ -124,6 +124,11 @@ def test_budget_larger_than_corpus_is_a_clear_error(planted, tmp_path):
         SelectConfig(run=str(run), out="x", budget=3, method="coverage", directions=("1",))
     with pytest.raises(AutoskillError, match="--dims 9 is more than"):
         select(SelectConfig(run=str(run), out=str(tmp_path / "x.jsonl"), budget=3, dims=9))
+    assert SelectConfig(run=str(run), out="x", budget=3).method == "coverage"
+    assert SelectConfig(run=str(run), out="x", budget=3, ranking=str(run)).method == "pole"
+    with pytest.raises(AutoskillError, match="a ranking selects at the poles of its best directions; --method random "
+                                             "would ignore it"):
+        SelectConfig(run=str(run), out="x", budget=3, method="random", ranking=str(run))
 
 
 # ---- coverage ---------------------------------------------------------------------------------------------------
@@ -170,6 +175,23 @@ def test_coverage_starts_farthest_from_the_mean_and_budgets_are_nested(planted, 
     assert [r["uid"] for r in read_jsonl(tmp_path / "b.jsonl")][:15] == [r["uid"] for r in read_jsonl(tmp_path / "s.jsonl")]
     dims = select(SelectConfig(run=str(run), out=str(tmp_path / "d.jsonl"), budget=5, dims=2))
     assert dims.manifest["dims"] == 2
+
+
+def test_whitened_coverage_scales_by_the_examples_own_spread_not_the_eigenvalues(tmp_path):
+    """A sketched basis's eigenvalues are bounds, not the variances of its scores: whitening follows the scores."""
+    proj, _, _ = dominant_split()
+    truth = select(SelectConfig(run=str(make_run(tmp_path / "exact", proj)), out=str(tmp_path / "e.jsonl"), budget=8))
+    wrong = torch.linspace(40.0, 1.0, proj.shape[1], dtype=torch.float64)  # far from proj's variances
+    sketched = make_run(tmp_path / "sketched", proj, eigenvalues=wrong)
+    selection = select(SelectConfig(run=str(sketched), out=str(tmp_path / "s.jsonl"), budget=8))
+    assert selection.positions.tolist() == truth.positions.tolist()
+    by_eigenvalues, _ = farthest_point_order(proj / wrong.sqrt().float(), 8)
+    assert by_eigenvalues.tolist() != truth.positions.tolist()  # the test tells the two apart
+    flat = proj.clone()
+    flat[:, 3] = 1.5
+    with pytest.raises(AutoskillError, match="direction 3 has no variance in these 200 examples and cannot be "
+                                             "whitened; use --dims 3"):
+        select(SelectConfig(run=str(make_run(tmp_path / "flat", flat)), out=str(tmp_path / "f.jsonl"), budget=2))
 
 
 def dominant_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -292,6 +314,12 @@ def test_text_baseline_covers_the_topics(tmp_path):
     assert {next(i for i, t in enumerate(topics) if c.startswith(t)) for c in chosen if "violin" not in c} == {0, 1, 2}
     again = select(SelectConfig(run=str(run), out=str(tmp_path / "t2.jsonl"), budget=2, method="text"))
     assert torch.equal(again.positions, selection.positions[:2])
+
+
+def test_text_baseline_without_a_word_is_a_one_line_error(tmp_path):
+    run = make_run(tmp_path / "run", gaussian(12, 3, 1), texts=[str(i % 10) for i in range(12)])
+    with pytest.raises(AutoskillError, match="the text baseline found no word of two or more characters"):
+        select(SelectConfig(run=str(run), out=str(tmp_path / "t.jsonl"), budget=3, method="text"))
 
 
 # ---- records and the CLI ----------------------------------------------------------------------------------------

@@ -284,6 +284,43 @@ def test_verify_bake_accepts_good_and_catches_wrong(tiny, tmp_path):
         verify_bake(src, out, 2 * vector)
 
 
+@pytest.mark.parametrize("sharded", [False, True])
+def test_safetensors_beside_the_weights_are_not_the_model(tmp_path, sharded):
+    """Mistral's repos ship consolidated.safetensors (the original format) beside the weights transformers loads: the
+    folder's fingerprint is the loaded model's, and the bake copies only the weights."""
+    from safetensors.torch import save_file
+
+    from autoskill_fast.capture.fingerprint import fingerprint_folder
+
+    model = load(make_tiny(tmp_path / "made", "mistral"))
+    src = tmp_path / "src"
+    model.save_pretrained(src, max_shard_size="100KB" if sharded else "10GB")
+    assert (src / "model.safetensors.index.json").is_file() == sharded
+    save_file({"layers.0.attention.wq.weight": torch.randn(HIDDEN, HIDDEN)}, str(src / "consolidated.safetensors"))
+    assert fingerprint_folder(src, model.config, "m")["weights"] == fingerprint(model, "m")["weights"]
+    vector = SteeringVector.from_basis(random_basis(fingerprint(model, "m"), (1,)), 0, alpha=4.0)
+    out = bake(vector, src, tmp_path / "baked", verify=True)
+    assert not (out / "consolidated.safetensors").exists()
+
+
+def test_a_bf16_checkpoint_is_verified_against_the_vector_it_holds(tmp_path):
+    """A bf16 checkpoint's bias holds the vector rounded to bf16 (what any engine adds): the check compares with hooks
+    adding that rounded vector, and the record says how far the rounding moved it."""
+    src = make_tiny(tmp_path / "src", "llama")
+    model = load(src)
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    vector = SteeringVector.from_basis(random_basis(fingerprint(model, "t"), (1, 2)), 0, alpha=4.0)
+    vector = vector * 1.37  # entries far from bf16's grid
+    out = bake(vector, tmp_path / "bf16", tmp_path / "baked", verify=True)
+    record = json.loads((out / "steering" / "bake.json").read_text())
+    rounded = {layer: chunk.to(torch.bfloat16).float() for layer, chunk in vector.chunks.items()}
+    expected = max(float((rounded[layer] - chunk).abs().max()) for layer, chunk in vector.chunks.items())
+    assert record["rounding_max_abs_diff"] == pytest.approx(expected) and expected > 0
+    assert record["verified_max_abs_diff"] <= ATOL
+    with pytest.raises(AutoskillError, match="differ from hook steering"):  # the unrounded vector is not what it holds
+        verify_bake(tmp_path / "bf16", out, vector)
+
+
 # ---- llama.cpp ----------------------------------------------------------------------------------------------
 
 

@@ -245,7 +245,7 @@ def read_labels(path: str | Path, k: int) -> list[str | None]:
 
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines: a label may hold U+2028
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"

@@ -371,9 +371,9 @@ def _ranking_section(figs: _Figures, ranking) -> str:
     baseline = html.escape(json.dumps(ranking.baseline, default=str))
     return ("<section id=\"ranking\"><h2>Which directions help</h2>"
             f"<p>Proxy <b>{html.escape(ranking.proxy)}</b>, metric <b>{html.escape(ranking.metric)}</b>; "
-            f"baseline: <code>{baseline}</code>. An effect is significant when its whole 95% interval lies above 0."
-            "</p>" + notes + figs.div(fig, "ranking-plot") +
-            "<table class=\"matches\"><tr><th>pole</th><th>effect</th><th>95% interval</th><th>significant</th>"
+            f"baseline: <code>{baseline}</code>. An effect is marked when its whole 95% interval lies above 0; "
+            f"{html.escape(ranking.multiplicity_note)}.</p>" + notes + figs.div(fig, "ranking-plot") +
+            "<table class=\"matches\"><tr><th>pole</th><th>effect</th><th>95% interval</th><th>above 0 (unadjusted)</th>"
             "<th>cost (s)</th><th>evaluation</th></tr>" + rows + "</table></section>")
 
 

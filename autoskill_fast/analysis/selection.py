@@ -54,9 +54,9 @@ class SelectConfig:
     """The JSONL of the selected records, in selection order (the manifest goes beside it as <name>.manifest.json)."""
     budget: int = field(metadata=cli(short="-n"))
     """How many examples to select."""
-    method: SelectMethod = "coverage"
-    """coverage: greedy k-center in the score space (see --metric); pole: the ends of directions; random / text:
-    baselines (seeded uniform; k-center on TF-IDF)."""
+    method: SelectMethod | None = None
+    """coverage (the default): greedy k-center in the score space (see --metric); pole (the default with --ranking):
+    the ends of directions; random / text: baselines (seeded uniform; k-center on TF-IDF)."""
     directions: tuple[str, ...] = field(default=(), metadata=cli("--direction", short="-d", multiple=True))
     """For pole: +I or -I (one end of direction I) or I (both ends); repeat or comma-separate."""
     by: ScoreKind = "projection"
@@ -76,7 +76,7 @@ class SelectConfig:
     ranking: str | None = None
     """A ranking.json (or its run folder): select along its best directions at their useful pole (--method pole)."""
     top: int = 1
-    """With --ranking: how many of its best (direction, sign) entries."""
+    """With --ranking: how many of its best poles (direction, sign)."""
 
     def __post_init__(self):
         owner = "SelectConfig"
@@ -85,7 +85,12 @@ class SelectConfig:
                 raise ConfigError(owner, "ranking", "give either a ranking or directions, not both")
             if self.top < 1:
                 raise ConfigError(owner, "top", f"must be positive, got {self.top}")
+            if self.method not in (None, "pole"):
+                raise ConfigError(owner, "method", f"a ranking selects at the poles of its best directions; "
+                                                   f"--method {self.method} would ignore it")
             self.method = "pole"  # along the ranking's best directions
+        elif self.method is None:
+            self.method = "coverage"
         if self.method not in choices(SelectMethod):
             raise ConfigError(owner, "method", f"unknown value {self.method!r}; choose one of "
                                                f"{', '.join(choices(SelectMethod))}")
@@ -188,12 +193,7 @@ def ranking_poles(run: ProfileRun, path: str, top: int) -> list[Pole]:
         raise AutoskillError(f"{run.folder}: {len(overlap)} of its examples (e.g. {overlap[:3]}) are in the dev set "
                              f"{path} was measured on; select from a profile of the pool (--split pool with the same "
                              "--dev-size and --split-seed)")
-    poles = []
-    for entry in ranking.best(top):
-        pole = Pole(entry.direction, entry.sign)
-        if pole not in poles:
-            poles.append(pole)
-    return poles
+    return [Pole(entry.direction, entry.sign) for entry in ranking.best(top, per="pole")]
 
 
 def random_order(n: int, budget: int, seed: int) -> torch.Tensor:
@@ -212,7 +212,11 @@ def text_vectors(texts: list[str], dim: int, seed: int) -> torch.Tensor:
     if not any(t.strip() for t in texts):
         raise AutoskillError("the text baseline found no text in the selected corpus rows")
     # Words of two or more characters, as scikit-learn's default; capped vocabulary bounds memory on big corpora.
-    tfidf = TfidfVectorizer(sublinear_tf=True, max_features=1 << 18, dtype=np.float32).fit_transform(texts)
+    try:
+        tfidf = TfidfVectorizer(sublinear_tf=True, max_features=1 << 18, dtype=np.float32).fit_transform(texts)
+    except ValueError as error:  # "empty vocabulary": no word of two or more characters
+        raise AutoskillError(f"the text baseline found no word of two or more characters in the selected corpus rows "
+                             f"({error}); use another --method") from None
     if tfidf.shape[1] <= dim:
         return torch.from_numpy(tfidf.toarray()).float()
     projected = SparseRandomProjection(n_components=dim, dense_output=True, random_state=seed).fit_transform(tfidf)
@@ -256,14 +260,14 @@ def choose(run: ProfileRun, config: SelectConfig) -> Selection:
         if dims > basis.k:
             raise AutoskillError(f"--dims {dims} is more than the basis's {basis.k} directions")
         points = scores.projection[:, :dims].float()
-        if config.metric == "whitened":
-            eig = basis.eigenvalues_[:dims]
-            if not (eig > 0).all():
-                bad = int((eig <= 0).nonzero()[0])
+        if config.metric == "whitened":  # by the examples' own spread: a sketched basis's eigenvalues are bounds
+            std = points.double().std(dim=0, correction=0)
+            if not (std > 0).all():
+                bad = int((std <= 0).nonzero()[0])
                 hint = f"; use --dims {bad}" if bad else ""
-                raise AutoskillError(f"direction {bad} has no variance and cannot be whitened{hint} (or --metric "
-                                     "euclidean)")
-            points = basis.whiten(points)  # unit variance on the profiled corpus
+                raise AutoskillError(f"direction {bad} has no variance in these {n} examples and cannot be whitened"
+                                     f"{hint} (or --metric euclidean)")
+            points = (points.double() / std).float()
         positions, distance = farthest_point_order(points, config.budget)
         reasons = [{"method": "coverage", "rank": r, "distance": float(d)} for r, d in enumerate(distance.tolist())]
         return Selection(positions, reasons, {"dims": dims, "metric": config.metric,

@@ -17,6 +17,8 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
+from ..errors import AutoskillError
+
 # Config entries that do not change what the model computes.
 VOLATILE_CONFIG_KEYS = {"_name_or_path", "torch_dtype", "dtype", "transformers_version", "architectures",
                         "quantization_config", "use_cache", "_attn_implementation_autoset", "attn_implementation"}
@@ -48,10 +50,27 @@ def config_identity(config: Any, name: str) -> dict[str, Any]:
 
 
 def fingerprint_folder(folder: str | Path, config: Any, name: str) -> dict[str, Any]:
-    """The identity of a checkpoint folder, from its safetensors files (weights None when it has none)."""
-    files = sorted(Path(folder).glob("*.safetensors"))
+    """The identity of a checkpoint folder, from the safetensors files transformers loads (weights None when it has
+    none)."""
+    files = [Path(folder) / file for file in weight_files(folder)]
     weights = _weights_hash(_file_samples(files)) if files else None
     return {**config_identity(config, name), "weights": weights}
+
+
+def weight_files(folder: str | Path) -> list[str]:
+    """The safetensors files of a checkpoint folder that transformers loads: the shards its index names, else
+    model.safetensors, else every *.safetensors. Others beside them (Mistral's consolidated.safetensors, in the
+    original format) are not the model's weights."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise AutoskillError(f"{index}: not a safetensors index ({e}); the checkpoint is damaged") from None
+    if (folder / "model.safetensors").is_file():
+        return ["model.safetensors"]
+    return sorted(p.name for p in folder.glob("*.safetensors"))
 
 
 def model_mismatch(expected: dict[str, Any], actual: dict[str, Any]) -> str | None:

@@ -47,7 +47,7 @@ def tokenize(example: Example, tokenizer, pooling: PoolingConfig, *, ids: list[i
     """Token ids and the span to pool; raises BadExampleError if nothing is left to pool. `ids`: the text's token ids
     when they are already known (`tokenizer(texts)` over many texts at once gives each text's own ids)."""
     if ids is None:
-        ids = tokenizer(example.text, add_special_tokens=True)["input_ids"]
+        ids = example.token_ids(tokenizer)
     truncated = pooling.max_length is not None and len(ids) > pooling.max_length
     if truncated:
         ids = ids[: pooling.max_length]
@@ -60,7 +60,7 @@ def tokenize(example: Example, tokenizer, pooling: PoolingConfig, *, ids: list[i
     if pooling.mode == "response_mean":
         if example.prompt is None:
             raise BadExampleError(example.id, "response-only pooling needs chat messages ending with an assistant reply")
-        n_prompt = len(tokenizer(example.prompt, add_special_tokens=True)["input_ids"])
+        n_prompt = len(example.token_ids(tokenizer, example.prompt))
         start = max(start, n_prompt)
     end = len(ids)
     if end <= start:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,9 +69,7 @@ def _all_records(config: CorpusConfig) -> Iterator[Record]:
     if fmt not in readers:
         raise AutoskillError(f"unknown corpus format {fmt!r}; choose one of {sorted(readers)}")
     seen_ids: dict[str, str] = {}  # only with an id field: row numbers are unique already (memory stays flat)
-    for row, (where, data) in enumerate(readers[fmt](path)):
-        if config.limit is not None and row >= config.limit:
-            return
+    for row, (where, data) in enumerate(itertools.islice(readers[fmt](path), config.limit)):  # no record past it
         rid = _record_id(data, row, config.id_field, where)
         if config.id_field is not None:
             if rid in seen_ids:
@@ -94,7 +93,7 @@ def _utf8_lines(path: Path) -> Iterator[tuple[str, str]]:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
             try:
-                yield where, raw.decode("utf-8")
+                yield where, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # without a byte-order mark
             except UnicodeDecodeError as e:
                 raise AutoskillError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start}); re-encode the file as UTF-8") from None
 
@@ -107,6 +106,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             data = json.loads(line)
         except json.JSONDecodeError as e:
             raise AutoskillError(f"{where}: malformed JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
+        except (ValueError, RecursionError) as e:  # an integer of over 4300 digits; nesting deeper than Python's stack
+            raise AutoskillError(f"{where}: JSON that Python cannot read ({e}); fix or remove the line") from None
         if not isinstance(data, dict):
             raise AutoskillError(f"{where}: expected a JSON object per line, got {type(data).__name__}")
         yield where, data

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass
 
-from ..config import CorpusConfig
+from ..config import CorpusConfig, template_fields
 from ..errors import AutoskillError, BadExampleError
 from .corpus import Record
 
@@ -18,10 +17,11 @@ class Example:
     id: str
     text: str
     prompt: str | None = None  # for chat data: the rendered prompt, a prefix of `text` (response-only pooling)
+    special_tokens: bool = True  # the tokenizer adds its own (a BOS); not to chat text, whose template writes them
 
-
-def template_fields(template: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    def token_ids(self, tokenizer, text: str | None = None) -> list[int]:
+        """The token ids of this example's text (or of `text`, its prompt), as the model reads them."""
+        return tokenizer(self.text if text is None else text, add_special_tokens=self.special_tokens)["input_ids"]
 
 
 def render(record: Record, config: CorpusConfig, tokenizer=None, *, prompt_only: bool = False) -> Example:
@@ -34,7 +34,11 @@ def render(record: Record, config: CorpusConfig, tokenizer=None, *, prompt_only:
         if missing:
             raise BadExampleError(record.id, f"missing field(s) {missing} used by the template; fields present: {sorted(data)}",
                                   source=record.where)
-        text = config.template.format(**{k: v for k, v in data.items() if isinstance(k, str)})
+        try:
+            text = config.template.format(**{k: v for k, v in data.items() if isinstance(k, str)})
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as e:  # e.g. {n:d} of a text field
+            raise BadExampleError(record.id, f"the template cannot format this record ({type(e).__name__}: {e})",
+                                  source=record.where) from None
     else:
         field = config.text_field
         if field not in data or data[field] is None:
@@ -45,7 +49,29 @@ def render(record: Record, config: CorpusConfig, tokenizer=None, *, prompt_only:
             raise BadExampleError(record.id, f"field {field!r} is {type(text).__name__}, not text", source=record.where)
     if not text.strip():
         raise BadExampleError(record.id, "empty text", source=record.where)
-    return Example(record.row, record.id, text)
+    return Example(record.row, record.id, _encodable(text, record))
+
+
+def _encodable(text: str, record: Record) -> str:
+    """The text, if UTF-8 can hold it: JSON may carry a lone surrogate ("\\ud800"), which no tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadExampleError(record.id, f"the text holds {text[e.start]!r} at character {e.start}, a lone surrogate "
+                                         "that UTF-8 cannot encode", source=record.where) from None
+    return text
+
+
+def _chat_text(record: Record, tokenizer, messages: list, **options) -> str:
+    """The messages rendered by the tokenizer's chat template; a template that cannot render them (content that is
+    not text, a role it refuses) is a bad example."""
+    try:
+        return _encodable(tokenizer.apply_chat_template(messages, tokenize=False, **options), record)
+    except BadExampleError:
+        raise
+    except Exception as e:  # jinja2 and the template's own raise_exception: whatever the template does
+        raise BadExampleError(record.id, f"the chat template cannot render these messages ({type(e).__name__}: {e})",
+                              source=record.where) from None
 
 
 def _render_chat(record: Record, config: CorpusConfig, tokenizer, *, prompt_only: bool) -> Example:
@@ -59,13 +85,13 @@ def _render_chat(record: Record, config: CorpusConfig, tokenizer, *, prompt_only
         prompt_msgs = messages[:-1] if messages[-1]["role"] == "assistant" else messages
         if not prompt_msgs:
             raise BadExampleError(record.id, "no prompt messages before the assistant's reply", source=record.where)
-        text = tokenizer.apply_chat_template(prompt_msgs, tokenize=False, add_generation_prompt=True)
-        return Example(record.row, record.id, text, prompt=text)
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+        text = _chat_text(record, tokenizer, prompt_msgs, add_generation_prompt=True)
+        return Example(record.row, record.id, text, prompt=text, special_tokens=False)
+    text = _chat_text(record, tokenizer, messages)
     prompt = None
     if messages[-1]["role"] == "assistant" and len(messages) > 1:
-        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        prompt = _chat_text(record, tokenizer, messages[:-1], add_generation_prompt=True)
         if not text.startswith(prompt):
             raise BadExampleError(record.id, "the chat template renders the prompt differently inside the full "
                                              "conversation; response-only pooling cannot locate the response", source=record.where)
-    return Example(record.row, record.id, text, prompt=prompt)
+    return Example(record.row, record.id, text, prompt=prompt, special_tokens=False)

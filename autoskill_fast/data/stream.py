@@ -82,8 +82,7 @@ def _tokenized(examples: Iterator[tuple[str, Callable[[], Example]]], tokenizer,
                 rendered.append((where, make()))
             except BadExampleError as e:
                 rendered.append((where, e))
-        texts = [example.text for _, example in rendered if isinstance(example, Example)]
-        token_ids = iter(tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else [])
+        token_ids = _token_ids([example for _, example in rendered if isinstance(example, Example)], tokenizer)
         for where, example in rendered:  # in corpus order, as if each had been tokenized on its own
             if isinstance(example, BadExampleError):
                 bad(where, example)
@@ -99,6 +98,18 @@ def _tokenized(examples: Iterator[tuple[str, Callable[[], Example]]], tokenizer,
                               "run's record", TruncationWarning, stacklevel=2)
             tally.truncated += item.truncated
             yield item
+
+
+def _token_ids(examples: list[Example], tokenizer) -> Iterator[list[int]]:
+    """Each example's token ids, in order, from one tokenizer call per kind (with or without special tokens)."""
+    ids: list[list[int] | None] = [None] * len(examples)
+    for special in (True, False):
+        which = [i for i, example in enumerate(examples) if example.special_tokens == special]
+        if which:
+            encoded = tokenizer([examples[i].text for i in which], add_special_tokens=special)["input_ids"]
+            for i, row in zip(which, encoded):
+                ids[i] = row
+    return iter(ids)
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:

@@ -358,6 +358,8 @@ class SkillPCA:
 
         folder = Path(folder)
         meta = load_json(folder / PCA_JSON)
+        if not isinstance(meta, dict):
+            raise AutoskillError(f"{folder / PCA_JSON}: expected a JSON object; not a saved SkillPCA")
         tensors = load_tensors(folder / PCA_TENSORS)
         try:
             pca = cls(int(meta["n_components"]), sketch_size=meta.get("sketch_size"), tol=float(meta["tol"]),
@@ -367,8 +369,9 @@ class SkillPCA:
             pca._float64 = bool(meta.get("float64", False))
             if "fitted" in meta:
                 pca._fitted = PrincipalComponents.from_saved(tensors, meta["fitted"])
-        except KeyError as e:
-            raise AutoskillError(f"{folder}: missing {e} in {PCA_JSON} or {PCA_TENSORS}; not a saved SkillPCA") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise AutoskillError(f"{folder}: missing or malformed {e} in {PCA_JSON} or {PCA_TENSORS}; not a saved "
+                                 "SkillPCA") from None
         return pca
 
     def __repr__(self) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..artifacts import load_json, save_json
 from ..capture.fingerprint import fingerprint_folder
-from ..capture.models import LoadedModel, load_model, resolve_model_path
+from ..capture.models import LoadedModel, load_model, resolve_device, resolve_dtype, resolve_model_path
 from ..config import ConfigError, ModelConfig, cli, number_list
 from ..errors import AutoskillError
 from ..jobs.world import World, current_world
@@ -99,18 +99,35 @@ class EvalResult:
         return int(self.record["config"]["generation"]["n"])
 
 
-def eval_key(config: EvalConfig, model_fp: dict[str, Any], problems: dict[str, Any], steering: str | None) -> str:
+def eval_key(config: EvalConfig, model_fp: dict[str, Any], problems: dict[str, Any], steering: str | None, *,
+             dtype: str) -> str:
     """What must match for an evaluation to be resumed: all but where it is written and how it is shown. `steering` is
-    the vector's digest (what it adds, not where it lies: a vector rewritten in place is another evaluation)."""
+    the vector's digest (what it adds, not where it lies: a vector rewritten in place is another evaluation); `dtype`
+    the one the model runs in (`key_dtype`: --dtype auto is fp32 on a CPU, bf16 on a GPU). NLL samples nothing: the
+    sampling options are not part of its key."""
     cfg = config.to_json()
     for volatile in ("out", "quiet", "overwrite", "k", "baseline", "steering"):
         cfg.pop(volatile)
     cfg["model"].pop("device", None)
+    cfg["model"]["dtype"] = dtype
     for how in ("vllm_engines", "tensor_parallel"):  # where the samples are computed, not what they are
         cfg["generation"].pop(how, None)
+    if config.metric == "nll":
+        for sampling in ("n", "temperature", "top_p", "max_new_tokens", "seed"):
+            cfg["generation"].pop(sampling, None)
     blob = json.dumps({"config": cfg, "model": model_fp, "problems": problems, "steering": steering}, sort_keys=True,
                       default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def key_dtype(config: EvalConfig, loaded: LoadedModel | None) -> str:
+    """The dtype an evaluation's model runs in: the loaded model's, or --dtype as the hf backend resolves it on
+    --device (vLLM resolves `auto` from the model's own config, which its fingerprint holds)."""
+    if loaded is not None:
+        return str(loaded.dtype).removeprefix("torch.")
+    if config.generation.backend == "vllm":
+        return config.model.dtype
+    return str(resolve_dtype(config.model.dtype, resolve_device(config.model.device))).removeprefix("torch.")
 
 
 def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalResult:
@@ -133,7 +150,8 @@ def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalRe
     if world.distributed:
         config = replace(config, model=replace(config.model, device=str(world.device(config.model.device))))
     model_fp = _model_fingerprint(config, loaded)
-    key = eval_key(config, model_fp, problems_record, None if steering is None else steering.digest())
+    key = eval_key(config, model_fp, problems_record, None if steering is None else steering.digest(),
+                   dtype=key_dtype(config, loaded))
     record = {"schema": 1, "status": "running", "key": key, "config": config.to_json(), "model": model_fp,
               "problems": problems_record, "steering": None if steering is None else str(Path(config.steering).resolve()),
               "world_size": world.size}
@@ -144,7 +162,7 @@ def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalRe
             done = _claim(out, key, config.overwrite)
             earlier = load_json(out / EVAL_JSON).get("timings") or {} if done else {}
             record["timings"] = earlier  # kept through another interruption
-            if config.metric == "passk":
+            if config.metric == "passk" and len(done) < len(problems):  # the golds of a finished one were checked
                 _check_golds(problems, config.grade_timeout)
             if config.baseline is not None:  # before any generation: a missing or other baseline fails now
                 base = load_eval(config.baseline)
@@ -153,6 +171,7 @@ def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalRe
                     raise AutoskillError(f"--baseline {config.baseline}: measured {base.record['config']['metric']} "
                                          f"with {base.n} sample(s) per problem; compare with an evaluation of the "
                                          f"same metric and at least {max(config.k)} samples")
+                _check_same_problem_file(base.record, record, f"--baseline {config.baseline}", out)
             save_json(out / EVAL_JSON, record)
         except AutoskillError as e:
             done = f"error: {e}"
@@ -171,7 +190,8 @@ def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalRe
         part = out / (SAMPLES_JSONL if not world.distributed else f"{SAMPLES_JSONL}.rank{world.rank}")
         return _run_hf(config, model, steering, problems, done, part, world)
 
-    throughput = world.together(generate)
+    finished = len(done) == len(problems)  # done again: nothing to load or generate, and no cost to add
+    throughput = world.together(generate) if not finished else {}
     throughputs = world.gather_objects(throughput)
     result = None
     if world.main:
@@ -188,7 +208,8 @@ def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalRe
             record["against_baseline"] = {
                 m: compare_evals(base, result, k=int(m.removeprefix("pass@")) if m != "nll" else 1).to_json()
                 for m in measures}
-        record["timings"] = _add_timings(earlier, {"seconds": time.perf_counter() - t0, **throughput})
+        record["timings"] = earlier if finished else _add_timings(earlier, {"seconds": time.perf_counter() - t0,
+                                                                           **throughput})
         record["status"] = "complete"
         save_json(out / EVAL_JSON, record)
     return world.broadcast_object(result)
@@ -253,8 +274,9 @@ def _claim(out: Path, key: str, overwrite: bool) -> set[str]:
     record = load_json(record_path)
     if not isinstance(record, dict) or record.get("key") != key:
         if not overwrite:
-            raise AutoskillError(f"{out}: holds an evaluation with other options (model, problems, sampling or "
-                                 "metric); choose another --out, or pass --overwrite to replace it")
+            raise AutoskillError(f"{out}: holds an evaluation with other options (model, dtype, problems, "
+                                 "sampling, metric or steering vector); pass --overwrite to replace it (or, for "
+                                 "`eval`, choose another --out)")
         _drop_samples(out)
         record_path.unlink()
         return set()
@@ -346,6 +368,16 @@ def _check_comparable(a: EvalResult, b: EvalResult, k: int) -> None:
                              "evaluations, or two NLL evaluations")
     if metrics[0] == "passk" and k > min(a.n, b.n):
         raise AutoskillError(f"pass@{k} needs {k} samples per problem; {a.folder} has {a.n} and {b.folder} {b.n}")
+    _check_same_problem_file(a.record, b.record, a.folder, b.folder)
+
+
+def _check_same_problem_file(a: dict[str, Any], b: dict[str, Any], a_name: Any, b_name: Any) -> None:
+    """Problems are paired by id, and ids are row numbers by default: "0" of another file is another problem."""
+    corpora = [(record.get("problems") or {}).get("corpus") or {} for record in (a, b)]
+    if corpora[0].get("sha256") != corpora[1].get("sha256"):
+        raise AutoskillError(f"{a_name} and {b_name} evaluate different problem files ({corpora[0].get('path')} and "
+                             f"{corpora[1].get('path')}); problems are paired by id, so compare evaluations of the "
+                             "same file")
 
 
 def load_eval(folder: str | Path) -> EvalResult:

@@ -15,12 +15,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ConfigError, CorpusConfig, CorpusFormat, Split, cli, default_corpus_path
+from ..config import (ConfigError, CorpusConfig, CorpusFormat, Split, check_template, cli, default_corpus_path,
+                      template_fields)
 from ..data.corpus import fingerprint, iter_records, split_dev_ids
-from ..data.rendering import template_fields
 from ..errors import AutoskillError
 
-_GSM8K_GOLD = re.compile(r"####\s*(.+?)\s*$", re.S)
+_GSM8K_GOLD = re.compile(r"^[ \t]*####[ \t]*(\S.*?)[ \t]*$", re.M)  # a line "#### answer"
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")  # "1,234" -> "1234"; "-3, 3" and "(1,2)" keep theirs
 
 
 @dataclass
@@ -56,6 +57,7 @@ class ProblemsConfig:
             raise ConfigError(owner, "dev_size", f"must be positive, got {self.dev_size}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(owner, "limit", f"must be positive, got {self.limit}")
+        check_template(owner, "question_template", self.question_template)
         if self.path is None:
             self.path = str(default_corpus_path())
         self.path = str(self.path)
@@ -81,13 +83,16 @@ class Problem:
 
 
 def gold_answer(solution: str) -> str | None:
-    """The gold answer of a worked solution: after "####" (GSM8K), else its last \\boxed{}, else None."""
+    """The gold answer of a worked solution: its last line if that is "#### answer" (GSM8K), else its last
+    \\boxed{} (a "#### Step 1" heading of such a solution is not its answer), else its last "#### answer" line, else
+    None. Thousands separators are dropped from a "####" answer; other commas are part of it."""
     from .grading import extract_boxed
 
-    match = _GSM8K_GOLD.search(solution)
-    if match:
-        return match.group(1).replace(",", "").strip()
-    return extract_boxed(solution)
+    answers = _GSM8K_GOLD.findall(solution)
+    last_line = solution.rstrip().rpartition("\n")[2]
+    if answers and not _GSM8K_GOLD.fullmatch(last_line) and (boxed := extract_boxed(solution)) is not None:
+        return boxed
+    return _THOUSANDS.sub("", answers[-1]) if answers else extract_boxed(solution)
 
 
 def load_problems(config: ProblemsConfig) -> list[Problem]:
@@ -113,7 +118,11 @@ def problem_from_record(record, config: ProblemsConfig) -> Problem:
         missing = [f for f in template_fields(config.question_template) if data.get(f) is None]
         if missing:
             raise AutoskillError(f"{record.where}: missing field(s) {missing} used by the question template")
-        question = config.question_template.format(**data)
+        try:
+            question = config.question_template.format(**data)
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as e:
+            raise AutoskillError(f"{record.where}: the question template cannot format this record "
+                                 f"({type(e).__name__}: {e})") from None
     else:
         question = _text_field(data, config.question_field, record.where, "--question-field")
     solution = _text_field(data, config.answer_field, record.where, "--answer-field")

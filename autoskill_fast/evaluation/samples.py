@@ -23,11 +23,14 @@ def batches_of(items: list[T], size: int) -> list[list[T]]:
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
-    """The lines of samples.jsonl; a torn last line (a kill mid-write) is dropped."""
+    """The lines of samples.jsonl; a torn last line (a kill mid-write) is dropped. Lines end at "\n" only: a sample's
+    text may hold U+2028 and other characters that `str.splitlines` would also break at (JSON leaves them as they are)."""
     if not path.is_file():
         return []
     lines = []
-    for raw in path.read_text(encoding="utf-8").splitlines():
+    for raw in path.read_text(encoding="utf-8").split("\n"):
+        if not raw:
+            continue  # the end of the file
         try:
             lines.append(json.loads(raw))
         except json.JSONDecodeError:

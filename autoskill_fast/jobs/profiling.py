@@ -231,7 +231,8 @@ def _finished(folder: RunFolder, config: ProfileConfig, status: str, world: Worl
 
 
 def _check_resumed_world(folder: RunFolder, record: RunRecord | None, world: World) -> None:
-    """A run is resumed by as many processes as started it: their checkpoints are per rank."""
+    """A run is resumed by as many processes as started it: its checkpoint holds the position of each rank, whose rows
+    are every world_size-th of the --shard."""
     if record is None or not (folder / CHECKPOINT_DIR).exists():
         return
     started = int(record.environment.get("world_size", 1))

@@ -23,9 +23,9 @@ import numpy as np
 
 from ..basis import SkillBasis
 from ..capture.models import LoadedModel, load_model
-from ..config import BatchingConfig, ConfigError, CorpusConfig, ModelConfig, cli, number_list, parse_layers
+from ..config import (BatchingConfig, ConfigError, CorpusConfig, ModelConfig, cli, number_list, parse_layers,
+                      template_fields)
 from ..data.corpus import fingerprint, iter_records
-from ..data.rendering import template_fields
 from ..errors import AutoskillError
 from ..evaluation.generation import GenerationConfig
 from ..evaluation.job import EvalConfig, Metric, evaluate
@@ -81,6 +81,9 @@ class RankConfig:
     """pilot: the seed of the random pilot's selection, the adapters' initialization and the order of examples."""
     resamples: int = 1000
     """Bootstrap resamples of every interval."""
+    overwrite: bool = False
+    """Redo the evaluations (and pilots) under RUN/rank/ that were made with other options, or of a basis since
+    refitted; without it they are kept and the rank stops at the first one."""
     quiet: bool = False
     """No progress bars."""
 
@@ -120,7 +123,8 @@ def rank(config: RankConfig, *, loaded: LoadedModel | None = None) -> Ranking:
     notes = _check_pool(folder, record, config.problems, dev_ids, needs_pool=config.proxy == "pilot")
     work = folder / "rank" / config.proxy / config.metric
     eval_base = EvalConfig(out=str(work), problems=replace(config.problems, split="dev"), model=model,
-                           generation=config.generation, k=(config.k,), metric=config.metric, quiet=config.quiet)
+                           generation=config.generation, k=(config.k,), metric=config.metric, quiet=config.quiet,
+                           overwrite=config.overwrite)
     if config.proxy == "correlation":
         entries, baseline = _correlation(config, basis, record, loaded, work, directions, eval_base)
     elif config.proxy == "steer":

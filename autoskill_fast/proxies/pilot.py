@@ -41,7 +41,7 @@ from ..capture.fingerprint import fingerprint
 from ..capture.models import LoadedModel
 from ..errors import AutoskillError
 from ..evaluation.job import (EVAL_JSON, SAMPLES_JSONL, EvalConfig, EvalResult, compare_evals, eval_key, evaluate,
-                              load_eval)
+                              key_dtype, load_eval)
 from ..evaluation.nll import NLLScorer, collate_solutions
 from ..evaluation.problems import Problem, load_problems, problem_from_record, split_record
 from ..progress import Progress
@@ -171,9 +171,12 @@ class _Trainer:
         eval_config = replace(self.eval_base, out=str(folder), overwrite=True)  # the folder is this pilot's own
         state = load_json(folder / PILOT_JSON) if (folder / PILOT_JSON).is_file() else None
         if state is not None and state.get("key") != key:
-            raise AutoskillError(f"{folder}: holds a pilot trained on other examples or with other options; remove "
-                                 f"{folder} and {adapter} to train it again with these options, or rank another run")
-        if state is not None and _complete(folder, eval_key(eval_config, state["model"], self.dev_record, None)):
+            if not self.eval_base.overwrite:
+                raise AutoskillError(f"{folder}: holds a pilot trained on other examples or with other options; pass "
+                                     "--overwrite to train it again with these options, or rank another run")
+            state = None  # trained again below, over the old pilot's files
+        if state is not None and _complete(folder, eval_key(eval_config, state["model"], self.dev_record, None,
+                                                            dtype=key_dtype(eval_config, self.loaded))):
             result = load_eval(folder)
             return Pilot(name, state, result, float(result.record.get("timings", {}).get("seconds", 0.0)), True)
         model = self.loaded.model

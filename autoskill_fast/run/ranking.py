@@ -74,12 +74,29 @@ class Ranking:
             raise AutoskillError(f"{path}: ranks directions {beyond} but the basis has {basis.k}; rerun "
                                  "`autoskill-fast rank`")
 
-    def best(self, top: int) -> list[RankingEntry]:
-        """The `top` best entries; a warning for each whose interval does not lie above zero (it is used as asked,
-        but nothing says it helps: every direction of a ranking may hurt)."""
+    @property
+    def multiplicity_note(self) -> str:
+        """What the per-entry intervals do not say: they are not adjusted for how many entries were tested."""
+        n = len(self.entries)
+        return (f"each 95% interval is this entry's own, not adjusted for the {n} entries tested: with no real effect "
+                f"anywhere, about {0.025 * n:.1f} of them would still lie above zero by chance (2.5% each); confirm "
+                "a winner on other problems before trusting it")
+
+    def best(self, top: int, *, per: str = "pole") -> list[RankingEntry]:
+        """The best entry of each of the `top` best poles (per="pole": select takes both ends of a direction if both
+        rank high) or directions (per="direction": steer, where the two ends of one direction would cancel), best
+        first. A steer ranking holds one entry per (pole, alpha): its pole's best alpha is the one taken. A warning
+        for each whose interval does not lie above zero (it is used as asked, but nothing says it helps: every
+        direction of a ranking may hurt)."""
         if top < 1:
             raise AutoskillError(f"--top must be positive, got {top}")
-        chosen = self.entries[:top]
+        chosen: dict[Any, RankingEntry] = {}
+        for entry in self.entries:
+            chosen.setdefault(entry.pole if per == "pole" else entry.direction, entry)
+        if top > len(chosen):
+            raise AutoskillError(f"--top {top}: this {self.proxy} ranking holds {len(chosen)} {per}s "
+                                 f"({', '.join(e.pole for e in chosen.values())}); lower --top to at most {len(chosen)}")
+        chosen = list(chosen.values())[:top]
         for entry in chosen:
             if not entry.significant:
                 verdict = "hurts" if entry.high < 0 else "is not told apart from no effect"

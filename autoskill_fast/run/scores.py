@@ -76,6 +76,13 @@ class Scores:
         meta = load_json(folder / SCORES_JSON)
         if "ids" not in meta:
             raise AutoskillError(f"{folder / SCORES_JSON}: missing 'ids'; the file is corrupted")
+        for name in ("projection", "cosine"):
+            finite = torch.isfinite(t[name]).all(dim=1)
+            if not bool(finite.all()):
+                bad = int((~finite).nonzero()[0])
+                example = meta["ids"][bad] if bad < len(meta["ids"]) else f"row {bad}"
+                raise AutoskillError(f"{folder / SCORES_TENSORS}: a non-finite {name} score for example {example!r}; "
+                                     "the file is corrupted: score the run again with `autoskill-fast project`")
         return cls(list(meta["ids"]), t["row"], t["projection"], t["cosine"], meta.get("run_key"),
                    meta.get("basis_digest"))
 

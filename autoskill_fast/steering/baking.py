@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 
 from ..artifacts import atomic_folder, load_json, save_json
 from ..errors import AutoskillError
-from ..capture.fingerprint import fingerprint_folder
+from ..capture.fingerprint import fingerprint_folder, weight_files
 from .vector import SteeringVector
 
 SUPPORTED = {
@@ -71,8 +71,9 @@ def bake(vector: SteeringVector, model_dir: str | Path, out: str | Path, *, veri
     new_config, notes = rewrite_config(raw, config)
 
     with atomic_folder(out) as tmp:
-        biased = _write_weights(src, tmp, vector, config, add_o_proj_bias=new_config.get("attention_bias", False)
-                                and not raw.get("attention_bias", False))
+        biased, baked = _write_weights(src, tmp, vector, config,
+                                       add_o_proj_bias=new_config.get("attention_bias", False)
+                                       and not raw.get("attention_bias", False))
         save_json(tmp / "config.json", new_config)
         copied = [name for name in TOKENIZER_FILES if (src / name).is_file()]
         for name in copied:
@@ -80,12 +81,14 @@ def bake(vector: SteeringVector, model_dir: str | Path, out: str | Path, *, veri
         if not any(name.startswith("tokenizer") for name in copied):
             notes.append(f"no tokenizer files in {src}: add them before serving the baked model")
         vector.save(tmp / "steering")
+        # The biases hold the vector rounded to the checkpoint's dtype (what any engine adds): how far from it.
+        rounding = max(float((baked.chunks[layer] - chunk).abs().max()) for layer, chunk in vector.chunks.items())
         record = {"source": str(src.resolve()), "source_model_type": raw.get("model_type"),
                   "model_type": new_config["model_type"], "steered_layers": vector.layer_ids,
-                  "biased_layers": biased, "notes": notes}
+                  "biased_layers": biased, "rounding_max_abs_diff": rounding, "notes": notes}
         if verify:  # before it is visible at `out`: a server never picks up a wrong checkpoint
             check_len = min(VERIFY_TOKENS, int(new_config.get("max_position_embeddings") or VERIFY_TOKENS))
-            record["verified_max_abs_diff"] = verify_bake(src, tmp, vector, seq_len=check_len)
+            record["verified_max_abs_diff"] = verify_bake(src, tmp, baked, seq_len=check_len)
             record["verified_tokens"] = check_len
         save_json(tmp / "steering" / "bake.json", record)
         if recipe is not None:
@@ -148,20 +151,20 @@ def _window_cap(config) -> int | None:
 
 
 def _source_shards(src: Path) -> list[str]:
-    index = src / "model.safetensors.index.json"
-    if index.is_file():
-        return sorted(set(load_json(index)["weight_map"].values()))
-    shards = sorted(p.name for p in src.glob("*.safetensors"))
+    shards = weight_files(src)
     if not shards:
         raise AutoskillError(f"{src}: no safetensors weights; save the model with save_pretrained (safetensors) first")
     return shards
 
 
-def _write_weights(src: Path, dst: Path, vector: SteeringVector, config, *, add_o_proj_bias: bool) -> list[int]:
-    """Copy every shard, adding the biases; return the layers that got a down_proj bias."""
+def _write_weights(src: Path, dst: Path, vector: SteeringVector, config, *,
+                   add_o_proj_bias: bool) -> tuple[list[int], SteeringVector]:
+    """Copy every shard, adding the biases; return the layers that got a down_proj bias, and the vector as the
+    checkpoint holds it (each chunk rounded, with any bias of the source, to the weights' dtype)."""
     num_layers = int(config.num_hidden_layers)
     weight_map: dict[str, str] = {}
     biased: list[int] = []
+    baked: dict[int, torch.Tensor] = {}
     total_size = 0
     for shard in _source_shards(src):
         with safe_open(str(src / shard), framework="pt") as f:
@@ -180,7 +183,9 @@ def _write_weights(src: Path, dst: Path, vector: SteeringVector, config, *, add_
             if module == "mlp.down_proj":
                 biased.append(layer)
                 if layer in vector.chunks:
-                    bias = (bias.to(torch.float32) + vector.chunks[layer]).to(weight.dtype)
+                    steered = (bias.to(torch.float32) + vector.chunks[layer]).to(weight.dtype)
+                    baked[layer] = steered.to(torch.float32) - bias.to(torch.float32)
+                    bias = steered
             tensors[bias_key] = bias
         save_file(tensors, str(dst / shard), metadata={"format": "pt"})
         weight_map.update({key: shard for key in tensors})
@@ -192,13 +197,14 @@ def _write_weights(src: Path, dst: Path, vector: SteeringVector, config, *, add_
     if (src / "model.safetensors.index.json").is_file():
         save_json(dst / "model.safetensors.index.json",
                   {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))})
-    return biased
+    return biased, SteeringVector(baked, vector.model, vector.terms)
 
 
 @torch.inference_mode()
 def verify_bake(source_dir: str | Path, baked_dir: str | Path, vector: SteeringVector, *, seq_len: int = VERIFY_TOKENS,
                 rtol: float = 1e-5) -> float:
-    """Max |logits(baked) - logits(source steered by hooks)| in fp32 on random tokens; raise if it is not tiny.
+    """Max |logits(baked) - logits(source steered by hooks with `vector`)| in fp32 on random tokens; raise if it is
+    not tiny. `vector` is the one the checkpoint holds (rounded to its dtype: `_write_weights`).
 
     Holds both models in fp32 memory at once; skip it (`verify=False`) for models that do not fit twice.
     """

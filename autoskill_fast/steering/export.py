@@ -61,7 +61,7 @@ class SteerConfig:
     """A ranking.json (or its run folder): steer with its best entry (direction, sign and, from the steer proxy,
     alpha) instead of --direction / --sign / --alpha."""
     top: int = 1
-    """With --ranking: combine its `top` best entries."""
+    """With --ranking: add its `top` best directions, each at its best sign and (steer proxy) alpha."""
 
     def __post_init__(self):
         owner = "SteerConfig"
@@ -124,11 +124,12 @@ def build_vector(config: SteerConfig) -> SteeringVector:
 
 
 def _ranked_vector(config: SteerConfig, basis) -> SteeringVector:
-    """The sum of the ranking's `top` best entries, each at its own sign and (steer proxy) alpha and unit."""
+    """The sum of the ranking's `top` best directions, each at its best entry's sign and (steer proxy) alpha and unit
+    (the opposite pole of a direction taken is left out: it would cancel it)."""
     ranking = Ranking.load(config.ranking)
     ranking.check_basis(basis, config.ranking)
     vector = None
-    for entry in ranking.best(config.top):
+    for entry in ranking.best(config.top, per="direction"):
         alpha = entry.alpha if entry.alpha is not None else config.alpha
         unit = entry.alpha_unit or config.alpha_unit
         term = SteeringVector.from_basis(basis, entry.direction, alpha=alpha, sign=entry.sign, layers=config.layers,
