@@ -271,6 +271,7 @@ def test_stopping_early_kills_the_worker_and_its_engine(tmp_path, tiny_model, fa
     assert samples(config.out) == reference
 
 
+@pytest.mark.slow  # four evaluations, each starting its grader: 11 s
 def test_engines_side_by_side_write_one_engines_samples(tmp_path, tiny_model, fake_vllm, monkeypatch):
     reference = evaluate(fake_eval(tmp_path, tiny_model, "reference"))
     seen = tmp_path / "seen.jsonl"

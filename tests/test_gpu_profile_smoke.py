@@ -26,6 +26,7 @@ def _load_script():
     return module
 
 
+@pytest.mark.slow  # a benchmark script end to end: 12 s
 def test_cpu_smoke_runs_end_to_end(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop(FORCE_ENV, None)  # CPU tensors take the torch references, with or without TRITON_INTERPRET

@@ -177,6 +177,7 @@ def test_validation_names_the_argument():
 
 
 @needs_triton
+@pytest.mark.slow  # a benchmark script end to end
 @pytest.mark.skipif(DEVICE == "cuda", reason="the GPU run is the benchmark itself")
 def test_gpu_benchmark_cpu_smoke(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",

@@ -230,6 +230,7 @@ def test_bfloat16_rows_enter_the_sums_rounded_and_nothing_else_changes(tmp_path,
         merge([tmp_path / "half0", tmp_path / "half1"], tmp_path / "mixed")
 
 
+@pytest.mark.slow  # a benchmark script end to end
 def test_covariance_rows_benchmark_runs(tmp_path, tiny_model):
     import subprocess
     import sys

@@ -257,6 +257,7 @@ def test_corrupted_packed_state_is_named(tmp_path):
         StreamingCovariance.load(tmp_path / "partial.safetensors")
 
 
+@pytest.mark.slow  # a benchmark script end to end
 def test_fit_benchmark_runs_and_both_paths_agree():
     script = Path(__file__).resolve().parents[1] / "bench" / "bench_fit.py"
     proc = subprocess.run([sys.executable, str(script), "--dim", "700", "--k", "6", "--rows", "300", "--reps", "1"],
