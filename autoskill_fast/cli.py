@@ -23,6 +23,9 @@ from .options import build_config, config_options, given_params
 from .steering.export import SteerConfig
 
 
+POSITIVE = click.FloatRange(min=0, min_open=True)
+
+
 def friendly_errors(fn):
     """Print user errors as one line (no traceback) and exit with status 2; warnings as one line each."""
 
@@ -52,7 +55,8 @@ def _one_line_warnings() -> None:
 
 
 def threads_option(fn):
-    return click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")(fn)
+    return click.option("--threads", type=click.IntRange(min=1), default=None,
+                        help="CPU threads for torch (default: torch's choice).")(fn)
 
 
 def set_threads(threads: int | None) -> None:
@@ -116,8 +120,9 @@ def profile_summary(folder: Path) -> str:
 
 @cli.command("fit")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("-k", "k", type=int, required=True, help="Number of directions.")
-@click.option("--eig-tol", type=float, default=1e-6, show_default=True, help="Relative residual every eigenpair must reach.")
+@click.option("-k", "k", type=click.IntRange(min=1), required=True, help="Number of directions.")
+@click.option("--eig-tol", type=POSITIVE, default=1e-6, show_default=True,
+              help="Relative residual every eigenpair must reach.")
 @click.option("--scaling", type=click.Choice(choices(FeatureScaling)), default=None,
               help="Feature scaling, from the saved statistics: none, layer or coordinate (default: the run's).")
 @friendly_errors
@@ -138,8 +143,9 @@ def fit_cmd(run_dir, k, eig_tol, scaling):
 @cli.command("merge")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(), help="The merged run's folder.")
-@click.option("-k", "k", type=int, default=None, help="Number of directions (default: the shards' k).")
-@click.option("--eig-tol", type=float, default=1e-6, show_default=True, help="Relative residual every eigenpair must reach.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=None, help="Number of directions (default: the shards' k).")
+@click.option("--eig-tol", type=POSITIVE, default=1e-6, show_default=True,
+              help="Relative residual every eigenpair must reach.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in the output folder instead of refusing.")
 @friendly_errors
 def merge_cmd(run_dirs, out, k, eig_tol, overwrite):

@@ -57,6 +57,11 @@ class Option:
         return "__".join(self.path)
 
     @property
+    def params(self) -> list[str]:
+        """The click params of this option: its own, then one per alias flag (`--keep-first-token`)."""
+        return [self.param] + [f"{self.param}__alias{i}" for i in range(len(self.meta.get("aliases") or {}))]
+
+    @property
     def meta(self) -> dict[str, Any]:
         return self.field.metadata.get("cli") or {}
 
@@ -110,9 +115,8 @@ class Option:
             return option
 
         def with_aliases(fn):
-            for i, (alias, value) in enumerate(aliases.items()):
-                fn = click.option(alias, f"{self.param}__alias{i}", is_flag=True,
-                                  help=f"The same as {self.flag} {value}.")(fn)
+            for (alias, value), param in zip(aliases.items(), self.params[1:]):
+                fn = click.option(alias, param, is_flag=True, help=f"The same as {self.flag} {value}.")(fn)
             return option(fn)
 
         return with_aliases
@@ -198,7 +202,7 @@ def _build(cls: type, values: dict[str, Any], prefix: tuple[str, ...], skip: tup
         nested = _nested(hints[f.name])
         if nested is not None:
             optional = f.default is None
-            params = {o.param for o in options_of(nested, prefix=path)}
+            params = {param for o in options_of(nested, prefix=path) for param in o.params}
             if optional and not (given is not None and params & given):
                 continue
             kwargs[f.name] = _build(nested, values, path, skip, {}, given)
@@ -206,8 +210,8 @@ def _build(cls: type, values: dict[str, Any], prefix: tuple[str, ...], skip: tup
         option = Option(path, cls, f, hints[f.name])
         if option.param in values:
             kwargs[f.name] = option.value(values[option.param])
-        for i, value in enumerate((option.meta.get("aliases") or {}).values()):
-            if values.get(f"{option.param}__alias{i}"):
+        for param, value in zip(option.params[1:], (option.meta.get("aliases") or {}).values()):
+            if values.get(param):
                 kwargs[f.name] = value
     return cls(**kwargs)
 

@@ -44,6 +44,16 @@ def test_profile_fit_project_round_trip(tmp_path, tiny_model, corpus):
     torch.testing.assert_close(projected.projection, profiled.projection, rtol=1e-4, atol=1e-4)
     code, out = invoke("project", tmp_path / "run", "--model", model, "--corpus", corpus, "--out", tmp_path / "run")
     assert code == 2 and "holds a profile run" in out, out
+    # Pooling options of project describe the basis's: --keep-first-token (an alias) is checked like --first-token;
+    # --max-length applies.
+    code, out = invoke("project", tmp_path / "run", "--model", model, "--corpus", corpus, "--out", tmp_path / "p2",
+                       "--keep-first-token", "--quiet")
+    assert code == 2 and "pooling options given" in out, out
+    code, out = invoke("project", tmp_path / "run", "--model", model, "--corpus", corpus, "--out", tmp_path / "cut",
+                       "--max-length", 3, "--quiet")
+    assert code == 0, out
+    cut = json.loads((tmp_path / "cut" / "project.json").read_text())
+    assert cut["truncated"] > 0, cut
 
     # Scores left by an earlier basis of the run (a refit killed before rescoring) are refused, not used.
     from autoskill_fast.run.reading import load_run

@@ -62,6 +62,8 @@ def test_in_memory_features_bad_input(tmp_path, tiny_model):
     assert pooled.features.shape == (2, pooled.layout.feature_dim)
     one = pooled_features(loaded.model, loaded.tokenizer, ["also fine"])
     torch.testing.assert_close(one.features[0], pooled.features[1], rtol=1e-5, atol=1e-6)  # batching changes nothing
+    with pytest.raises(AutoskillError, match=r"texts: one string, not a list of them; pass \[text\]"):
+        pooled_features(loaded.model, loaded.tokenizer, "also fine")
 
 
 def test_a_basis_refuses_features_of_another_model(tmp_path, tiny_model):

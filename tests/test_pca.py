@@ -388,6 +388,16 @@ def test_save_load_round_trip_and_resume(tmp_path, sketch_size):
             assert torch.equal(getattr(loaded, name), getattr(straight, name)), name
 
 
+def test_non_finite_rows_are_refused_before_they_enter_the_sums():
+    pca = SkillPCA(2)
+    pca.partial_fit(rows(10, 5, seed=13))
+    bad = rows(4, 5, seed=14)
+    bad[2, 3] = float("inf")
+    with pytest.raises(AutoskillError, match=r"X holds a non-finite value \(row 2, column 3 of these rows\)"):
+        pca.partial_fit(bad)
+    assert pca.n_samples_seen_ == 10
+
+
 def test_load_errors_are_clear(tmp_path):
     with pytest.raises(AutoskillError, match="cannot save a SkillPCA that has seen no rows"):
         SkillPCA(2).save(tmp_path / "empty")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from autoskill_fast.run.features import iter_feature_shards
 from autoskill_fast.decomposition.statistics import StreamingCovariance, load_statistics
 from autoskill_fast.errors import AutoskillError
 from autoskill_fast.kernels import PackedSymmetric
+from autoskill_fast.run.folder import RunFolder
 from autoskill_fast.run.scores import Scores
 from model_fixtures import write_jsonl
 from reference import paper_features
@@ -180,11 +182,25 @@ def test_shards_merge_to_one_pass_and_basis_matches_numpy(tmp_path, tiny_model):
     np.testing.assert_allclose(scores.projection.numpy(), ref * signs, atol=1e-4 * np.abs(ref).max())
     merged_scores = Scores.load(tmp_path / "merged")
     assert merged_scores.ids == scores.ids
+    assert RunFolder(tmp_path / "merged").record().complete_shards
+
+    # Shards that share rows would count them twice; shards that read or cut the texts otherwise do not add.
+    with pytest.raises(AutoskillError, match=r"whole \(shard 0/1\) and .*s0 \(shard 0/3\) hold some of the same "
+                                             "rows"):
+        merge([tmp_path / "s0", tmp_path / "s1", tmp_path / "whole"], tmp_path / "twice")
+    with pytest.warns(Warning, match="was truncated"):
+        run(tmp_path, model_dir, corpus, name="cut", k=5, shard=(1, 3), pooling=PoolingConfig(max_length=6))
+    run(tmp_path, model_dir, replace(corpus, limit=20), name="limited", k=5, shard=(1, 3))
+    for name, option in (("cut", "--max-length"), ("limited", "corpus reading")):
+        with pytest.raises(AutoskillError, match=f"{name}: profiled with another {option}"):
+            merge([tmp_path / "s0", tmp_path / name], tmp_path / f"with-{name}")
+    two = merge([tmp_path / "s0", tmp_path / "s2"], tmp_path / "two-thirds")
+    assert two is not None and not RunFolder(tmp_path / "two-thirds").record().complete_shards
 
 
 def test_sketched_shards_merge_to_the_exact_basis(tmp_path, tiny_model):
     """Each shard's sketch is around its own pilot mean; a sketch large enough to hold every row (and the one extra
-    row each merge adds) shrinks nothing, so the merge equals the exact whole run to fp32 storage."""
+    row each merge adds) shrinks nothing, so the merge equals the exact whole run to fp32 rounding (of the features)."""
     model_dir = tiny_model("llama")
     corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(29, seed=4)])))
     whole = run(tmp_path, model_dir, corpus, name="whole", k=5)
@@ -270,6 +286,20 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, tiny_model, mo
         run(tmp_path, model_dir, corpus, name="resumed", **common)
     progress = json.loads((tmp_path / "resumed" / "checkpoint" / "progress.json").read_text())
     assert progress["batches"] == 6
+    # Its position counts the features written so far: a resume that would not write them is refused.
+    unsaved = ProfileConfig(corpus=corpus, out=str(tmp_path / "resumed"), model=ModelConfig(str(model_dir)), k=4,
+                            quiet=True, batching=BatchingConfig(token_budget=64), checkpoint_every=2,
+                            covariance_rows=rows)
+    with pytest.raises(AutoskillError, match="started with save_features=True and its checkpoint counts the features "
+                                             "written so far; resume it with the same --save-features"):
+        profile(unsaved)
+    from autoskill_fast.capture import models as models_mod
+
+    with monkeypatch.context() as patched:  # --dtype auto where it means bfloat16 (a GPU): the same run key
+        patched.setattr(models_mod, "resolve_dtype", lambda dtype, device: torch.bfloat16)
+        with pytest.raises(AutoskillError, match="started with the model in float32 and its checkpoint holds "
+                                                 "statistics of float32 activations; resume it with --dtype float32"):
+            run(tmp_path, model_dir, corpus, name="resumed", **common)
     monkeypatch.setattr(capture_mod.PooledCapture, "__call__", original)
     calls["n"] = 0
     resumed = run(tmp_path, model_dir, corpus, name="resumed", **common)

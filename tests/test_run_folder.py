@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from autoskill_fast.basis import SkillBasis
 from autoskill_fast.cli import cli
 from model_fixtures import write_jsonl
 
@@ -45,6 +46,18 @@ def test_out_holding_another_run_is_refused_and_overwrite_replaces_it_wholly(tmp
     code, log = invoke("profile", "--model", tiny_model("llama"), "--corpus", corpus(tmp_path), "--out", out, "-k", 2,
                        "--quiet", "--save-features")
     assert code == 0, log
+    before = (out / "stats.safetensors").stat().st_mtime_ns
+    code, log = invoke("profile", "--model", tiny_model("llama"), "--corpus", corpus(tmp_path), "--out", out, "-k", 2,
+                       "--quiet", "--save-features", "--overwrite")  # the same run: started over, not kept
+    assert code == 0 and "already complete" not in log, log
+    assert (out / "stats.safetensors").stat().st_mtime_ns != before
+    before = (out / "stats.safetensors").stat().st_mtime_ns
+    code, log = invoke("profile", "--model", tiny_model("llama"), "--corpus", corpus(tmp_path), "--out", out, "-k", 1,
+                       "--scaling", "coordinate", "--quiet", "--save-features")  # the same run with another fit
+    assert code == 0, log
+    basis = SkillBasis.load(out)
+    assert (basis.k, basis.scaling) == (1, "coordinate") and run_json(out)["basis"]["k"] == 1
+    assert (out / "stats.safetensors").stat().st_mtime_ns == before  # refitted from them, no second forward pass
     other = corpus(tmp_path, "other.jsonl", n=9, word="different")
     args = ("profile", "--model", tiny_model("qwen2"), "--corpus", other, "--out", out, "-k", 2, "--quiet")
     one_line_error(*invoke(*args), f"{out}: holds a run of model", "--overwrite")
@@ -57,6 +70,19 @@ def test_out_holding_another_run_is_refused_and_overwrite_replaces_it_wholly(tmp
     code, log = invoke("fit", out, "-k", 1)
     assert code == 0 and "rescore with `autoskill-fast project`" in log, log
     assert not (out / "scores.safetensors").exists()  # never rescored from another run's features
+
+
+def test_the_option_that_makes_another_run_is_named_and_prefetch_is_not_one(tmp_path, tiny_model):
+    out = tmp_path / "r"
+    base = ("profile", "--model", tiny_model("llama"), "--corpus", corpus(tmp_path), "--out", out, "-k", 2, "--quiet")
+    code, log = invoke(*base)
+    assert code == 0, log
+    code, log = invoke(*base, "--prefetch", 2)  # how far ahead batches are prepared: the same run, complete
+    assert code == 0, log
+    one_line_error(*invoke(*base, "--max-batch-size", 3), f"{out}: holds a run of model",
+                   "with another batching.max_batch_size: 64 vs 3", "--overwrite")
+    (out / "stats.safetensors").write_bytes(b"not safetensors")
+    one_line_error(*invoke("fit", out, "-k", 1), "stats.safetensors: not a readable safetensors file", "damaged")
 
 
 def test_a_file_left_over_from_another_run_is_never_read(tmp_path, tiny_model):

@@ -308,3 +308,81 @@ def test_cleared_statistics_go_on_as_new_ones_around_the_same_shift(kind):
     for name, tensor in fresh.state_dict().items():
         assert torch.equal(used.state_dict()[name], tensor), name
     torch.testing.assert_close(used.mean, x[23:].mean(0), rtol=1e-12, atol=1e-9)
+
+
+def test_a_buffer_the_caller_refills_before_the_flush_changes_nothing():
+    """update_shifted stages rows until a flush: it must keep them, not the caller's buffer (which the fused capture
+    kernel, or a caller reading a file in blocks, refills)."""
+    x = data(20, 4, seed=21, offset=0.0)
+    stats = StreamingCovariance(4, shift=torch.zeros(4, dtype=torch.float64))
+    buffer = torch.empty(5, 4, dtype=torch.float64)
+    for lo in range(0, 20, 5):
+        buffer.copy_(x[lo:lo + 5])
+        stats.update_shifted(buffer)
+    np.testing.assert_allclose(stats.covariance().numpy(), np.cov(x.numpy(), rowvar=False), rtol=1e-10)
+
+
+def test_float64_rows_are_centred_before_a_float32_accumulator_rounds_them():
+    """On a GPU the sums are fp32: rows given in fp64 far from zero must lose their offset before they are rounded."""
+    x = data(200, 3, seed=22, offset=0.0) * 1e-3 + 1e4  # a spread 1e7 times smaller than the offset
+    stats = StreamingCovariance(3, accum_dtype=torch.float32)
+    for lo in range(0, 200, 50):
+        stats.update(x[lo:lo + 50])
+    np.testing.assert_allclose(stats.variances().numpy(), x.numpy().var(axis=0, ddof=1), rtol=1e-4)
+
+
+@pytest.mark.parametrize("damage,problem", [
+    (lambda s: dict(s, sum=s["sum"][:-1]), r"inconsistent sizes \(count \(1,\), shift \(6,\), sum \(5,\)\)"),
+    (lambda s: dict(s, count=torch.zeros(0, dtype=torch.int64)), "inconsistent sizes"),
+    (lambda s: {k: v for k, v in s.items() if k != "shift"}, r"missing tensors \['shift'\]"),
+])
+def test_a_damaged_statistics_file_is_named_in_its_error(tmp_path, damage, problem):
+    stats = StreamingCovariance(6)
+    stats.update(data(9, 6, seed=23))
+    save_tensors(tmp_path / "bad.safetensors", damage({k: v.clone() for k, v in stats.state_dict().items()}))
+    stats.save(tmp_path / "good.safetensors")
+    for read in (lambda: load_statistics(tmp_path / "bad.safetensors"),
+                 lambda: load_statistics(tmp_path / "good.safetensors").merge_saved(tmp_path / "bad.safetensors")):
+        with pytest.raises(AutoskillError, match=f"bad.safetensors: .*{problem}"):
+            read()
+
+
+def test_sketched_state_errors_copies_and_a_merge_with_itself(tmp_path):
+    from autoskill_fast.decomposition.statistics import SketchedCovariance
+
+    x = data(40, 7, seed=24)
+    a = SketchedCovariance(7, 6)
+    a.update(x)
+    total = a.total_variance()
+    b = SketchedCovariance.from_state_dict(a.state_dict())
+    b.update(x)  # a copy made through the state dict shares nothing with the original
+    assert a.total_variance() == total and a.n == 40
+    doubled = SketchedCovariance.from_state_dict({k: v.clone() for k, v in a.state_dict().items()})
+    doubled.merge(SketchedCovariance.from_state_dict({k: v.clone() for k, v in a.state_dict().items()}))
+    a.merge(a)
+    assert a.n == 80 and torch.equal(a.mean, doubled.mean) and a.total_variance() == doubled.total_variance()
+    state = a.state_dict()
+    for name, damaged in (("shift", dict(state, shift=state["shift"][:-1])),
+                          ("sq_norm", {k: v for k, v in state.items() if k != "sq_norm"}),
+                          ("fd.count", dict(state, **{"fd.count": torch.zeros(0, dtype=torch.int64)}))):
+        save_tensors(tmp_path / f"{name}.safetensors", damaged)
+        with pytest.raises(AutoskillError, match=f"{name}.safetensors: .*the file is corrupted"):
+            load_statistics(tmp_path / f"{name}.safetensors")
+    with pytest.raises(AutoskillError, match="set_shift"):
+        SketchedCovariance(7, 6).update_shifted(x)
+
+
+def test_a_sketch_of_rows_spanning_fewer_dims_than_its_size_is_exact_to_fp64_rounding():
+    """The sketch's rows are kept in fp64: with rows spanning at most l dims nothing is shrunk away, and the top
+    eigenvalues equal the exact ones to fp64 rounding (fp32 rows were 1e-7 of the top eigenvalue off)."""
+    from autoskill_fast.decomposition.statistics import SketchedCovariance
+
+    g = torch.Generator().manual_seed(25)
+    x = (torch.randn(500, 10, generator=g, dtype=torch.float64) * torch.linspace(10, 1, 10, dtype=torch.float64)) @ \
+        torch.randn(10, 300, generator=g, dtype=torch.float64) + 3.0
+    sketch = SketchedCovariance(300, 20)
+    for lo in range(0, 500, 64):
+        sketch.update(x[lo:lo + 64])
+    exact = np.linalg.eigvalsh(np.cov(x.numpy(), rowvar=False))[::-1][:8]
+    got = sketch.top_eigenpairs(8).eigenvalues.numpy()
+    np.testing.assert_allclose(got, exact, rtol=1e-10, atol=1e-10 * exact[0])

@@ -106,6 +106,8 @@ def pooled_features(model: nn.Module, tokenizer, texts: Sequence[str] | CorpusCo
     (default: measured on the first batch, as `profile` does). Skipped examples (`on_bad_example="skip"`) are left out
     of the result and listed in `skipped`.
     """
+    if isinstance(texts, str):
+        raise AutoskillError("texts: one string, not a list of them; pass [text] for one example")
     pooling = pooling or PoolingConfig()
     resolved = resolve_pooling(pooling, model, tokenizer)
     tally = InputTally()

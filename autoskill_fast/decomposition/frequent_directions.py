@@ -190,6 +190,9 @@ class FrequentDirections:
             raise AutoskillError(f"Frequent Directions state lacks {sorted(missing)}; it was not saved by "
                                  "FrequentDirections.state_dict()")
         rows = state["sketch"]
+        if state["sketch_size"].numel() != 1 or state["count"].numel() != 1 or state["shrinkage"].numel() != 1:
+            raise AutoskillError("Frequent Directions state is inconsistent: its sketch_size, count and shrinkage "
+                                 "must be one number each; the file is corrupted")
         dim, sketch_size = state["sum"].numel(), int(state["sketch_size"][0])
         if rows.ndim != 2 or rows.shape[1] != dim or rows.shape[0] > 2 * sketch_size:
             raise AutoskillError(f"Frequent Directions state is inconsistent: sketch {tuple(rows.shape)} for "

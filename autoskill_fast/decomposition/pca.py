@@ -248,6 +248,12 @@ class SkillPCA:
         elif x.shape[1] != self.stats.dim:
             raise AutoskillError(f"X has {x.shape[1]} features but this SkillPCA was fitted with {self.stats.dim}")
         if x.shape[0]:
+            finite = torch.isfinite(x).all(dim=1)
+            if not bool(finite.all()):
+                row = int((~finite).nonzero()[0])
+                column = int((~torch.isfinite(x[row])).nonzero()[0])
+                raise AutoskillError(f"X holds a non-finite value (row {row}, column {column} of these rows); nothing "
+                                     "of them was added")
             self.stats.update(x)
             self._float64 |= x.dtype == torch.float64
             self._fitted = None
@@ -369,7 +375,7 @@ class SkillPCA:
             pca._float64 = bool(meta.get("float64", False))
             if "fitted" in meta:
                 pca._fitted = PrincipalComponents.from_saved(tensors, meta["fitted"])
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, IndexError) as e:
             raise AutoskillError(f"{folder}: missing or malformed {e} in {PCA_JSON} or {PCA_TENSORS}; not a saved "
                                  "SkillPCA") from None
         return pca

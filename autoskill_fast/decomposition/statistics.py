@@ -11,8 +11,9 @@ products with (S2 - S1 S1^T / n) / (n - ddof) without ever forming the D x D cov
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -53,7 +54,10 @@ class Statistics:
         if self.shift is None:
             self.set_shift(x_nd.detach().to(torch.float64).mean(dim=0))
         work = self.work_dtype  # the subtraction in the accumulation's precision: fp64 on CPU keeps every digit
-        self.update_shifted(x_nd.to(self.device, work) - self.shift.to(work))
+        if x_nd.dtype == torch.float64:  # rows given in fp64 are centred before any rounding (fp32 accumulators)
+            self.update_shifted((x_nd.to(self.device) - self.shift).to(work))
+        else:
+            self.update_shifted(x_nd.to(self.device, work) - self.shift.to(work))
 
     def update_shifted(self, xc_nd: torch.Tensor) -> None:
         raise NotImplementedError
@@ -92,6 +96,8 @@ class Statistics:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors to save. Large ones are the statistics' own, not copies (a Llama-3-8B state is 30 GB): save or
+        copy them before adding more rows."""
         raise NotImplementedError
 
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
@@ -142,10 +148,13 @@ class StreamingCovariance(Statistics):
         self._check_rows(xc_nd)
         if xc_nd.shape[0] == 0:
             return
+        given = xc_nd
         xc_nd = xc_nd.to(self.device)
         self.sum += xc_nd.sum(dim=0, dtype=torch.float64)
         self._n += xc_nd.shape[0]
-        self._staged.append(xc_nd if self.rows_dtype is None else xc_nd.to(self.rows_dtype))
+        staged = xc_nd if self.rows_dtype is None else xc_nd.to(self.rows_dtype)
+        # Staged rows are read at the next flush: a buffer the caller refills by then must not change them.
+        self._staged.append(staged.clone() if staged is given else staged)
         self._staged_n += xc_nd.shape[0]
         if self._staged_n >= self.stage_rows:
             self.flush()
@@ -172,7 +181,7 @@ class StreamingCovariance(Statistics):
         """`merge(load_statistics(path))` with the same result, without the saved statistics in memory: their packed
         sums are added a slice of `chunk_bytes` at a time (the merged sums and one slice; a merge of Llama-3-8B shards
         on a CPU then needs one accumulator's memory, not two)."""
-        with TensorReader(path) as reader:
+        with _naming(path), TensorReader(path) as reader:
             if "sumsq_packed" not in reader:
                 return self.merge(statistics_from_state({k: reader.get(k) for k in reader.keys()}, device=self.device,
                                                         source=str(path)))  # a sketch, or not statistics: refused
@@ -336,8 +345,9 @@ def _packed_layout(state: dict[str, torch.Tensor], packed_dtype: torch.dtype,
                    packed_shape: tuple[int, ...]) -> BlockPackedLayout:
     """The layout of saved exact statistics, checked against their small tensors and their packed sums' spec."""
     dim = state["shift"].numel()
-    if state["sum"].numel() != dim:
-        raise AutoskillError("statistics tensors have inconsistent sizes; the file is corrupted")
+    if state["shift"].ndim != 1 or state["sum"].shape != (dim,) or state["count"].numel() != 1:
+        raise AutoskillError(f"statistics tensors have inconsistent sizes (count {tuple(state['count'].shape)}, shift "
+                             f"{tuple(state['shift'].shape)}, sum {tuple(state['sum'].shape)}); the file is corrupted")
     try:
         layout = BlockPackedLayout(dim, int(state["sumsq_tile"].flatten()[0]))
     except (ValueError, IndexError) as exc:
@@ -349,6 +359,19 @@ def _packed_layout(state: dict[str, torch.Tensor], packed_dtype: torch.dtype,
     if packed_dtype not in (torch.float32, torch.float64):
         raise AutoskillError(f"the second-moment sums are {packed_dtype}, not float32/float64; the file is corrupted")
     return layout
+
+
+@contextmanager
+def _naming(path: str | Path) -> Iterator[None]:
+    """Errors in reading saved statistics name their file (`merge` reads several)."""
+    try:
+        yield
+    except AutoskillError as e:
+        message = str(e)
+        raise AutoskillError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+    except (KeyError, IndexError) as e:  # a tensor missing, or one of no elements where a number was expected
+        raise AutoskillError(f"{path}: statistics tensors missing or empty ({type(e).__name__}: {e}); the file is "
+                             "corrupted") from None
 
 
 def _small_state(reader: TensorReader, path: str | Path) -> dict[str, torch.Tensor]:
@@ -415,7 +438,9 @@ class SketchedCovariance(Statistics):
     """The fallback when D x D cannot fit: a Frequent Directions sketch of l rows in place of the second moment.
 
     Memory is O(l D) instead of O(D^2). Count, mean and total variance stay exact (count, sum and the sum of squared
-    norms are tracked in fp64); the top eigenpairs are within the sketch's reported error bound (`error_bound`).
+    norms are tracked in fp64); the top eigenpairs are within the sketch's reported error bound (`error_bound`). The
+    sketch rows are kept in fp64: its shrinks compute in fp64 anyway (a [2l, D] fp64 copy at each), and fp32 storage
+    would add a rounding error of about 1e-7 of the top eigenvalue at every shrink, which the bound does not count.
     Sketches made around different shifts merge: the change of shift is exact (two fp64 rows kept beside the sketch:
     `FrequentDirections.reshift_`); the merged bound is the sketches' shrinkages plus that of the merge's own shrink.
     """
@@ -423,7 +448,7 @@ class SketchedCovariance(Statistics):
     def __init__(self, dim: int, sketch_size: int, *, shift: torch.Tensor | None = None, device: str | torch.device = "cpu"):
         self.dim = int(dim)
         self.device = torch.device(device)
-        self.sketch = FrequentDirections(self.dim, sketch_size, dtype=torch.float32, device=self.device)
+        self.sketch = FrequentDirections(self.dim, sketch_size, dtype=torch.float64, device=self.device)
         self.work_dtype = torch.float64  # `update` subtracts the shift in fp64: the count, mean and total stay exact
         self.shift: torch.Tensor | None = None if shift is None else shift.to(self.device, torch.float64).clone()
         self.sq_norm = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -437,10 +462,12 @@ class SketchedCovariance(Statistics):
         return self.sketch.sum
 
     def update_shifted(self, xc_nd: torch.Tensor) -> None:
+        if self.shift is None:
+            raise AutoskillError("set_shift() must be called before update_shifted()")
         self._check_rows(xc_nd)
         xc_nd = xc_nd.to(self.device)
         self.sq_norm += xc_nd.to(torch.float64).pow(2).sum()
-        self.sketch.update(xc_nd)  # the count and sum from the rows as given (fp64 exact); the sketch stores fp32
+        self.sketch.update(xc_nd)  # the count and sum from the rows as given (fp64 exact)
 
     def merge(self, other: "SketchedCovariance") -> "SketchedCovariance":
         """Add another sketch's rows, re-expressed around this shift when theirs differs (the other is unchanged)."""
@@ -448,6 +475,9 @@ class SketchedCovariance(Statistics):
             raise AutoskillError(f"cannot merge sketched statistics of {other.dim} features into {self.dim}")
         if other.shift is None:
             return self
+        if other is self:  # its rows twice: merge a copy, which the merge leaves as it is
+            other = SketchedCovariance.from_state_dict({k: v.clone() for k, v in self.state_dict().items()},
+                                                       device=self.device)
         if self.shift is None or self.n == 0:
             self.shift = other.shift.to(self.device).clone()
         offset = other.shift.to(self.device) - self.shift  # the other's rows around our shift: y + offset
@@ -456,7 +486,7 @@ class SketchedCovariance(Statistics):
         return self
 
     def clear_(self) -> "SketchedCovariance":
-        self.sketch = FrequentDirections(self.dim, self.sketch.sketch_size, dtype=torch.float32, device=self.device)
+        self.sketch = FrequentDirections(self.dim, self.sketch.sketch_size, dtype=self.sketch.dtype, device=self.device)
         self.sq_norm.zero_()
         return self
 
@@ -507,10 +537,17 @@ class SketchedCovariance(Statistics):
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor], *, device: str | torch.device = "cpu") -> "SketchedCovariance":
+        missing = [name for name in ("shift", "sq_norm") if name not in state]
+        if missing:
+            raise AutoskillError(f"sketched statistics lack {missing}; the file is corrupted")
         sketch = FrequentDirections.from_state_dict({k[3:]: v for k, v in state.items() if k.startswith("fd.")}, device=device)
+        if state["shift"].shape != (sketch.dim,) or state["sq_norm"].numel() != 1:
+            raise AutoskillError(f"sketched statistics of {sketch.dim} dims with a shift of shape "
+                                 f"{tuple(state['shift'].shape)} and a sq_norm of {state['sq_norm'].numel()} numbers; "
+                                 "the file is corrupted")
         stats = cls(sketch.dim, sketch.sketch_size, shift=state["shift"], device=device)
         stats.sketch = sketch
-        stats.sq_norm = state["sq_norm"].to(stats.device, torch.float64).reshape(())
+        stats.sq_norm = state["sq_norm"].to(stats.device, torch.float64).reshape(()).clone()  # not the state's own
         return stats
 
 
@@ -537,7 +574,7 @@ def load_statistics(path: str | Path, *, device: str | torch.device = "cpu",
     of exact statistics are read straight into the accumulator on `device` (through one pinned slice for a GPU), so
     no second copy of them is ever in host memory: resuming 8 ranks of Llama-3-8B statistics does not need 8 x 30 GB
     of host RAM, and `fit` on a CPU holds the sums once."""
-    with TensorReader(path) as reader:
+    with _naming(path), TensorReader(path) as reader:
         if "fd.sketch" in reader or "sumsq_packed" not in reader:
             stats = statistics_from_state({name: reader.get(name) for name in reader.keys()}, device=device,
                                           source=str(path))

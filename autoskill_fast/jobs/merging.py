@@ -7,6 +7,8 @@ Scores too, when every shard saved its features. The merged folder's key is made
 from __future__ import annotations
 
 import hashlib
+import math
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -42,6 +44,10 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, 
         if record.corpus.get("sha256") != first.corpus.get("sha256"):
             raise AutoskillError(f"{shard.path}: profiled another corpus than {shards[0].path}; merge shards of one "
                                  "corpus")
+        difference = _difference(first, record)
+        if difference is not None:
+            raise AutoskillError(f"{shard.path}: profiled with another {difference[0]} than {shards[0].path} "
+                                 f"({difference[1]}); merge shards profiled alike")
         check_same_pooling(first.pooling, record.pooling, what=f"statistics in {shard.path}")
         if record.layer_scale != first.layer_scale:
             raise AutoskillError(f"{shard.path}: its --layer-scaling pilot factors (measured on its own first batch) "
@@ -60,9 +66,8 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, 
             raise AutoskillError(f"{shard.path}: holds {_kind(kind)} statistics and {shards[0].path} "
                                  f"{_kind(type(merged))}; merge shards profiled alike (all with --sketch-size, or none)")
         merged.merge_saved(path)  # around the first shard's shift; exact sums are added a slice at a time
-    names = [tuple(r.config.get("shard", (0, 1))) for r in records]
-    if len(set(names)) != len(names):
-        raise AutoskillError(f"the runs include the same shard twice: {names}")
+    parts = [tuple(r.config.get("shard", (0, 1))) for r in records]
+    _check_disjoint(parts, shards)
     key = hashlib.sha256("|".join(sorted(r.key for r in records)).encode()).hexdigest()[:20]
     folder = RunFolder(out)
     folder.claim(key, overwrite=overwrite, describe=f"a merge of {len(shards)} shard runs")
@@ -80,15 +85,36 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, 
     feature_dirs = [shard.feature_dir(record) for shard, record in zip(shards, records)]
     if all(feature_dirs):
         save_scores(folder.path, basis, (s for d in feature_dirs for s in iter_feature_shards(d)))
-    n_of = [r.config.get("shard", (0, 1))[1] for r in records]
     folder.write_record(RunRecord(
         status="complete", key=key, kind="merge", config={**first.config, "shard": [0, 1], "k": k},
         model=first.model, corpus=first.corpus, pooling=first.pooling, layout=first.layout,
         counts={"profiled": merged.n, "skipped": sum(r.counts.get("skipped", 0) for r in records)},
         skipped=[s for r in records for s in r.skipped], basis=basis_summary(basis), layer_scale=first.layer_scale,
         merged_from=[str(s.path.resolve()) for s in shards],
-        complete_shards=len(records) == n_of[0] and len(set(n_of)) == 1))
+        complete_shards=sum(Fraction(1, n) for _, n in parts) == 1))  # disjoint parts that add up to the corpus
     return basis
+
+
+def _difference(first: RunRecord, record: RunRecord) -> tuple[str, str] | None:
+    """What else makes two shards' rows incomparable (which texts of the corpus, how they are cut, in what precision):
+    the option and its two values, or None."""
+    corpus_a, corpus_b = ({k: v for k, v in r.corpus.items() if k not in ("path", "bytes")} for r in (first, record))
+    checks = [("corpus reading (--text-field, --template, --messages-field, --id-field, --limit, --split)", corpus_a,
+               corpus_b),
+              ("--max-length", (first.config.get("pooling") or {}).get("max_length"),
+               (record.config.get("pooling") or {}).get("max_length")),
+              ("model dtype", first.environment.get("dtype"), record.environment.get("dtype"))]
+    return next(((option, f"{b!r} vs {a!r}") for option, a, b in checks if a != b), None)
+
+
+def _check_disjoint(parts: list[tuple[int, int]], shards: list[RunFolder]) -> None:
+    """Shard i/n holds the rows with row % n == i: two shards share rows unless i differs modulo gcd of their n."""
+    for a in range(len(parts)):
+        for b in range(a):
+            (i, n), (j, m) = parts[a], parts[b]
+            if (i - j) % math.gcd(n, m) == 0:
+                raise AutoskillError(f"{shards[a].path} (shard {i}/{n}) and {shards[b].path} (shard {j}/{m}) hold "
+                                     "some of the same rows, which a merge would count twice; merge disjoint shards")
 
 
 def _kind(kind: type) -> str:

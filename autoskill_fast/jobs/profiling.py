@@ -190,10 +190,12 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
     if world.main:
         try:
             _check_k_before_forward(config, resolved)
-            record = folder.claim(key, overwrite=config.overwrite, describe=describe_run(config.to_json()))
+            record = folder.claim(key, overwrite=config.overwrite, describe=describe_run(config.to_json()),
+                                  config=config.to_json())
             decision = record.status if record is not None and record.status != "running" else "run"
             if decision == "run":
                 _check_resumed_world(folder, record, world)
+                _check_resumed_outputs(folder, record, config, loaded)
                 record = RunRecord(status="running", key=key, config=config.to_json(), model=model_fp,
                                    corpus=corpus_fp, pooling=resolved.record, layout=resolved.layout.to_json(),
                                    environment={"model_path": str(loaded.path),
@@ -219,14 +221,20 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
 
 
 def _finished(folder: RunFolder, config: ProfileConfig, status: str, world: World) -> SkillBasis:
-    """A run this folder already holds: complete (its basis), or with statistics saved (fit from them)."""
+    """A run this folder already holds: complete (its basis, refitted from its statistics if -k or --scaling now
+    differ), or with statistics saved (fit from them)."""
+    from .refit import fit
+
     if status == "complete":
-        log.info("%s: this run is already complete; `autoskill-fast fit` refits it with another k", folder.path)
+        basis = folder.basis(folder.record())
+        if (basis.k, basis.scaling) == (config.k, config.scaling):
+            log.info("%s: this run is already complete", folder.path)
+            return basis
+        log.info("%s: this run is complete with k=%d, --scaling %s; refitting k=%d, --scaling %s from its statistics",
+                 folder.path, basis.k, basis.scaling, config.k, config.scaling)
     else:
         log.info("%s: the statistics of this run are saved; fitting k=%d from them", folder.path, config.k)
-        from .refit import fit
-
-        world.together(lambda: fit(folder.path, config.k, tol=config.eig_tol), main_only=True)
+    world.together(lambda: fit(folder.path, config.k, tol=config.eig_tol, scaling=config.scaling), main_only=True)
     return folder.basis(folder.record())
 
 
@@ -242,6 +250,26 @@ def _check_resumed_world(folder: RunFolder, record: RunRecord | None, world: Wor
         raise AutoskillError(f"{folder.path}: this run was started by {started} process(es) and its checkpoint "
                              f"holds their positions; resume it with {how}, or pass --overwrite to start over with "
                              f"{world.size}")
+
+
+def _check_resumed_outputs(folder: RunFolder, record: RunRecord | None, config: ProfileConfig,
+                           loaded: LoadedModel) -> None:
+    """A checkpoint's position counts the features written so far (to features/, or kept for the scores): a resume
+    that writes them elsewhere, or not at all, would leave rows out of the scores. Its statistics are of activations
+    in one dtype (--dtype auto is bfloat16 on a GPU, float32 on a CPU): the rest must be too."""
+    if record is None or not (folder / CHECKPOINT_DIR).exists():
+        return
+    started, now = record.environment.get("dtype"), str(loaded.dtype).removeprefix("torch.")
+    if started is not None and started != now:
+        raise AutoskillError(f"{folder.path}: this run was started with the model in {started} and its checkpoint holds "
+                             f"statistics of {started} activations; resume it with --dtype {started} (here the model "
+                             f"is in {now}), or pass --overwrite to start over")
+    for name, flag in (("save_features", "--save-features"), ("scores", "--scores / --no-scores")):
+        before = record.config.get(name)
+        if before is not None and before != getattr(config, name):
+            raise AutoskillError(f"{folder.path}: this run was started with {name}={before} and its checkpoint counts "
+                                 f"the features written so far; resume it with the same {flag}, or pass --overwrite "
+                                 "to start over")
 
 
 def _reduce_statistics(stats: Statistics, world: World) -> Statistics:

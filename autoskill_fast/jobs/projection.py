@@ -48,10 +48,12 @@ def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> dict
     loaded = loaded or load_model(config.model)
     basis.check_model(loaded.fingerprint, what="corpus features")
     pooling = basis.pooling_config
-    if config.pooling is not None:  # options given must describe the basis's pooling
+    if config.pooling is not None:  # options given must describe the basis's pooling; --max-length applies
         layout = resolve_pooling(config.pooling, loaded.model, loaded.tokenizer).layout
         check_same_pooling(basis.pooling, pooling_record(config.pooling, layout, loaded.tokenizer, None),
                            what="pooling options given")
+        if config.pooling.max_length is not None:
+            pooling = replace(pooling, max_length=config.pooling.max_length)
     resolved = resolve_pooling(pooling, loaded.model, loaded.tokenizer)
     if resolved.layout != basis.layout:
         raise AutoskillError(f"the basis uses blocks {list(basis.layout.layer_ids)} of hidden size "

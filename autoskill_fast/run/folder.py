@@ -46,8 +46,9 @@ def file_key(path: Path) -> str | None:
     try:
         with safe_open(str(path), framework="pt") as f:
             return (f.metadata() or {}).get(KEY_METADATA)
-    except Exception:  # a corrupted file: its reader reports it with the file's name
-        return None
+    except Exception as e:  # safetensors raises its own kinds for a truncated or garbled header
+        raise AutoskillError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); it is damaged: "
+                             "rerun the command that wrote it") from None
 
 
 def basis_summary(basis: SkillBasis) -> dict[str, Any]:
@@ -87,10 +88,12 @@ class RunFolder:
     def has_run_files(self) -> bool:
         return any((self.path / name).exists() for name in RUN_FILES + RUN_DIRS)
 
-    def claim(self, key: str, *, overwrite: bool, describe: str) -> RunRecord | None:
+    def claim(self, key: str, *, overwrite: bool, describe: str, config: dict[str, Any] | None = None
+              ) -> RunRecord | None:
         """Make sure this folder may hold the run with `key`: returns its record when it already holds that run (to
-        resume or complete it), None when it holds no run. A folder holding another run is refused, unless
-        `overwrite`, which removes that run's files. `describe` says what the new run is, for the message."""
+        resume or complete it), None when it holds no run. A folder holding another run is refused. `overwrite` removes
+        the run's files first, whichever run they are of. `describe` says what the new run is, and `config` (a
+        ProfileConfig as JSON) how, for the message."""
         self.path.mkdir(parents=True, exist_ok=True)
         if self.has_record():
             try:
@@ -99,16 +102,19 @@ class RunFolder:
                 if not overwrite:
                     raise
                 record = None
-            if record is not None and record.key == key:
+            if record is not None and record.key == key and not overwrite:
                 return record
             if record is not None and record.status == "running" and not self.holds_results():
                 overwrite = True  # a run that stopped before computing anything: nothing of value to protect
             if not overwrite:
                 held = (f"a run of model {record.model.get('name')!r} on {Path(record.corpus.get('path', '?')).name}"
                         if record is not None else "another run")
-                raise AutoskillError(f"{self.path}: holds {held} with other options (or made by an earlier version with "
-                                     f"other defaults), not {describe}; choose another output folder, or pass "
-                                     "--overwrite to replace that run")
+                difference = None if record is None or config is None else config_difference(record.config, config)
+                how = (f"with another {difference}" if difference else
+                       "with other options, model weights or corpus content (or made by an earlier version with other "
+                       "defaults)")
+                raise AutoskillError(f"{self.path}: holds {held} {how}, not {describe}; choose another output folder, "
+                                     "or pass --overwrite to replace that run")
         elif self.has_run_files():
             progress = self.path / CHECKPOINT_DIR / "progress.json"
             if progress.is_file() and load_json(progress).get("key") == key:
@@ -181,15 +187,33 @@ def load_basis(folder: str | Path) -> SkillBasis:
 def run_key(config: dict[str, Any], model: dict[str, Any], corpus: dict[str, Any]) -> str:
     """What makes two runs the same run: everything that changes the statistics (not k, output options or the device).
     `config` is a ProfileConfig as JSON."""
+    blob = json.dumps({"config": _keyed(config), "model": model, "corpus": corpus}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def config_difference(before: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """The first option that makes two ProfileConfigs (as JSON) other runs: "name: before vs now", or None."""
+    def first(a: Any, b: Any, name: str) -> str | None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return next((found for key in sorted(set(a) | set(b))
+                         if (found := first(a.get(key), b.get(key), f"{name}.{key}" if name else key))), None)
+        return None if a == b else f"{name}: {a!r} vs {b!r}"
+
+    return first(_keyed(before), _keyed(now), "")
+
+
+def _keyed(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a ProfileConfig (as JSON) that makes a run what it is."""
     cfg = json.loads(json.dumps(config, default=str))
     for volatile in ("out", "quiet", "checkpoint_every", "checkpoint_seconds", "k", "eig_tol", "scores", "save_features",
                      "overwrite", "scaling"):
         cfg.pop(volatile, None)
     cfg["model"].pop("device", None)
+    if "prefetch" in cfg.get("batching", {}):  # how far ahead batches are prepared: the same batches (keyed as the
+        cfg["batching"]["prefetch"] = 0  # default, so runs begun before this keep their key and resume)
     if cfg.get("covariance_rows") == "float32":
         del cfg["covariance_rows"]  # the default: runs begun before the option existed keep their key (and resume)
-    blob = json.dumps({"config": cfg, "model": model, "corpus": corpus}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+    return cfg
 
 
 def describe_run(config: dict[str, Any]) -> str:
