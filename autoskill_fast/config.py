@@ -301,7 +301,8 @@ class ProfileConfig:
     """Relative residual every eigenpair must reach."""
     sketch_size: int | None = None
     """Keep a Frequent Directions sketch of this many rows instead of the exact packed D x D second moment (fp64: 16 x
-    rows x D bytes at its peak)."""
+    rows x D bytes at its peak). At least 2k; the eigenvalues are close only for sizes well above k (the error bound
+    in run.json says how close)."""
     covariance_rows: CovarianceRows = "float32"
     """The precision the centered features enter the second-moment sums in. bfloat16 runs the GPU covariance kernel at
     its full rate (12x float32 rows' on an H200; no faster on a CPU) and keeps 8 significant bits of each centered

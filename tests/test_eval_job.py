@@ -51,6 +51,7 @@ def test_gold_answers_and_problem_errors(tmp_path):
     assert gold_answer("so\n#### 18\nCheck: 18 - 5 = 13") == "18"
     assert gold_answer("#### Step 1\nso the answer is \\boxed{5}") == "5"  # a heading, not an answer
     assert gold_answer("####  \n") is None
+    assert gold_answer("so\r\n#### 72\r\n") == "72" and gold_answer("The answer is #### 72") == "72"
     problems = load_problems(ProblemsConfig(path=str(gsm8k_like(tmp_path))))
     assert [p.gold for p in problems[:4]] == ["2", "4", "6", "\\frac{1}{2}"] and problems[9].gold == "20"
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "no answer"}])
@@ -169,7 +170,7 @@ def test_a_killed_eval_resumes_to_the_same_samples(tmp_path, tiny_model, monkeyp
 
 
 @torch.no_grad()
-def test_nll_equals_teacher_forcing_by_hand_and_steering_changes_it(tmp_path, tiny_model):
+def test_nll_equals_teacher_forcing_by_hand_and_steering_changes_it(tmp_path, tiny_model, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from autoskill_fast.evaluation.generation import prompt_text
@@ -212,6 +213,12 @@ def test_nll_equals_teacher_forcing_by_hand_and_steering_changes_it(tmp_path, ti
     assert as_fp32.record["timings"] == result.record["timings"]
     with pytest.raises(AutoskillError, match="holds an evaluation with other options"):
         evaluate(replace(config, model=replace(config.model, dtype="bfloat16")))
+    from autoskill_fast.evaluation import job as job_mod
+
+    with monkeypatch.context() as patched:  # --dtype auto where it means bfloat16 (a GPU): another evaluation
+        patched.setattr(job_mod, "resolve_dtype", lambda dtype, device: torch.bfloat16)
+        with pytest.raises(AutoskillError, match="holds an evaluation with other options"):
+            evaluate(config)
     # Problems are paired by id: an evaluation of another file is refused as a baseline, before anything is scored.
     other = write_jsonl(tmp_path / "other.jsonl", [{"question": f"q{i}", "answer": "#### 1"} for i in range(10)])
     with pytest.raises(AutoskillError, match="--baseline .* and .* evaluate different problem files"):

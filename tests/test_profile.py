@@ -194,8 +194,14 @@ def test_shards_merge_to_one_pass_and_basis_matches_numpy(tmp_path, tiny_model):
     for name, option in (("cut", "--max-length"), ("limited", "corpus reading")):
         with pytest.raises(AutoskillError, match=f"{name}: profiled with another {option}"):
             merge([tmp_path / "s0", tmp_path / name], tmp_path / f"with-{name}")
-    two = merge([tmp_path / "s0", tmp_path / "s2"], tmp_path / "two-thirds")
-    assert two is not None and not RunFolder(tmp_path / "two-thirds").record().complete_shards
+    merge([tmp_path / "s0", tmp_path / "s2"], tmp_path / "two-thirds")
+    assert not RunFolder(tmp_path / "two-thirds").record().complete_shards
+    # A merge is a shard of the shards it was made of: it merges with the rest, and not with one of its own.
+    tree = merge([tmp_path / "two-thirds", tmp_path / "s1"], tmp_path / "tree")
+    assert RunFolder(tmp_path / "tree").record().complete_shards
+    assert torch.allclose(tree.eigenvalues_, merged.eigenvalues_, rtol=1e-6)
+    with pytest.raises(AutoskillError, match=r"s2 \(shard 2/3\) and .*two-thirds \(shard 2/3\) hold some of the same"):
+        merge([tmp_path / "two-thirds", tmp_path / "s2"], tmp_path / "again")
 
 
 def test_sketched_shards_merge_to_the_exact_basis(tmp_path, tiny_model):

@@ -58,6 +58,14 @@ def test_out_holding_another_run_is_refused_and_overwrite_replaces_it_wholly(tmp
     basis = SkillBasis.load(out)
     assert (basis.k, basis.scaling) == (1, "coordinate") and run_json(out)["basis"]["k"] == 1
     assert (out / "stats.safetensors").stat().st_mtime_ns == before  # refitted from them, no second forward pass
+    bare = tmp_path / "bare"  # kept no features: a refit here would drop its scores
+    code, log = invoke("profile", "--model", tiny_model("llama"), "--corpus", corpus(tmp_path), "--out", bare, "-k", 2,
+                       "--quiet")
+    assert code == 0, log
+    one_line_error(*invoke("profile", "--model", tiny_model("llama"), "--corpus", corpus(tmp_path), "--out", bare, "-k",
+                           1, "--quiet"), "kept no features, so refitting it to -k 1 --scaling none here would drop its "
+                   "scores", "autoskill-fast project")
+    assert SkillBasis.load(bare).k == 2 and (bare / "scores.safetensors").exists()
     other = corpus(tmp_path, "other.jsonl", n=9, word="different")
     args = ("profile", "--model", tiny_model("qwen2"), "--corpus", other, "--out", out, "-k", 2, "--quiet")
     one_line_error(*invoke(*args), f"{out}: holds a run of model", "--overwrite")

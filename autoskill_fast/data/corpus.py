@@ -185,4 +185,7 @@ def fingerprint(config: CorpusConfig) -> dict[str, Any]:
         "limit": config.limit,
         "split": None if config.split == "all" else {"part": config.split, "dev_size": config.dev_size,
                                                      "split_seed": config.split_seed},
+        # Chat text is tokenized without the tokenizer's own special tokens (its template writes them) since this
+        # key: runs from before, which had a second BOS with some tokenizers, are other runs.
+        **({"special_tokens": "from the chat template"} if config.messages_field is not None else {}),
     }

@@ -122,11 +122,15 @@ def eval_key(config: EvalConfig, model_fp: dict[str, Any], problems: dict[str, A
 
 def key_dtype(config: EvalConfig, loaded: LoadedModel | None) -> str:
     """The dtype an evaluation's model runs in: the loaded model's, or --dtype as the hf backend resolves it on
-    --device (vLLM resolves `auto` from the model's own config, which its fingerprint holds)."""
+    --device; vLLM resolves `auto` from the checkpoint's config, whose dtype the weights' fingerprint does not hold."""
     if loaded is not None:
         return str(loaded.dtype).removeprefix("torch.")
     if config.generation.backend == "vllm":
-        return config.model.dtype
+        if config.model.dtype != "auto":
+            return config.model.dtype
+        path, _ = resolve_model_path(config.model.model)
+        saved = load_json(path / "config.json")
+        return f"auto ({saved.get('torch_dtype') or saved.get('dtype')})"
     return str(resolve_dtype(config.model.dtype, resolve_device(config.model.device))).removeprefix("torch.")
 
 
@@ -275,8 +279,8 @@ def _claim(out: Path, key: str, overwrite: bool) -> set[str]:
     if not isinstance(record, dict) or record.get("key") != key:
         if not overwrite:
             raise AutoskillError(f"{out}: holds an evaluation with other options (model, dtype, problems, "
-                                 "sampling, metric or steering vector); pass --overwrite to replace it (or, for "
-                                 "`eval`, choose another --out)")
+                                 "sampling, metric or steering vector), or made by an earlier version; pass "
+                                 "--overwrite to replace it (or, for `eval`, choose another --out)")
         _drop_samples(out)
         record_path.unlink()
         return set()

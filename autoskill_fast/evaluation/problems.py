@@ -20,7 +20,7 @@ from ..config import (ConfigError, CorpusConfig, CorpusFormat, Split, check_temp
 from ..data.corpus import fingerprint, iter_records, split_dev_ids
 from ..errors import AutoskillError
 
-_GSM8K_GOLD = re.compile(r"^[ \t]*####[ \t]*(\S.*?)[ \t]*$", re.M)  # a line "#### answer"
+_GSM8K_GOLD = re.compile(r"####[ \t]*(\S.*?)[ \t\r]*$", re.M)  # "#### answer", to the end of its line
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")  # "1,234" -> "1234"; "-3, 3" and "(1,2)" keep theirs
 
 
@@ -83,14 +83,14 @@ class Problem:
 
 
 def gold_answer(solution: str) -> str | None:
-    """The gold answer of a worked solution: its last line if that is "#### answer" (GSM8K), else its last
+    """The gold answer of a worked solution: its last line's "#### answer" (GSM8K), else its last
     \\boxed{} (a "#### Step 1" heading of such a solution is not its answer), else its last "#### answer" line, else
     None. Thousands separators are dropped from a "####" answer; other commas are part of it."""
     from .grading import extract_boxed
 
     answers = _GSM8K_GOLD.findall(solution)
     last_line = solution.rstrip().rpartition("\n")[2]
-    if answers and not _GSM8K_GOLD.fullmatch(last_line) and (boxed := extract_boxed(solution)) is not None:
+    if answers and not _GSM8K_GOLD.search(last_line) and (boxed := extract_boxed(solution)) is not None:
         return boxed
     return _THOUSANDS.sub("", answers[-1]) if answers else extract_boxed(solution)
 

@@ -66,7 +66,7 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, 
             raise AutoskillError(f"{shard.path}: holds {_kind(kind)} statistics and {shards[0].path} "
                                  f"{_kind(type(merged))}; merge shards profiled alike (all with --sketch-size, or none)")
         merged.merge_saved(path)  # around the first shard's shift; exact sums are added a slice at a time
-    parts = [tuple(r.config.get("shard", (0, 1))) for r in records]
+    parts = [_parts(record) for record in records]
     _check_disjoint(parts, shards)
     key = hashlib.sha256("|".join(sorted(r.key for r in records)).encode()).hexdigest()[:20]
     folder = RunFolder(out)
@@ -86,35 +86,44 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, 
     if all(feature_dirs):
         save_scores(folder.path, basis, (s for d in feature_dirs for s in iter_feature_shards(d)))
     folder.write_record(RunRecord(
-        status="complete", key=key, kind="merge", config={**first.config, "shard": [0, 1], "k": k},
+        status="complete", key=key, kind="merge",
+        config={**first.config, "shard": [0, 1], "parts": [list(p) for own in parts for p in own], "k": k},
+        environment={"dtype": first.environment.get("dtype")},
         model=first.model, corpus=first.corpus, pooling=first.pooling, layout=first.layout,
         counts={"profiled": merged.n, "skipped": sum(r.counts.get("skipped", 0) for r in records)},
         skipped=[s for r in records for s in r.skipped], basis=basis_summary(basis), layer_scale=first.layer_scale,
         merged_from=[str(s.path.resolve()) for s in shards],
-        complete_shards=sum(Fraction(1, n) for _, n in parts) == 1))  # disjoint parts that add up to the corpus
+        complete_shards=sum(Fraction(1, n) for own in parts for _, n in own) == 1))  # disjoint: they add up to all
     return basis
 
 
 def _difference(first: RunRecord, record: RunRecord) -> tuple[str, str] | None:
     """What else makes two shards' rows incomparable (which texts of the corpus, how they are cut, in what precision):
     the option and its two values, or None."""
-    corpus_a, corpus_b = ({k: v for k, v in r.corpus.items() if k not in ("path", "bytes")} for r in (first, record))
+    shared = (set(first.corpus) & set(record.corpus)) - {"path", "bytes"}  # a record of an earlier version has fewer
+    corpus_a, corpus_b = ({k: r.corpus[k] for k in sorted(shared)} for r in (first, record))
     checks = [("corpus reading (--text-field, --template, --messages-field, --id-field, --limit, --split)", corpus_a,
                corpus_b),
               ("--max-length", (first.config.get("pooling") or {}).get("max_length"),
                (record.config.get("pooling") or {}).get("max_length")),
               ("model dtype", first.environment.get("dtype"), record.environment.get("dtype"))]
-    return next(((option, f"{b!r} vs {a!r}") for option, a, b in checks if a != b), None)
+    return next(((option, f"{b!r} vs {a!r}") for option, a, b in checks if None not in (a, b) and a != b), None)
 
 
-def _check_disjoint(parts: list[tuple[int, int]], shards: list[RunFolder]) -> None:
+def _parts(record: RunRecord) -> list[tuple[int, int]]:
+    """The shards (i, n) whose rows a run holds: its --shard, or those a merge was made of."""
+    return [tuple(part) for part in record.config.get("parts") or [record.config.get("shard", (0, 1))]]
+
+
+def _check_disjoint(parts: list[list[tuple[int, int]]], shards: list[RunFolder]) -> None:
     """Shard i/n holds the rows with row % n == i: two shards share rows unless i differs modulo gcd of their n."""
     for a in range(len(parts)):
         for b in range(a):
-            (i, n), (j, m) = parts[a], parts[b]
-            if (i - j) % math.gcd(n, m) == 0:
-                raise AutoskillError(f"{shards[a].path} (shard {i}/{n}) and {shards[b].path} (shard {j}/{m}) hold "
-                                     "some of the same rows, which a merge would count twice; merge disjoint shards")
+            for (i, n), (j, m) in ((p, q) for p in parts[a] for q in parts[b]):
+                if (i - j) % math.gcd(n, m) == 0:
+                    raise AutoskillError(f"{shards[a].path} (shard {i}/{n}) and {shards[b].path} (shard {j}/{m}) hold "
+                                         "some of the same rows, which a merge would count twice; merge disjoint "
+                                         "shards")
 
 
 def _kind(kind: type) -> str:

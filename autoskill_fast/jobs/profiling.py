@@ -221,15 +221,22 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
 
 
 def _finished(folder: RunFolder, config: ProfileConfig, status: str, world: World) -> SkillBasis:
-    """A run this folder already holds: complete (its basis, refitted from its statistics if -k or --scaling now
-    differ), or with statistics saved (fit from them)."""
+    """A run this folder already holds: complete (its basis, refitted from its statistics and rescored from its saved
+    features if -k or --scaling now differ), or with statistics saved (fit from them)."""
     from .refit import fit
 
     if status == "complete":
-        basis = folder.basis(folder.record())
+        record = folder.record()
+        basis = folder.basis(record)
         if (basis.k, basis.scaling) == (config.k, config.scaling):
             log.info("%s: this run is already complete", folder.path)
             return basis
+        if folder.feature_dir(record) is None:
+            raise AutoskillError(f"{folder.path}: this run is complete with -k {basis.k} --scaling {basis.scaling} and "
+                                 f"kept no features, so refitting it to -k {config.k} --scaling {config.scaling} here "
+                                 f"would drop its scores; run `autoskill-fast fit {folder.path} -k {config.k} --scaling "
+                                 f"{config.scaling}` and rescore with `autoskill-fast project`, or rerun with -k "
+                                 f"{basis.k} --scaling {basis.scaling}")
         log.info("%s: this run is complete with k=%d, --scaling %s; refitting k=%d, --scaling %s from its statistics",
                  folder.path, basis.k, basis.scaling, config.k, config.scaling)
     else:

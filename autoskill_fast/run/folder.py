@@ -117,7 +117,7 @@ class RunFolder:
                                      "or pass --overwrite to replace that run")
         elif self.has_run_files():
             progress = self.path / CHECKPOINT_DIR / "progress.json"
-            if progress.is_file() and load_json(progress).get("key") == key:
+            if not overwrite and progress.is_file() and load_json(progress).get("key") == key:
                 return None  # a checkpoint of this run, written before run.json existed
             if not overwrite:
                 raise AutoskillError(f"{self.path}: holds files of another run (no {RUN_JSON} says which); choose "
@@ -197,6 +197,8 @@ def config_difference(before: dict[str, Any], now: dict[str, Any]) -> str | None
         if isinstance(a, dict) and isinstance(b, dict):
             return next((found for key in sorted(set(a) | set(b))
                          if (found := first(a.get(key), b.get(key), f"{name}.{key}" if name else key))), None)
+        if isinstance(a, dict) or isinstance(b, dict):
+            return None  # a group of options one side does not have: a record of an earlier version
         return None if a == b else f"{name}: {a!r} vs {b!r}"
 
     return first(_keyed(before), _keyed(now), "")
@@ -210,7 +212,7 @@ def _keyed(config: dict[str, Any]) -> dict[str, Any]:
         cfg.pop(volatile, None)
     cfg["model"].pop("device", None)
     if "prefetch" in cfg.get("batching", {}):  # how far ahead batches are prepared: the same batches (keyed as the
-        cfg["batching"]["prefetch"] = 0  # default, so runs begun before this keep their key and resume)
+        cfg["batching"]["prefetch"] = 0  # default, 0, which runs begun before this with --prefetch 0 were keyed with)
     if cfg.get("covariance_rows") == "float32":
         del cfg["covariance_rows"]  # the default: runs begun before the option existed keep their key (and resume)
     return cfg

@@ -90,6 +90,8 @@ class Ranking:
         direction of a ranking may hurt)."""
         if top < 1:
             raise AutoskillError(f"--top must be positive, got {top}")
+        if per not in ("pole", "direction"):
+            raise ValueError(f"per must be 'pole' or 'direction', got {per!r}")
         chosen: dict[Any, RankingEntry] = {}
         for entry in self.entries:
             chosen.setdefault(entry.pole if per == "pole" else entry.direction, entry)
