@@ -55,11 +55,13 @@ class Statistics:
             self.set_shift(x_nd.detach().to(torch.float64).mean(dim=0))
         work = self.work_dtype  # the subtraction in the accumulation's precision: fp64 on CPU keeps every digit
         if x_nd.dtype == torch.float64:  # rows given in fp64 are centred before any rounding (fp32 accumulators)
-            self.update_shifted((x_nd.to(self.device) - self.shift).to(work))
+            self.update_shifted((x_nd.to(self.device) - self.shift).to(work), owned=True)
         else:
-            self.update_shifted(x_nd.to(self.device, work) - self.shift.to(work))
+            self.update_shifted(x_nd.to(self.device, work) - self.shift.to(work), owned=True)
 
-    def update_shifted(self, xc_nd: torch.Tensor) -> None:
+    def update_shifted(self, xc_nd: torch.Tensor, *, owned: bool = False) -> None:
+        """Add rows that already had the shift subtracted. `owned`: the caller hands them over and will not write them
+        again (exact statistics stage rows until a flush: others are copied)."""
         raise NotImplementedError
 
     def flush(self) -> None:
@@ -141,8 +143,9 @@ class StreamingCovariance(Statistics):
         return self._n
 
     # ---- accumulation ------------------------------------------------------------------------------------
-    def update_shifted(self, xc_nd: torch.Tensor) -> None:
-        """Add rows that already had the shift subtracted (as the fused capture kernel writes them)."""
+    def update_shifted(self, xc_nd: torch.Tensor, *, owned: bool = False) -> None:
+        """Add rows that already had the shift subtracted (as the fused capture kernel writes them); `owned`: the
+        caller will not write them again, so they are staged without a copy."""
         if self.shift is None:
             raise AutoskillError("set_shift() must be called before update_shifted()")
         self._check_rows(xc_nd)
@@ -154,7 +157,7 @@ class StreamingCovariance(Statistics):
         self._n += xc_nd.shape[0]
         staged = xc_nd if self.rows_dtype is None else xc_nd.to(self.rows_dtype)
         # Staged rows are read at the next flush: a buffer the caller refills by then must not change them.
-        self._staged.append(staged.clone() if staged is given else staged)
+        self._staged.append(staged.clone() if staged is given and not owned else staged)
         self._staged_n += xc_nd.shape[0]
         if self._staged_n >= self.stage_rows:
             self.flush()
@@ -461,7 +464,7 @@ class SketchedCovariance(Statistics):
     def sum(self) -> torch.Tensor:
         return self.sketch.sum
 
-    def update_shifted(self, xc_nd: torch.Tensor) -> None:
+    def update_shifted(self, xc_nd: torch.Tensor, *, owned: bool = False) -> None:
         if self.shift is None:
             raise AutoskillError("set_shift() must be called before update_shifted()")
         self._check_rows(xc_nd)

@@ -127,7 +127,7 @@ class Profiler:
                 self.stats.set_shift(shift.to(torch.float64))
                 self.capture.shift = shift.to(self.device)
                 rows = rows - self.capture.shift
-            self.stats.update_shifted(rows)
+            self.stats.update_shifted(rows, owned=True)  # each batch's rows are new (PooledCapture)
             if self.writer is not None:
                 self.writer.add(rows + self.capture.shift, batch.rows, batch.ids)
             self.counts.examples += len(batch)
