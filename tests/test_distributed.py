@@ -212,6 +212,38 @@ def test_rank_0_alone_may_take_longer_than_a_collective_may_wait():
     assert rank1 == {"slow": None, "failed": "AutoskillError: rank 0: ValueError: disk full", "after": [1]}
 
 
+SHARED = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from autoskill_fast.jobs.world import current_world, end_process
+    world = current_world()
+    results = {}
+    for case, folder in (("same", Path(sys.argv[1]) / "out"), ("own disk", Path(sys.argv[1]) / f"node{world.rank}")):
+        try:
+            world.check_shared(folder, wait_s=1.0)
+            results[case] = sorted(p.name for p in folder.iterdir())
+        except Exception as e:
+            results[case] = f"{type(e).__name__}: {e}"
+    print(json.dumps(results))
+    end_process(0)
+""")
+
+
+def test_an_output_folder_a_rank_does_not_see_stops_every_rank(tmp_path):
+    """Ranks on two nodes whose output folder is each node's own disk (here: two folders) would each write their part
+    of the job where rank 0 never reads it: every rank stops before the work, naming the folders. A shared folder
+    passes, and the check leaves nothing in it."""
+    ranks = run_ranks(SHARED, tmp_path)
+    assert [code for code, _, _ in ranks] == [0, 0], ranks
+    rank0, rank1 = (json.loads(out) for _, out, _ in ranks)
+    assert rank0["same"] == [] and isinstance(rank1["same"], list)  # rank 0 has removed its file once it returns
+    mine = f"{tmp_path / 'node1'} on host {socket.gethostname()} does not hold the file rank 0 wrote in {tmp_path / 'node0'}"
+    assert rank1["own disk"].startswith(f"AutoskillError: {mine}"), rank1
+    assert rank0["own disk"].startswith(f"AutoskillError: rank 1: {mine}"), rank0
+    assert "storage every node sees" in rank0["own disk"]
+    assert not list((tmp_path / "node0").iterdir())
+
+
 def test_end_process_in_a_world_of_one_is_sys_exit():
     for code in (0, 3, None):
         with pytest.raises(SystemExit) as exit_:
@@ -323,6 +355,53 @@ def test_two_processes_equal_one_profile_project_and_eval(tmp_path, tiny_model):
     assert one_eval.returncode == 0, one_eval.stderr
     assert (tmp_path / "e2" / "samples.jsonl").read_text() == (tmp_path / "e1" / "samples.jsonl").read_text()
     assert not list((tmp_path / "e2").glob("samples.jsonl.rank*"))
+
+
+def two_nodes(*args, cwds=(REPO, REPO), timeout: float = 600) -> list[subprocess.CompletedProcess]:
+    """`args` under the README's multi-node command: two torchrun agents (two "nodes" on this host, one process each,
+    in the folders `cwds`) that find each other through a c10d rendezvous, as `--nnodes 2 --rdzv-backend c10d` does
+    across machines."""
+    endpoint, agents = f"127.0.0.1:{free_port()}", []
+    for cwd in cwds:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                   "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "two-nodes",
+                   "-m", "autoskill_fast", *map(str, args)]
+        agents.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                                       env=dict(os.environ, OMP_NUM_THREADS="1")))
+    outs = [agent.communicate(timeout=timeout) for agent in agents]
+    return [subprocess.CompletedProcess(agent.args, agent.returncode, *out) for agent, out in zip(agents, outs)]
+
+
+@pytest.mark.slow
+def test_two_nodes_through_a_c10d_rendezvous_equal_one_process(tmp_path, tiny_model):
+    """Each node's one process has LOCAL_RANK 0: the rows are split by the global rank, and rank 0 (on whichever node
+    the rendezvous made it) writes the run."""
+    model = tiny_model("llama")
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(29, seed=24)])
+    common = ("--model", model, "--corpus", corpus, "-k", 4, "--quiet", "--token-budget", 64)
+    nodes = two_nodes("profile", *common, "--out", tmp_path / "nodes")
+    assert all(node.returncode == 0 for node in nodes), [node.stderr[-3000:] for node in nodes]
+    one = plain("profile", *common, "--out", tmp_path / "one")
+    assert one.returncode == 0, one.stderr
+    a, b = load_statistics(tmp_path / "one" / "stats.safetensors"), load_statistics(tmp_path / "nodes" / "stats.safetensors")
+    assert a.n == b.n == 29
+    scale = float(a.covariance().abs().max())
+    assert float((a.covariance() - b.covariance()).abs().max()) <= 1e-6 * scale
+    sa, sb = Scores.load(tmp_path / "one"), Scores.load(tmp_path / "nodes")
+    assert sa.ids == sb.ids and torch.allclose(sa.projection, sb.projection, atol=1e-6 * float(sa.projection.abs().max()))
+    record = json.loads((tmp_path / "nodes" / "run.json").read_text())
+    assert record["environment"]["world_size"] == 2 and record["environment"]["backend"] == "gloo"
+
+    # An output folder on each node's own disk (here: a relative --out from two working folders). Rank 1's scores
+    # would land where rank 0 never reads them: rank 0 once wrote a "complete" run with half the scores and exited 0.
+    homes = [tmp_path / "node-a", tmp_path / "node-b"]
+    for home in homes:
+        home.mkdir()
+    nodes = two_nodes("profile", *common, "--out", "run", cwds=homes)
+    assert all(node.returncode != 0 for node in nodes), [node.stderr[-3000:] for node in nodes]
+    said = "does not hold the file rank 0 wrote in"
+    assert all(said in node.stderr and "storage every node sees" in node.stderr for node in nodes), nodes[0].stderr
+    assert not list(tmp_path.glob("node-*/run/scores.*")) and not list(tmp_path.glob("node-*/run/.features-tmp"))
 
 
 @pytest.mark.slow

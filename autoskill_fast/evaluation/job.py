@@ -182,6 +182,7 @@ def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalRe
     done = world.broadcast_object(done)
     if isinstance(done, str):
         raise AutoskillError(done.removeprefix("error: "))
+    world.check_shared(out)
 
     def generate() -> dict[str, Any]:
         if config.generation.backend == "vllm":

@@ -208,6 +208,7 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
     decision = world.broadcast_object(decision)
     if decision.startswith("error: "):
         raise AutoskillError(decision.removeprefix("error: "))
+    world.check_shared(folder.path)
     if decision != "run":
         return _finished(folder, config, decision, world)
 
@@ -217,7 +218,7 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
                                     "skipped": tally.skipped + profiler.tally.skipped, "forward_s": profiler.forward_s})
     basis = world.together(lambda: _write_run(config, folder, record, stats, tallies, profiler, resolved, model_fp,
                                               loaded.device, t_start, t_loaded), main_only=True)
-    return basis if world.main else folder.basis(folder.record())
+    return world.together(lambda: basis if world.main else folder.basis(folder.record()))
 
 
 def _finished(folder: RunFolder, config: ProfileConfig, status: str, world: World) -> SkillBasis:
@@ -242,7 +243,7 @@ def _finished(folder: RunFolder, config: ProfileConfig, status: str, world: Worl
     else:
         log.info("%s: the statistics of this run are saved; fitting k=%d from them", folder.path, config.k)
     world.together(lambda: fit(folder.path, config.k, tol=config.eig_tol, scaling=config.scaling), main_only=True)
-    return folder.basis(folder.record())
+    return world.together(lambda: folder.basis(folder.record()))
 
 
 def _check_resumed_world(folder: RunFolder, record: RunRecord | None, world: World) -> None:

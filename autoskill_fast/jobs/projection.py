@@ -42,6 +42,7 @@ def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> dict
     if (out / RUN_JSON).exists() or (out / BASIS_JSON).exists():
         raise AutoskillError(f"{out}: holds a profile run or a basis, whose scores `project` would replace; write the "
                              "projection to a folder of its own")
+    world.check_shared(out)
     basis = load_basis(config.basis)
     if world.distributed:
         config = replace(config, model=replace(config.model, device=str(world.device(config.model.device))))

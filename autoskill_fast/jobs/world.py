@@ -18,12 +18,14 @@ import datetime
 import functools
 import importlib
 import os
+import secrets
 import signal
 import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import torch
@@ -36,6 +38,7 @@ HEARTBEAT_S = 1.0  # how often each rank says it is alive
 LOST_AFTER_S = 15.0  # a rank silent this long is lost: every rank stops
 EXIT_RANK_LOST = 3
 COLLECTIVE_TIMEOUT_S = 1800  # a collective waits this long at most (the watchdog normally ends things much sooner)
+SHARED_WAIT_S = 10.0  # how long a rank looks for rank 0's file in the output folder (a network filesystem's caches)
 
 
 def _collective(method: Callable[..., T]) -> Callable[..., T]:
@@ -231,6 +234,44 @@ class World:
         if error:
             raise AutoskillError(f"rank 0: {error}")
         return None
+
+    def check_shared(self, folder: Path | str, *, wait_s: float = SHARED_WAIT_S) -> None:
+        """Every rank must see the output folder `folder` as rank 0 does: the ranks write their parts of a job there
+        (features, scores, samples, checkpoints) and rank 0 reads them back. Rank 0 makes the folder and leaves a file
+        in it with a name no earlier run used; each other rank looks for that file. On a folder of a node's own disk
+        (another node's rank does not find it within `wait_s`) every rank stops, naming the folder and the hosts,
+        before any work is done. A world of one checks nothing."""
+        if not self.distributed:
+            return
+        folder = Path(folder)
+        marker, error = None, None
+        if self.main:
+            marker = folder / f".autoskill-fast-shared-{secrets.token_hex(8)}"
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                marker.write_text(socket.gethostname())
+            except OSError as e:
+                error = f"{folder}: cannot write here ({e.strerror or e}); choose another output folder"
+        name, where, error = self.broadcast_object((marker and marker.name, f"{folder.resolve()} on host "
+                                                    f"{socket.gethostname()}", error))
+        if error is not None:
+            raise AutoskillError(error)
+
+        def look() -> None:
+            deadline = time.monotonic() + wait_s
+            while not (folder / name).exists():  # a network filesystem may show a new file to other nodes late
+                if time.monotonic() > deadline:
+                    raise AutoskillError(
+                        f"{folder.resolve()} on host {socket.gethostname()} does not hold the file rank 0 wrote in "
+                        f"{where}, so the ranks' parts of the job would not meet; put the output folder on storage "
+                        "every node sees (a shared filesystem), at the same path on every node")
+                time.sleep(0.1)
+
+        try:
+            self.together(look if not self.main else lambda: None)
+        finally:
+            if marker is not None:
+                marker.unlink(missing_ok=True)
 
     def settle(self, failure: Exception | None) -> None:
         """Every rank says whether it failed (`failure`), and every rank stops if one did: a rank whose failure is not
