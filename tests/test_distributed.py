@@ -224,15 +224,20 @@ SHARED = textwrap.dedent("""
             results[case] = sorted(p.name for p in folder.iterdir())
         except Exception as e:
             results[case] = f"{type(e).__name__}: {e}"
+    for case, corpus in (("same files", "sha256 ab"), ("own copy", f"sha256 {world.rank}")):
+        try:
+            results[case] = world.check_same({"model": "weights 1", "corpus": corpus})
+        except Exception as e:
+            results[case] = f"{type(e).__name__}: {e}"
     print(json.dumps(results))
     end_process(0)
 """)
 
 
-def test_an_output_folder_a_rank_does_not_see_stops_every_rank(tmp_path):
+def test_a_folder_or_file_a_rank_does_not_share_stops_every_rank(tmp_path):
     """Ranks on two nodes whose output folder is each node's own disk (here: two folders) would each write their part
     of the job where rank 0 never reads it: every rank stops before the work, naming the folders. A shared folder
-    passes, and the check leaves nothing in it."""
+    passes, and the check leaves nothing in it. So do ranks that read different copies of the model or corpus."""
     ranks = run_ranks(SHARED, tmp_path)
     assert [code for code, _, _ in ranks] == [0, 0], ranks
     rank0, rank1 = (json.loads(out) for _, out, _ in ranks)
@@ -242,6 +247,9 @@ def test_an_output_folder_a_rank_does_not_see_stops_every_rank(tmp_path):
     assert rank0["own disk"].startswith(f"AutoskillError: rank 1: {mine}"), rank0
     assert "storage every node sees" in rank0["own disk"]
     assert not list((tmp_path / "node0").iterdir())
+    assert rank0["same files"] is None and rank1["same files"] is None
+    mine = "the corpus this rank read (sha256 1) is not the one rank 0 read (sha256 0); every node must read the same files"
+    assert rank1["own copy"] == f"AutoskillError: {mine}" and rank0["own copy"] == f"AutoskillError: rank 1: {mine}"
 
 
 def test_end_process_in_a_world_of_one_is_sys_exit():

@@ -73,6 +73,11 @@ def weight_files(folder: str | Path) -> list[str]:
     return sorted(p.name for p in folder.glob("*.safetensors"))
 
 
+def model_identity(fingerprint: dict[str, Any]) -> str:
+    """What tells one model from another in a fingerprint, in words (its name, a folder, is not part of it)."""
+    return ", ".join(f"{key} {fingerprint.get(key)}" for key in IDENTITY_KEYS)
+
+
 def model_mismatch(expected: dict[str, Any], actual: dict[str, Any]) -> str | None:
     """The first identity entry on which two fingerprints disagree (None: the same model, as far as both know)."""
     for key in IDENTITY_KEYS:

@@ -189,3 +189,8 @@ def fingerprint(config: CorpusConfig) -> dict[str, Any]:
         # key: runs from before, which had a second BOS with some tokenizers, are other runs.
         **({"special_tokens": "from the chat template"} if config.messages_field is not None else {}),
     }
+
+
+def content_identity(fingerprint: dict[str, Any]) -> str:
+    """What tells one corpus file's content from another's in its fingerprint, in words (its path is not part of it)."""
+    return f"sha256 {fingerprint['sha256'][:16]}, {fingerprint['bytes']} bytes"

@@ -22,9 +22,10 @@ from typing import Any, Literal
 import numpy as np
 
 from ..artifacts import load_json, save_json
-from ..capture.fingerprint import fingerprint_folder
+from ..capture.fingerprint import fingerprint_folder, model_identity
 from ..capture.models import LoadedModel, load_model, resolve_device, resolve_dtype, resolve_model_path
 from ..config import ConfigError, ModelConfig, cli, number_list
+from ..data.corpus import content_identity
 from ..errors import AutoskillError
 from ..jobs.world import World, current_world
 from ..progress import Progress
@@ -183,6 +184,7 @@ def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalRe
     if isinstance(done, str):
         raise AutoskillError(done.removeprefix("error: "))
     world.check_shared(out)
+    world.check_same({"model": model_identity(model_fp), "problems": content_identity(problems_record["corpus"])})
 
     def generate() -> dict[str, Any]:
         if config.generation.backend == "vllm":

@@ -31,12 +31,13 @@ from torch import nn
 from ..artifacts import TensorReader
 from ..basis import SkillBasis, diagnose, feature_scale
 from ..capture.features import ResolvedPooling, drop_non_finite, pilot_layer_scale, resolve_pooling
+from ..capture.fingerprint import model_identity
 from ..capture.hooks import PooledCapture
 from ..capture.models import LoadedModel, load_model
 from ..config import BadExamplePolicy, ProfileConfig, token_budget_for
 from ..data.batching import Batch
+from ..data.corpus import content_identity, iter_records
 from ..data.corpus import fingerprint as corpus_fingerprint
-from ..data.corpus import iter_records
 from ..data.stream import InputTally, iter_batches, iter_tokenized
 from ..decomposition.pca import fit_components
 from ..decomposition.statistics import SketchedCovariance, Statistics, StreamingCovariance
@@ -209,6 +210,7 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
     if decision.startswith("error: "):
         raise AutoskillError(decision.removeprefix("error: "))
     world.check_shared(folder.path)
+    world.check_same({"model": model_identity(model_fp), "corpus": content_identity(corpus_fp)})
     if decision != "run":
         return _finished(folder, config, decision, world)
 

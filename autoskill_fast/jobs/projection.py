@@ -14,9 +14,11 @@ from pathlib import Path
 from ..artifacts import save_json
 from ..basis import BASIS_JSON
 from ..capture.features import PooledBatches, resolve_pooling
+from ..capture.fingerprint import model_identity
 from ..capture.layout import check_same_pooling, pooling_record
 from ..capture.models import LoadedModel, load_model
 from ..config import ProjectConfig
+from ..data.corpus import content_identity
 from ..data.corpus import fingerprint as corpus_fingerprint
 from ..data.stream import InputTally, iter_tokenized
 from ..errors import AutoskillError
@@ -48,6 +50,8 @@ def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> dict
         config = replace(config, model=replace(config.model, device=str(world.device(config.model.device))))
     loaded = loaded or load_model(config.model)
     basis.check_model(loaded.fingerprint, what="corpus features")
+    corpus_fp = corpus_fingerprint(config.corpus)
+    world.check_same({"model": model_identity(loaded.fingerprint), "corpus": content_identity(corpus_fp)})
     pooling = basis.pooling_config
     if config.pooling is not None:  # options given must describe the basis's pooling; --max-length applies
         layout = resolve_pooling(config.pooling, loaded.model, loaded.tokenizer).layout
@@ -88,7 +92,7 @@ def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> dict
         if n == 0:
             raise AutoskillError("no example of the corpus could be scored")
         summary = {"basis": str(Path(config.basis).resolve()), "basis_run_key": basis.run_key,
-                   "config": config.to_json(), "corpus": corpus_fingerprint(config.corpus), "n": n,
+                   "config": config.to_json(), "corpus": corpus_fp, "n": n,
                    "truncated": sum(t for _, t, _ in gathered),
                    "skipped": [s for _, _, skipped in gathered for s in skipped], "world_size": world.size,
                    "seconds": time.perf_counter() - t0}

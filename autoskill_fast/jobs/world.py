@@ -273,6 +273,23 @@ class World:
             if marker is not None:
                 marker.unlink(missing_ok=True)
 
+    def check_same(self, identities: dict[str, str]) -> None:
+        """Every rank must have read what rank 0 read: `identities` names each input (the model, the corpus) with what
+        identifies its content on this rank (a hash). A node reading its own copy of a file, different from rank 0's
+        (an older copy, another checkpoint), would add its rows to theirs unnoticed; every rank stops instead, naming
+        the first input that differs. A world of one checks nothing."""
+        if not self.distributed:
+            return
+        first = self.broadcast_object(identities)
+
+        def compare() -> None:
+            for name, identity in identities.items():
+                if identity != first.get(name):
+                    raise AutoskillError(f"the {name} this rank read ({identity}) is not the one rank 0 read "
+                                         f"({first.get(name)}); every node must read the same files")
+
+        self.together(compare)
+
     def settle(self, failure: Exception | None) -> None:
         """Every rank says whether it failed (`failure`), and every rank stops if one did: a rank whose failure is not
         an AutoskillError (a CUDA out-of-memory, a full disk) re-raises it with its traceback; every other rank raises
