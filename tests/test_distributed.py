@@ -456,6 +456,24 @@ def rank_pids(parent: int) -> list[int]:
     return [int(pid) for pid in out]
 
 
+def kill_rank_1_after_a_checkpoint(command: list[str], out: Path, *, timeout: float = 90) -> tuple[int, str, float]:
+    """Start `command` (torchrun over two ranks), SIGKILL rank 1 once the run in `out` has a checkpoint, and wait for
+    torchrun: its return code, its stderr, and how long it ran on after the kill."""
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+    progress = out / "checkpoint" / "progress.json"
+    deadline = time.time() + 300
+    while not progress.exists() and launcher.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert progress.exists(), "the run never checkpointed"
+    workers = rank_pids(launcher.pid)
+    assert len(workers) == 2
+    killed_at = time.time()
+    os.kill(max(workers), signal.SIGKILL)  # the workers start in rank order
+    _, err = launcher.communicate(timeout=timeout)
+    return launcher.returncode, err, time.time() - killed_at
+
+
 @pytest.mark.slow
 def test_a_killed_rank_stops_the_others_and_the_run_resumes(tmp_path, tiny_model):
     model = tiny_model("llama")
@@ -464,22 +482,10 @@ def test_a_killed_rank_stops_the_others_and_the_run_resumes(tmp_path, tiny_model
               "--checkpoint-every", 20)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "autoskill_fast", *map(str, common), "--out", str(tmp_path / "run")]
-    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+    returncode, err, stopped_after = kill_rank_1_after_a_checkpoint(command, tmp_path / "run")
+    assert returncode != 0 and stopped_after < 60, (stopped_after, err[-2000:])
+    assert "error: rank 0:" in err and "rank 1 failed" in err and "Rerun the same command" in err, err[-3000:]
     progress = tmp_path / "run" / "checkpoint" / "progress.json"
-    deadline = time.time() + 300
-    while not progress.exists() and launcher.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    assert progress.exists(), "the run never checkpointed"
-    workers = rank_pids(launcher.pid)
-    assert len(workers) == 2
-    victim = max(workers)  # the workers start in rank order
-    killed_at = time.time()
-    os.kill(victim, signal.SIGKILL)
-    _, err = launcher.communicate(timeout=90)
-    stopped_after = time.time() - killed_at
-    assert launcher.returncode != 0 and stopped_after < 60, (stopped_after, err[-2000:])
-    assert "error: rank 0:" in err and "rank 1 failed" in err, err[-3000:]
 
     # One checkpoint for the run, saved by rank 0: every rank's statistics added, every rank's position beside them.
     saved = json.loads(progress.read_text())
@@ -499,6 +505,15 @@ def test_a_killed_rank_stops_the_others_and_the_run_resumes(tmp_path, tiny_model
     a, b = load_statistics(tmp_path / "whole" / "stats.safetensors"), load_statistics(tmp_path / "run" / "stats.safetensors")
     assert a.n == b.n == 6000
     assert torch.equal(a.sumsq.data, b.sumsq.data) and torch.equal(a.sum, b.sum) and torch.equal(a.shift, b.shift)
+
+    # With torchrun's --max-restarts the job restarts by itself and resumes. torchrun keeps its store, and the keys of
+    # the attempt before, across restarts: the restarted process group once failed to start in it.
+    restarting = [*command[:3], "--max-restarts", "1", *command[3:-1], str(tmp_path / "restarted")]
+    returncode, err, _ = kill_rank_1_after_a_checkpoint(restarting, tmp_path / "restarted", timeout=900)
+    assert returncode == 0, err[-3000:]
+    assert "torchrun restarts the job" in err, err[-3000:]
+    c = load_statistics(tmp_path / "restarted" / "stats.safetensors")
+    assert c.n == 6000 and torch.equal(a.sumsq.data, c.sumsq.data) and torch.equal(a.sum, c.sum)
 
 
 @pytest.mark.slow

@@ -9,6 +9,10 @@ element-count and message-size limits, and a slice bounds the staging buffers. A
 rank in the rendezvous store; when a rank stops beating (killed, crashed, its node lost) every other rank stops within
 `LOST_AFTER_S` seconds with an error naming it, instead of waiting in a collective until the process-group timeout.
 A collective that breaks off sooner (gloo notices a closed connection at once) stops the rank with the same error.
+
+Under torchrun the process group starts in a store of its own for each start of the job (`_attempt_store`), so the
+restarts of `--max-restarts` work, and the jobs check that every rank sees the output folder (`check_shared`) and read
+the same model and corpus (`check_same`) before any work.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ class World:
     backend: str | None = None  # "nccl", "gloo", or None for one process
     _watchdog: "_Watchdog | None" = field(default=None, repr=False)
     _store: Any = field(default=None, repr=False)  # the client `together(main_only=True)` waits in
+    tag: str = "run"  # names this start of the job's ranks in the rendezvous store (fresh at each torchrun restart)
+    _attempt_store: Any = field(default=None, repr=False)  # the process group's store, where this rank hosts it
     _alone_steps: int = field(default=0, repr=False)
 
     @property
@@ -212,7 +218,7 @@ class World:
         import torch.distributed as dist
 
         self._alone_steps += 1
-        key = f"autoskill-fast/main-alone/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{self._alone_steps}"
+        key = f"autoskill-fast/main-alone/{self.tag}/{self._alone_steps}"
         if self._store is None:  # its own client: a long wait in it holds up nothing else (the watchdog's heartbeats)
             self._store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                                         timeout=datetime.timedelta(seconds=60), wait_for_workers=False)
@@ -390,12 +396,62 @@ def _init_from_env() -> World:
     # its threads with it, then outlives destroy_process_group until the interpreter's teardown (transformers imports
     # it while loading a model). Imported first, it keeps None.
     importlib.import_module("torch.distributed.nn.functional")
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
-    world = World(rank, size, local_rank, backend)
+    store, hosted = _attempt_store(rank)
+    timeout = datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S)
+    if store is None:
+        dist.init_process_group(backend, timeout=timeout)
+    else:
+        dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
+    world = World(rank, size, local_rank, backend, _attempt_store=hosted)
+    # Rank 0's word for this start of the job: keys in the rendezvous store that a restart must not read back.
+    world.tag = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{world.broadcast_object(secrets.token_hex(8))}"
     world._watchdog = _Watchdog(world)
     world._watchdog.start()
     atexit.register(world.close)  # the watchdog thread and the process group end before the interpreter does
     return world
+
+
+def _attempt_store(rank: int) -> tuple[Any, Any]:
+    """The store the process group starts in (None: the launcher's, as `env://` finds it), and the one this rank hosts
+    (None: it hosts none).
+
+    torchrun shares its rendezvous store with the workers (TORCHELASTIC_USE_AGENT_STORE) and keeps it across the
+    restarts of `--max-restarts`. The process group's keys from the attempt before are still in it, so a restarted
+    group can read a dead rank's address there and fail to start: "Gloo connectFullMesh failed ... Connection refused"
+    (pytorch/pytorch#135712, #167288). So under torchrun rank 0 starts a store of this attempt's own, on its node (the
+    address torchrun gives, another port), and posts its port with a fresh word in torchrun's store. The other ranks
+    take a posted port once the store there answers with the word posted beside it: a port posted by the attempt
+    before belongs to a process that is gone, and they wait for this attempt's."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return None, None
+    import torch.distributed as dist
+
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    wait = datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S)
+    launcher = dist.TCPStore(host, port, is_master=False, timeout=wait, wait_for_workers=False)
+    key = f"autoskill-fast/attempt-store/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"
+    if rank == 0:
+        word = secrets.token_hex(8)
+        server = dist.TCPStore(host, 0, is_master=True, timeout=wait, wait_for_workers=False)
+        server.set("autoskill-fast/word", word)
+        launcher.set(key, f"{server.port} {word}")
+        return server, server
+    deadline = time.monotonic() + COLLECTIVE_TIMEOUT_S
+    while True:
+        launcher.wait([key])
+        posted, word = launcher.get(key).decode().split()
+        try:  # a plain connection first: a gone process's port refuses it at once, without c10d's retries and logs
+            socket.create_connection((host, int(posted)), timeout=5).close()
+            client = dist.TCPStore(host, int(posted), is_master=False, timeout=datetime.timedelta(seconds=10),
+                                   wait_for_workers=False)
+            if client.get("autoskill-fast/word").decode() == word:
+                client.set_timeout(wait)
+                return client, None
+        except (OSError, RuntimeError):  # refused, or not this attempt's store (c10d's errors are RuntimeErrors)
+            pass
+        if time.monotonic() > deadline:
+            raise AutoskillError(f"rank 0 posted no store for this start of the job in {COLLECTIVE_TIMEOUT_S} s")
+        time.sleep(0.2)
 
 
 class _Watchdog:
@@ -407,7 +463,7 @@ class _Watchdog:
         self.world = world
         self.store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                                    timeout=datetime.timedelta(seconds=30), wait_for_workers=False)
-        self.prefix = f"autoskill-fast/heartbeat/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/"
+        self.prefix = f"autoskill-fast/heartbeat/{world.tag}/"
         self.started = time.monotonic()
         self._beats = 0
         self._seen: dict[int, tuple[str, float]] = {}  # rank -> (its last beat, when this rank saw it change)
@@ -458,8 +514,11 @@ class _Watchdog:
                               f"{LOST_AFTER_S:.0f} s)")
 
     def _die(self, why: str) -> None:
-        sys.stderr.write(f"error: rank {self.world.rank}: {why}; every rank stops now. Rerun the same command to resume "
-                         "from the last checkpoint.\n")
+        restarts_left = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) - int(
+            os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+        then = ("torchrun restarts the job (--max-restarts), which resumes from the last checkpoint" if restarts_left > 0
+                else "Rerun the same command to resume from the last checkpoint")
+        sys.stderr.write(f"error: rank {self.world.rank}: {why}; every rank stops now. {then}.\n")
         sys.stderr.flush()
         os._exit(EXIT_RANK_LOST)
 
