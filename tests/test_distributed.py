@@ -18,7 +18,8 @@ import torch
 
 from autoskill_fast import SkillBasis
 from autoskill_fast.decomposition.statistics import load_statistics
-from autoskill_fast.jobs.world import EXIT_RANK_LOST, LOST_AFTER_S, end_process
+from autoskill_fast.jobs.rendezvous import EXIT_RANK_LOST, LOST_AFTER_S
+from autoskill_fast.jobs.world import end_process
 from autoskill_fast.run.features import iter_feature_shards
 from autoskill_fast.run.scores import Scores
 from model_fixtures import write_jsonl

@@ -84,7 +84,7 @@ def test_feature_writer_writes_a_shard_per_bounded_buffer(tmp_path, monkeypatch,
     monkeypatch.setattr(features, "SHARD_BYTES", 10**9 if limit == "rows" else 7 * 5 * 2)  # 7 rows of 5 bf16
     gen = torch.Generator().manual_seed(3)
     writer = features.FeatureWriter(tmp_path / "f", dtype=torch.bfloat16, metadata={"key": "k"})
-    sizes, added, rows, ids, start = [3, 1, 4, 1, 5, 9, 2, 6], [], [], [], 0
+    sizes, added, start = [3, 1, 4, 1, 5, 9, 2, 6], [], 0
     for n in sizes:
         chunk = torch.randn(n, 5, generator=gen)
         writer.add(chunk, torch.arange(start, start + n), [f"id-{i}" for i in range(start, start + n)])

@@ -10,9 +10,9 @@ rank in the rendezvous store; when a rank stops beating (killed, crashed, its no
 `LOST_AFTER_S` seconds with an error naming it, instead of waiting in a collective until the process-group timeout.
 A collective that breaks off sooner (gloo notices a closed connection at once) stops the rank with the same error.
 
-Under torchrun the process group starts in a store of its own for each start of the job (`_attempt_store`), so the
-restarts of `--max-restarts` work, and the jobs check that every rank sees the output folder (`check_shared`) and read
-the same model and corpus (`check_same`) before any work.
+Under torchrun the process group starts in a store of its own at each start of the job (`rendezvous.attempt_store`),
+so the restarts of `--max-restarts` work; the watchdog is `rendezvous.Watchdog`. The jobs check that every rank sees
+the output folder (`check_shared`) and read the same model and corpus (`check_same`) before any work.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import functools
 import importlib
 import os
 import secrets
-import signal
 import socket
 import sys
 import threading
@@ -35,13 +34,10 @@ from typing import Any, Callable, TypeVar
 import torch
 
 from ..errors import AutoskillError
+from .rendezvous import COLLECTIVE_TIMEOUT_S, Watchdog, attempt_store
 
 T = TypeVar("T")
 REDUCE_SLICE_BYTES = 1 << 30
-HEARTBEAT_S = 1.0  # how often each rank says it is alive
-LOST_AFTER_S = 15.0  # a rank silent this long is lost: every rank stops
-EXIT_RANK_LOST = 3
-COLLECTIVE_TIMEOUT_S = 1800  # a collective waits this long at most (the watchdog normally ends things much sooner)
 SHARED_WAIT_S = 10.0  # how long a rank looks for rank 0's file in the output folder (a network filesystem's caches)
 
 
@@ -69,7 +65,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     backend: str | None = None  # "nccl", "gloo", or None for one process
-    _watchdog: "_Watchdog | None" = field(default=None, repr=False)
+    _watchdog: "Watchdog | None" = field(default=None, repr=False)
     _store: Any = field(default=None, repr=False)  # the client `together(main_only=True)` waits in
     tag: str = "run"  # names this start of the job's ranks in the rendezvous store (fresh at each torchrun restart)
     _attempt_store: Any = field(default=None, repr=False)  # the process group's store, where this rank hosts it
@@ -396,7 +392,7 @@ def _init_from_env() -> World:
     # its threads with it, then outlives destroy_process_group until the interpreter's teardown (transformers imports
     # it while loading a model). Imported first, it keeps None.
     importlib.import_module("torch.distributed.nn.functional")
-    store, hosted = _attempt_store(rank)
+    store, hosted = attempt_store(rank)
     timeout = datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S)
     if store is None:
         dist.init_process_group(backend, timeout=timeout)
@@ -405,174 +401,7 @@ def _init_from_env() -> World:
     world = World(rank, size, local_rank, backend, _attempt_store=hosted)
     # Rank 0's word for this start of the job: keys in the rendezvous store that a restart must not read back.
     world.tag = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{world.broadcast_object(secrets.token_hex(8))}"
-    world._watchdog = _Watchdog(world)
+    world._watchdog = Watchdog(world)
     world._watchdog.start()
     atexit.register(world.close)  # the watchdog thread and the process group end before the interpreter does
     return world
-
-
-def _attempt_store(rank: int) -> tuple[Any, Any]:
-    """The store the process group starts in (None: the launcher's, as `env://` finds it), and the one this rank hosts
-    (None: it hosts none).
-
-    torchrun shares its rendezvous store with the workers (TORCHELASTIC_USE_AGENT_STORE) and keeps it across the
-    restarts of `--max-restarts`. The process group's keys from the attempt before are still in it, so a restarted
-    group can read a dead rank's address there and fail to start: "Gloo connectFullMesh failed ... Connection refused"
-    (pytorch/pytorch#135712, #167288). So under torchrun rank 0 starts a store of this attempt's own, on its node (the
-    address torchrun gives, another port), and posts its port with a fresh word in torchrun's store. The other ranks
-    take a posted port once the store there answers with the word posted beside it: a port posted by the attempt
-    before belongs to a process that is gone, and they wait for this attempt's."""
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
-        return None, None
-    import torch.distributed as dist
-
-    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    wait = datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S)
-    launcher = dist.TCPStore(host, port, is_master=False, timeout=wait, wait_for_workers=False)
-    key = f"autoskill-fast/attempt-store/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"
-    if rank == 0:
-        word = secrets.token_hex(8)
-        server = dist.TCPStore(host, 0, is_master=True, timeout=wait, wait_for_workers=False)
-        server.set("autoskill-fast/word", word)
-        launcher.set(key, f"{server.port} {word}")
-        return server, server
-    deadline = time.monotonic() + COLLECTIVE_TIMEOUT_S
-    while True:
-        launcher.wait([key])
-        posted, word = launcher.get(key).decode().split()
-        try:  # a plain connection first: a gone process's port refuses it at once, without c10d's retries and logs
-            socket.create_connection((host, int(posted)), timeout=5).close()
-            client = dist.TCPStore(host, int(posted), is_master=False, timeout=datetime.timedelta(seconds=10),
-                                   wait_for_workers=False)
-            if client.get("autoskill-fast/word").decode() == word:
-                client.set_timeout(wait)
-                return client, None
-        except (OSError, RuntimeError):  # refused, or not this attempt's store (c10d's errors are RuntimeErrors)
-            pass
-        if time.monotonic() > deadline:
-            raise AutoskillError(f"rank 0 posted no store for this start of the job in {COLLECTIVE_TIMEOUT_S} s")
-        time.sleep(0.2)
-
-
-class _Watchdog:
-    """Heartbeats of every rank in the rendezvous store (its own client connection), checked by a daemon thread."""
-
-    def __init__(self, world: World):
-        import torch.distributed as dist
-
-        self.world = world
-        self.store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                                   timeout=datetime.timedelta(seconds=30), wait_for_workers=False)
-        self.prefix = f"autoskill-fast/heartbeat/{world.tag}/"
-        self.started = time.monotonic()
-        self._beats = 0
-        self._seen: dict[int, tuple[str, float]] = {}  # rank -> (its last beat, when this rank saw it change)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="autoskill-fast-watchdog", daemon=True)
-
-    def start(self) -> None:
-        self.store.set(f"{self.prefix}process/{self.world.rank}", f"{socket.gethostname()}:{os.getpid()}")
-        self._beat()
-        self._thread.start()
-        signal.signal(signal.SIGTERM, self._terminated)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2 * HEARTBEAT_S + 30)
-
-    def _beat(self) -> None:
-        self._beats += 1
-        self.store.set(f"{self.prefix}{self.world.rank}", str(self._beats))
-
-    def silent_ranks(self, older_than: float) -> list[int]:
-        """The other ranks whose heartbeat has not changed for `older_than` seconds (or who never beat). A beat is a
-        counter, timed on this rank's own monotonic clock: the nodes' clocks need not agree."""
-        now, silent = time.monotonic(), []
-        for rank in range(self.world.size):
-            if rank == self.world.rank:
-                continue
-            key = f"{self.prefix}{rank}"
-            beat = self.store.get(key).decode() if self.store.check([key]) else ""
-            last_beat, since = self._seen.get(rank, ("", self.started))
-            if beat != last_beat:
-                self._seen[rank] = (beat, now)
-            elif now - since > older_than:
-                silent.append(rank)
-        return silent
-
-    def _run(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
-            try:
-                self._beat()
-                lost = self.silent_ranks(LOST_AFTER_S)
-            except Exception as error:  # the store is gone: the launcher (or the rank that hosted it) stopped
-                self._die(f"lost the rendezvous store ({type(error).__name__}): the launcher or rank 0 stopped")
-            else:
-                if lost:
-                    self._die(f"rank {', '.join(map(str, lost))} stopped responding (no heartbeat for "
-                              f"{LOST_AFTER_S:.0f} s)")
-
-    def _die(self, why: str) -> None:
-        restarts_left = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) - int(
-            os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
-        then = ("torchrun restarts the job (--max-restarts), which resumes from the last checkpoint" if restarts_left > 0
-                else "Rerun the same command to resume from the last checkpoint")
-        sys.stderr.write(f"error: rank {self.world.rank}: {why}; every rank stops now. {then}.\n")
-        sys.stderr.flush()
-        os._exit(EXIT_RANK_LOST)
-
-    def dead_ranks(self) -> list[int]:
-        """The other ranks whose process is gone (on this host: checked directly; elsewhere: by their heartbeat)."""
-        here, dead = socket.gethostname(), []
-        for rank in range(self.world.size):
-            key = f"{self.prefix}process/{rank}"
-            if rank == self.world.rank or not self.store.check([key]):
-                continue
-            host, _, pid = self.store.get(key).decode().rpartition(":")
-            if host == here:
-                if _process_gone(int(pid)):
-                    dead.append(rank)
-            elif rank in self.silent_ranks(2.5 * HEARTBEAT_S):
-                dead.append(rank)
-        return dead
-
-    def stop_if_a_rank_is_gone(self, error: Exception) -> None:
-        """After a collective failed with `error`: if another rank's process is gone (looked for over a few heartbeats,
-        which a lost node's silence takes), stop this rank with an error naming it; else return (the caller raises)."""
-        deadline = time.monotonic() + 5 * HEARTBEAT_S  # a lost node's beats stop counting after 2.5, seen 1 late
-        while True:
-            try:
-                lost = self.dead_ranks()
-            except Exception as store_error:
-                self._die(f"a collective failed ({type(error).__name__}) and the rendezvous store is gone "
-                          f"({type(store_error).__name__}): the launcher or rank 0 stopped")
-            if lost:
-                self._die(f"a collective broke off ({type(error).__name__}): rank {', '.join(map(str, lost))} failed")
-            if time.monotonic() > deadline:
-                return
-            time.sleep(HEARTBEAT_S / 4)
-
-    def _terminated(self, signum, frame) -> None:
-        """torchrun ends the other workers when one fails: say which one."""
-        try:
-            lost = self.dead_ranks()
-        except Exception:
-            lost = []
-        who = f"rank {', '.join(map(str, lost))} failed" if lost else "another rank failed"
-        self._die(f"the launcher ended the job: {who}")
-
-
-def _process_gone(pid: int) -> bool:
-    """Whether process `pid` (on this host) has ended: gone, or a zombie its parent has not reaped yet."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, someone else's
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] in ("Z", "X")
-    except (OSError, IndexError):  # no /proc (not Linux): alive as far as can be told
-        return False
