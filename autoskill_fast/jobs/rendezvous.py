@@ -12,12 +12,9 @@ import socket
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import AutoskillError
-
-if TYPE_CHECKING:
-    from .world import World
 
 HEARTBEAT_S = 1.0  # how often each rank says it is alive
 LOST_AFTER_S = 15.0  # a rank silent this long is lost: every rank stops
@@ -69,15 +66,16 @@ def attempt_store(rank: int) -> tuple[Any, Any]:
 
 
 class Watchdog:
-    """Heartbeats of every rank in the rendezvous store (its own client connection), checked by a daemon thread."""
+    """Heartbeats of every rank in the rendezvous store (its own client connection), checked by a daemon thread: rank
+    `rank` of `size`, its keys under `tag` (this start of the job's)."""
 
-    def __init__(self, world: "World"):
+    def __init__(self, rank: int, size: int, tag: str):
         import torch.distributed as dist
 
-        self.world = world
+        self.rank, self.size = rank, size
         self.store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                                    timeout=datetime.timedelta(seconds=30), wait_for_workers=False)
-        self.prefix = f"autoskill-fast/heartbeat/{world.tag}/"
+        self.prefix = f"autoskill-fast/heartbeat/{tag}/"
         self.started = time.monotonic()
         self._beats = 0
         self._seen: dict[int, tuple[str, float]] = {}  # rank -> (its last beat, when this rank saw it change)
@@ -85,7 +83,7 @@ class Watchdog:
         self._thread = threading.Thread(target=self._run, name="autoskill-fast-watchdog", daemon=True)
 
     def start(self) -> None:
-        self.store.set(f"{self.prefix}process/{self.world.rank}", f"{socket.gethostname()}:{os.getpid()}")
+        self.store.set(f"{self.prefix}process/{self.rank}", f"{socket.gethostname()}:{os.getpid()}")
         self._beat()
         self._thread.start()
         signal.signal(signal.SIGTERM, self._terminated)
@@ -97,14 +95,14 @@ class Watchdog:
 
     def _beat(self) -> None:
         self._beats += 1
-        self.store.set(f"{self.prefix}{self.world.rank}", str(self._beats))
+        self.store.set(f"{self.prefix}{self.rank}", str(self._beats))
 
     def silent_ranks(self, older_than: float) -> list[int]:
         """The other ranks whose heartbeat has not changed for `older_than` seconds (or who never beat). A beat is a
         counter, timed on this rank's own monotonic clock: the nodes' clocks need not agree."""
         now, silent = time.monotonic(), []
-        for rank in range(self.world.size):
-            if rank == self.world.rank:
+        for rank in range(self.size):
+            if rank == self.rank:
                 continue
             key = f"{self.prefix}{rank}"
             beat = self.store.get(key).decode() if self.store.check([key]) else ""
@@ -132,16 +130,16 @@ class Watchdog:
             os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
         then = ("torchrun restarts the job (--max-restarts), which resumes from the last checkpoint" if restarts_left > 0
                 else "Rerun the same command to resume from the last checkpoint")
-        sys.stderr.write(f"error: rank {self.world.rank}: {why}; every rank stops now. {then}.\n")
+        sys.stderr.write(f"error: rank {self.rank}: {why}; every rank stops now. {then}.\n")
         sys.stderr.flush()
         os._exit(EXIT_RANK_LOST)
 
     def dead_ranks(self) -> list[int]:
         """The other ranks whose process is gone (on this host: checked directly; elsewhere: by their heartbeat)."""
         here, dead = socket.gethostname(), []
-        for rank in range(self.world.size):
+        for rank in range(self.size):
             key = f"{self.prefix}process/{rank}"
-            if rank == self.world.rank or not self.store.check([key]):
+            if rank == self.rank or not self.store.check([key]):
                 continue
             host, _, pid = self.store.get(key).decode().rpartition(":")
             if host == here:

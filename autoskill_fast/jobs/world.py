@@ -401,7 +401,7 @@ def _init_from_env() -> World:
     world = World(rank, size, local_rank, backend, _attempt_store=hosted)
     # Rank 0's word for this start of the job: keys in the rendezvous store that a restart must not read back.
     world.tag = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{world.broadcast_object(secrets.token_hex(8))}"
-    world._watchdog = Watchdog(world)
+    world._watchdog = Watchdog(rank, size, world.tag)
     world._watchdog.start()
     atexit.register(world.close)  # the watchdog thread and the process group end before the interpreter does
     return world
