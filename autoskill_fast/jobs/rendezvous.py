@@ -1,5 +1,5 @@
-"""What the ranks of a torchrun job keep in the launcher's rendezvous store: the store their process group starts in at
-each start of the job (`attempt_store`), and a heartbeat per rank that a `Watchdog` thread checks, so a lost rank stops
+"""What the ranks of a torchrun job keep in the launcher's rendezvous store: the part of it their process group starts
+in at each start of the job (`attempt_store`), and a heartbeat per rank that a `Watchdog` thread checks, so a lost rank stops
 the others within seconds (see `world` for the job's side)."""
 
 from __future__ import annotations
@@ -22,47 +22,49 @@ EXIT_RANK_LOST = 3
 COLLECTIVE_TIMEOUT_S = 1800  # a collective waits this long at most (the watchdog normally ends things much sooner)
 
 
-def attempt_store(rank: int) -> tuple[Any, Any]:
-    """The store the process group starts in (None: the launcher's, as `env://` finds it), and the one this rank hosts
-    (None: it hosts none).
+def attempt_store(rank: int, size: int) -> Any:
+    """The store the process group starts in: None (the launcher's, as `env://` finds it), or under torchrun a part of
+    torchrun's store that is this start of the job's own.
 
     torchrun shares its rendezvous store with the workers (TORCHELASTIC_USE_AGENT_STORE) and keeps it across the
-    restarts of `--max-restarts`. The process group's keys from the attempt before are still in it, so a restarted
-    group can read a dead rank's address there and fail to start: "Gloo connectFullMesh failed ... Connection refused"
-    (pytorch/pytorch#135712, #167288). So under torchrun rank 0 starts a store of this attempt's own, on its node (the
-    address torchrun gives, another port), and posts its port with a fresh word in torchrun's store. The other ranks
-    take a posted port once the store there answers with the word posted beside it: a port posted by the attempt
-    before belongs to a process that is gone, and they wait for this attempt's."""
+    restarts of `--max-restarts`. The process group's keys from the start before are still there, so a restarted group
+    can read a dead rank's address and fail to start: "Gloo connectFullMesh failed ... Connection refused"
+    (pytorch/pytorch#135712, #167288). So the ranks first agree on a fresh word, and the group's keys go under it, in
+    the store torchrun keeps (it outlives every rank, as NCCL's watchdog needs). Rank 0 draws the word. Each other rank
+    asks for it under a fresh word of its own, and rank 0 answers every question it finds until each rank has confirmed
+    under the new word: an old question may get an answer no one reads, and an old answer never matches a new question."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
-        return None, None
+        return None
     import torch.distributed as dist
 
-    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     wait = datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S)
-    launcher = dist.TCPStore(host, port, is_master=False, timeout=wait, wait_for_workers=False)
-    key = f"autoskill-fast/attempt-store/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"
+    launcher = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=wait,
+                             wait_for_workers=False)
+    base = f"autoskill-fast/start/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"
     if rank == 0:
-        word = secrets.token_hex(8)
-        server = dist.TCPStore(host, 0, is_master=True, timeout=wait, wait_for_workers=False)
-        server.set("autoskill-fast/word", word)
-        launcher.set(key, f"{server.port} {word}")
-        return server, server
-    deadline = time.monotonic() + COLLECTIVE_TIMEOUT_S
-    while True:
-        launcher.wait([key])
-        posted, word = launcher.get(key).decode().split()
-        try:  # a plain connection first: a gone process's port refuses it at once, without c10d's retries and logs
-            socket.create_connection((host, int(posted)), timeout=5).close()
-            client = dist.TCPStore(host, int(posted), is_master=False, timeout=datetime.timedelta(seconds=10),
-                                   wait_for_workers=False)
-            if client.get("autoskill-fast/word").decode() == word:
-                client.set_timeout(wait)
-                return client, None
-        except (OSError, RuntimeError):  # refused, or not this attempt's store (c10d's errors are RuntimeErrors)
-            pass
-        if time.monotonic() > deadline:
-            raise AutoskillError(f"rank 0 posted no store for this start of the job in {COLLECTIVE_TIMEOUT_S} s")
-        time.sleep(0.2)
+        word, answered, waiting = secrets.token_hex(8), {}, set(range(1, size))
+        deadline = time.monotonic() + COLLECTIVE_TIMEOUT_S
+        while waiting:
+            for other in sorted(waiting):
+                if launcher.check([f"{base}/confirmed/{word}/{other}"]):
+                    waiting.discard(other)
+                elif launcher.check([f"{base}/ask/{other}"]):
+                    question = launcher.get(f"{base}/ask/{other}").decode()
+                    if answered.get(other) != question:
+                        launcher.set(f"{base}/answer/{question}", word)
+                        answered[other] = question
+            if time.monotonic() > deadline:
+                raise AutoskillError(f"rank {', '.join(map(str, sorted(waiting)))} did not start within "
+                                     f"{COLLECTIVE_TIMEOUT_S} s")
+            if waiting:
+                time.sleep(0.05)
+    else:
+        question = secrets.token_hex(8)
+        launcher.set(f"{base}/ask/{rank}", question)
+        launcher.wait([f"{base}/answer/{question}"])
+        word = launcher.get(f"{base}/answer/{question}").decode()
+        launcher.set(f"{base}/confirmed/{word}/{rank}", "")
+    return dist.PrefixStore(f"{base}/{word}/", launcher)
 
 
 class Watchdog:

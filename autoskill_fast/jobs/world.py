@@ -21,6 +21,7 @@ import atexit
 import datetime
 import functools
 import importlib
+import logging
 import os
 import secrets
 import socket
@@ -37,8 +38,9 @@ from ..errors import AutoskillError
 from .rendezvous import COLLECTIVE_TIMEOUT_S, Watchdog, attempt_store
 
 T = TypeVar("T")
+log = logging.getLogger("autoskill_fast")
 REDUCE_SLICE_BYTES = 1 << 30
-SHARED_WAIT_S = 10.0  # how long a rank looks for rank 0's file in the output folder (a network filesystem's caches)
+SHARED_WAIT_S = 90.0  # how long a rank looks for rank 0's file in the output folder (NFS caches a folder up to 60 s)
 
 
 def _collective(method: Callable[..., T]) -> Callable[..., T]:
@@ -68,7 +70,6 @@ class World:
     _watchdog: "Watchdog | None" = field(default=None, repr=False)
     _store: Any = field(default=None, repr=False)  # the client `together(main_only=True)` waits in
     tag: str = "run"  # names this start of the job's ranks in the rendezvous store (fresh at each torchrun restart)
-    _attempt_store: Any = field(default=None, repr=False)  # the process group's store, where this rank hosts it
     _alone_steps: int = field(default=0, repr=False)
 
     @property
@@ -260,14 +261,19 @@ class World:
             raise AutoskillError(error)
 
         def look() -> None:
-            deadline = time.monotonic() + wait_s
-            while not (folder / name).exists():  # a network filesystem may show a new file to other nodes late
-                if time.monotonic() > deadline:
+            start, said = time.monotonic(), False
+            while not _visible(folder / name):
+                waited = time.monotonic() - start
+                if waited > wait_s:
                     raise AutoskillError(
                         f"{folder.resolve()} on host {socket.gethostname()} does not hold the file rank 0 wrote in "
                         f"{where}, so the ranks' parts of the job would not meet; put the output folder on storage "
                         "every node sees (a shared filesystem), at the same path on every node")
-                time.sleep(0.1)
+                if waited > 10 and not said:
+                    log.warning("rank %d: waiting for rank 0's file in %s to show here (up to %.0f s)", self.rank,
+                                folder, wait_s)
+                    said = True
+                time.sleep(0.2)
 
         try:
             self.together(look if not self.main else lambda: None)
@@ -312,6 +318,19 @@ class World:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def _visible(path: Path) -> bool:
+    """Whether `path` exists, as its file server says now. An NFS client may answer a lookup from a cached "no such
+    file" until its copy of the folder's attributes expires (up to a minute), also for a folder rank 0 has just made
+    that this rank looked for before. Opening a folder makes the client fetch its attributes afresh (close-to-open),
+    so each folder on the way is opened first, from the root down."""
+    for folder in reversed(path.parents):
+        try:
+            os.close(os.open(folder, os.O_RDONLY | os.O_DIRECTORY))
+        except OSError:
+            return False
+    return path.exists()
 
 
 def _describe(failure: Exception) -> str:
@@ -392,13 +411,13 @@ def _init_from_env() -> World:
     # its threads with it, then outlives destroy_process_group until the interpreter's teardown (transformers imports
     # it while loading a model). Imported first, it keeps None.
     importlib.import_module("torch.distributed.nn.functional")
-    store, hosted = attempt_store(rank)
+    store = attempt_store(rank, size)
     timeout = datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S)
     if store is None:
         dist.init_process_group(backend, timeout=timeout)
     else:
         dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
-    world = World(rank, size, local_rank, backend, _attempt_store=hosted)
+    world = World(rank, size, local_rank, backend)
     # Rank 0's word for this start of the job: keys in the rendezvous store that a restart must not read back.
     world.tag = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{world.broadcast_object(secrets.token_hex(8))}"
     world._watchdog = Watchdog(rank, size, world.tag)
