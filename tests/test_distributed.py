@@ -366,7 +366,7 @@ def test_two_processes_equal_one_profile_project_and_eval(tmp_path, tiny_model):
     assert not list((tmp_path / "e2").glob("samples.jsonl.rank*"))
 
 
-def two_nodes(*args, cwds=(REPO, REPO), timeout: float = 600) -> list[subprocess.CompletedProcess]:
+def two_nodes(*args, cwds=(REPO, REPO), timeout: float = 600, **env: str) -> list[subprocess.CompletedProcess]:
     """`args` under the README's multi-node command: two torchrun agents (two "nodes" on this host, one process each,
     in the folders `cwds`) that find each other through a c10d rendezvous, as `--nnodes 2 --rdzv-backend c10d` does
     across machines."""
@@ -376,7 +376,7 @@ def two_nodes(*args, cwds=(REPO, REPO), timeout: float = 600) -> list[subprocess
                    "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "two-nodes",
                    "-m", "autoskill_fast", *map(str, args)]
         agents.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-                                       env=dict(os.environ, OMP_NUM_THREADS="1")))
+                                       env=dict(os.environ, OMP_NUM_THREADS="1", **env)))
     outs = [agent.communicate(timeout=timeout) for agent in agents]
     return [subprocess.CompletedProcess(agent.args, agent.returncode, *out) for agent, out in zip(agents, outs)]
 
@@ -406,7 +406,7 @@ def test_two_nodes_through_a_c10d_rendezvous_equal_one_process(tmp_path, tiny_mo
     homes = [tmp_path / "node-a", tmp_path / "node-b"]
     for home in homes:
         home.mkdir()
-    nodes = two_nodes("profile", *common, "--out", "run", cwds=homes)
+    nodes = two_nodes("profile", *common, "--out", "run", cwds=homes, AUTOSKILL_FAST_SHARED_WAIT_S="3")
     assert all(node.returncode != 0 for node in nodes), [node.stderr[-3000:] for node in nodes]
     said = "does not hold the file rank 0 wrote in"
     assert all(said in node.stderr and "storage every node sees" in node.stderr for node in nodes), nodes[0].stderr

@@ -40,7 +40,8 @@ from .rendezvous import COLLECTIVE_TIMEOUT_S, Watchdog, attempt_store
 T = TypeVar("T")
 log = logging.getLogger("autoskill_fast")
 REDUCE_SLICE_BYTES = 1 << 30
-SHARED_WAIT_S = 90.0  # how long a rank looks for rank 0's file in the output folder (NFS caches a folder up to 60 s)
+# How long a rank looks for rank 0's file in the output folder (an NFS client caches a folder for up to 60 s).
+SHARED_WAIT_S = float(os.environ.get("AUTOSKILL_FAST_SHARED_WAIT_S", 90))
 
 
 def _collective(method: Callable[..., T]) -> Callable[..., T]:
@@ -270,8 +271,8 @@ class World:
                         f"{where}, so the ranks' parts of the job would not meet; put the output folder on storage "
                         "every node sees (a shared filesystem), at the same path on every node")
                 if waited > 10 and not said:
-                    log.warning("rank %d: waiting for rank 0's file in %s to show here (up to %.0f s)", self.rank,
-                                folder, wait_s)
+                    log.warning("rank %d: waiting for rank 0's file in %s to show here (up to %.0f s: "
+                                "AUTOSKILL_FAST_SHARED_WAIT_S)", self.rank, folder, wait_s)
                     said = True
                 time.sleep(0.2)
 
