@@ -304,13 +304,18 @@ def rank_cmd(run_dir, threads, **values):
 
 
 def format_ranking(ranking, limit: int = 10) -> str:
+    joint = ranking.joint
     lines = [f"{ranking.proxy} proxy, metric {ranking.metric}: {len(ranking.entries)} (direction, sign) entries, "
-             "best first (95% intervals)"]
+             f"best first ({'own and joint ' if joint else ''}95% intervals)"]
     for e in ranking.entries[:limit]:
         alpha = f" alpha {e.alpha:g} ({e.alpha_unit})" if e.alpha is not None else ""
-        mark = "  *" if e.significant else ""
-        lines.append(f"  {e.pole:>4}{alpha}: {e.effect:+.4f}  [{e.low:+.4f}, {e.high:+.4f}]  {e.statistic}{mark}")
-    lines.append(f"  (* the interval lies above zero; {ranking.multiplicity_note})")
+        mark = "  *" * e.significant + "*" * bool(e.jointly_significant)
+        together = f"  joint [{e.joint_low:+.4f}, {e.joint_high:+.4f}]" if joint else ""
+        lines.append(f"  {e.pole:>4}{alpha}: {e.effect:+.4f}  [{e.low:+.4f}, {e.high:+.4f}]{together}  "
+                     f"{e.statistic}{mark}")
+    marks = "* its own interval lies above zero, ** its joint interval too" if joint else \
+        "* the interval lies above zero"
+    lines.append(f"  ({marks}; {ranking.multiplicity_note})")
     lines.extend(f"note: {note}" for note in ranking.notes)
     return "\n".join(lines)
 

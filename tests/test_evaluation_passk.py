@@ -1,5 +1,5 @@
 """Pass@k against brute-force enumeration and exact binomials; bootstrap intervals that cover at the nominal rate in a
-seeded simulation with known truth; paired differences that pair."""
+seeded simulation with known truth; paired differences that pair; joint intervals that hold many effects at once."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from autoskill_fast.evaluation.passk import (Estimate, mean_interval, paired_mean_difference,
-                                             paired_pass_at_k_difference, pass_at_k, pass_at_k_interval)
+                                             paired_pass_at_k_difference, pass_at_k, pass_at_k_interval,
+                                             simultaneous_band, simultaneous_mean_intervals)
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> Fraction:
@@ -186,3 +187,90 @@ def test_the_bootstrap_is_vectorized_and_memory_flat():
     values = np.random.default_rng(4).random(5000)
     est = mean_interval(values, resamples=2000)  # 10 M resampled indices, drawn in blocks
     assert est.low < values.mean() < est.high
+
+
+# Joint intervals. A seeded simulation of E = 8 interventions measured against one baseline on the same P = 100
+# problems: each problem's paired differences are skewed (centred exponentials), share a problem effect, and two
+# entries move together. Over 500 runs (Monte Carlo standard deviation of the coverage ~1%) the 95% band covered all 8
+# effects at once in 0.938 of them; a 90% band in 0.868, a 99% one in 0.99; the same band studentized by the draws'
+# spread instead of each resample's own standard error (not the bootstrap-t) in 0.894. The entries' own 95% intervals
+# held all 8 at once in 0.61.
+JOINT_RUNS, JOINT_P, JOINT_RESAMPLES = 500, 100, 400
+JOINT_TRUTH = np.array([-0.1, 0.0, 0.0, 0.05, 0.1, 0.2, 0.3, 0.3])
+
+
+def joint_experiment(rng: np.random.Generator) -> np.ndarray:
+    """[P, 8] paired differences whose column means are JOINT_TRUTH in the population."""
+    problem = rng.normal(size=(JOINT_P, 1)) * np.linspace(0.2, 0.6, 8)
+    noise = rng.exponential(size=(JOINT_P, 8)) - 1.0
+    noise[:, 7] = noise[:, 6] + 0.2 * (rng.exponential(size=JOINT_P) - 1.0)  # entries 6 and 7 move together
+    return JOINT_TRUTH + problem + noise
+
+
+def test_joint_intervals_hold_every_effect_at_once_at_the_nominal_rate():
+    rng = np.random.default_rng(11)
+    joint = own = 0
+    for run in range(JOINT_RUNS):
+        values = joint_experiment(rng)
+        mean, low, high, _ = simultaneous_mean_intervals(values, resamples=JOINT_RESAMPLES, seed=run)
+        np.testing.assert_allclose(mean, values.mean(axis=0))
+        joint += bool(np.all((low <= JOINT_TRUTH) & (JOINT_TRUTH <= high)))
+        if run < 200:
+            each = [mean_interval(values[:, e], resamples=JOINT_RESAMPLES, seed=run) for e in range(8)]
+            own += all(est.low <= truth <= est.high for est, truth in zip(each, JOINT_TRUTH))
+    assert 0.92 <= joint / JOINT_RUNS <= 0.975, joint / JOINT_RUNS
+    assert own / 200 < 0.8, own / 200  # what the joint intervals are for
+
+
+def test_one_joint_interval_is_about_the_entrys_own():
+    values = np.random.default_rng(5).normal(size=(300, 1))
+    mean, low, high, critical = simultaneous_mean_intervals(values, resamples=4000)
+    own = mean_interval(values[:, 0], resamples=4000)
+    assert 1.85 < critical < 2.1
+    assert mean[0] == pytest.approx(own.value)
+    assert (high - low)[0] == pytest.approx(own.high - own.low, rel=0.1)
+
+
+def test_joint_intervals_of_entries_that_move_together_are_narrower_than_of_independent_ones():
+    rng = np.random.default_rng(6)
+    independent = rng.normal(size=(200, 10))
+    together = rng.normal(size=(200, 1)) + 0.05 * rng.normal(size=(200, 10))
+    c_independent = simultaneous_mean_intervals(independent)[3]
+    c_together = simultaneous_mean_intervals(together)[3]
+    assert 2.7 < c_independent < 3.3 and 1.8 < c_together < 2.2, (c_independent, c_together)
+
+
+def test_joint_band_edges():
+    # an entry that never varies is its point; NaN draws (an undefined statistic) are left out, not propagated
+    draws = np.random.default_rng(7).normal(size=(500, 3))
+    draws[:, 1] = 0.5
+    draws[::7, 2] = np.nan
+    low, high, critical = simultaneous_band(np.array([0.0, 0.5, 0.0]), draws)
+    assert low[1] == high[1] == 0.5 and np.isfinite(critical) and np.all(np.isfinite(low))
+    assert np.all(low[[0, 2]] < 0) and np.all(high[[0, 2]] > 0)
+    one = simultaneous_mean_intervals(np.array([[0.25, -1.0]]))  # one problem: nothing to resample
+    assert np.array_equal(one[1], one[0]) and np.array_equal(one[2], one[0])
+    with pytest.raises(ValueError, match="draws \\[R, E\\]"):
+        simultaneous_band(np.zeros(3), np.zeros((10, 2)))
+    with pytest.raises(ValueError, match="both errors_e and draw_errors_re"):
+        simultaneous_band(np.zeros(2), np.zeros((10, 2)), errors_e=np.ones(2))
+    with pytest.raises(ValueError, match="non-finite value at problem 1"):
+        simultaneous_mean_intervals(np.array([[0.0, 1.0], [np.nan, 0.0]]))
+
+
+@pytest.mark.slow  # a benchmark script end to end
+def test_joint_coverage_benchmark_runs(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "bench_joint_coverage.py"
+    proc = subprocess.run([sys.executable, str(script), "--runs", "20", "--resamples", "100", "--auroc-runs", "3",
+                           "--out", str(tmp_path / "joint.json")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "joint.json").read_text())["rows"]
+    assert [row["scenario"] for row in rows][-2:] == ["AUROC, null", "AUROC, null"] and len(rows) == 11
+    for row in rows:
+        assert all(0.0 <= row[name] <= 1.0 for name in ("own", "max-t, spread")), row
+    assert "| skewed | 50 | 10 |" in proc.stdout

@@ -71,6 +71,7 @@ def test_pilot_ranks_both_poles_against_random_and_leaves_the_base_model(setup, 
     assert {(e.direction, e.sign) for e in ranking.entries} == {(0, 1), (0, -1), (1, 1), (1, -1)}
     for entry in ranking.entries:
         assert entry.low <= entry.effect <= entry.high and entry.low < entry.high
+        assert entry.joint_low < entry.low and entry.high < entry.joint_high  # four entries: wider than its own
         assert entry.cost_s > 0 and entry.details["train_s"] > 0 and entry.details["eval_s"] > 0
         assert entry.details["steps"] == 2 and entry.details["examples"] == 6
         assert len({entry.details["first_loss"], entry.details["final_loss"]}) == 2
@@ -99,8 +100,8 @@ def test_pilot_ranks_both_poles_against_random_and_leaves_the_base_model(setup, 
 
     monkeypatch.setattr(pilot_module, "train_lora", no_training)
     again = rank(config(run, corpus, directions=(0, 1)), loaded=loaded)
-    assert [(e.pole, e.effect, e.low, e.high) for e in again.entries] == \
-        [(e.pole, e.effect, e.low, e.high) for e in ranking.entries]
+    assert [(e.pole, e.effect, e.low, e.high, e.joint_low, e.joint_high) for e in again.entries] == \
+        [(e.pole, e.effect, e.low, e.high, e.joint_low, e.joint_high) for e in ranking.entries]
     assert all(e.details["reused"] for e in again.entries) and again.baseline["reused"]
     assert {p: p.stat().st_mtime_ns for p in work.rglob("*.json*")} == stamps
 

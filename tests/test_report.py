@@ -158,7 +158,8 @@ def test_html_report_renders_in_chromium(tmp_path):
     (tmp_path / "labels.json").write_text('["size vs shape", "counting vs colour", "third skill"]')
     entries = [RankingEntry(direction=d, sign=s, effect=0.1 * d * s, low=0.1 * d * s - 0.05, high=0.1 * d * s + 0.05,
                             statistic="NLL drop (nats/token)", evaluation=f"eval-{d}{s}", cost_s=1.5, alpha=0.5,
-                            alpha_unit="norm") for d in range(3) for s in (1, -1)]
+                            alpha_unit="norm", joint_low=0.1 * d * s - 0.08, joint_high=0.1 * d * s + 0.08)
+               for d in range(3) for s in (1, -1)]
     Ranking("steer", "nll", "synthetic", entries, notes=["a planted note"]).save(run_a)
     result = inspect(InspectConfig(run=str(run_a), labels=str(tmp_path / "labels.json"), compare=str(run_b),
                                    n_examples=4, scatter=(0, 2), color_by="meta.n"))
@@ -172,6 +173,7 @@ def test_html_report_renders_in_chromium(tmp_path):
         "text": "document.body.innerText",
         "scatter_title": "document.querySelector('#scatter .gtitle').textContent",
         "ranking_points": "document.querySelectorAll('#ranking-plot .scatterlayer .point').length",
+        "ranking_bars": "document.getElementById('ranking-plot').data.map(t => t.error_y.array[0])",
         "first": "document.querySelector('#ranking table tr:nth-child(2) td').textContent",
         "colorbar": "document.querySelectorAll('#scatter .colorbar').length",
         "colors": "document.getElementById('scatter').data[0].marker.color.length",
@@ -190,7 +192,9 @@ def test_html_report_renders_in_chromium(tmp_path):
                      "a planted note", "This basis carries no diagnostics"):
         assert expected in values["text"], expected
     assert "directions 0 and 2" in values["scatter_title"] and "coloured by meta.n" in values["scatter_title"]
-    assert values["ranking_points"] == 6 and values["first"] == "+2 a0.5norm"  # best first
+    assert values["ranking_points"] == 12 and values["first"] == "+2 a0.5norm"  # best first; joint and own
+    assert values["ranking_bars"] == pytest.approx([0.08, 0.05])  # the joint interval behind the entry's own
+    assert "joint 95% interval" in values["text"] and "[+0.1200, +0.2800]" in values["text"]
     assert values["colorbar"] == 1 and values["colors"] == 400  # a number with many values: a colour scale
     assert values["null_traces"] == ["canonical correlation", "null: mean", "null: 95th percentile"]
 

@@ -355,26 +355,37 @@ def _ranking_section(figs: _Figures, ranking) -> str:
     go = figs.go
     entries = ranking.entries
     names = [e.pole + (f" a{e.alpha:g}{e.alpha_unit}" if e.alpha is not None else "") for e in entries]
-    fig = go.Figure(go.Scatter(
-        x=names, y=[e.effect for e in entries], mode="markers",
-        error_y={"type": "data", "symmetric": False, "array": [e.high - e.effect for e in entries],
-                 "arrayminus": [e.effect - e.low for e in entries]}))
+    effects = [e.effect for e in entries]
+    joint = ranking.joint
+    fig = go.Figure()
+    if joint:  # drawn first, in grey, behind each entry's own interval
+        fig.add_trace(go.Scatter(x=names, y=effects, mode="markers", marker={"opacity": 0}, name="joint 95%",
+                                 error_y={"type": "data", "symmetric": False, "color": "#aaa",
+                                          "array": [e.joint_high - e.effect for e in entries],
+                                          "arrayminus": [e.effect - e.joint_low for e in entries]}))
+    fig.add_trace(go.Scatter(x=names, y=effects, mode="markers", name="own 95%",
+                             error_y={"type": "data", "symmetric": False, "array": [e.high - e.effect for e in entries],
+                                      "arrayminus": [e.effect - e.low for e in entries]}))
     statistic = entries[0].statistic if entries else ""
     fig.update_layout(title=f"{ranking.proxy} proxy: {statistic} (95% intervals), best first",
-                      xaxis_title="direction and pole", yaxis_title="effect (larger is better)")
+                      xaxis_title="direction and pole", yaxis_title="effect (larger is better)", showlegend=joint)
     fig.add_hline(y=0, line_dash="dot")
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{e.effect:+.4f}</td><td>[{e.low:+.4f}, {e.high:+.4f}]</td>"
-        f"<td>{'yes' if e.significant else 'no'}</td><td>{e.cost_s:.1f}</td><td>{html.escape(e.evaluation)}</td></tr>"
+        f"<td>{'yes' if e.significant else 'no'}</td>"
+        + (f"<td>[{e.joint_low:+.4f}, {e.joint_high:+.4f}]</td><td>{'yes' if e.jointly_significant else 'no'}</td>"
+           if joint else "")
+        + f"<td>{e.cost_s:.1f}</td><td>{html.escape(e.evaluation)}</td></tr>"
         for name, e in zip(names, entries))
     notes = "".join(f"<p class=\"muted\">{html.escape(n)}</p>" for n in ranking.notes)
     baseline = html.escape(json.dumps(ranking.baseline, default=str))
+    joint_head = "<th>joint 95% interval</th><th>above 0 (joint)</th>" if joint else ""
     return ("<section id=\"ranking\"><h2>Which directions help</h2>"
             f"<p>Proxy <b>{html.escape(ranking.proxy)}</b>, metric <b>{html.escape(ranking.metric)}</b>; "
             f"baseline: <code>{baseline}</code>. An effect is marked when its whole 95% interval lies above 0; "
             f"{html.escape(ranking.multiplicity_note)}.</p>" + notes + figs.div(fig, "ranking-plot") +
-            "<table class=\"matches\"><tr><th>pole</th><th>effect</th><th>95% interval</th><th>above 0 (unadjusted)</th>"
-            "<th>cost (s)</th><th>evaluation</th></tr>" + rows + "</table></section>")
+            "<table class=\"matches\"><tr><th>pole</th><th>effect</th><th>95% interval</th><th>above 0 (own)</th>"
+            + joint_head + "<th>cost (s)</th><th>evaluation</th></tr>" + rows + "</table></section>")
 
 
 def render_report(run: ProfileRun, dirs, *, shown: torch.Tensor, scatter: tuple[int, int] = (0, 1), comparison=None,

@@ -407,9 +407,9 @@ def load_eval(folder: str | Path) -> EvalResult:
     return EvalResult(folder, record, ids, correct, None)
 
 
-def compare_evals(a: EvalResult, b: EvalResult, *, k: int = 1, resamples: int = 2000) -> Estimate:
-    """b minus a on the problems both evaluated (Pass@k, or NLL), with a paired bootstrap interval."""
-    from .passk import paired_mean_difference, paired_pass_at_k_difference
+def paired_differences(a: EvalResult, b: EvalResult, *, k: int = 1) -> tuple[list[str], np.ndarray]:
+    """The problems both evaluated, in a's order, and b minus a on each [P] (pass@k, or mean NLL)."""
+    from .passk import pass_at_k
 
     _check_comparable(a, b, k)
     position_b = {pid: i for i, pid in enumerate(b.ids)}
@@ -417,6 +417,13 @@ def compare_evals(a: EvalResult, b: EvalResult, *, k: int = 1, resamples: int = 
     if not shared:
         raise AutoskillError(f"{a.folder} and {b.folder} share no problem; compare evaluations of the same problems")
     ia, ib = (np.array(side) for side in zip(*shared))
+    ids = [a.ids[i] for i in ia]
     if a.nll is not None:
-        return paired_mean_difference(a.nll[ia], b.nll[ib], resamples=resamples)
-    return paired_pass_at_k_difference(a.correct[ia], b.correct[ib], a.n, b.n, k, resamples=resamples)
+        return ids, b.nll[ib] - a.nll[ia]
+    return ids, np.asarray(pass_at_k(b.n, b.correct[ib], k)) - np.asarray(pass_at_k(a.n, a.correct[ia], k))
+
+
+def compare_evals(a: EvalResult, b: EvalResult, *, k: int = 1, resamples: int = 2000) -> Estimate:
+    """b minus a on the problems both evaluated (Pass@k, or NLL), with a paired bootstrap interval (the problems'
+    differences resampled)."""
+    return mean_interval(paired_differences(a, b, k=k)[1], resamples=resamples)

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import warnings
+
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -86,13 +88,22 @@ def pass_at_k(n: ArrayLike, c: ArrayLike, k: ArrayLike) -> float | np.ndarray:
     return float(out) if out.ndim == 0 else out
 
 
-def _bootstrap_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
-    """[resamples] means of `values` [P] over problem indices drawn with replacement."""
+def _bootstrap_means(values: np.ndarray, resamples: int, seed: int, *, errors: bool = False
+                     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """[resamples] means of `values` [P] over problem indices drawn with replacement; [resamples, E] of `values`
+    [P, E] (E metrics of the same problems, each resample drawing one set of problems for all of them). With
+    `errors`, also each resample's own standard error of its means (the spread of the problems it drew / sqrt(P))."""
     rng = np.random.default_rng(seed)
     count = values.shape[0]
-    block = max(1, _CHUNK_ELEMENTS // count)
-    means = [values[rng.integers(0, count, size=(min(block, resamples - start), count), dtype=np.int32)].mean(axis=1)
-             for start in range(0, resamples, block)]
+    block = max(1, _CHUNK_ELEMENTS // values.size)
+    means, standard_errors = [], []
+    for start in range(0, resamples, block):
+        picked = values[rng.integers(0, count, size=(min(block, resamples - start), count), dtype=np.int32)]
+        means.append(picked.mean(axis=1))
+        if errors:
+            standard_errors.append(picked.std(axis=1, ddof=1) / np.sqrt(count))
+    if errors:
+        return np.concatenate(means), np.concatenate(standard_errors)
     return np.concatenate(means)
 
 
@@ -162,3 +173,69 @@ def paired_pass_at_k_difference(correct_a: ArrayLike, correct_b: ArrayLike, n_a:
     a = _pass_at_k_per_problem("correct_a", correct_a, n_a, k)
     b = _pass_at_k_per_problem("correct_b", correct_b, n_b, k)
     return paired_mean_difference(a, b, confidence=confidence, resamples=resamples, seed=seed)
+
+
+def simultaneous_band(value_e: ArrayLike, draws_re: ArrayLike, *, confidence: float = 0.95,
+                      errors_e: ArrayLike | None = None, draw_errors_re: ArrayLike | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, float]:
+    """(low [E], high [E], critical): intervals that contain all E true values together with chance `confidence`, from
+    bootstrap draws [R, E] of the E statistics taken on the same resamples (the bootstrap max-t band).
+
+    Each draw's distance from its entry's value is measured in standard errors: by default the spread of the entry's
+    draws; with `errors_e` (each entry's standard error on the data) and `draw_errors_re` (each resample's own), each
+    draw in its own (the bootstrap-t, which stays near the nominal coverage when the statistic is skewed; a draw with
+    no spread of its own is measured by the entry's spread). The critical value c is the `confidence` quantile, over
+    the resamples, of the largest such distance among the entries, and the band is value +- c standard errors. With
+    one entry c is about 1.96 (for a statistic near normal); with 20 independent entries about 3.0; less when the
+    entries move together, as steering strengths of one direction do. Picking the best of E entries is then covered:
+    whatever the true effects, all E intervals hold them at once in about `confidence` of experiments. A NaN draw (a
+    resample where that entry's statistic is undefined) leaves that entry out of that resample's maximum. An entry
+    whose draws do not vary, or whose value is not finite, gets its value as both ends."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    value = np.asarray(value_e, dtype=np.float64)
+    draws = np.asarray(draws_re, dtype=np.float64)
+    if value.ndim != 1 or draws.ndim != 2 or draws.shape[1] != value.shape[0]:
+        raise ValueError(f"simultaneous_band needs values [E] and draws [R, E], got {value.shape} and {draws.shape}")
+    if (errors_e is None) != (draw_errors_re is None):
+        raise ValueError("give both errors_e and draw_errors_re, or neither")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an entry with fewer than two finite draws: no spread
+        spread = np.nanstd(draws, axis=0, ddof=1)
+    varies = np.isfinite(spread) & (spread > 0) & np.isfinite(value)
+    if not varies.any():
+        return value.copy(), value.copy(), float("nan")
+    scale, draw_scale = spread, spread[None, :]
+    if errors_e is not None:
+        scale = np.asarray(errors_e, dtype=np.float64)
+        draw_errors = np.asarray(draw_errors_re, dtype=np.float64)
+        if scale.shape != value.shape or draw_errors.shape != draws.shape:
+            raise ValueError(f"errors_e must be [E] and draw_errors_re [R, E] like the draws, got {scale.shape} and "
+                             f"{draw_errors.shape}")
+        draw_scale = np.where(draw_errors > 0, draw_errors, spread[None, :])
+    t = np.abs(draws[:, varies] - value[varies]) / draw_scale[:, varies]
+    rows = np.isfinite(t).any(axis=1)
+    critical = float(np.quantile(np.nanmax(t[rows], axis=1), confidence))
+    half = np.where(varies, critical * scale, 0.0)
+    return value - half, value + half, critical
+
+
+def simultaneous_mean_intervals(values_pe: ArrayLike, *, confidence: float = 0.95, resamples: int = 2000,
+                                seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(mean [E], low [E], high [E], critical): the means of E per-problem metrics [P, E] of the same problems (e.g.
+    the paired differences of E interventions against one baseline), with the joint intervals of `simultaneous_band`
+    (bootstrap-t) over resamples of the problems. With one problem each interval is its point."""
+    _check_bootstrap(confidence, resamples)
+    values = np.asarray(values_pe, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] == 0:
+        raise ValueError(f"values must be [P, E] with P, E >= 1 (one row per problem), got shape {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError(f"values has a non-finite value at problem {int(np.argmin(np.isfinite(values).all(axis=1)))}")
+    mean = values.mean(axis=0)
+    count = values.shape[0]
+    if count == 1:
+        return mean, mean.copy(), mean.copy(), float("nan")
+    means, errors = _bootstrap_means(values, resamples, seed, errors=True)
+    band = simultaneous_band(mean, means, confidence=confidence, errors_e=values.std(axis=0, ddof=1) / np.sqrt(count),
+                             draw_errors_re=errors)
+    return (mean, *band)

@@ -5,12 +5,13 @@ correctness": the model samples its own solutions to the pool's problems (`eval`
 projected onto the basis (the basis's own pooling), and per direction the AUROC and the point-biserial correlation of
 the score with correctness are reported; their sign says which pole goes with correct solutions. With the `nll`
 metric, the text is each problem with its gold solution and the score is correlated with that solution's NLL
-(lower is better). Intervals are percentile bootstraps that resample problems (a problem's samples stay together).
+(lower is better). Intervals are percentile bootstraps that resample problems (a problem's samples stay together); the
+joint intervals, from the same resamples, hold every direction's value at once.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from ..basis import SkillBasis
 from ..capture.features import PooledBatches, resolve_pooling
 from ..config import BatchingConfig
 from ..data.stream import InputTally, iter_texts_tokenized
+from ..evaluation.passk import simultaneous_band
 from ..run.ranking import RankingEntry
 
 
@@ -58,10 +60,21 @@ def pearson(x_nk: np.ndarray, y_n: np.ndarray) -> np.ndarray:
         return np.where(denominator > 0, (x * y[:, None]).sum(axis=0) / denominator, np.nan)
 
 
+class Bootstrapped(NamedTuple):
+    """A statistic [k] with its own percentile intervals and the joint ones (max-t: all k at once)."""
+
+    value: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    joint_low: np.ndarray
+    joint_high: np.ndarray
+
+
 def cluster_bootstrap(statistic: Callable[[np.ndarray], np.ndarray], groups_n: np.ndarray, *, confidence: float = 0.95,
-                      resamples: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(value [k], low [k], high [k]): `statistic(rows)` on all rows, and its percentile interval when whole groups
-    (problems) are resampled with replacement. Resamples where the statistic is undefined (NaN) are left out."""
+                      resamples: int = 1000, seed: int = 0) -> Bootstrapped:
+    """`statistic(rows)` [k] on all rows, with its percentile intervals when whole groups (problems) are resampled
+    with replacement, and the joint intervals of `simultaneous_band` from the same resamples. Resamples where the
+    statistic is undefined (NaN) are left out."""
     groups_n = np.asarray(groups_n)
     members = [np.flatnonzero(groups_n == g) for g in np.unique(groups_n)]
     rng = np.random.default_rng(seed)
@@ -74,7 +87,8 @@ def cluster_bootstrap(statistic: Callable[[np.ndarray], np.ndarray], groups_n: n
     with np.errstate(invalid="ignore"):
         low = np.nanquantile(draws, alpha, axis=0) if np.isfinite(draws).any() else np.full_like(value, np.nan)
         high = np.nanquantile(draws, 1 - alpha, axis=0) if np.isfinite(draws).any() else np.full_like(value, np.nan)
-    return value, low, high
+    joint_low, joint_high, _ = simultaneous_band(value, draws, confidence=confidence)
+    return Bootstrapped(value, low, high, joint_low, joint_high)
 
 
 def score_texts(basis: SkillBasis, model, tokenizer, texts: list[str], batching: BatchingConfig) -> np.ndarray:
@@ -89,17 +103,19 @@ def score_texts(basis: SkillBasis, model, tokenizer, texts: list[str], batching:
     return scores
 
 
-def entries_from(value: np.ndarray, low: np.ndarray, high: np.ndarray, *, center: float, statistic: str,
-                 evaluation: str, cost_s: float, extra: dict[str, np.ndarray] | None = None) -> list[RankingEntry]:
+def entries_from(bootstrapped: Bootstrapped, *, center: float, statistic: str, evaluation: str, cost_s: float,
+                 extra: dict[str, np.ndarray] | None = None) -> list[RankingEntry]:
     """Both poles of every direction: the + pole's effect is value - center, the - pole's its mirror."""
     entries = []
-    for d in range(len(value)):
-        if not np.isfinite(value[d]):
+    for d, value in enumerate(bootstrapped.value):
+        if not np.isfinite(value):
             continue
         details = {name: float(v[d]) for name, v in (extra or {}).items()}
         for sign in (1, -1):
-            effect = sign * (value[d] - center)
-            lo, hi = sorted((sign * (low[d] - center), sign * (high[d] - center)))
-            entries.append(RankingEntry(direction=d, sign=sign, effect=float(effect), low=float(lo), high=float(hi),
-                                        statistic=statistic, evaluation=evaluation, cost_s=cost_s, details=details))
+            low, high = sorted((sign * (bootstrapped.low[d] - center), sign * (bootstrapped.high[d] - center)))
+            joint_low, joint_high = sorted((sign * (bootstrapped.joint_low[d] - center),
+                                            sign * (bootstrapped.joint_high[d] - center)))
+            entries.append(RankingEntry(direction=d, sign=sign, effect=float(sign * (value - center)), low=float(low),
+                                        high=float(high), statistic=statistic, evaluation=evaluation, cost_s=cost_s,
+                                        details=details, joint_low=float(joint_low), joint_high=float(joint_high)))
     return entries

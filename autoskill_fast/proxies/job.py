@@ -192,8 +192,8 @@ def _correlation(config: RankConfig, basis: SkillBasis, record, loaded: LoadedMo
         def statistic(rows):
             return pearson(scores[rows], target[rows])
 
-        value, low, high = cluster_bootstrap(statistic, groups, resamples=config.resamples)
-        entries = entries_from(value, low, high, center=0.0, statistic="correlation of the score with -NLL of the "
+        bootstrapped = cluster_bootstrap(statistic, groups, resamples=config.resamples)
+        entries = entries_from(bootstrapped, center=0.0, statistic="correlation of the score with -NLL of the "
                                "gold solution (Pearson)", evaluation=str(work / "eval"),
                                cost_s=time.perf_counter() - t0)
         baseline = {"nll": result.record["nll"], "problems": len(target)}
@@ -210,10 +210,10 @@ def _correlation(config: RankConfig, basis: SkillBasis, record, loaded: LoadedMo
             raise AutoskillError(f"all {len(labels)} sampled solutions are {'correct' if labels.all() else 'wrong'}: "
                                  "the correlation with correctness is undefined; sample more (--n, --limit) or use "
                                  "--metric nll")
-        value, low, high = cluster_bootstrap(lambda rows: auroc(scores[rows], labels[rows]), groups,
-                                             resamples=config.resamples)
+        bootstrapped = cluster_bootstrap(lambda rows: auroc(scores[rows], labels[rows]), groups,
+                                         resamples=config.resamples)
         biserial = pearson(scores, labels.astype(np.float64))
-        entries = entries_from(value, low, high, center=0.5, statistic="AUROC of the score for correct solutions, "
+        entries = entries_from(bootstrapped, center=0.5, statistic="AUROC of the score for correct solutions, "
                                "minus 0.5", evaluation=str(work / "eval"), cost_s=time.perf_counter() - t0,
                                extra={"point_biserial": biserial})
         baseline = {"samples": len(labels), "correct": int(labels.sum()),

@@ -40,14 +40,16 @@ from ..basis import SkillBasis
 from ..capture.fingerprint import fingerprint
 from ..capture.models import LoadedModel
 from ..errors import AutoskillError
-from ..evaluation.job import (EVAL_JSON, SAMPLES_JSONL, EvalConfig, EvalResult, compare_evals, eval_key, evaluate,
-                              key_dtype, load_eval)
+from ..evaluation.job import (EVAL_JSON, SAMPLES_JSONL, EvalConfig, EvalResult, eval_key, evaluate, key_dtype,
+                              load_eval, paired_differences)
 from ..evaluation.nll import NLLScorer, collate_solutions
+from ..evaluation.passk import mean_interval
 from ..evaluation.problems import Problem, load_problems, problem_from_record, split_record
 from ..progress import Progress
 from ..run.folder import RunFolder
 from ..run.ranking import RankingEntry
 from ..run.reading import ProfileRun, fetch_records
+from .family import set_joint_intervals
 
 PILOT_JSON = "pilot.json"
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -91,15 +93,16 @@ def pilot_proxy(config, basis: SkillBasis, folder: RunFolder, record, loaded: Lo
     nll = eval_base.metric == "nll"
     random = trainer.run("random", [examples[p] for p in plans[0][2].tolist()], None)
     random_ids = set(random.record["ids"])
-    entries = []
+    entries, effects = [], []
     for name, pole, positions in plans[1:]:
         pilot = trainer.run(name, [examples[p] for p in positions.tolist()], pole)
-        diff = compare_evals(random.result, pilot.result, k=k, resamples=config.resamples)
-        sign_of_good = -1.0 if nll else 1.0  # lower NLL is better
-        low, high = sorted((sign_of_good * diff.low, sign_of_good * diff.high))
+        ids, differences = paired_differences(random.result, pilot.result, k=k)
+        gains = -differences if nll else differences  # lower NLL is better
+        effects.append((ids, gains))
+        gain = mean_interval(gains, resamples=config.resamples)
         column = scores.projection[positions, pole.direction].double()
         entries.append(RankingEntry(
-            direction=pole.direction, sign=pole.sign, effect=sign_of_good * diff.value, low=low, high=high,
+            direction=pole.direction, sign=pole.sign, effect=gain.value, low=gain.low, high=gain.high,
             statistic="NLL drop (nats/token), pole pilot vs random pilot" if nll else
             f"pass@{k} difference, pole pilot - random pilot", evaluation=str(work / name),
             cost_s=pilot.record["train_s"] + pilot.eval_s,
@@ -107,6 +110,7 @@ def pilot_proxy(config, basis: SkillBasis, folder: RunFolder, record, loaded: Lo
                      "overlap_with_random": len(random_ids & set(pilot.record["ids"])),
                      "mean_score": float(column.mean()), "pool_score_std": float(
                          scores.projection[:, pole.direction].double().std())}))
+    set_joint_intervals(entries, effects, resamples=config.resamples)
     if not config.keep_adapters:
         for name, _, _ in plans:
             shutil.rmtree(work / "adapters" / name, ignore_errors=True)

@@ -12,10 +12,12 @@ from pathlib import Path
 
 from ..basis import SkillBasis
 from ..capture.models import LoadedModel, resolve_model_path
-from ..evaluation.job import EvalConfig, compare_evals, evaluate
+from ..evaluation.job import EvalConfig, evaluate, paired_differences
+from ..evaluation.passk import mean_interval
 from ..run.ranking import RankingEntry
 from ..steering.baking import bake
 from ..steering.vector import SteeringVector
+from .family import set_joint_intervals
 
 
 def steering_name(direction: int, sign: int, alpha: float, unit: str) -> str:
@@ -30,7 +32,7 @@ def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, direc
     base = evaluate(replace(base_config, out=str(work / "base")), loaded=loaded)
     nll = base_config.metric == "nll"
     statistic = "NLL drop (nats/token), steered vs unsteered" if nll else f"pass@{k} difference, steered - unsteered"
-    entries = []
+    entries, effects = [], []
     for direction in directions:
         for sign in (1, -1):
             for alpha in alphas:
@@ -53,14 +55,16 @@ def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, direc
                 steered = evaluate(config, loaded=loaded if baked is None else None)
                 if baked is not None and not keep_checkpoints:
                     shutil.rmtree(baked, ignore_errors=True)
-                diff = compare_evals(base, steered, k=k, resamples=resamples)
-                sign_of_good = -1.0 if nll else 1.0  # lower NLL is better
-                low, high = sorted((sign_of_good * diff.low, sign_of_good * diff.high))
-                entries.append(RankingEntry(direction=direction, sign=sign, effect=sign_of_good * diff.value, low=low,
-                                            high=high, statistic=statistic, evaluation=str(work / name),
+                ids, differences = paired_differences(base, steered, k=k)
+                gains = -differences if nll else differences  # lower NLL is better
+                effects.append((ids, gains))
+                gain = mean_interval(gains, resamples=resamples)
+                entries.append(RankingEntry(direction=direction, sign=sign, effect=gain.value, low=gain.low,
+                                            high=gain.high, statistic=statistic, evaluation=str(work / name),
                                             cost_s=bake_s + steered.record["timings"]["seconds"], alpha=alpha,
                                             alpha_unit=unit,
                                             details={"vector_norm": vector.norm()}))
+    set_joint_intervals(entries, effects, resamples=resamples)
     baseline = {"evaluation": str(work / "base"), "cost_s": base.record["timings"]["seconds"],
                 **({"nll": base.record["nll"]} if nll else {f"pass@{k}": base.record["pass_at_k"][str(k)]})}
     return entries, baseline

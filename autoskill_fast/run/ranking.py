@@ -2,9 +2,10 @@
 `select --ranking` and `steer --ranking`, shown by `inspect`).
 
 Each entry is one (direction, sign[, alpha]) with its effect (larger is better: a Pass@k gain, an NLL drop, an
-AUROC above one half, ...), a 95% interval, the statistic it is, the evaluation it came from and its cost in seconds.
-Entries are sorted best first. The ranking records the basis it ranked (its run key) and the dev set its numbers
-were measured on, so that data selected from a pool that overlaps that dev set can be refused.
+AUROC above one half, ...), its own 95% interval, a joint 95% interval (all entries' joint intervals hold their
+effects at once), the statistic it is, the evaluation it came from and its cost in seconds. Entries are sorted best
+first. The ranking records the basis it ranked (its run key) and the dev set its numbers were measured on, so that
+data selected from a pool that overlaps that dev set can be refused.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class RankingEntry:
     alpha: float | None = None  # steering strength (steer proxy)
     alpha_unit: str | None = None  # "norm" (on the unit-norm direction) or "std" (the direction's standard deviations)
     details: dict[str, Any] = field(default_factory=dict)
+    joint_low: float | None = None
+    """The joint 95% interval: with the other entries' joint intervals, it holds every entry's true effect at once in
+    95% of experiments, so it covers picking the best of them (None in rankings written before it)."""
+    joint_high: float | None = None
 
     @property
     def pole(self) -> str:
@@ -44,6 +49,12 @@ class RankingEntry:
     def significant(self) -> bool:
         """The whole interval lies above zero."""
         return self.low > 0
+
+    @property
+    def jointly_significant(self) -> bool | None:
+        """The whole joint interval lies above zero: this entry helps even allowing for the others tested (None when
+        the ranking has no joint intervals)."""
+        return None if self.joint_low is None else self.joint_low > 0
 
 
 @dataclass
@@ -75,12 +86,20 @@ class Ranking:
                                  "`autoskill-fast rank`")
 
     @property
+    def joint(self) -> bool:
+        """Whether the entries carry joint intervals (rankings written before them do not)."""
+        return bool(self.entries) and all(e.joint_low is not None for e in self.entries)
+
+    @property
     def multiplicity_note(self) -> str:
-        """What the per-entry intervals do not say: they are not adjusted for how many entries were tested."""
+        """What the per-entry intervals do not say, and what the joint ones do."""
         n = len(self.entries)
-        return (f"each 95% interval is this entry's own, not adjusted for the {n} entries tested: with no real effect "
-                f"anywhere, about {0.025 * n:.1f} of them would still lie above zero by chance (2.5% each); confirm "
-                "a winner on other problems before trusting it")
+        chance = (f"each 95% interval is this entry's own: with no real effect anywhere, about {0.025 * n:.1f} of the "
+                  f"{n} would still lie above zero by chance (2.5% each)")
+        if not self.joint:
+            return f"{chance}; confirm a winner on other problems before trusting it"
+        return (f"{chance}; the joint intervals hold all {n} effects at once in 95% of experiments, so with no real "
+                "effect anywhere, any of them lies above zero in under 5%")
 
     def best(self, top: int, *, per: str = "pole") -> list[RankingEntry]:
         """The best entry of each of the `top` best poles (per="pole": select takes both ends of a direction if both
@@ -104,6 +123,12 @@ class Ranking:
                 verdict = "hurts" if entry.high < 0 else "is not told apart from no effect"
                 warnings.warn(f"{entry.pole} ({self.proxy} proxy) {verdict}: {entry.statistic} {entry.effect:+.4g} "
                               f"[{entry.low:+.4g}, {entry.high:+.4g}]; used as asked", stacklevel=2)
+            elif entry.jointly_significant is False:
+                warnings.warn(f"{entry.pole} ({self.proxy} proxy) helps on its own interval, {entry.statistic} "
+                              f"{entry.effect:+.4g} [{entry.low:+.4g}, {entry.high:+.4g}], but not on the joint one "
+                              f"[{entry.joint_low:+.4g}, {entry.joint_high:+.4g}] that allows for the "
+                              f"{len(self.entries)} entries tested: it may be the luck of the best of them; used as "
+                              "asked", stacklevel=2)
         return chosen
 
     def save(self, folder: str | Path) -> Path:

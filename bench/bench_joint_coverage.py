@@ -1,0 +1,131 @@
+"""How often `rank`'s intervals hold every entry's effect at once, in simulations with known effects.
+
+    python bench/bench_joint_coverage.py [--runs 1000] [--resamples 1000] [--out FILE]
+
+Each scenario draws E entries' per-problem paired differences (an intervention against one baseline, on the same P
+problems, as `rank --proxy steer` and `--proxy pilot` measure them) whose population means are known, many times. For
+each draw it asks whether every entry's true effect lies inside its interval, for three kinds of interval:
+- own: each entry's 95% percentile interval (what `rank` reported alone before);
+- max-t, spread: the 95% max-t band with each entry's draws measured in the spread of its draws (what the
+  correlation proxy uses: its AUROC has no standard error per resample);
+- bootstrap-t: the same band with each draw measured in its own resample's standard error
+  (`simultaneous_mean_intervals`, what `steer` and `pilot` use).
+The nominal rate is 0.95 for the two bands; the own intervals are not meant to hold all at once. The last rows do the
+same for the correlation proxy's AUROC under the null (no direction matters), with the cluster bootstrap over problems
+of `cluster_bootstrap`. Coverage is given with its Monte Carlo standard error, sqrt(c (1 - c) / runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from autoskill_fast.evaluation.passk import simultaneous_band, simultaneous_mean_intervals  # noqa: E402
+from autoskill_fast.proxies.correlation import auroc, cluster_bootstrap  # noqa: E402
+
+
+def scenario(kind: str, problems: int, entries: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(per-problem differences [P, E], their population means [E])."""
+    shift = np.linspace(-0.05, 0.05, entries)
+    if kind == "normal":
+        return shift + 0.6 * rng.normal(size=(problems, entries)), shift
+    if kind == "skewed":  # centred exponentials with a problem effect shared by all entries
+        shared = rng.normal(size=(problems, 1)) * 0.4
+        return shift + shared + 0.6 * (rng.exponential(size=(problems, entries)) - 1.0), shift
+    if kind == "pass@1":  # one sample per problem and arm: differences in {-1, 0, 1}
+        base = rng.random((problems, 1)) < 0.3
+        steered = rng.random((problems, entries)) < 0.3 + shift
+        return steered.astype(float) - base, shift
+    if kind == "sparse":  # steering changes 15% of the problems' outcomes, each up or down
+        changed = rng.random((problems, entries)) < 0.15
+        up = rng.random((problems, entries)) < 0.5 + 5 * shift
+        return changed * np.where(up, 1.0, -1.0), 0.15 * 10 * shift
+    if kind == "alphas":  # groups of 4 entries (one direction at 4 strengths) that move together
+        groups = entries // 4
+        direction = rng.normal(size=(problems, groups)) * 0.6
+        values = np.repeat(direction, 4, axis=1) * np.tile([0.5, 1.0, 1.5, 2.0], groups)
+        return shift + values + 0.1 * rng.normal(size=(problems, entries)), shift
+    raise ValueError(kind)
+
+
+def mean_scenario(kind: str, problems: int, entries: int, runs: int, resamples: int) -> dict:
+    rng = np.random.default_rng(0)
+    held = {"own": 0, "max-t, spread": 0, "bootstrap-t": 0}
+    critical = []
+    for run in range(runs):
+        values, truth = scenario(kind, problems, entries, rng)
+        index = np.random.default_rng(run).integers(0, problems, size=(resamples, problems))
+        means = values[index].mean(axis=1)  # [R, E]
+        low, high = np.quantile(means, [0.025, 0.975], axis=0)
+        held["own"] += bool(np.all((low <= truth) & (truth <= high)))
+        low, high, _ = simultaneous_band(values.mean(axis=0), means)
+        held["max-t, spread"] += bool(np.all((low <= truth) & (truth <= high)))
+        _, low, high, c = simultaneous_mean_intervals(values, resamples=resamples, seed=run)
+        held["bootstrap-t"] += bool(np.all((low <= truth) & (truth <= high)))
+        critical.append(c)
+    return {"scenario": kind, "problems": problems, "entries": entries, "runs": runs,
+            **{name: count / runs for name, count in held.items()}, "critical_median": float(np.nanmedian(critical))}
+
+
+def auroc_null(problems: int, runs: int, resamples: int) -> dict:
+    """6 directions (two of them moving together), 3 sampled solutions per problem, correctness unrelated to them."""
+    held = {"own": 0, "max-t, spread": 0}
+    for run in range(runs):
+        rng = np.random.default_rng(100 + run)
+        groups = np.repeat(np.arange(problems), 3)
+        scores = rng.normal(size=(3 * problems, 6))
+        scores[:, 5] = scores[:, 4] + 0.3 * rng.normal(size=3 * problems)
+        correct = rng.random(3 * problems) < 0.4
+        b = cluster_bootstrap(lambda rows: auroc(scores[rows], correct[rows]), groups, resamples=resamples, seed=run)
+        held["own"] += bool(np.all((b.low <= 0.5) & (0.5 <= b.high)))
+        held["max-t, spread"] += bool(np.all((b.joint_low <= 0.5) & (0.5 <= b.joint_high)))
+    return {"scenario": "AUROC, null", "problems": problems, "entries": 12, "runs": runs,
+            **{name: count / runs for name, count in held.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=1000, help="simulated experiments per scenario")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per experiment (rank's)")
+    parser.add_argument("--auroc-runs", type=int, default=300)
+    parser.add_argument("--out", help="write the rows as JSON here")
+    args = parser.parse_args()
+    plan = [("normal", 200, 10), ("skewed", 50, 10), ("skewed", 200, 10), ("pass@1", 50, 10), ("pass@1", 200, 10),
+            ("sparse", 50, 10), ("sparse", 200, 10), ("alphas", 100, 16), ("skewed", 200, 30)]
+    rows = []
+    start = time.perf_counter()
+    print("| scenario | problems | entries | own: all held | max-t, spread | bootstrap-t | median critical value |")
+    print("|---|---|---|---|---|---|---|")
+    se = lambda c, n: math.sqrt(c * (1 - c) / n)  # noqa: E731
+    for kind, problems, entries in plan:
+        row = mean_scenario(kind, problems, entries, args.runs, args.resamples)
+        rows.append(row)
+        n = row["runs"]
+        print(f"| {kind} | {problems} | {entries} | {row['own']:.3f} | {row['max-t, spread']:.3f} +- "
+              f"{se(row['max-t, spread'], n):.3f} | **{row['bootstrap-t']:.3f}** +- {se(row['bootstrap-t'], n):.3f} | "
+              f"{row['critical_median']:.2f} |", flush=True)
+    for problems in (40, 200):
+        row = auroc_null(problems, args.auroc_runs, args.resamples)
+        rows.append(row)
+        n = row["runs"]
+        print(f"| AUROC, null | {problems} x 3 samples | 6 (x 2 poles) | {row['own']:.3f} | "
+              f"**{row['max-t, spread']:.3f}** +- {se(row['max-t, spread'], n):.3f} | | |", flush=True)
+    print(f"{time.perf_counter() - start:.0f} s")
+    if args.out:
+        Path(args.out).write_text(json.dumps({
+            "rows": rows, "runs": args.runs, "resamples": args.resamples, "machine": platform.platform(),
+            "date": datetime.date.today().isoformat()}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
