@@ -337,3 +337,53 @@ def test_refusals(tmp_path, tiny_model, fake_vllm, monkeypatch):
     monkeypatch.setenv("AUTOSKILL_VLLM_PYTHON", str(tmp_path / "missing"))
     with pytest.raises(AutoskillError, match="not an executable Python"):
         vllm_backend.vllm_python()
+
+
+def test_a_rerun_of_the_vllm_steer_proxy_bakes_no_checkpoint_for_a_finished_evaluation(tmp_path, tiny_model, fake_vllm,
+                                                                                        monkeypatch):
+    """Each (direction, sign, alpha) is baked into a full copy of the model for vLLM, then removed. A rerun (after an
+    interruption, or with another option) reuses the finished evaluations without baking them again; one whose
+    evaluation is gone, or whose base model is not the one noted, is baked again."""
+    from transformers import AutoModelForCausalLM
+
+    from autoskill_fast.basis import SkillBasis
+    from autoskill_fast.capture.fingerprint import fingerprint
+    from autoskill_fast.capture.layout import FeatureLayout
+    from autoskill_fast.decomposition.pca import PrincipalComponents
+    from autoskill_fast.proxies import steering as steering_module
+
+    model_dir = tiny_model("llama")
+    hidden = 48
+    components = torch.nn.functional.normalize(torch.randn(2, 2 * hidden, generator=torch.Generator().manual_seed(3)),
+                                               dim=1)
+    basis = SkillBasis(PrincipalComponents(components, torch.tensor([2.0, 1.0], dtype=torch.float64),
+                                           torch.zeros(2 * hidden, dtype=torch.float64), 50, 3.0),
+                       FeatureLayout((1, 2), hidden),
+                       model=fingerprint(AutoModelForCausalLM.from_pretrained(model_dir), "tiny"))
+    bakes = []
+    real_bake = steering_module.bake
+    monkeypatch.setattr(steering_module, "bake", lambda vector, *a: bakes.append(vector.digest()) or
+                        real_bake(vector, *a))
+    work = tmp_path / "work"
+
+    def run():
+        return steering_module.steer_proxy(basis, fake_eval(tmp_path, tiny_model, "unused"), work, directions=[0],
+                                           alphas=[1.0], unit="norm", loaded=None)
+
+    first, _ = run()
+    assert len(bakes) == 2 and len(first) == 2
+    assert not any(path.is_dir() for path in (work / "checkpoints").iterdir())  # removed after their evaluations
+    notes = sorted((work / "checkpoints").glob("*.json"))
+    assert len(notes) == 2
+    again, _ = run()
+    assert len(bakes) == 2  # nothing baked again
+    assert [(e.pole, e.effect, e.low, e.high, e.joint_low, e.joint_high) for e in again] == \
+        [(e.pole, e.effect, e.low, e.high, e.joint_low, e.joint_high) for e in first]
+
+    (work / "d0+a1norm" / job.EVAL_JSON).unlink()  # that evaluation is gone: baked and evaluated again
+    note = json.loads(notes[1].read_text())
+    notes[1].write_text(json.dumps(note | {"base": "another model"}))  # a base model other than the one noted
+    third, _ = run()
+    assert sorted(bakes[2:]) == sorted(bakes[:2])
+    assert [(e.pole, e.effect) for e in third] == [(e.pole, e.effect) for e in first]
+    assert json.loads(notes[1].read_text()) == note  # noted anew, from the checkpoint it baked

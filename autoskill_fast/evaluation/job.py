@@ -407,6 +407,19 @@ def load_eval(folder: str | Path) -> EvalResult:
     return EvalResult(folder, record, ids, correct, None)
 
 
+def finished_evaluation(config: EvalConfig, model_fp: dict[str, Any], *, dtype: str) -> EvalResult | None:
+    """The finished evaluation in `config.out` that `evaluate(config)` would reuse whole, given the fingerprint and
+    dtype its model would have (so a model no longer on disk, such as a removed baked checkpoint, need not be made
+    again to know); None when there is none."""
+    record = load_json(Path(config.out) / EVAL_JSON) if (Path(config.out) / EVAL_JSON).is_file() else None
+    if not isinstance(record, dict) or record.get("status") != "complete":
+        return None
+    steering = _load_steering(config.steering)
+    key = eval_key(config, model_fp, split_record(config.problems, load_problems(config.problems)),
+                   None if steering is None else steering.digest(), dtype=dtype)
+    return load_eval(config.out) if record.get("key") == key else None
+
+
 def paired_differences(a: EvalResult, b: EvalResult, *, k: int = 1) -> tuple[list[str], np.ndarray]:
     """The problems both evaluated, in a's order, and b minus a on each [P] (pass@k, or mean NLL)."""
     from .passk import pass_at_k

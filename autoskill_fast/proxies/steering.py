@@ -1,7 +1,8 @@
 """The steering proxy: evaluate the dev set steered along each direction and sign (and each alpha of a small sweep),
 against the unsteered model with the same seeds; the paired difference, with its paired-bootstrap interval, is the
 effect. On the hf backend the vector is added by hooks; on the vllm backend each (direction, sign, alpha) is baked
-into a checkpoint that an unmodified vLLM serves (removed after its evaluation unless kept)."""
+into a checkpoint that an unmodified vLLM serves (removed after its evaluation unless kept, and not baked again for a
+finished evaluation)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from ..artifacts import load_json, save_json
 from ..basis import SkillBasis
+from ..capture.fingerprint import fingerprint_folder, model_identity
 from ..capture.models import LoadedModel, resolve_model_path
-from ..evaluation.job import EvalConfig, evaluate, paired_differences
+from ..evaluation.job import EvalConfig, EvalResult, evaluate, finished_evaluation, key_dtype, paired_differences
 from ..evaluation.passk import mean_interval
 from ..run.ranking import RankingEntry
 from ..steering.baking import bake
@@ -40,21 +43,10 @@ def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, direc
                 vector = SteeringVector.from_basis(basis, direction, alpha=alpha, sign=sign, unit=unit, source=source)
                 vector_dir = vector.save(work / "vectors" / name)
                 config = replace(base_config, out=str(work / name))
-                baked, bake_s = None, 0.0
                 if base_config.generation.backend == "vllm":
-                    model_dir, _ = resolve_model_path(base_config.model.model)
-                    baked = work / "checkpoints" / f"{name}-{vector.digest()[:12]}"  # a refit's vector: a new bake
-                    if not (baked / "config.json").is_file():
-                        t0 = time.perf_counter()
-                        shutil.rmtree(baked, ignore_errors=True)
-                        bake(vector, model_dir, baked)
-                        bake_s = time.perf_counter() - t0
-                    config = replace(config, model=replace(base_config.model, model=str(baked)))
+                    steered, bake_s = _baked_evaluation(vector, name, config, work, keep_checkpoints)
                 else:
-                    config = replace(config, steering=str(vector_dir))
-                steered = evaluate(config, loaded=loaded if baked is None else None)
-                if baked is not None and not keep_checkpoints:
-                    shutil.rmtree(baked, ignore_errors=True)
+                    steered, bake_s = evaluate(replace(config, steering=str(vector_dir)), loaded=loaded), 0.0
                 ids, differences = paired_differences(base, steered, k=k)
                 gains = -differences if nll else differences  # lower NLL is better
                 effects.append((ids, gains))
@@ -68,3 +60,33 @@ def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, direc
     baseline = {"evaluation": str(work / "base"), "cost_s": base.record["timings"]["seconds"],
                 **({"nll": base.record["nll"]} if nll else {f"pass@{k}": base.record["pass_at_k"][str(k)]})}
     return entries, baseline
+
+
+def _baked_evaluation(vector: SteeringVector, name: str, config: EvalConfig, work: Path,
+                      keep_checkpoint: bool) -> tuple[EvalResult, float]:
+    """The evaluation of the model with `vector` baked into a checkpoint that vLLM serves, and the seconds the bake
+    took. A note beside the checkpoint keeps the baked model's fingerprint and dtype, so a rerun whose evaluation is
+    finished reuses it without baking again (a full copy of the model) while the base model is the same."""
+    from transformers import AutoConfig
+
+    model_dir, _ = resolve_model_path(config.model.model)
+    baked = work / "checkpoints" / f"{name}-{vector.digest()[:12]}"  # a refit's vector: a new bake
+    note_path = baked.parent / f"{baked.name}.json"
+    config = replace(config, model=replace(config.model, model=str(baked)))
+    base = model_identity(fingerprint_folder(model_dir, AutoConfig.from_pretrained(model_dir), model_dir.name))
+    note = load_json(note_path) if note_path.is_file() else {}
+    if note.get("base") == base and isinstance(note.get("fingerprint"), dict) and isinstance(note.get("dtype"), str):
+        finished = finished_evaluation(config, note["fingerprint"], dtype=note["dtype"])
+        if finished is not None:
+            return finished, 0.0
+    bake_s = 0.0
+    if not (baked / "config.json").is_file():
+        t0 = time.perf_counter()
+        shutil.rmtree(baked, ignore_errors=True)
+        bake(vector, model_dir, baked)
+        bake_s = time.perf_counter() - t0
+    steered = evaluate(config)
+    save_json(note_path, {"base": base, "fingerprint": steered.record["model"], "dtype": key_dtype(config, None)})
+    if not keep_checkpoint:
+        shutil.rmtree(baked, ignore_errors=True)
+    return steered, bake_s
