@@ -164,9 +164,12 @@ def merge_cmd(run_dirs, out, k, eig_tol, overwrite):
 def project_cmd(basis_dir, threads, **values):
     """Score a corpus against an existing basis (its model and pooling; another model or pooling is refused)."""
     from .jobs.projection import project
+    from .run.folder import load_basis
 
     set_threads(threads)
-    summary = project(build_config(ProjectConfig, values, skip=("basis",), given=given_params(), basis=basis_dir))
+    config = build_config(ProjectConfig, values, skip=("basis",), given=given_params(),
+                          start_from={"pooling": load_basis(basis_dir).pooling_config}, basis=basis_dir)
+    summary = project(config)
     click.echo(f"scored {summary['n']} examples -> {values['out']}")
 
 

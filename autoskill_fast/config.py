@@ -348,7 +348,7 @@ class ProjectConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     pooling: PoolingConfig | None = None
-    """Pooling options, when given, must describe the basis's own pooling (which is used either way)."""
+    """Default: the basis's own; another value is refused (but --max-length applies)."""
     on_bad_example: BadExamplePolicy = "error"
     """error: stop at the first unusable example; skip: skip it and record its id."""
     quiet: bool = False

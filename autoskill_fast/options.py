@@ -51,6 +51,7 @@ class Option:
     owner: type  # the dataclass that declares the field
     field: dataclasses.Field
     annotation: Any
+    note: str | None = None  # under a nested config that may be None: its field's docstring, said instead of a default
 
     @property
     def param(self) -> str:
@@ -87,6 +88,8 @@ class Option:
         flags = [f for f in (self.meta.get("short"), self.flag) if f]
         flags = list(dict.fromkeys(flags))
         help_text = field_docs(self.owner).get(self.field.name, "")
+        if self.note:
+            help_text = f"{help_text.split(' Default: ')[0]} {self.note}"
         base = _base_type(self.annotation)
         kwargs: dict[str, Any] = {"help": help_text}
         if base is bool:
@@ -105,10 +108,11 @@ class Option:
                 kwargs["required"] = True
             elif self.meta.get("multiple"):
                 if self.default:
-                    kwargs["default"], kwargs["show_default"] = tuple(str(d) for d in self.default), True
+                    kwargs["default"] = tuple(str(d) for d in self.default)
+                    kwargs["show_default"] = not self.note
             elif self.default is not None:
                 kwargs["default"] = self.meta.get("shown") or self.default
-                kwargs["show_default"] = True
+                kwargs["show_default"] = not self.note
         option = click.option(*flags, self.param, **kwargs)
         aliases = self.meta.get("aliases") or {}
         if not aliases:
@@ -146,8 +150,10 @@ def _nested(annotation: Any) -> type | None:
     return base if dataclasses.is_dataclass(base) else None
 
 
-def options_of(cls: type, *, skip: tuple[str, ...] = (), prefix: tuple[str, ...] = ()) -> list[Option]:
-    """Every option of a config (nested configs flattened), less the dotted paths in `skip`."""
+def options_of(cls: type, *, skip: tuple[str, ...] = (), prefix: tuple[str, ...] = (),
+               note: str | None = None) -> list[Option]:
+    """Every option of a config (nested configs flattened), less the dotted paths in `skip`. The options of a nested
+    config that may be None carry that field's docstring as their note."""
     hints = typing.get_type_hints(cls)
     found: list[Option] = []
     for f in dataclasses.fields(cls):
@@ -156,9 +162,11 @@ def options_of(cls: type, *, skip: tuple[str, ...] = (), prefix: tuple[str, ...]
             continue
         nested = _nested(hints[f.name])
         if nested is not None:
-            found.extend(options_of(nested, skip=skip, prefix=path))
+            optional = f.default is None
+            found.extend(options_of(nested, skip=skip, prefix=path,
+                                    note=field_docs(cls).get(f.name) if optional else note))
         else:
-            found.append(Option(path, cls, f, hints[f.name]))
+            found.append(Option(path, cls, f, hints[f.name], note))
     return found
 
 
@@ -174,13 +182,15 @@ def config_options(cls: type, *, skip: tuple[str, ...] = ()) -> Callable:
 
 
 def build_config(cls: type, values: dict[str, Any], *, skip: tuple[str, ...] = (), given: set[str] | None = None,
-                 **fixed: Any) -> Any:
+                 start_from: dict[str, Any] | None = None, **fixed: Any) -> Any:
     """An instance of `cls` from the parsed options (`values`, keyed by `Option.param`); `fixed` sets top-level
     fields directly. A nested config that may be None (`PoolingConfig | None = None`) is built only when one of its
-    options is among the `given` params (those typed on the command line, `given_params()`)."""
+    options is among the `given` params (those typed on the command line, `given_params()`); from the instance
+    `start_from` holds for its dotted path, when there is one, with only the options typed changed (`project`: the
+    basis's own pooling, so that `--max-length` alone does not bring the profile defaults of the other options)."""
     flags = {(o.owner.__name__, o.field.name): o.flag for o in options_of(cls, skip=skip)}
     try:
-        return _build(cls, values, (), skip, fixed, given)
+        return _build(cls, values, (), skip, fixed, given, start_from or {})
     except ConfigError as e:
         flag = flags.get((e.owner, e.field))
         if flag is None:
@@ -189,7 +199,7 @@ def build_config(cls: type, values: dict[str, Any], *, skip: tuple[str, ...] = (
 
 
 def _build(cls: type, values: dict[str, Any], prefix: tuple[str, ...], skip: tuple[str, ...],
-           fixed: dict[str, Any], given: set[str] | None) -> Any:
+           fixed: dict[str, Any], given: set[str] | None, start_from: dict[str, Any], base: Any = None) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -205,9 +215,12 @@ def _build(cls: type, values: dict[str, Any], prefix: tuple[str, ...], skip: tup
             params = {param for o in options_of(nested, prefix=path) for param in o.params}
             if optional and not (given is not None and params & given):
                 continue
-            kwargs[f.name] = _build(nested, values, path, skip, {}, given)
+            kwargs[f.name] = _build(nested, values, path, skip, {}, given, start_from, start_from.get(".".join(path)))
             continue
         option = Option(path, cls, f, hints[f.name])
+        if base is not None and not (given is not None and set(option.params) & given):
+            kwargs[f.name] = getattr(base, f.name)  # not typed: the starting instance's
+            continue
         if option.param in values:
             kwargs[f.name] = option.value(values[option.param])
         for param, value in zip(option.params[1:], (option.meta.get("aliases") or {}).values()):

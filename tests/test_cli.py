@@ -23,6 +23,28 @@ def corpus(tmp_path):
     return write_jsonl(tmp_path / "c.jsonl", [{"text": f"example number {i} " * (1 + i % 5)} for i in range(12)])
 
 
+def test_project_checks_only_the_pooling_options_typed(tmp_path, tiny_model, corpus):
+    """A basis pooled otherwise than the defaults (last token, l2 scaling, blocks 1-3): `project --max-length` alone
+    applies the cut and keeps the basis's pooling; an option typed is checked against the basis, the others are the
+    basis's own, not the profile defaults."""
+    model = tiny_model("llama")
+    code, out = invoke("profile", "--model", model, "--corpus", corpus, "--out", tmp_path / "run", "-k", 3, "--quiet",
+                       "--pooling", "last", "--layer-scaling", "l2", "--layers", "1-3")
+    assert code == 0, out
+    for name, options in (("cut", ("--max-length", 4)), ("same-layers", ("--layers", "1-3")),
+                          ("same-pooling", ("--pooling", "last", "--layer-scaling", "l2"))):
+        code, out = invoke("project", tmp_path / "run", "--model", model, "--corpus", corpus, "--out", tmp_path / name,
+                           "--quiet", *options)
+        assert code == 0, (name, out)
+    assert json.loads((tmp_path / "cut" / "project.json").read_text())["truncated"] > 0
+    code, out = invoke("project", tmp_path / "run", "--model", model, "--corpus", corpus, "--out", tmp_path / "other",
+                       "--pooling", "mean", "--quiet")
+    assert code == 2 and "pooling options given (mode: 'last' vs 'mean')" in out, out
+    shown = " ".join(invoke("project", "--help")[1].split())  # as one line: click wraps the help
+    assert "Default: the basis's own; another value is refused" in shown and "[default: mean]" not in shown, shown
+    assert "1 .. L-2" not in shown and "[default: mean]" in " ".join(invoke("profile", "--help")[1].split())
+
+
 def test_profile_fit_project_round_trip(tmp_path, tiny_model, corpus):
     model = tiny_model("llama")
     code, out = invoke("profile", "--model", model, "--corpus", corpus, "--out", tmp_path / "run", "-k", 4, "--quiet",
