@@ -312,7 +312,7 @@ def format_ranking(ranking, limit: int = 10) -> str:
              f"best first ({'own and joint ' if joint else ''}95% intervals)"]
     for e in ranking.entries[:limit]:
         alpha = f" alpha {e.alpha:g} ({e.alpha_unit})" if e.alpha is not None else ""
-        mark = "  *" * e.significant + "*" * bool(e.jointly_significant)
+        mark = "  **" if e.jointly_significant else "  *" if e.significant else ""
         together = f"  joint [{e.joint_low:+.4f}, {e.joint_high:+.4f}]" if joint else ""
         lines.append(f"  {e.pole:>4}{alpha}: {e.effect:+.4f}  [{e.low:+.4f}, {e.high:+.4f}]{together}  "
                      f"{e.statistic}{mark}")

@@ -5,11 +5,12 @@
 Each scenario draws E entries' per-problem paired differences (an intervention against one baseline, on the same P
 problems, as `rank --proxy steer` and `--proxy pilot` measure them) whose population means are known, many times. For
 each draw it asks whether every entry's true effect lies inside its interval, for three kinds of interval:
-- own: each entry's 95% percentile interval (what `rank` reported alone before);
+- own: each entry's 95% percentile interval (`mean_interval`, what `rank` reported alone before);
 - max-t, spread: the 95% max-t band with each entry's draws measured in the spread of its draws (what the
   correlation proxy uses: its AUROC has no standard error per resample);
-- bootstrap-t: the same band with each draw measured in its own resample's standard error
-  (`simultaneous_mean_intervals`, what `steer` and `pilot` use).
+- joint: what `rank --proxy steer` and `--proxy pilot` report: the band with each draw measured in its own
+  resample's standard error (`simultaneous_mean_intervals`, the bootstrap-t, that error floored at half the spread),
+  widened to hold the entry's own interval (`proxies.joint.set_joint`).
 The nominal rate is 0.95 for the two bands; the own intervals are not meant to hold all at once. The last rows do the
 same for the correlation proxy's AUROC under the null (no direction matters), with the cluster bootstrap over problems
 of `cluster_bootstrap`. Coverage is given with its Monte Carlo standard error, sqrt(c (1 - c) / runs).
@@ -30,8 +31,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autoskill_fast.evaluation.passk import simultaneous_band, simultaneous_mean_intervals  # noqa: E402
+from autoskill_fast.evaluation.passk import (mean_interval, simultaneous_band,  # noqa: E402
+                                             simultaneous_mean_intervals)
 from autoskill_fast.proxies.correlation import auroc, cluster_bootstrap  # noqa: E402
+from autoskill_fast.proxies.joint import set_joint  # noqa: E402
+from autoskill_fast.run.ranking import RankingEntry  # noqa: E402
 
 
 def scenario(kind: str, problems: int, entries: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -50,6 +54,14 @@ def scenario(kind: str, problems: int, entries: int, rng: np.random.Generator) -
         changed = rng.random((problems, entries)) < 0.15
         up = rng.random((problems, entries)) < 0.5 + 5 * shift
         return changed * np.where(up, 1.0, -1.0), 0.15 * 10 * shift
+    if kind == "sparse 4%":  # steering changes 4% of the problems' outcomes: most differences are zero
+        changed = rng.random((problems, entries)) < 0.04
+        up = rng.random((problems, entries)) < 0.5 + 5 * shift
+        return changed * np.where(up, 1.0, -1.0), 0.04 * 10 * shift
+    if kind == "heavy tail":  # the last entry's differences have rare huge values (Student t, 1.5 degrees of freedom)
+        values = shift + 0.6 * rng.normal(size=(problems, entries))
+        values[:, -1] = shift[-1] + 0.6 * rng.standard_t(1.5, size=problems)
+        return values, shift
     if kind == "alphas":  # groups of 4 entries (one direction at 4 strengths) that move together
         groups = entries // 4
         direction = rng.normal(size=(problems, groups)) * 0.6
@@ -60,21 +72,28 @@ def scenario(kind: str, problems: int, entries: int, rng: np.random.Generator) -
 
 def mean_scenario(kind: str, problems: int, entries: int, runs: int, resamples: int) -> dict:
     rng = np.random.default_rng(0)
-    held = {"own": 0, "max-t, spread": 0, "bootstrap-t": 0}
-    critical = []
+    held = {"own": 0, "max-t, spread": 0, "joint": 0}
+    critical, width = [], []
     for run in range(runs):
         values, truth = scenario(kind, problems, entries, rng)
+        own = [mean_interval(values[:, e], resamples=resamples, seed=run) for e in range(entries)]
+        own_low, own_high = np.array([o.low for o in own]), np.array([o.high for o in own])
+        held["own"] += bool(np.all((own_low <= truth) & (truth <= own_high)))
         index = np.random.default_rng(run).integers(0, problems, size=(resamples, problems))
-        means = values[index].mean(axis=1)  # [R, E]
-        low, high = np.quantile(means, [0.025, 0.975], axis=0)
-        held["own"] += bool(np.all((low <= truth) & (truth <= high)))
-        low, high, _ = simultaneous_band(values.mean(axis=0), means)
+        low, high, _ = simultaneous_band(values.mean(axis=0), values[index].mean(axis=1))
         held["max-t, spread"] += bool(np.all((low <= truth) & (truth <= high)))
         _, low, high, c = simultaneous_mean_intervals(values, resamples=resamples, seed=run)
-        held["bootstrap-t"] += bool(np.all((low <= truth) & (truth <= high)))
+        entry = [RankingEntry(e, 1, o.value, o.low, o.high, "") for e, o in enumerate(own)]
+        for e in range(entries):
+            set_joint(entry[e], low[e], high[e])
+        low, high = np.array([e.joint_low for e in entry]), np.array([e.joint_high for e in entry])
+        held["joint"] += bool(np.all((low <= truth) & (truth <= high)))
         critical.append(c)
+        if own_high[0] > own_low[0]:  # an entry that changed no problem has a point for both
+            width.append((high[0] - low[0]) / (own_high[0] - own_low[0]))
     return {"scenario": kind, "problems": problems, "entries": entries, "runs": runs,
-            **{name: count / runs for name, count in held.items()}, "critical_median": float(np.nanmedian(critical))}
+            **{name: count / runs for name, count in held.items()}, "critical_median": float(np.nanmedian(critical)),
+            "entry_0_width_over_own": float(np.median(width))}
 
 
 def auroc_null(problems: int, runs: int, resamples: int) -> dict:
@@ -101,25 +120,27 @@ def main() -> None:
     parser.add_argument("--out", help="write the rows as JSON here")
     args = parser.parse_args()
     plan = [("normal", 200, 10), ("skewed", 50, 10), ("skewed", 200, 10), ("pass@1", 50, 10), ("pass@1", 200, 10),
-            ("sparse", 50, 10), ("sparse", 200, 10), ("alphas", 100, 16), ("skewed", 200, 30)]
+            ("sparse", 50, 10), ("sparse", 200, 10), ("sparse 4%", 50, 4), ("heavy tail", 50, 10),
+            ("alphas", 100, 16), ("skewed", 200, 30)]
     rows = []
     start = time.perf_counter()
-    print("| scenario | problems | entries | own: all held | max-t, spread | bootstrap-t | median critical value |")
-    print("|---|---|---|---|---|---|---|")
+    print("| scenario | problems | entries | own: all held | max-t, spread | joint (rank) | median critical value | "
+          "entry 0: joint / own width |")
+    print("|---|---|---|---|---|---|---|---|")
     se = lambda c, n: math.sqrt(c * (1 - c) / n)  # noqa: E731
     for kind, problems, entries in plan:
         row = mean_scenario(kind, problems, entries, args.runs, args.resamples)
         rows.append(row)
         n = row["runs"]
         print(f"| {kind} | {problems} | {entries} | {row['own']:.3f} | {row['max-t, spread']:.3f} +- "
-              f"{se(row['max-t, spread'], n):.3f} | **{row['bootstrap-t']:.3f}** +- {se(row['bootstrap-t'], n):.3f} | "
-              f"{row['critical_median']:.2f} |", flush=True)
+              f"{se(row['max-t, spread'], n):.3f} | **{row['joint']:.3f}** +- {se(row['joint'], n):.3f} | "
+              f"{row['critical_median']:.2f} | {row['entry_0_width_over_own']:.2f} |", flush=True)
     for problems in (40, 200):
         row = auroc_null(problems, args.auroc_runs, args.resamples)
         rows.append(row)
         n = row["runs"]
         print(f"| AUROC, null | {problems} x 3 samples | 6 (x 2 poles) | {row['own']:.3f} | "
-              f"**{row['max-t, spread']:.3f}** +- {se(row['max-t, spread'], n):.3f} | | |", flush=True)
+              f"**{row['max-t, spread']:.3f}** +- {se(row['max-t, spread'], n):.3f} | | | |", flush=True)
     print(f"{time.perf_counter() - start:.0f} s")
     if args.out:
         Path(args.out).write_text(json.dumps({

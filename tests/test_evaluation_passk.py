@@ -251,9 +251,11 @@ def test_joint_band_edges():
     one = simultaneous_mean_intervals(np.array([[0.25, -1.0]]))  # one problem: nothing to resample
     assert np.array_equal(one[1], one[0]) and np.array_equal(one[2], one[0])
     with pytest.raises(ValueError, match="draws \\[R, E\\]"):
-        simultaneous_band(np.zeros(3), np.zeros((10, 2)))
+        simultaneous_band(np.zeros(3), np.zeros((30, 2)))
     with pytest.raises(ValueError, match="both errors_e and draw_errors_re"):
-        simultaneous_band(np.zeros(2), np.zeros((10, 2)), errors_e=np.ones(2))
+        simultaneous_band(np.zeros(2), np.zeros((30, 2)), errors_e=np.ones(2))
+    with pytest.raises(ValueError, match="at least 20 resamples, got 10"):  # no 95th percentile of a maximum
+        simultaneous_band(np.zeros(2), draws[:10, :2])
     with pytest.raises(ValueError, match="non-finite value at problem 1"):
         simultaneous_mean_intervals(np.array([[0.0, 1.0], [np.nan, 0.0]]))
 
@@ -274,3 +276,30 @@ def test_joint_coverage_benchmark_runs(tmp_path):
     for row in rows:
         assert all(0.0 <= row[name] <= 1.0 for name in ("own", "max-t, spread")), row
     assert "| skewed | 50 | 10 |" in proc.stdout
+
+
+def test_one_entrys_outlying_problem_does_not_widen_the_others_joint_intervals():
+    """Nine entries of small noise and one with a single outlying problem: resamples that leave the outlier out have
+    a tiny standard error of their own, and without the floor on it their t set a critical value of 14.5 for every
+    entry (2.94 without the outlier; 2.92 with it, floored)."""
+    rng = np.random.default_rng(8)
+    values = 0.02 * rng.normal(size=(50, 10))
+    clean = simultaneous_mean_intervals(values.copy(), resamples=1000)
+    values[17, 9] += 2.0
+    mean, low, high, critical = simultaneous_mean_intervals(values, resamples=1000)
+    assert critical < 1.3 * clean[3], (critical, clean[3])
+    np.testing.assert_allclose((high - low)[:9], (clean[2] - clean[1])[:9], rtol=0.3)
+    assert low[9] < mean[9] < high[9]
+
+
+def test_the_joint_critical_value_is_never_below_one_intervals_and_the_band_keeps_to_the_statistics_range():
+    # two problems of fifty changed, all in the same direction: the bootstrap-t alone gave a critical value of 1.4
+    values = np.zeros((50, 1))
+    values[:2, 0] = 1.0
+    _, low, high, critical = simultaneous_mean_intervals(values, resamples=1000, bounds=(-1.0, 1.0))
+    assert critical >= 1.959 and low[0] < 0 < high[0]
+    # a pass@k difference near its end of the range: the band is cut there
+    values = np.ones((30, 2))
+    values[0, :] = 0.0
+    _, low, high, _ = simultaneous_mean_intervals(values, resamples=500, bounds=(-1.0, 1.0))
+    assert np.all(high == 1.0) and np.all(low < 1.0)

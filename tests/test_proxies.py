@@ -262,7 +262,7 @@ def test_a_best_entry_above_zero_only_on_its_own_interval_warns_and_old_rankings
     printed = format_ranking(ranking)
     assert "+0: +0.0300  [+0.0100, +0.0500]  joint [+0.0050, +0.0550]  NLL drop  **" in printed
     assert "-1: +0.0200  [+0.0100, +0.0300]  joint [-0.0020, +0.0420]  NLL drop  *\n" in printed
-    assert "the joint intervals hold all 2 effects at once in 95% of experiments" in printed
+    assert "the joint intervals hold all 2 effects at once in about 95% of experiments" in printed
 
     # a ranking written before joint intervals: loads, prints and chooses as it did
     ranking.save(tmp_path)
@@ -277,3 +277,40 @@ def test_a_best_entry_above_zero_only_on_its_own_interval_warns_and_old_rankings
         assert [e.pole for e in old.best(2)] == ["+0", "-1"]
     printed = format_ranking(old)
     assert "joint" not in printed and "confirm a winner on other problems" in printed
+
+
+def test_joint_intervals_hold_the_own_ones_and_need_the_same_problems():
+    from autoskill_fast.evaluation.passk import mean_interval
+    from autoskill_fast.proxies.joint import set_joint_intervals
+    from autoskill_fast.run.ranking import RankingEntry
+
+    # steering changed 2 of 50 problems' outcomes (a review found the bootstrap-t band narrower than the entry's own
+    # interval there, before its floors), and three entries of noise
+    ids = [str(i) for i in range(50)]
+    gains = np.zeros(50)
+    gains[:2] = 1.0
+    others = np.random.default_rng(9).normal(size=(50, 3))
+    effects = [(ids, gains)] + [(ids, others[:, j]) for j in range(3)]
+    entries = []
+    for j, (_, values) in enumerate(effects):
+        own = mean_interval(values, resamples=1000)
+        entries.append(RankingEntry(j, 1, own.value, own.low, own.high, "pass@1 difference", evaluation=f"e{j}"))
+    set_joint_intervals(entries, effects, resamples=1000, bounds=(-1.0, 1.0))
+    for entry in entries:
+        assert entry.joint_low <= entry.low <= entry.effect <= entry.high <= entry.joint_high, entry
+        assert -1.0 <= entry.joint_low and entry.joint_high <= 1.0
+
+    shuffled = [(ids[::-1], gains[::-1])] + effects[1:]  # the same problems in another order: the same intervals
+    again = [RankingEntry(e.direction, 1, e.effect, e.low, e.high, e.statistic, evaluation=e.evaluation)
+             for e in entries]
+    set_joint_intervals(again, shuffled, resamples=1000, bounds=(-1.0, 1.0))
+    assert [(e.joint_low, e.joint_high) for e in again] == [(e.joint_low, e.joint_high) for e in entries]
+    with pytest.raises(AutoskillError, match=r"e1 and e0 evaluated different problems \(2 in one only\)"):
+        set_joint_intervals(entries[:2], [effects[0], (ids[:49] + ["x"], others[:, 0])], resamples=1000)
+
+
+def test_rank_refuses_too_few_resamples_for_joint_intervals():
+    from autoskill_fast.proxies.job import RankConfig
+
+    with pytest.raises(Exception, match="resamples.*at least 100"):
+        RankConfig(run="r", resamples=50)

@@ -30,7 +30,7 @@ from ..errors import AutoskillError
 from ..jobs.world import World, current_world
 from ..progress import Progress
 from .generation import GenerationConfig, HFGenerator, batch_seed, prompt_text
-from .passk import Estimate, mean_interval, pass_at_k_interval
+from .passk import Estimate, mean_interval, pass_at_k, pass_at_k_interval
 from .problems import Problem, ProblemsConfig, load_problems, split_record
 from .samples import SAMPLES_JSONL, append_batch, batches_of, join_in_batch_order, read_samples, rewrite_samples
 
@@ -422,8 +422,6 @@ def finished_evaluation(config: EvalConfig, model_fp: dict[str, Any], *, dtype: 
 
 def paired_differences(a: EvalResult, b: EvalResult, *, k: int = 1) -> tuple[list[str], np.ndarray]:
     """The problems both evaluated, in a's order, and b minus a on each [P] (pass@k, or mean NLL)."""
-    from .passk import pass_at_k
-
     _check_comparable(a, b, k)
     position_b = {pid: i for i, pid in enumerate(b.ids)}
     shared = [(i, position_b[pid]) for i, pid in enumerate(a.ids) if pid in position_b]
@@ -431,9 +429,14 @@ def paired_differences(a: EvalResult, b: EvalResult, *, k: int = 1) -> tuple[lis
         raise AutoskillError(f"{a.folder} and {b.folder} share no problem; compare evaluations of the same problems")
     ia, ib = (np.array(side) for side in zip(*shared))
     ids = [a.ids[i] for i in ia]
-    if a.nll is not None:
-        return ids, b.nll[ib] - a.nll[ia]
-    return ids, np.asarray(pass_at_k(b.n, b.correct[ib], k)) - np.asarray(pass_at_k(a.n, a.correct[ia], k))
+    if a.nll is None:
+        return ids, np.asarray(pass_at_k(b.n, b.correct[ib], k)) - np.asarray(pass_at_k(a.n, a.correct[ia], k))
+    for result, rows in ((a, ia), (b, ib)):
+        bad = ~np.isfinite(result.nll[rows])
+        if bad.any():
+            raise AutoskillError(f"{result.folder}: the NLL of problem {ids[int(np.argmax(bad))]} is not finite; "
+                                 "evaluate it again (--overwrite)")
+    return ids, b.nll[ib] - a.nll[ia]
 
 
 def compare_evals(a: EvalResult, b: EvalResult, *, k: int = 1, resamples: int = 2000) -> Estimate:

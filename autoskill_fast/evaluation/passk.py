@@ -10,14 +10,17 @@ one problem stay together. A paired difference of two evaluations of the same pr
 indices for both, i.e. bootstraps the mean of the per-problem differences: problem difficulty, shared by both, cancels.
 The bootstrap is vectorized: a [resamples, P] matrix of indices from `numpy.random.default_rng(seed)` (drawn in blocks
 of rows when P is large), so 2000 resamples of a thousand problems take tens of milliseconds.
+
+Joint intervals (`simultaneous_band`, `simultaneous_mean_intervals`) hold E effects measured on the same problems at
+once, so that picking the best of E is covered; `rank` gives one to each of its entries.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
-
 import warnings
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -88,23 +91,29 @@ def pass_at_k(n: ArrayLike, c: ArrayLike, k: ArrayLike) -> float | np.ndarray:
     return float(out) if out.ndim == 0 else out
 
 
-def _bootstrap_means(values: np.ndarray, resamples: int, seed: int, *, errors: bool = False
-                     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+def _bootstrap_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     """[resamples] means of `values` [P] over problem indices drawn with replacement; [resamples, E] of `values`
-    [P, E] (E metrics of the same problems, each resample drawing one set of problems for all of them). With
-    `errors`, also each resample's own standard error of its means (the spread of the problems it drew / sqrt(P))."""
+    [P, E] (E metrics of the same problems, each resample drawing one set of problems for all of them)."""
+    return np.concatenate([picked.mean(axis=1) for picked in _resampled(values, resamples, seed)])
+
+
+def _bootstrap_means_and_errors(values: np.ndarray, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The [resamples, E] means of `_bootstrap_means` over values [P, E], and each resample's own standard error of
+    its means (the spread of the problems it drew / sqrt(P))."""
+    means, errors = [], []
+    for picked in _resampled(values, resamples, seed):
+        means.append(picked.mean(axis=1))
+        errors.append(picked.std(axis=1, ddof=1) / np.sqrt(values.shape[0]))
+    return np.concatenate(means), np.concatenate(errors)
+
+
+def _resampled(values: np.ndarray, resamples: int, seed: int):
+    """`values` at problem indices drawn with replacement, [block, P, ...] at a time (memory flat for any P)."""
     rng = np.random.default_rng(seed)
     count = values.shape[0]
     block = max(1, _CHUNK_ELEMENTS // values.size)
-    means, standard_errors = [], []
     for start in range(0, resamples, block):
-        picked = values[rng.integers(0, count, size=(min(block, resamples - start), count), dtype=np.int32)]
-        means.append(picked.mean(axis=1))
-        if errors:
-            standard_errors.append(picked.std(axis=1, ddof=1) / np.sqrt(count))
-    if errors:
-        return np.concatenate(means), np.concatenate(standard_errors)
-    return np.concatenate(means)
+        yield values[rng.integers(0, count, size=(min(block, resamples - start), count), dtype=np.int32)]
 
 
 def _check_bootstrap(confidence: float, resamples: int) -> None:
@@ -175,28 +184,38 @@ def paired_pass_at_k_difference(correct_a: ArrayLike, correct_b: ArrayLike, n_a:
     return paired_mean_difference(a, b, confidence=confidence, resamples=resamples, seed=seed)
 
 
+MIN_JOINT_RESAMPLES = 20  # the band reads the 95th percentile of a maximum over the resamples
+RESAMPLE_ERROR_FLOOR = 0.5  # a resample's own standard error counts as at least this share of its entry's spread
+
+
 def simultaneous_band(value_e: ArrayLike, draws_re: ArrayLike, *, confidence: float = 0.95,
-                      errors_e: ArrayLike | None = None, draw_errors_re: ArrayLike | None = None
-                      ) -> tuple[np.ndarray, np.ndarray, float]:
-    """(low [E], high [E], critical): intervals that contain all E true values together with chance `confidence`, from
-    bootstrap draws [R, E] of the E statistics taken on the same resamples (the bootstrap max-t band).
+                      errors_e: ArrayLike | None = None, draw_errors_re: ArrayLike | None = None,
+                      bounds: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """(low [E], high [E], critical): intervals that contain all E true values together with chance about
+    `confidence`, from bootstrap draws [R, E] of the E statistics taken on the same resamples (the bootstrap max-t
+    band).
 
     Each draw's distance from its entry's value is measured in standard errors: by default the spread of the entry's
     draws; with `errors_e` (each entry's standard error on the data) and `draw_errors_re` (each resample's own), each
-    draw in its own (the bootstrap-t, which stays near the nominal coverage when the statistic is skewed; a draw with
-    no spread of its own is measured by the entry's spread). The critical value c is the `confidence` quantile, over
-    the resamples, of the largest such distance among the entries, and the band is value +- c standard errors. With
-    one entry c is about 1.96 (for a statistic near normal); with 20 independent entries about 3.0; less when the
-    entries move together, as steering strengths of one direction do. Picking the best of E entries is then covered:
-    whatever the true effects, all E intervals hold them at once in about `confidence` of experiments. A NaN draw (a
-    resample where that entry's statistic is undefined) leaves that entry out of that resample's maximum. An entry
-    whose draws do not vary, or whose value is not finite, gets its value as both ends."""
+    draw in its own (the bootstrap-t, which stays near the nominal coverage when the statistic is skewed). A
+    resample's own error counts as at least half its entry's spread: one that leaves out an outlying problem, or draws
+    no change at all, would otherwise have a tiny error and a huge t, and one entry's outlier would widen every
+    entry's band (one problem of 50 raised the critical value from 2.9 to 14.5 in a test).
+
+    The critical value c is the `confidence` quantile, over the resamples, of the largest such distance among the
+    entries, but never below the normal quantile of one entry's interval (1.96 at 95%); the band is value +- c
+    standard errors, cut to `bounds` (the statistic's range) when given. With 20 independent entries c is about 3.0;
+    less when the entries move together, as steering strengths of one direction do. A NaN draw (a resample where that
+    entry's statistic is undefined) leaves that entry out of that resample's maximum. An entry whose draws do not
+    vary, or whose value is not finite, gets its value as both ends."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
     value = np.asarray(value_e, dtype=np.float64)
     draws = np.asarray(draws_re, dtype=np.float64)
     if value.ndim != 1 or draws.ndim != 2 or draws.shape[1] != value.shape[0]:
         raise ValueError(f"simultaneous_band needs values [E] and draws [R, E], got {value.shape} and {draws.shape}")
+    if draws.shape[0] < MIN_JOINT_RESAMPLES:
+        raise ValueError(f"simultaneous_band needs at least {MIN_JOINT_RESAMPLES} resamples, got {draws.shape[0]}")
     if (errors_e is None) != (draw_errors_re is None):
         raise ValueError("give both errors_e and draw_errors_re, or neither")
     with warnings.catch_warnings():
@@ -212,19 +231,24 @@ def simultaneous_band(value_e: ArrayLike, draws_re: ArrayLike, *, confidence: fl
         if scale.shape != value.shape or draw_errors.shape != draws.shape:
             raise ValueError(f"errors_e must be [E] and draw_errors_re [R, E] like the draws, got {scale.shape} and "
                              f"{draw_errors.shape}")
-        draw_scale = np.where(draw_errors > 0, draw_errors, spread[None, :])
+        draw_scale = np.maximum(draw_errors, RESAMPLE_ERROR_FLOOR * spread[None, :])
     t = np.abs(draws[:, varies] - value[varies]) / draw_scale[:, varies]
     rows = np.isfinite(t).any(axis=1)
-    critical = float(np.quantile(np.nanmax(t[rows], axis=1), confidence))
+    critical = max(float(np.quantile(np.nanmax(t[rows], axis=1), confidence)),
+                   NormalDist().inv_cdf((1.0 + confidence) / 2.0))
     half = np.where(varies, critical * scale, 0.0)
-    return value - half, value + half, critical
+    low, high = value - half, value + half
+    if bounds is not None:
+        low, high = np.clip(low, *bounds), np.clip(high, *bounds)
+    return low, high, critical
 
 
 def simultaneous_mean_intervals(values_pe: ArrayLike, *, confidence: float = 0.95, resamples: int = 2000,
-                                seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+                                seed: int = 0, bounds: tuple[float, float] | None = None
+                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(mean [E], low [E], high [E], critical): the means of E per-problem metrics [P, E] of the same problems (e.g.
     the paired differences of E interventions against one baseline), with the joint intervals of `simultaneous_band`
-    (bootstrap-t) over resamples of the problems. With one problem each interval is its point."""
+    (bootstrap-t) over resamples of the problems, cut to `bounds`. With one problem each interval is its point."""
     _check_bootstrap(confidence, resamples)
     values = np.asarray(values_pe, dtype=np.float64)
     if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] == 0:
@@ -235,7 +259,7 @@ def simultaneous_mean_intervals(values_pe: ArrayLike, *, confidence: float = 0.9
     count = values.shape[0]
     if count == 1:
         return mean, mean.copy(), mean.copy(), float("nan")
-    means, errors = _bootstrap_means(values, resamples, seed, errors=True)
+    means, errors = _bootstrap_means_and_errors(values, resamples, seed)
     band = simultaneous_band(mean, means, confidence=confidence, errors_e=values.std(axis=0, ddof=1) / np.sqrt(count),
-                             draw_errors_re=errors)
+                             draw_errors_re=errors, bounds=bounds)
     return (mean, *band)

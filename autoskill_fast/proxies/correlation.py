@@ -22,6 +22,7 @@ from ..config import BatchingConfig
 from ..data.stream import InputTally, iter_texts_tokenized
 from ..evaluation.passk import simultaneous_band
 from ..run.ranking import RankingEntry
+from .joint import set_joint
 
 
 def auroc(scores_nk: np.ndarray, labels_n: np.ndarray) -> np.ndarray:
@@ -71,10 +72,10 @@ class Bootstrapped(NamedTuple):
 
 
 def cluster_bootstrap(statistic: Callable[[np.ndarray], np.ndarray], groups_n: np.ndarray, *, confidence: float = 0.95,
-                      resamples: int = 1000, seed: int = 0) -> Bootstrapped:
+                      resamples: int = 1000, seed: int = 0, bounds: tuple[float, float] | None = None) -> Bootstrapped:
     """`statistic(rows)` [k] on all rows, with its percentile intervals when whole groups (problems) are resampled
-    with replacement, and the joint intervals of `simultaneous_band` from the same resamples. Resamples where the
-    statistic is undefined (NaN) are left out."""
+    with replacement, and the joint intervals of `simultaneous_band` from the same resamples (cut to `bounds`, the
+    statistic's range). Resamples where the statistic is undefined (NaN) are left out."""
     groups_n = np.asarray(groups_n)
     members = [np.flatnonzero(groups_n == g) for g in np.unique(groups_n)]
     rng = np.random.default_rng(seed)
@@ -87,7 +88,7 @@ def cluster_bootstrap(statistic: Callable[[np.ndarray], np.ndarray], groups_n: n
     with np.errstate(invalid="ignore"):
         low = np.nanquantile(draws, alpha, axis=0) if np.isfinite(draws).any() else np.full_like(value, np.nan)
         high = np.nanquantile(draws, 1 - alpha, axis=0) if np.isfinite(draws).any() else np.full_like(value, np.nan)
-    joint_low, joint_high, _ = simultaneous_band(value, draws, confidence=confidence)
+    joint_low, joint_high, _ = simultaneous_band(value, draws, confidence=confidence, bounds=bounds)
     return Bootstrapped(value, low, high, joint_low, joint_high)
 
 
@@ -105,7 +106,8 @@ def score_texts(basis: SkillBasis, model, tokenizer, texts: list[str], batching:
 
 def entries_from(bootstrapped: Bootstrapped, *, center: float, statistic: str, evaluation: str, cost_s: float,
                  extra: dict[str, np.ndarray] | None = None) -> list[RankingEntry]:
-    """Both poles of every direction: the + pole's effect is value - center, the - pole's its mirror."""
+    """Both poles of every direction: the + pole's effect is value - center, the - pole's its mirror. A joint
+    interval is never narrower than its entry's own (`joint.set_joint`)."""
     entries = []
     for d, value in enumerate(bootstrapped.value):
         if not np.isfinite(value):
@@ -115,7 +117,9 @@ def entries_from(bootstrapped: Bootstrapped, *, center: float, statistic: str, e
             low, high = sorted((sign * (bootstrapped.low[d] - center), sign * (bootstrapped.high[d] - center)))
             joint_low, joint_high = sorted((sign * (bootstrapped.joint_low[d] - center),
                                             sign * (bootstrapped.joint_high[d] - center)))
-            entries.append(RankingEntry(direction=d, sign=sign, effect=float(sign * (value - center)), low=float(low),
-                                        high=float(high), statistic=statistic, evaluation=evaluation, cost_s=cost_s,
-                                        details=details, joint_low=float(joint_low), joint_high=float(joint_high)))
+            entry = RankingEntry(direction=d, sign=sign, effect=float(sign * (value - center)), low=float(low),
+                                 high=float(high), statistic=statistic, evaluation=evaluation, cost_s=cost_s,
+                                 details=details)
+            set_joint(entry, joint_low, joint_high)
+            entries.append(entry)
     return entries

@@ -36,6 +36,7 @@ from ..run.ranking import Ranking, RankingEntry
 from .correlation import auroc, cluster_bootstrap, entries_from, pearson, score_texts
 
 Proxy = Literal["correlation", "steer", "pilot"]
+MIN_RESAMPLES = 100
 AlphaUnit = Literal["norm", "std"]
 
 
@@ -80,7 +81,8 @@ class RankConfig:
     pilot_seed: int = 0
     """pilot: the seed of the random pilot's selection, the adapters' initialization and the order of examples."""
     resamples: int = 1000
-    """Bootstrap resamples of every interval."""
+    """Bootstrap resamples of every interval (at least 100: the joint intervals read the 95th percentile of a
+    maximum over them)."""
     overwrite: bool = False
     """Redo the evaluations (and pilots) under RUN/rank/ that were made with other options, or of a basis since
     refitted; without it they are kept and the rank stops at the first one."""
@@ -95,9 +97,12 @@ class RankConfig:
             raise ConfigError(owner, "k", f"must be positive, got {self.k}")
         if self.metric == "passk" and self.k > self.generation.n:
             raise ConfigError(owner, "k", f"pass@{self.k} needs --n {self.k} or more samples per problem")
-        for name in ("pilot_examples", "pilot_steps", "pilot_batch_size", "lora_rank", "resamples"):
+        for name in ("pilot_examples", "pilot_steps", "pilot_batch_size", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(owner, name, f"must be positive, got {getattr(self, name)}")
+        if self.resamples < MIN_RESAMPLES:
+            raise ConfigError(owner, "resamples", f"must be at least {MIN_RESAMPLES} (the joint intervals read the "
+                                                  f"95th percentile of a maximum over them), got {self.resamples}")
         if not self.alphas or any(a <= 0 for a in self.alphas):
             raise ConfigError(owner, "alphas", f"must be positive strengths (the sign is tried both ways), got "
                                                f"{self.alphas}")
@@ -192,7 +197,7 @@ def _correlation(config: RankConfig, basis: SkillBasis, record, loaded: LoadedMo
         def statistic(rows):
             return pearson(scores[rows], target[rows])
 
-        bootstrapped = cluster_bootstrap(statistic, groups, resamples=config.resamples)
+        bootstrapped = cluster_bootstrap(statistic, groups, resamples=config.resamples, bounds=(-1.0, 1.0))
         entries = entries_from(bootstrapped, center=0.0, statistic="correlation of the score with -NLL of the "
                                "gold solution (Pearson)", evaluation=str(work / "eval"),
                                cost_s=time.perf_counter() - t0)
@@ -211,7 +216,7 @@ def _correlation(config: RankConfig, basis: SkillBasis, record, loaded: LoadedMo
                                  "the correlation with correctness is undefined; sample more (--n, --limit) or use "
                                  "--metric nll")
         bootstrapped = cluster_bootstrap(lambda rows: auroc(scores[rows], labels[rows]), groups,
-                                         resamples=config.resamples)
+                                         resamples=config.resamples, bounds=(0.0, 1.0))
         biserial = pearson(scores, labels.astype(np.float64))
         entries = entries_from(bootstrapped, center=0.5, statistic="AUROC of the score for correct solutions, "
                                "minus 0.5", evaluation=str(work / "eval"), cost_s=time.perf_counter() - t0,

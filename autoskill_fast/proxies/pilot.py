@@ -49,7 +49,7 @@ from ..progress import Progress
 from ..run.folder import RunFolder
 from ..run.ranking import RankingEntry
 from ..run.reading import ProfileRun, fetch_records
-from .family import set_joint_intervals
+from .joint import set_joint_intervals
 
 PILOT_JSON = "pilot.json"
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -110,7 +110,7 @@ def pilot_proxy(config, basis: SkillBasis, folder: RunFolder, record, loaded: Lo
                      "overlap_with_random": len(random_ids & set(pilot.record["ids"])),
                      "mean_score": float(column.mean()), "pool_score_std": float(
                          scores.projection[:, pole.direction].double().std())}))
-    set_joint_intervals(entries, effects, resamples=config.resamples)
+    set_joint_intervals(entries, effects, resamples=config.resamples, bounds=None if nll else (-1.0, 1.0))
     if not config.keep_adapters:
         for name, _, _ in plans:
             shutil.rmtree(work / "adapters" / name, ignore_errors=True)

@@ -20,7 +20,7 @@ from ..evaluation.passk import mean_interval
 from ..run.ranking import RankingEntry
 from ..steering.baking import bake
 from ..steering.vector import SteeringVector
-from .family import set_joint_intervals
+from .joint import set_joint_intervals
 
 
 def steering_name(direction: int, sign: int, alpha: float, unit: str) -> str:
@@ -56,7 +56,7 @@ def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, direc
                                             cost_s=bake_s + steered.record["timings"]["seconds"], alpha=alpha,
                                             alpha_unit=unit,
                                             details={"vector_norm": vector.norm()}))
-    set_joint_intervals(entries, effects, resamples=resamples)
+    set_joint_intervals(entries, effects, resamples=resamples, bounds=None if nll else (-1.0, 1.0))
     baseline = {"evaluation": str(work / "base"), "cost_s": base.record["timings"]["seconds"],
                 **({"nll": base.record["nll"]} if nll else {f"pass@{k}": base.record["pass_at_k"][str(k)]})}
     return entries, baseline

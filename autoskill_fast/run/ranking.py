@@ -36,9 +36,10 @@ class RankingEntry:
     alpha: float | None = None  # steering strength (steer proxy)
     alpha_unit: str | None = None  # "norm" (on the unit-norm direction) or "std" (the direction's standard deviations)
     details: dict[str, Any] = field(default_factory=dict)
+    # The joint 95% interval: with the other entries' joint intervals it holds every entry's effect at once in about
+    # 95% of experiments, so it covers picking the best of them; never narrower than the own [low, high]. None in
+    # rankings written before joint intervals.
     joint_low: float | None = None
-    """The joint 95% interval: with the other entries' joint intervals, it holds every entry's true effect at once in
-    95% of experiments, so it covers picking the best of them (None in rankings written before it)."""
     joint_high: float | None = None
 
     @property
@@ -98,8 +99,10 @@ class Ranking:
                   f"{n} would still lie above zero by chance (2.5% each)")
         if not self.joint:
             return f"{chance}; confirm a winner on other problems before trusting it"
-        return (f"{chance}; the joint intervals hold all {n} effects at once in 95% of experiments, so with no real "
-                "effect anywhere, any of them lies above zero in under 5%")
+        false = ("about 5% (a miss on either side puts one of a direction's two poles above zero)"
+                 if self.proxy == "correlation" else "about 2.5%")
+        return (f"{chance}; the joint intervals hold all {n} effects at once in about 95% of experiments, so with no "
+                f"real effect anywhere, one of them lies above zero in {false} (bench/RESULTS.md)")
 
     def best(self, top: int, *, per: str = "pole") -> list[RankingEntry]:
         """The best entry of each of the `top` best poles (per="pole": select takes both ends of a direction if both
