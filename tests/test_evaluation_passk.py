@@ -272,10 +272,10 @@ def test_joint_coverage_benchmark_runs(tmp_path):
                            "--out", str(tmp_path / "joint.json")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "joint.json").read_text())["rows"]
-    assert [row["scenario"] for row in rows][-2:] == ["AUROC, null", "AUROC, null"] and len(rows) == 11
+    assert [row["scenario"] for row in rows][-2:] == ["AUROC, null", "AUROC, null"] and len(rows) == 13
     for row in rows:
-        assert all(0.0 <= row[name] <= 1.0 for name in ("own", "max-t, spread")), row
-    assert "| skewed | 50 | 10 |" in proc.stdout
+        assert all(0.0 <= row[name] <= 1.0 for name in ("own", "max-t, spread", "joint") if name in row), row
+    assert "| skewed | 50 | 10 |" in proc.stdout and "| heavy tail | 50 | 10 |" in proc.stdout
 
 
 def test_one_entrys_outlying_problem_does_not_widen_the_others_joint_intervals():
