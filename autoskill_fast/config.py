@@ -338,7 +338,9 @@ class ProfileConfig:
 
 @dataclass
 class ProjectConfig:
-    """The project job: a corpus scored against an existing basis, with the basis's model and pooling."""
+    """The project job: a corpus scored against an existing basis, with the basis's model and pooling. In Python,
+    a pooling given is compared whole: to change only the length cut, start from the basis's,
+    `replace(SkillBasis.load(folder).pooling_config, max_length=512)` (the CLI does that for the options typed)."""
 
     basis: str
     """A profile run folder (or a basis folder)."""
@@ -348,7 +350,7 @@ class ProjectConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     pooling: PoolingConfig | None = None
-    """Default: the basis's own; another value is refused (but --max-length applies)."""
+    """Default: the basis's own; a value given must be the basis's, except for --max-length, which applies."""
     on_bad_example: BadExamplePolicy = "error"
     """error: stop at the first unusable example; skip: skip it and record its id."""
     quiet: bool = False

@@ -41,7 +41,8 @@ def test_project_checks_only_the_pooling_options_typed(tmp_path, tiny_model, cor
                        "--pooling", "mean", "--quiet")
     assert code == 2 and "pooling options given (mode: 'last' vs 'mean')" in out, out
     shown = " ".join(invoke("project", "--help")[1].split())  # as one line: click wraps the help
-    assert "Default: the basis's own; another value is refused" in shown and "[default: mean]" not in shown, shown
+    assert "Default: the basis's own; a value given must be the basis's, except for --max-length" in shown
+    assert "[default: mean]" not in shown, shown
     assert "1 .. L-2" not in shown and "[default: mean]" in " ".join(invoke("profile", "--help")[1].split())
 
 

@@ -17,6 +17,7 @@ import json
 import stat
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -342,8 +343,9 @@ def test_refusals(tmp_path, tiny_model, fake_vllm, monkeypatch):
 def test_a_rerun_of_the_vllm_steer_proxy_bakes_no_checkpoint_for_a_finished_evaluation(tmp_path, tiny_model, fake_vllm,
                                                                                         monkeypatch):
     """Each (direction, sign, alpha) is baked into a full copy of the model for vLLM, then removed. A rerun (after an
-    interruption, or with another option) reuses the finished evaluations without baking them again; one whose
-    evaluation is gone, or whose base model is not the one noted, is baked again."""
+    interruption, or with another option; the run's folder spelled otherwise) reuses the finished evaluations without
+    baking them again; one whose evaluation is gone, whose base model is not the one noted or whose dtype changed is
+    baked again, and so is one whose checkpoint is asked to be kept."""
     from transformers import AutoModelForCausalLM
 
     from autoskill_fast.basis import SkillBasis
@@ -366,24 +368,35 @@ def test_a_rerun_of_the_vllm_steer_proxy_bakes_no_checkpoint_for_a_finished_eval
                         real_bake(vector, *a))
     work = tmp_path / "work"
 
-    def run():
-        return steering_module.steer_proxy(basis, fake_eval(tmp_path, tiny_model, "unused"), work, directions=[0],
-                                           alphas=[1.0], unit="norm", loaded=None)
+    def run(folder=work, keep=False, **options):
+        config = fake_eval(tmp_path, tiny_model, "unused")
+        config = replace(config, model=replace(config.model, **options), overwrite=bool(options))
+        return steering_module.steer_proxy(basis, config, folder, directions=[0], alphas=[1.0], unit="norm",
+                                           loaded=None, keep_checkpoints=keep)
 
     first, _ = run()
     assert len(bakes) == 2 and len(first) == 2
     assert not any(path.is_dir() for path in (work / "checkpoints").iterdir())  # removed after their evaluations
     notes = sorted((work / "checkpoints").glob("*.json"))
     assert len(notes) == 2
-    again, _ = run()
+    monkeypatch.chdir(tmp_path)
+    again, _ = run(Path("work"))  # the same run, spelled otherwise
     assert len(bakes) == 2  # nothing baked again
-    assert [(e.pole, e.effect, e.low, e.high, e.joint_low, e.joint_high) for e in again] == \
-        [(e.pole, e.effect, e.low, e.high, e.joint_low, e.joint_high) for e in first]
-
+    assert [(e.pole, e.effect, e.low, e.high, e.joint_low, e.joint_high, e.cost_s) for e in again] == \
+        [(e.pole, e.effect, e.low, e.high, e.joint_low, e.joint_high, e.cost_s) for e in first]
+    run(keep=True)  # checkpoints asked for: baked, though their evaluations are done, and kept
+    assert len(bakes) == 4 and sum(path.is_dir() for path in (work / "checkpoints").iterdir()) == 2
+    run()  # not asked for: a finished evaluation's checkpoint left over is removed, nothing baked
+    assert len(bakes) == 4 and not any(path.is_dir() for path in (work / "checkpoints").iterdir())
     (work / "d0+a1norm" / job.EVAL_JSON).unlink()  # that evaluation is gone: baked and evaluated again
     note = json.loads(notes[1].read_text())
     notes[1].write_text(json.dumps(note | {"base": "another model"}))  # a base model other than the one noted
     third, _ = run()
-    assert sorted(bakes[2:]) == sorted(bakes[:2])
+    assert sorted(bakes[4:]) == sorted(bakes[:2])
     assert [(e.pole, e.effect) for e in third] == [(e.pole, e.effect) for e in first]
-    assert json.loads(notes[1].read_text()) == note  # noted anew, from the checkpoint it baked
+    noted = json.loads(notes[1].read_text())  # noted anew, from the checkpoint it baked
+    assert {**noted, "bake_s": None} == {**note, "bake_s": None} and noted["bake_s"] > 0
+    run(dtype="bfloat16")  # served in another dtype (--overwrite): baked and evaluated again
+    assert len(bakes) == 8
+    assert {json.loads((work / name / job.EVAL_JSON).read_text())["config"]["model"]["dtype"]
+            for name in ("base", "d0+a1norm", "d0-a1norm")} == {"bfloat16"}

@@ -65,28 +65,39 @@ def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, direc
 def _baked_evaluation(vector: SteeringVector, name: str, config: EvalConfig, work: Path,
                       keep_checkpoint: bool) -> tuple[EvalResult, float]:
     """The evaluation of the model with `vector` baked into a checkpoint that vLLM serves, and the seconds the bake
-    took. A note beside the checkpoint keeps the baked model's fingerprint and dtype, so a rerun whose evaluation is
-    finished reuses it without baking again (a full copy of the model) while the base model is the same."""
+    took. A note beside the checkpoint keeps the base model's identity, the dtype it is served in and the baked
+    model's fingerprint, so a rerun whose evaluation is finished reuses it without baking again (a full copy of the
+    model) while the base model and the dtype are the same; a checkpoint of another base model is baked again."""
     from transformers import AutoConfig
 
     model_dir, _ = resolve_model_path(config.model.model)
-    baked = work / "checkpoints" / f"{name}-{vector.digest()[:12]}"  # a refit's vector: a new bake
+    dtype = key_dtype(config, None)  # the baked checkpoint keeps the base's config: --dtype auto resolves the same
+    # resolved: the checkpoint's path is part of its evaluation's key, which another spelling of the run must not change
+    baked = (work / "checkpoints" / f"{name}-{vector.digest()[:12]}").resolve()  # a refit's vector: a new bake
     note_path = baked.parent / f"{baked.name}.json"
     config = replace(config, model=replace(config.model, model=str(baked)))
     base = model_identity(fingerprint_folder(model_dir, AutoConfig.from_pretrained(model_dir), model_dir.name))
     note = load_json(note_path) if note_path.is_file() else {}
-    if note.get("base") == base and isinstance(note.get("fingerprint"), dict) and isinstance(note.get("dtype"), str):
-        finished = finished_evaluation(config, note["fingerprint"], dtype=note["dtype"])
+    note = note if isinstance(note, dict) else {}
+    same = note.get("base") == base and note.get("dtype") == dtype and isinstance(note.get("fingerprint"), dict)
+    if same and not (keep_checkpoint and not (baked / "config.json").is_file()):
+        finished = finished_evaluation(config, note["fingerprint"], dtype=dtype)
         if finished is not None:
-            return finished, 0.0
+            if not keep_checkpoint:
+                shutil.rmtree(baked, ignore_errors=True)  # left by a run stopped before it removed it
+            return finished, float(note.get("bake_s", 0.0))
     bake_s = 0.0
+    if note and not same:
+        shutil.rmtree(baked, ignore_errors=True)  # a kept checkpoint of another base model or dtype
     if not (baked / "config.json").is_file():
         t0 = time.perf_counter()
         shutil.rmtree(baked, ignore_errors=True)
         bake(vector, model_dir, baked)
         bake_s = time.perf_counter() - t0
     steered = evaluate(config)
-    save_json(note_path, {"base": base, "fingerprint": steered.record["model"], "dtype": key_dtype(config, None)})
+    if same and not bake_s:
+        bake_s = float(note.get("bake_s", 0.0))  # baked by an earlier run, whose evaluation this one finished
+    save_json(note_path, {"base": base, "dtype": dtype, "fingerprint": steered.record["model"], "bake_s": bake_s})
     if not keep_checkpoint:
         shutil.rmtree(baked, ignore_errors=True)
     return steered, bake_s
