@@ -36,6 +36,7 @@ def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, direc
     nll = base_config.metric == "nll"
     statistic = "NLL drop (nats/token), steered vs unsteered" if nll else f"pass@{k} difference, steered - unsteered"
     entries, effects = [], []
+    served = None  # vllm: the base model's identity and dtype, read once
     for direction in directions:
         for sign in (1, -1):
             for alpha in alphas:
@@ -44,7 +45,8 @@ def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, direc
                 vector_dir = vector.save(work / "vectors" / name)
                 config = replace(base_config, out=str(work / name))
                 if base_config.generation.backend == "vllm":
-                    steered, bake_s = _baked_evaluation(vector, name, config, work, keep_checkpoints)
+                    served = served or _served_base(base_config)
+                    steered, bake_s = _baked_evaluation(vector, name, config, work, keep_checkpoints, served)
                 else:
                     steered, bake_s = evaluate(replace(config, steering=str(vector_dir)), loaded=loaded), 0.0
                 ids, differences = paired_differences(base, steered, k=k)
@@ -62,21 +64,28 @@ def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, direc
     return entries, baseline
 
 
-def _baked_evaluation(vector: SteeringVector, name: str, config: EvalConfig, work: Path,
-                      keep_checkpoint: bool) -> tuple[EvalResult, float]:
-    """The evaluation of the model with `vector` baked into a checkpoint that vLLM serves, and the seconds the bake
-    took. A note beside the checkpoint keeps the base model's identity, the dtype it is served in and the baked
-    model's fingerprint, so a rerun whose evaluation is finished reuses it without baking again (a full copy of the
-    model) while the base model and the dtype are the same; a checkpoint of another base model is baked again."""
+def _served_base(config: EvalConfig) -> tuple[str, str]:
+    """The base model's identity and the dtype vLLM serves it in (a baked checkpoint keeps the base's config, so
+    --dtype auto resolves the same for it)."""
     from transformers import AutoConfig
 
     model_dir, _ = resolve_model_path(config.model.model)
-    dtype = key_dtype(config, None)  # the baked checkpoint keeps the base's config: --dtype auto resolves the same
+    return model_identity(fingerprint_folder(model_dir, AutoConfig.from_pretrained(model_dir), model_dir.name)), \
+        key_dtype(config, None)
+
+
+def _baked_evaluation(vector: SteeringVector, name: str, config: EvalConfig, work: Path, keep_checkpoint: bool,
+                      served: tuple[str, str]) -> tuple[EvalResult, float]:
+    """The evaluation of the model with `vector` baked into a checkpoint that vLLM serves, and the seconds the bake
+    took. A note beside the checkpoint keeps the base model's identity, the dtype it is served in (`served`) and the
+    baked model's fingerprint, so a rerun whose evaluation is finished reuses it without baking again (a full copy of
+    the model) while the base model and the dtype are the same; a checkpoint of another base model is baked again."""
+    base, dtype = served
+    model_dir, _ = resolve_model_path(config.model.model)
     # resolved: the checkpoint's path is part of its evaluation's key, which another spelling of the run must not change
     baked = (work / "checkpoints" / f"{name}-{vector.digest()[:12]}").resolve()  # a refit's vector: a new bake
     note_path = baked.parent / f"{baked.name}.json"
     config = replace(config, model=replace(config.model, model=str(baked)))
-    base = model_identity(fingerprint_folder(model_dir, AutoConfig.from_pretrained(model_dir), model_dir.name))
     note = load_json(note_path) if note_path.is_file() else {}
     note = note if isinstance(note, dict) else {}
     same = note.get("base") == base and note.get("dtype") == dtype and isinstance(note.get("fingerprint"), dict)
