@@ -273,7 +273,7 @@ def eval_summary(record: dict) -> str:
     counts, timings = record.get("counts", {}), record.get("timings", {})
     lines = [f"{counts.get('problems')} problems ({record['problems']['split']} of {Path(record['problems']['corpus']['path']).name})"]
     for k, est in (record.get("pass_at_k") or {}).items():
-        lines.append(f"pass@{k} = {est['value']:.4f}  [{est['low']:.4f}, {est['high']:.4f}] (95% bootstrap over problems)")
+        lines.append(f"pass@{k} = {est['value']:.4f}  [{est['low']:.4f}, {est['high']:.4f}] (95% over problems)")
     if record.get("nll"):
         est = record["nll"]
         lines.append(f"gold-solution NLL = {est['value']:.4f} nats/token  [{est['low']:.4f}, {est['high']:.4f}]")

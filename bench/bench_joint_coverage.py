@@ -11,9 +11,13 @@ each draw it asks whether every entry's true effect lies inside its interval, fo
 - joint: what `rank --proxy steer` and `--proxy pilot` report: the band with each draw measured in its own
   resample's standard error (`simultaneous_mean_intervals`, the bootstrap-t, that error floored at half the spread),
   widened to hold the entry's own interval (`proxies.joint.set_joint`).
-The nominal rate is 0.95 for the two bands; the own intervals are not meant to hold all at once. The last rows do the
-same for the correlation proxy's AUROC under the null (no direction matters), with the cluster bootstrap over problems
-of `cluster_bootstrap`. Coverage is given with its Monte Carlo standard error, sqrt(c (1 - c) / runs).
+In the scenarios of Pass@k differences (`pass@1`, `sparse`) the intervals know the differences' range, (-1, 1), as
+`rank` does: an entry whose differences are all zero gets the count-based interval of `constant_interval` (the own at
+95%, the joint at 1 - 0.05 / E) instead of the point zero. The nominal rate is 0.95 for the two bands; the own
+intervals are not meant to hold all at once, but each is meant to hold its own effect 95% of the time ("own: each
+held", over all entries of all experiments). The last rows do the same for the correlation proxy's AUROC under the
+null (no direction matters), with the cluster bootstrap over problems of `cluster_bootstrap`. Coverage is given with
+its Monte Carlo standard error, sqrt(c (1 - c) / runs); `--only NAME` runs the scenarios of one name.
 """
 
 from __future__ import annotations
@@ -58,6 +62,13 @@ def scenario(kind: str, problems: int, entries: int, rng: np.random.Generator) -
         changed = rng.random((problems, entries)) < 0.04
         up = rng.random((problems, entries)) < 0.5 + 5 * shift
         return changed * np.where(up, 1.0, -1.0), 0.04 * 10 * shift
+    if kind == "sparse 1%":  # 1%: most entries change nothing on 50 problems
+        changed = rng.random((problems, entries)) < 0.01
+        up = rng.random((problems, entries)) < 0.5 + 5 * shift
+        return changed * np.where(up, 1.0, -1.0), 0.01 * 10 * shift
+    if kind == "one-sided":  # steering only helps: entry e turns a share 0.02-0.15 of failures into successes
+        share = np.linspace(0.02, 0.15, entries)
+        return (rng.random((problems, entries)) < share).astype(float), share
     if kind == "heavy tail":  # the last entry's differences have rare huge values (Student t, 1.5 degrees of freedom)
         values = shift + 0.6 * rng.normal(size=(problems, entries))
         values[:, -1] = shift[-1] + 0.6 * rng.standard_t(1.5, size=problems)
@@ -70,30 +81,38 @@ def scenario(kind: str, problems: int, entries: int, rng: np.random.Generator) -
     raise ValueError(kind)
 
 
+BOUNDED = {"pass@1", "sparse", "sparse 4%", "sparse 1%", "one-sided"}  # Pass@k differences: (-1, 1), as rank passes them
+
+
 def mean_scenario(kind: str, problems: int, entries: int, runs: int, resamples: int) -> dict:
     rng = np.random.default_rng(0)
+    bounds = (-1.0, 1.0) if kind in BOUNDED else None
+    unchanged, each = 0, 0
     held = {"own": 0, "max-t, spread": 0, "joint": 0}
     critical, width = [], []
     for run in range(runs):
         values, truth = scenario(kind, problems, entries, rng)
-        own = [mean_interval(values[:, e], resamples=resamples, seed=run) for e in range(entries)]
+        own = [mean_interval(values[:, e], resamples=resamples, seed=run, bounds=bounds) for e in range(entries)]
+        unchanged += int((values == 0).all(axis=0).sum())
         own_low, own_high = np.array([o.low for o in own]), np.array([o.high for o in own])
         held["own"] += bool(np.all((own_low <= truth) & (truth <= own_high)))
+        each += int(np.sum((own_low <= truth) & (truth <= own_high)))
         index = np.random.default_rng(run).integers(0, problems, size=(resamples, problems))
         low, high, _ = simultaneous_band(values.mean(axis=0), values[index].mean(axis=1))
         held["max-t, spread"] += bool(np.all((low <= truth) & (truth <= high)))
-        _, low, high, c = simultaneous_mean_intervals(values, resamples=resamples, seed=run)
+        _, low, high, c = simultaneous_mean_intervals(values, resamples=resamples, seed=run, bounds=bounds)
         entry = [RankingEntry(e, 1, o.value, o.low, o.high, "") for e, o in enumerate(own)]
         for e in range(entries):
             set_joint(entry[e], low[e], high[e])
         low, high = np.array([e.joint_low for e in entry]), np.array([e.joint_high for e in entry])
         held["joint"] += bool(np.all((low <= truth) & (truth <= high)))
         critical.append(c)
-        if own_high[0] > own_low[0]:  # an entry that changed no problem has a point for both
+        if np.any(values[:, 0] != values[0, 0]):  # not an entry that changed no problem
             width.append((high[0] - low[0]) / (own_high[0] - own_low[0]))
     return {"scenario": kind, "problems": problems, "entries": entries, "runs": runs,
             **{name: count / runs for name, count in held.items()}, "critical_median": float(np.nanmedian(critical)),
-            "entry_0_width_over_own": float(np.median(width))}
+            "entry_0_width_over_own": float(np.median(width)), "unchanged_entries": unchanged / (runs * entries),
+            "own_each": each / (runs * entries)}
 
 
 def auroc_null(problems: int, runs: int, resamples: int) -> dict:
@@ -118,15 +137,18 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per experiment (rank's)")
     parser.add_argument("--auroc-runs", type=int, default=300)
     parser.add_argument("--out", help="write the rows as JSON here")
+    parser.add_argument("--only", help="run only the scenarios of this name (e.g. 'sparse 4%%')")
     args = parser.parse_args()
     plan = [("normal", 200, 10), ("skewed", 50, 10), ("skewed", 200, 10), ("pass@1", 50, 10), ("pass@1", 200, 10),
             ("sparse", 50, 10), ("sparse", 200, 10), ("sparse 4%", 50, 4), ("heavy tail", 50, 10),
+            ("sparse 4%", 200, 4), ("sparse 1%", 50, 16), ("one-sided", 50, 16), ("one-sided", 200, 16),
             ("alphas", 100, 16), ("skewed", 200, 30)]
+    plan = [row for row in plan if args.only in (None, row[0])]
     rows = []
     start = time.perf_counter()
     print("| scenario | problems | entries | own: all held | max-t, spread | joint (rank) | median critical value | "
-          "entry 0: joint / own width |")
-    print("|---|---|---|---|---|---|---|---|")
+          "entry 0: joint / own width | entries unchanged | own: each held |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     se = lambda c, n: math.sqrt(c * (1 - c) / n)  # noqa: E731
     for kind, problems, entries in plan:
         row = mean_scenario(kind, problems, entries, args.runs, args.resamples)
@@ -134,13 +156,15 @@ def main() -> None:
         n = row["runs"]
         print(f"| {kind} | {problems} | {entries} | {row['own']:.3f} | {row['max-t, spread']:.3f} +- "
               f"{se(row['max-t, spread'], n):.3f} | **{row['joint']:.3f}** +- {se(row['joint'], n):.3f} | "
-              f"{row['critical_median']:.2f} | {row['entry_0_width_over_own']:.2f} |", flush=True)
-    for problems in (40, 200):
+              f"{row['critical_median']:.2f} | {row['entry_0_width_over_own']:.2f} | {row['unchanged_entries']:.2f} | "
+              f"{row['own_each']:.3f} |",
+              flush=True)
+    for problems in (40, 200) if args.only in (None, "AUROC, null") else ():
         row = auroc_null(problems, args.auroc_runs, args.resamples)
         rows.append(row)
         n = row["runs"]
         print(f"| AUROC, null | {problems} x 3 samples | 6 (x 2 poles) | {row['own']:.3f} | "
-              f"**{row['max-t, spread']:.3f}** +- {se(row['max-t, spread'], n):.3f} | | | |", flush=True)
+              f"**{row['max-t, spread']:.3f}** +- {se(row['max-t, spread'], n):.3f} | | | | | |", flush=True)
     print(f"{time.perf_counter() - start:.0f} s")
     if args.out:
         Path(args.out).write_text(json.dumps({

@@ -109,7 +109,10 @@ def test_a_paired_difference_resamples_the_same_problems_for_both():
     est = paired_mean_difference(a, a + 0.3)
     assert est.value == pytest.approx(0.3) and est.high - est.low < 1e-12
     correct = rng.integers(0, 9, 200)
-    assert paired_pass_at_k_difference(correct, correct, 8, 8, 3) == Estimate(0.0, 0.0, 0.0, 0.95)
+    # no problem changed: not the point zero but the count-based interval (a change rate below 1 - 0.05^(1/200))
+    share = 1.0 - 0.05 ** (1.0 / 200)
+    unchanged = paired_pass_at_k_difference(correct, correct, 8, 8, 3)
+    assert unchanged.value == 0.0 and (unchanged.low, unchanged.high) == (pytest.approx(-share), pytest.approx(share))
     # and it is the bootstrap of the per-problem differences, sign b - a
     diff = paired_pass_at_k_difference(correct, np.minimum(correct + 1, 8), 8, 8, 1)
     assert diff == mean_interval(pass_at_k(8, np.minimum(correct + 1, 8), 1) - pass_at_k(8, correct, 1))
@@ -272,7 +275,7 @@ def test_joint_coverage_benchmark_runs(tmp_path):
                            "--out", str(tmp_path / "joint.json")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "joint.json").read_text())["rows"]
-    assert [row["scenario"] for row in rows][-2:] == ["AUROC, null", "AUROC, null"] and len(rows) == 13
+    assert [row["scenario"] for row in rows][-2:] == ["AUROC, null", "AUROC, null"] and len(rows) == 17
     for row in rows:
         assert all(0.0 <= row[name] <= 1.0 for name in ("own", "max-t, spread", "joint") if name in row), row
     assert "| skewed | 50 | 10 |" in proc.stdout and "| heavy tail | 50 | 10 |" in proc.stdout
@@ -303,3 +306,74 @@ def test_the_joint_critical_value_is_never_below_one_intervals_and_the_band_keep
     values[0, :] = 0.0
     _, low, high, _ = simultaneous_mean_intervals(values, resamples=500, bounds=(-1.0, 1.0))
     assert np.all(high == 1.0) and np.all(low < 1.0)
+
+
+def test_a_mean_of_equal_values_has_the_count_based_interval_that_holds():
+    """All P values equal leave the bootstrap nothing to resample. With the metric's range the interval is
+    [v - u (v - low), v + u (high - v)], u about 1 - (1 - confidence)^(1/P) (the rule of three)."""
+    share = 1.0 - 0.05 ** (1.0 / 50)
+    zero = mean_interval(np.zeros(50), bounds=(-1.0, 1.0))
+    assert zero.value == 0.0 and (zero.low, zero.high) == (pytest.approx(-share), pytest.approx(share))
+    assert share == pytest.approx(3.0 / 50, rel=0.05)
+    solved = pass_at_k_interval(np.full(50, 8), 8, 1)  # every problem solved: Pass@1 in [1 - u, 1]
+    assert (solved.value, solved.high) == (1.0, 1.0) and solved.low == pytest.approx(1.0 - share)
+    assert pass_at_k_interval(np.zeros(50, int), 8, 1).high == pytest.approx(share)
+    assert mean_interval(np.full(40, 0.25)) == Estimate(0.25, 0.25, 0.25, 0.95)  # no range given: the point
+    assert mean_interval([0.5], bounds=(0.0, 1.0)) == Estimate(0.5, 0.0, 1.0, 0.95)  # too few problems: the range
+    with pytest.raises(ValueError, match="within bounds \\(0.0, 1.0\\); problem 2 has 1.5"):
+        mean_interval([0.0, 1.0, 1.5], bounds=(0.0, 1.0))
+    with pytest.raises(ValueError, match="low < high"):
+        mean_interval([0.0, 1.0], bounds=(1.0, 0.0))
+
+
+@pytest.mark.parametrize("problems", [6, 7, 8, 12, 50])
+def test_the_count_based_interval_holds_for_every_share_exactly(problems):
+    """The exact miss chance of the count-based intervals for a metric of two values, 0 (chance 1 - q) and 1
+    (chance q): all P are 0 with chance (1 - q)^P and miss if q > the interval's top; all 1, q^P, miss if q < its
+    bottom. The worst q must stay within 5%. The plain rule of three, u = 1 - 0.05^(1/P), misses 6.9% at P = 5 and
+    5.4% at P = 6: with two values both ends can be seen alone and miss."""
+    top = mean_interval(np.zeros(problems), bounds=(0.0, 1.0)).high
+    bottom = mean_interval(np.ones(problems), bounds=(0.0, 1.0)).low
+    q = np.linspace(0.0, 1.0, 200001)
+    miss = (1 - q) ** problems * (q > top) + q ** problems * (q < bottom)
+    assert miss.max() <= 0.05 + 1e-9
+    assert miss.max() > 0.0499  # and not much wider than it needs to be
+    plain = 1.0 - 0.05 ** (1.0 / problems)
+    if problems == 6:
+        assert ((1 - q) ** 6 * (q > plain) + q ** 6 * (q < 1 - plain)).max() > 0.053
+
+
+def test_joint_intervals_of_unchanged_entries_share_the_miss_chance_with_the_band():
+    """With the range given, an unchanged entry gets the count-based interval at 1 - 0.1 * 0.05 / E, and the band of
+    the entries that vary is taken at 1 - 0.9 * 0.05, shares fixed before the data are seen (a split by the number
+    found unchanged would not be: every entry can miss through "nothing changed"). Before, an unchanged entry had the
+    point zero, and entries changing 4% of 50 problems held all at once in 0.57 of experiments."""
+    rng = np.random.default_rng(12)
+    values = rng.normal(size=(50, 4)) * 0.3
+    values[:, 1] = 0.0
+    mean, low, high, critical = simultaneous_mean_intervals(values, bounds=(-1.0, 1.0))
+    share = high[1]
+    assert (mean[1], low[1]) == (0.0, -share) and 0.12 < share < 0.13
+    # whatever an entry's true change rate s, its chance of a miss through "nothing changed" is below
+    # (1 - u)^50: summed over the 4 entries, at most 0.1 of the 5%
+    assert 4 * (1 - share) ** 50 <= 0.1 * 0.05 * (1 + 1e-9)
+    # the three that vary: the band at 95.5%, the same as without the range at that confidence
+    varying = values[:, [0, 2, 3]]
+    alone = simultaneous_mean_intervals(varying, confidence=1 - 0.9 * 0.05)
+    assert np.allclose(low[[0, 2, 3]], alone[1]) and np.allclose(high[[0, 2, 3]], alone[2]) and critical == alone[3]
+    assert critical > simultaneous_mean_intervals(varying)[3]
+    # one problem (below 6): the whole range; without the range, points as before
+    one = simultaneous_mean_intervals(np.array([[0.25, -1.0]]), bounds=(-1.0, 1.0))
+    assert np.array_equal(one[1], [-1.0, -1.0]) and np.array_equal(one[2], [1.0, 1.0]) and np.isnan(one[3])
+    one = simultaneous_mean_intervals(np.array([[0.25, -1.0]]))
+    assert np.array_equal(one[1], one[0]) and np.array_equal(one[2], one[0])
+    # coverage in the benchmark's sparse scenario: 4 entries changing 4% of 50 problems' outcomes
+    held = 0
+    for run in range(200):
+        shift = np.linspace(-0.05, 0.05, 4)
+        changed = rng.random((50, 4)) < 0.04
+        up = rng.random((50, 4)) < 0.5 + 5 * shift
+        _, low, high, _ = simultaneous_mean_intervals(changed * np.where(up, 1.0, -1.0), resamples=200, seed=run,
+                                                      bounds=(-1.0, 1.0))
+        held += bool(np.all((low <= 0.4 * shift) & (0.4 * shift <= high)))
+    assert held / 200 >= 0.93, held

@@ -289,7 +289,7 @@ def test_joint_intervals_hold_the_own_ones_and_need_the_same_problems():
     ids = [str(i) for i in range(50)]
     gains = np.zeros(50)
     gains[:2] = 1.0
-    others = np.random.default_rng(9).normal(size=(50, 3))
+    others = np.clip(np.random.default_rng(9).normal(size=(50, 3)) * 0.4, -1.0, 1.0)  # Pass@k differences: in [-1, 1]
     effects = [(ids, gains)] + [(ids, others[:, j]) for j in range(3)]
     entries = []
     for j, (_, values) in enumerate(effects):

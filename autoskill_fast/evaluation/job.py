@@ -437,4 +437,5 @@ def paired_differences(a: EvalResult, b: EvalResult, *, k: int = 1) -> tuple[lis
 def compare_evals(a: EvalResult, b: EvalResult, *, k: int = 1, resamples: int = 2000) -> Estimate:
     """b minus a on the problems both evaluated (Pass@k, or NLL), with a paired bootstrap interval (the problems'
     differences resampled)."""
-    return mean_interval(paired_differences(a, b, k=k)[1], resamples=resamples)
+    return mean_interval(paired_differences(a, b, k=k)[1], resamples=resamples,
+                         bounds=None if a.nll is not None else (-1.0, 1.0))

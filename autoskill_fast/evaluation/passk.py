@@ -13,6 +13,10 @@ of rows when P is large), so 2000 resamples of a thousand problems take tens of 
 
 Joint intervals (`simultaneous_band`, `simultaneous_mean_intervals`) hold E effects measured on the same problems at
 once, so that picking the best of E is covered; `rank` gives one to each of its entries.
+
+A metric whose P values are all equal leaves the bootstrap nothing to resample: it would give the point (every problem
+solved; a steering vector that changed no outcome). Given the metric's range (`bounds`), such a mean gets the
+count-based interval of `constant_interval` instead, which holds whatever the share of problems it did not see.
 """
 
 from __future__ import annotations
@@ -30,14 +34,14 @@ _CHUNK_ELEMENTS = 1 << 22  # bootstrap indices drawn per block (16 MiB of int32)
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with a percentile-bootstrap interval."""
+    """A point estimate with a percentile-bootstrap interval (the count-based one where all values are equal)."""
 
     value: float
     """The estimate on the data as given (the mean over all problems, or of their paired differences)."""
     low: float
-    """Lower end of the interval (the (1 - confidence) / 2 quantile of the bootstrap means)."""
+    """Lower end of the interval: the (1 - confidence) / 2 quantile of the bootstrap means, or `constant_interval`."""
     high: float
-    """Upper end of the interval (the (1 + confidence) / 2 quantile of the bootstrap means)."""
+    """Upper end of the interval: the (1 + confidence) / 2 quantile of the bootstrap means, or `constant_interval`."""
     confidence: float
     """Nominal coverage of [low, high], e.g. 0.95."""
 
@@ -123,6 +127,45 @@ def _check_bootstrap(confidence: float, resamples: int) -> None:
         raise ValueError(f"resamples must be a positive integer, got {resamples!r}")
 
 
+def _check_bounds(values: np.ndarray, bounds: tuple[float, float] | None) -> None:
+    if bounds is None:
+        return
+    low, high = bounds
+    if not low < high:
+        raise ValueError(f"bounds must be (low, high) with low < high, got {bounds}")
+    outside = (values < low) | (values > high)
+    if outside.any():
+        problem = int(np.argwhere(outside)[0][0])
+        raise ValueError(f"values must lie within bounds {bounds}; problem {problem} has {float(values[outside][0])}")
+
+
+def constant_interval(value: float, problems: int, *, confidence: float = 0.95,
+                      bounds: tuple[float, float]) -> tuple[float, float]:
+    """The interval of a mean whose `problems` observed values all equal `value`, for a metric within `bounds`:
+    [value - u (value - low), value + u (high - value)], holding the mean with chance at least `confidence`.
+
+    A miss at a value v needs a share above u of all problems to have another value (the mean lies within that share
+    of the way from v to a bound), and then all P drawn equal v with chance below (1 - u)^P. Summed over the values
+    that could be seen alone, the miss chance is at most (1 - u)^P + u^P once u < 1/2 (one value short of a share u,
+    and one holding the rest), and u is where that equals 1 - confidence: the rule of three, u about 3/P at 95%
+    (0.058 for 50 problems; the u^P term matters below 10). Where no u < 1/2 does (P <= 5 at 95%), the interval is
+    the whole range.
+    """
+    if problems < 1:
+        raise ValueError(f"constant_interval needs at least one problem, got {problems}")
+    low, high = bounds
+    if not low <= value <= high:
+        raise ValueError(f"value {value} lies outside bounds {bounds}")
+    miss = 1.0 - confidence
+    if 2.0 * 0.5 ** problems >= miss:
+        return float(low), float(high)
+    below, above = 0.0, 0.5  # (1 - u)^P + u^P falls from 1 to 2^(1-P) < miss over [0, 1/2]: bisect
+    for _ in range(60):
+        share = (below + above) / 2.0
+        below, above = (share, above) if (1.0 - share) ** problems + share ** problems > miss else (below, share)
+    return value - above * (value - low), value + above * (high - value)
+
+
 def _per_problem(name: str, values: ArrayLike) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1 or array.shape[0] == 0:
@@ -132,28 +175,36 @@ def _per_problem(name: str, values: ArrayLike) -> np.ndarray:
     return array
 
 
-def mean_interval(values: ArrayLike, *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> Estimate:
+def mean_interval(values: ArrayLike, *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0,
+                  bounds: tuple[float, float] | None = None) -> Estimate:
     """The mean of a per-problem metric `values` [P] with a percentile-bootstrap interval over problems.
 
-    With one problem the interval is the point itself: a bootstrap cannot see variation between problems it lacks.
+    Values all equal (one problem, or none that differs) give the bootstrap nothing to resample: with `bounds` (the
+    metric's range, e.g. (0, 1) for Pass@k, (-1, 1) for a paired difference of it) the interval is then
+    `constant_interval`'s; without, the point itself.
     """
     _check_bootstrap(confidence, resamples)
     values = _per_problem("values", values)
+    _check_bounds(values, bounds)
+    if bounds is not None and (values == values[0]).all():
+        low, high = constant_interval(float(values[0]), values.shape[0], confidence=confidence, bounds=bounds)
+        return Estimate(float(values[0]), low, high, float(confidence))
     means = _bootstrap_means(values, resamples, seed)
     low, high = np.quantile(means, [(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0])
     return Estimate(float(values.mean()), float(low), float(high), float(confidence))
 
 
 def paired_mean_difference(a: ArrayLike, b: ArrayLike, *, confidence: float = 0.95, resamples: int = 2000,
-                           seed: int = 0) -> Estimate:
-    """mean(b) - mean(a) of a per-problem metric measured twice on the same problems, with a paired bootstrap."""
+                           seed: int = 0, bounds: tuple[float, float] | None = None) -> Estimate:
+    """mean(b) - mean(a) of a per-problem metric measured twice on the same problems, with a paired bootstrap;
+    `bounds` is the differences' range (see `mean_interval`)."""
     a = _per_problem("a", a)
     b = _per_problem("b", b)
     if a.shape != b.shape:
         raise ValueError(f"a and b must score the same problems in the same order, got {a.shape[0]} and "
                          f"{b.shape[0]} problems")
     # Resampling the same indices for both and differencing the means is bootstrapping the mean of b - a.
-    return mean_interval(b - a, confidence=confidence, resamples=resamples, seed=seed)
+    return mean_interval(b - a, confidence=confidence, resamples=resamples, seed=seed, bounds=bounds)
 
 
 def _pass_at_k_per_problem(name: str, correct: ArrayLike, n: ArrayLike, k: int) -> np.ndarray:
@@ -173,7 +224,7 @@ def pass_at_k_interval(correct: ArrayLike, n: ArrayLike, k: int, *, confidence: 
                        seed: int = 0) -> Estimate:
     """Mean pass@k over problems, `correct` [P] correct samples of `n` (one count, or [P]) each, with a bootstrap."""
     values = _pass_at_k_per_problem("correct", correct, n, k)
-    return mean_interval(values, confidence=confidence, resamples=resamples, seed=seed)
+    return mean_interval(values, confidence=confidence, resamples=resamples, seed=seed, bounds=(0.0, 1.0))
 
 
 def paired_pass_at_k_difference(correct_a: ArrayLike, correct_b: ArrayLike, n_a: ArrayLike, n_b: ArrayLike, k: int,
@@ -181,11 +232,12 @@ def paired_pass_at_k_difference(correct_a: ArrayLike, correct_b: ArrayLike, n_a:
     """Mean pass@k of b minus that of a, two evaluations of the same problems (same order), with a paired bootstrap."""
     a = _pass_at_k_per_problem("correct_a", correct_a, n_a, k)
     b = _pass_at_k_per_problem("correct_b", correct_b, n_b, k)
-    return paired_mean_difference(a, b, confidence=confidence, resamples=resamples, seed=seed)
+    return paired_mean_difference(a, b, confidence=confidence, resamples=resamples, seed=seed, bounds=(-1.0, 1.0))
 
 
 MIN_JOINT_RESAMPLES = 20  # the band reads the 95th percentile of a maximum over the resamples
 RESAMPLE_ERROR_FLOOR = 0.5  # a resample's own standard error counts as at least this share of its entry's spread
+UNCHANGED_MISS = 0.1  # joint intervals with a range: the share of the miss chance kept for entries that do not vary
 
 
 def simultaneous_band(value_e: ArrayLike, draws_re: ArrayLike, *, confidence: float = 0.95,
@@ -248,18 +300,35 @@ def simultaneous_mean_intervals(values_pe: ArrayLike, *, confidence: float = 0.9
                                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """(mean [E], low [E], high [E], critical): the means of E per-problem metrics [P, E] of the same problems (e.g.
     the paired differences of E interventions against one baseline), with the joint intervals of `simultaneous_band`
-    (bootstrap-t) over resamples of the problems, cut to `bounds`. With one problem each interval is its point."""
+    (bootstrap-t) over resamples of the problems, cut to `bounds`.
+
+    Without `bounds`, an entry whose values are all equal (all of them, with one problem) gets its point. With them,
+    it gets `constant_interval` at 1 - UNCHANGED_MISS (1 - confidence) / E, and the band of the entries that vary is
+    taken at 1 - (1 - UNCHANGED_MISS) (1 - confidence): shares fixed before the data are seen, so the chances of a
+    miss add to at most 1 - confidence (Bonferroni) whichever entries turn out unchanged. With 16 entries on 50
+    problems an unchanged entry gets +-0.15, and the band's critical value grows about 1.5% (95.5% for 95%).
+    """
     _check_bootstrap(confidence, resamples)
     values = np.asarray(values_pe, dtype=np.float64)
     if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] == 0:
         raise ValueError(f"values must be [P, E] with P, E >= 1 (one row per problem), got shape {values.shape}")
     if not np.isfinite(values).all():
         raise ValueError(f"values has a non-finite value at problem {int(np.argmin(np.isfinite(values).all(axis=1)))}")
-    mean = values.mean(axis=0)
-    count = values.shape[0]
-    if count == 1:
-        return mean, mean.copy(), mean.copy(), float("nan")
-    means, errors = _bootstrap_means_and_errors(values, resamples, seed)
-    band = simultaneous_band(mean, means, confidence=confidence, errors_e=values.std(axis=0, ddof=1) / np.sqrt(count),
-                             draw_errors_re=errors, bounds=bounds)
-    return (mean, *band)
+    _check_bounds(values, bounds)
+    varies = (values != values[0]).any(axis=0)
+    mean = np.where(varies, values.mean(axis=0), values[0])  # a sum of equal values may round off them
+    low, high, critical = mean.copy(), mean.copy(), float("nan")
+    count, entries = values.shape
+    if bounds is not None:
+        miss = 1.0 - confidence
+        for e in np.flatnonzero(~varies):
+            low[e], high[e] = constant_interval(mean[e], count, confidence=1.0 - UNCHANGED_MISS * miss / entries,
+                                                bounds=bounds)
+        confidence = 1.0 - (1.0 - UNCHANGED_MISS) * miss
+    if varies.any():
+        column = np.flatnonzero(varies)
+        means, errors = _bootstrap_means_and_errors(values[:, column], resamples, seed)
+        low[column], high[column], critical = simultaneous_band(
+            mean[column], means, confidence=confidence, draw_errors_re=errors, bounds=bounds,
+            errors_e=values[:, column].std(axis=0, ddof=1) / np.sqrt(count))
+    return mean, low, high, critical

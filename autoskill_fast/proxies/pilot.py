@@ -3,8 +3,9 @@
 For each direction d and sign s, the m pool examples furthest along s * d (`select --method pole`) train a LoRA
 adapter on the run's model; m random pool examples train another, identically (the baseline every pole must beat).
 Each adapted model is evaluated on the dev set like any `eval`; the effect of a pole is its pilot minus the random
-pilot (a Pass@k gain, or an NLL drop), with the paired-bootstrap interval over dev problems. That interval covers the
-choice of dev problems only, not the training seed: one seed trains every pilot.
+pilot (a Pass@k gain, or an NLL drop), with the paired-bootstrap interval over dev problems (count-based where no
+problem's Pass@k differs). That interval covers the choice of dev problems only, not the training seed: one seed
+trains every pilot.
 
 Training text and loss: the problem's prompt (the one `eval` uses), a newline and the worked solution, then EOS, cut
 as `eval --metric nll` cuts it; the loss is the mean over solution tokens only. Every pilot starts from the same
@@ -91,6 +92,7 @@ def pilot_proxy(config, basis: SkillBasis, folder: RunFolder, record, loaded: Lo
 
     k = eval_base.k[0]
     nll = eval_base.metric == "nll"
+    bounds = None if nll else (-1.0, 1.0)  # a Pass@k difference's range
     random = trainer.run("random", [examples[p] for p in plans[0][2].tolist()], None)
     random_ids = set(random.record["ids"])
     entries, effects = [], []
@@ -99,7 +101,7 @@ def pilot_proxy(config, basis: SkillBasis, folder: RunFolder, record, loaded: Lo
         ids, differences = paired_differences(random.result, pilot.result, k=k)
         gains = -differences if nll else differences  # lower NLL is better
         effects.append((ids, gains))
-        gain = mean_interval(gains, resamples=config.resamples)
+        gain = mean_interval(gains, resamples=config.resamples, bounds=bounds)
         column = scores.projection[positions, pole.direction].double()
         entries.append(RankingEntry(
             direction=pole.direction, sign=pole.sign, effect=gain.value, low=gain.low, high=gain.high,
@@ -110,7 +112,7 @@ def pilot_proxy(config, basis: SkillBasis, folder: RunFolder, record, loaded: Lo
                      "overlap_with_random": len(random_ids & set(pilot.record["ids"])),
                      "mean_score": float(column.mean()), "pool_score_std": float(
                          scores.projection[:, pole.direction].double().std())}))
-    set_joint_intervals(entries, effects, resamples=config.resamples, bounds=None if nll else (-1.0, 1.0))
+    set_joint_intervals(entries, effects, resamples=config.resamples, bounds=bounds)
     if not config.keep_adapters:
         for name, _, _ in plans:
             shutil.rmtree(work / "adapters" / name, ignore_errors=True)

@@ -1,8 +1,8 @@
 """The steering proxy: evaluate the dev set steered along each direction and sign (and each alpha of a small sweep),
-against the unsteered model with the same seeds; the paired difference, with its paired-bootstrap interval, is the
-effect. On the hf backend the vector is added by hooks; on the vllm backend each (direction, sign, alpha) is baked
-into a checkpoint that an unmodified vLLM serves (removed after its evaluation unless kept, and not baked again for a
-finished evaluation)."""
+against the unsteered model with the same seeds; the paired difference, with its paired-bootstrap interval (the
+count-based one where steering changed no problem's Pass@k), is the effect. On the hf backend the vector is added
+by hooks; on the vllm backend each (direction, sign, alpha) is baked into a checkpoint that an unmodified vLLM serves
+(removed after its evaluation unless kept, and not baked again for a finished evaluation)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, direc
     k = base_config.k[0]
     base = evaluate(replace(base_config, out=str(work / "base")), loaded=loaded)
     nll = base_config.metric == "nll"
+    bounds = None if nll else (-1.0, 1.0)  # a Pass@k difference's range
     statistic = "NLL drop (nats/token), steered vs unsteered" if nll else f"pass@{k} difference, steered - unsteered"
     entries, effects = [], []
     served = None  # vllm: the base model's identity and dtype, read once
@@ -52,13 +53,13 @@ def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, direc
                 ids, differences = paired_differences(base, steered, k=k)
                 gains = -differences if nll else differences  # lower NLL is better
                 effects.append((ids, gains))
-                gain = mean_interval(gains, resamples=resamples)
+                gain = mean_interval(gains, resamples=resamples, bounds=bounds)
                 entries.append(RankingEntry(direction=direction, sign=sign, effect=gain.value, low=gain.low,
                                             high=gain.high, statistic=statistic, evaluation=str(work / name),
                                             cost_s=bake_s + steered.record["timings"]["seconds"], alpha=alpha,
                                             alpha_unit=unit,
                                             details={"vector_norm": vector.norm()}))
-    set_joint_intervals(entries, effects, resamples=resamples, bounds=None if nll else (-1.0, 1.0))
+    set_joint_intervals(entries, effects, resamples=resamples, bounds=bounds)
     baseline = {"evaluation": str(work / "base"), "cost_s": base.record["timings"]["seconds"],
                 **({"nll": base.record["nll"]} if nll else {f"pass@{k}": base.record["pass_at_k"][str(k)]})}
     return entries, baseline
