@@ -7,16 +7,18 @@ problems, as `rank --proxy steer` and `--proxy pilot` measure them) whose popula
 each draw it asks whether every entry's true effect lies inside its interval, for three kinds of interval:
 - own: each entry's 95% percentile interval (`mean_interval`, what `rank` reported alone before);
 - max-t, spread: the 95% max-t band with each entry's draws measured in the spread of its draws (what the
-  correlation proxy uses: its AUROC has no standard error per resample);
-- joint: what `rank --proxy steer` and `--proxy pilot` report: the band with each draw measured in its own
-  resample's standard error (`simultaneous_mean_intervals`, the bootstrap-t, that error floored at half the spread),
-  widened to hold the entry's own interval (`proxies.joint.set_joint`).
+  correlation proxy used before it had a standard error per resample);
+- joint: what `rank` reports: the band with each draw measured in its own resample's standard error (the bootstrap-t;
+  `simultaneous_mean_intervals` for `steer` and `pilot`, that error floored at half the spread; `cluster_bootstrap`
+  with a clustered standard error for `correlation`), widened to hold the entry's own interval
+  (`proxies.joint.set_joint`).
 In the scenarios of Pass@k differences (`pass@1`, `sparse`) the intervals know the differences' range, (-1, 1), as
 `rank` does: an entry whose differences are all zero gets the count-based interval of `constant_interval` (the own at
 95%, the joint at 1 - 0.05 / E) instead of the point zero. The nominal rate is 0.95 for the two bands; the own
 intervals are not meant to hold all at once, but each is meant to hold its own effect 95% of the time ("own: each
 held", over all entries of all experiments). The last rows do the same for the correlation proxy's AUROC under the
-null (no direction matters), with the cluster bootstrap over problems of `cluster_bootstrap`. Coverage is given with
+null (no direction matters), with the cluster bootstrap over problems of `cluster_bootstrap`, and for its Pearson
+correlation with the gold solutions' -NLL (the `nll` metric). Coverage is given with
 its Monte Carlo standard error, sqrt(c (1 - c) / runs); `--only NAME` runs the scenarios of one name.
 """
 
@@ -37,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autoskill_fast.evaluation.passk import (mean_interval, simultaneous_band,  # noqa: E402
                                              simultaneous_mean_intervals)
-from autoskill_fast.proxies.correlation import auroc, cluster_bootstrap  # noqa: E402
+from autoskill_fast.proxies.correlation import auroc_with_error, cluster_bootstrap, pearson_with_error  # noqa: E402
 from autoskill_fast.proxies.joint import set_joint  # noqa: E402
 from autoskill_fast.run.ranking import RankingEntry  # noqa: E402
 
@@ -115,19 +117,36 @@ def mean_scenario(kind: str, problems: int, entries: int, runs: int, resamples: 
             "own_each": each / (runs * entries)}
 
 
-def auroc_null(problems: int, runs: int, resamples: int) -> dict:
-    """6 directions (two of them moving together), 3 sampled solutions per problem, correctness unrelated to them."""
-    held = {"own": 0, "max-t, spread": 0}
+def correlation_null(kind: str, problems: int, runs: int, resamples: int) -> dict:
+    """The correlation proxy with no direction mattering: 6 directions (two of them moving together). `AUROC`: 3
+    sampled solutions per problem, correctness unrelated to the scores; `Pearson`: one gold solution per problem, its
+    -NLL (skewed) unrelated to the scores. "max-t, spread" studentizes by the draws' spread; "joint" is what `rank`
+    reports, the bootstrap-t (a clustered standard error per resample)."""
+    held = {"own": 0, "max-t, spread": 0, "joint": 0}
+    samples, center = (3, 0.5) if kind == "AUROC" else (1, 0.0)
     for run in range(runs):
         rng = np.random.default_rng(100 + run)
-        groups = np.repeat(np.arange(problems), 3)
-        scores = rng.normal(size=(3 * problems, 6))
-        scores[:, 5] = scores[:, 4] + 0.3 * rng.normal(size=3 * problems)
-        correct = rng.random(3 * problems) < 0.4
-        b = cluster_bootstrap(lambda rows: auroc(scores[rows], correct[rows]), groups, resamples=resamples, seed=run)
-        held["own"] += bool(np.all((b.low <= 0.5) & (0.5 <= b.high)))
-        held["max-t, spread"] += bool(np.all((b.joint_low <= 0.5) & (0.5 <= b.joint_high)))
-    return {"scenario": "AUROC, null", "problems": problems, "entries": 12, "runs": runs,
+        groups = np.repeat(np.arange(problems), samples)
+        scores = rng.normal(size=(samples * problems, 6))
+        scores[:, 5] = scores[:, 4] + 0.3 * rng.normal(size=samples * problems)
+        if kind == "AUROC":
+            correct = rng.random(samples * problems) < 0.4
+
+            def statistic(rows, clusters):
+                return auroc_with_error(scores[rows], correct[rows], clusters)
+        else:
+            target = -rng.exponential(size=problems)
+
+            def statistic(rows, clusters):
+                return pearson_with_error(scores[rows], target[rows], clusters)
+        bounds = (0.0, 1.0) if kind == "AUROC" else (-1.0, 1.0)
+        b = cluster_bootstrap(statistic, groups, resamples=resamples, seed=run, bounds=bounds)
+        spread = cluster_bootstrap(lambda rows, clusters: (statistic(rows, clusters)[0], None), groups,
+                                   resamples=resamples, seed=run, bounds=bounds)
+        held["own"] += bool(np.all((b.low <= center) & (center <= b.high)))
+        held["max-t, spread"] += bool(np.all((spread.joint_low <= center) & (center <= spread.joint_high)))
+        held["joint"] += bool(np.all((b.joint_low <= center) & (center <= b.joint_high)))
+    return {"scenario": f"{kind}, null", "problems": problems, "entries": 12, "runs": runs,
             **{name: count / runs for name, count in held.items()}}
 
 
@@ -135,7 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1000, help="simulated experiments per scenario")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per experiment (rank's)")
-    parser.add_argument("--auroc-runs", type=int, default=300)
+    parser.add_argument("--auroc-runs", type=int, default=300, help="simulated experiments per correlation scenario")
     parser.add_argument("--out", help="write the rows as JSON here")
     parser.add_argument("--only", help="run only the scenarios of this name (e.g. 'sparse 4%%')")
     args = parser.parse_args()
@@ -159,12 +178,15 @@ def main() -> None:
               f"{row['critical_median']:.2f} | {row['entry_0_width_over_own']:.2f} | {row['unchanged_entries']:.2f} | "
               f"{row['own_each']:.3f} |",
               flush=True)
-    for problems in (40, 200) if args.only in (None, "AUROC, null") else ():
-        row = auroc_null(problems, args.auroc_runs, args.resamples)
-        rows.append(row)
-        n = row["runs"]
-        print(f"| AUROC, null | {problems} x 3 samples | 6 (x 2 poles) | {row['own']:.3f} | "
-              f"**{row['max-t, spread']:.3f}** +- {se(row['max-t, spread'], n):.3f} | | | | | |", flush=True)
+    for kind in ("AUROC", "Pearson"):
+        for problems in (40, 200) if args.only in (None, f"{kind}, null") else ():
+            row = correlation_null(kind, problems, args.auroc_runs, args.resamples)
+            rows.append(row)
+            n = row["runs"]
+            print(f"| {kind}, null (correlation) | {problems}{' x 3 samples' if kind == 'AUROC' else ''} | "
+                  f"6 (x 2 poles) | {row['own']:.3f} | {row['max-t, spread']:.3f} +- "
+                  f"{se(row['max-t, spread'], n):.3f} | **{row['joint']:.3f}** +- {se(row['joint'], n):.3f} | | | | |",
+                  flush=True)
     print(f"{time.perf_counter() - start:.0f} s")
     if args.out:
         Path(args.out).write_text(json.dumps({

@@ -275,7 +275,7 @@ def test_joint_coverage_benchmark_runs(tmp_path):
                            "--out", str(tmp_path / "joint.json")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "joint.json").read_text())["rows"]
-    assert [row["scenario"] for row in rows][-2:] == ["AUROC, null", "AUROC, null"] and len(rows) == 17
+    assert [row["scenario"] for row in rows][-4:] == ["AUROC, null"] * 2 + ["Pearson, null"] * 2 and len(rows) == 19
     for row in rows:
         assert all(0.0 <= row[name] <= 1.0 for name in ("own", "max-t, spread", "joint") if name in row), row
     assert "| skewed | 50 | 10 |" in proc.stdout and "| heavy tail | 50 | 10 |" in proc.stdout

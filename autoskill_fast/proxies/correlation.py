@@ -6,7 +6,9 @@ projected onto the basis (the basis's own pooling), and per direction the AUROC 
 the score with correctness are reported; their sign says which pole goes with correct solutions. With the `nll`
 metric, the text is each problem with its gold solution and the score is correlated with that solution's NLL
 (lower is better). Intervals are percentile bootstraps that resample problems (a problem's samples stay together); the
-joint intervals, from the same resamples, hold every direction's value at once.
+joint intervals, from the same resamples, hold every direction's value at once: a bootstrap-t, each resample's value
+measured in its own standard error (for the AUROC, DeLong's placement values summed per problem as Obuchowski's
+clustered AUROC does; for Pearson's r, its influence function).
 """
 
 from __future__ import annotations
@@ -38,6 +40,40 @@ def auroc(scores_nk: np.ndarray, labels_n: np.ndarray) -> np.ndarray:
     return u / (positives * negatives)
 
 
+def auroc_with_error(scores_nk: np.ndarray, labels_n: np.ndarray, clusters_n: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """`auroc` [k] and its standard error [k] for rows that come in clusters (`clusters_n`: a problem's sampled
+    solutions, numbered 0..G-1), from DeLong et al.'s (1988) placement values: a correct row's share of wrong rows
+    below it, a wrong row's share of correct rows above it (ties half), summed per cluster (Obuchowski 1997). NaN
+    where the labels are all one class."""
+    scores = np.asarray(scores_nk, dtype=np.float64)
+    labels = np.asarray(labels_n, dtype=bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return np.full(scores.shape[1], np.nan), np.full(scores.shape[1], np.nan)
+    ranks = _average_ranks(scores)
+    negatives_below = ranks[labels] - _average_ranks(scores[labels])  # [M, k]: a rank among all minus among its own
+    positives_below = ranks[~labels] - _average_ranks(scores[~labels])  # [N, k]
+    value = negatives_below.sum(axis=0) / (positives * negatives)
+    contributions = np.empty_like(scores)  # each row's share of the AUROC's deviation
+    contributions[labels] = (negatives_below / negatives - value) / positives
+    contributions[~labels] = ((positives - positives_below) / positives - value) / negatives
+    return value, _clustered_error(contributions, clusters_n)
+
+
+def _clustered_error(contributions_nk: np.ndarray, clusters_n: np.ndarray) -> np.ndarray:
+    """The standard error [k] of a statistic whose deviation is the sum of its rows' `contributions`, the rows of one
+    cluster moving together: sqrt(G / (G - 1) * sum over clusters of (their rows' sum)^2); NaN with one cluster."""
+    clusters = np.asarray(clusters_n)
+    count = int(clusters.max()) + 1
+    if count < 2:
+        return np.full(contributions_nk.shape[1], np.nan)
+    order = np.argsort(clusters, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(clusters[order]) != 0])
+    sums = np.add.reduceat(contributions_nk[order], starts, axis=0)
+    return np.sqrt(count / (count - 1) * (sums * sums).sum(axis=0))
+
+
 def _average_ranks(x_nk: np.ndarray) -> np.ndarray:
     order = np.argsort(x_nk, axis=0, kind="stable")
     ranks = np.empty_like(x_nk)
@@ -61,6 +97,19 @@ def pearson(x_nk: np.ndarray, y_n: np.ndarray) -> np.ndarray:
         return np.where(denominator > 0, (x * y[:, None]).sum(axis=0) / denominator, np.nan)
 
 
+def pearson_with_error(x_nk: np.ndarray, y_n: np.ndarray, clusters_n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`pearson` [k] and its standard error [k] from r's influence function, zx zy - r (zx^2 + zy^2) / 2 of the
+    standardized values, summed per cluster (`clusters_n`, numbered 0..G-1). NaN where a column or y is constant."""
+    x = np.asarray(x_nk, dtype=np.float64) - np.mean(x_nk, axis=0)
+    y = np.asarray(y_n, dtype=np.float64) - np.mean(y_n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        zx = x / np.sqrt((x * x).mean(axis=0))
+        zy = (y / np.sqrt((y * y).mean()))[:, None]
+        value = (zx * zy).mean(axis=0)
+        influence = zx * zy - value / 2.0 * (zx * zx + zy * zy)
+    return value, _clustered_error(influence / len(y), clusters_n)
+
+
 class Bootstrapped(NamedTuple):
     """A statistic [k] with its own percentile intervals and the joint ones (max-t: all k at once)."""
 
@@ -71,24 +120,32 @@ class Bootstrapped(NamedTuple):
     joint_high: np.ndarray
 
 
-def cluster_bootstrap(statistic: Callable[[np.ndarray], np.ndarray], groups_n: np.ndarray, *, confidence: float = 0.95,
-                      resamples: int = 1000, seed: int = 0, bounds: tuple[float, float] | None = None) -> Bootstrapped:
-    """`statistic(rows)` [k] on all rows, with its percentile intervals when whole groups (problems) are resampled
-    with replacement, and the joint intervals of `simultaneous_band` from the same resamples (cut to `bounds`, the
-    statistic's range). Resamples where the statistic is undefined (NaN) are left out."""
-    groups_n = np.asarray(groups_n)
-    members = [np.flatnonzero(groups_n == g) for g in np.unique(groups_n)]
+def cluster_bootstrap(statistic: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]],
+                      groups_n: np.ndarray, *, confidence: float = 0.95, resamples: int = 1000, seed: int = 0,
+                      bounds: tuple[float, float] | None = None) -> Bootstrapped:
+    """`statistic(rows, clusters)` -> (value [k], standard error [k] or None) on the rows given, `clusters` numbering
+    their groups 0..G-1 (a group drawn twice is two clusters): on all rows, with its percentile intervals when whole
+    groups (problems) are resampled with replacement, and the joint intervals of `simultaneous_band` from the same
+    resamples (the bootstrap-t when the statistic gives standard errors; cut to `bounds`, the statistic's range).
+    Resamples where the statistic is undefined (NaN) are left out."""
+    _, groups = np.unique(np.asarray(groups_n), return_inverse=True)
+    members = [np.flatnonzero(groups == g) for g in range(int(groups.max()) + 1)]
+    sizes = np.array([len(m) for m in members])
     rng = np.random.default_rng(seed)
-    value = statistic(np.arange(len(groups_n)))
-    draws = []
+    value, error = statistic(np.arange(len(groups)), groups)
+    draws, draw_errors = [], []
     for picks in rng.integers(0, len(members), size=(resamples, len(members))):
-        draws.append(statistic(np.concatenate([members[g] for g in picks])))
+        draw, draw_error = statistic(np.concatenate([members[g] for g in picks]),
+                                     np.repeat(np.arange(len(picks)), sizes[picks]))
+        draws.append(draw)
+        draw_errors.append(draw_error)
     draws = np.array(draws)
     alpha = (1 - confidence) / 2
     with np.errstate(invalid="ignore"):
         low = np.nanquantile(draws, alpha, axis=0) if np.isfinite(draws).any() else np.full_like(value, np.nan)
         high = np.nanquantile(draws, 1 - alpha, axis=0) if np.isfinite(draws).any() else np.full_like(value, np.nan)
-    joint_low, joint_high, _ = simultaneous_band(value, draws, confidence=confidence, bounds=bounds)
+    errors = {} if error is None else {"errors_e": error, "draw_errors_re": np.array(draw_errors)}
+    joint_low, joint_high, _ = simultaneous_band(value, draws, confidence=confidence, bounds=bounds, **errors)
     return Bootstrapped(value, low, high, joint_low, joint_high)
 
 

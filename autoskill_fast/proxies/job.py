@@ -33,7 +33,7 @@ from ..evaluation.samples import SAMPLES_JSONL, read_samples
 from ..evaluation.problems import ProblemsConfig, load_problems
 from ..run.folder import RunFolder
 from ..run.ranking import Ranking, RankingEntry
-from .correlation import auroc, cluster_bootstrap, entries_from, pearson, score_texts
+from .correlation import auroc_with_error, cluster_bootstrap, entries_from, pearson, pearson_with_error, score_texts
 
 Proxy = Literal["correlation", "steer", "pilot"]
 MIN_RESAMPLES = 100
@@ -194,8 +194,8 @@ def _correlation(config: RankConfig, basis: SkillBasis, record, loaded: LoadedMo
         scores, target = scores[keep], -result.nll[keep]  # a larger score should go with a lower NLL
         groups = np.arange(len(target))
 
-        def statistic(rows):
-            return pearson(scores[rows], target[rows])
+        def statistic(rows, clusters):
+            return pearson_with_error(scores[rows], target[rows], clusters)
 
         bootstrapped = cluster_bootstrap(statistic, groups, resamples=config.resamples, bounds=(-1.0, 1.0))
         entries = entries_from(bootstrapped, center=0.0, statistic="correlation of the score with -NLL of the "
@@ -215,8 +215,11 @@ def _correlation(config: RankConfig, basis: SkillBasis, record, loaded: LoadedMo
             raise AutoskillError(f"all {len(labels)} sampled solutions are {'correct' if labels.all() else 'wrong'}: "
                                  "the correlation with correctness is undefined; sample more (--n, --limit) or use "
                                  "--metric nll")
-        bootstrapped = cluster_bootstrap(lambda rows: auroc(scores[rows], labels[rows]), groups,
-                                         resamples=config.resamples, bounds=(0.0, 1.0))
+
+        def statistic(rows, clusters):
+            return auroc_with_error(scores[rows], labels[rows], clusters)
+
+        bootstrapped = cluster_bootstrap(statistic, groups, resamples=config.resamples, bounds=(0.0, 1.0))
         biserial = pearson(scores, labels.astype(np.float64))
         entries = entries_from(bootstrapped, center=0.5, statistic="AUROC of the score for correct solutions, "
                                "minus 0.5", evaluation=str(work / "eval"), cost_s=time.perf_counter() - t0,
