@@ -10,7 +10,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from autoskill_fast.evaluation.passk import (Estimate, mean_interval, paired_mean_difference,
+from autoskill_fast.evaluation.passk import (Estimate, few_changes_interval, mean_interval, paired_mean_difference,
                                              paired_pass_at_k_difference, pass_at_k, pass_at_k_interval,
                                              simultaneous_band, simultaneous_mean_intervals)
 
@@ -299,13 +299,18 @@ def test_the_joint_critical_value_is_never_below_one_intervals_and_the_band_keep
     # two problems of fifty changed, all in the same direction: the bootstrap-t alone gave a critical value of 1.4
     values = np.zeros((50, 1))
     values[:2, 0] = 1.0
-    _, low, high, critical = simultaneous_mean_intervals(values, resamples=1000, bounds=(-1.0, 1.0))
+    _, low, high, critical = simultaneous_mean_intervals(values, resamples=1000)
     assert critical >= 1.959 and low[0] < 0 < high[0]
+    # with the range given, so few changes get the count-based interval instead (here at 1 - 0.005)
+    _, low, high, critical = simultaneous_mean_intervals(values, resamples=1000, bounds=(-1.0, 1.0))
+    assert np.isnan(critical) and (low[0], high[0]) == few_changes_interval(0.0, 2, 50, confidence=0.995,
+                                                                          bounds=(-1.0, 1.0))
+    assert 0.17 < high[0] < 0.18  # 0.121 at 95%
     # a pass@k difference near its end of the range: the band is cut there
     values = np.ones((30, 2))
-    values[0, :] = 0.0
-    _, low, high, _ = simultaneous_mean_intervals(values, resamples=500, bounds=(-1.0, 1.0))
-    assert np.all(high == 1.0) and np.all(low < 1.0)
+    values[:3, :] = 0.0
+    _, low, high, critical = simultaneous_mean_intervals(values, resamples=500, bounds=(-1.0, 1.0))
+    assert np.all(high == 1.0) and np.all(low < 1.0) and np.isfinite(critical)
 
 
 def test_a_mean_of_equal_values_has_the_count_based_interval_that_holds():
@@ -327,23 +332,60 @@ def test_a_mean_of_equal_values_has_the_count_based_interval_that_holds():
 
 
 @pytest.mark.parametrize("problems", [6, 7, 8, 12, 50])
-def test_the_count_based_interval_holds_for_every_share_exactly(problems):
+@pytest.mark.parametrize("changed", [0, 1, 2])
+def test_the_count_based_interval_holds_for_every_share_exactly(problems, changed):
     """The exact miss chance of the count-based intervals for a metric of two values, 0 (chance 1 - q) and 1
-    (chance q): all P are 0 with chance (1 - q)^P and miss if q > the interval's top; all 1, q^P, miss if q < its
-    bottom. The worst q must stay within 5%. The plain rule of three, u = 1 - 0.05^(1/P), misses 6.9% at P = 5 and
-    5.4% at P = 6: with two values both ends can be seen alone and miss."""
-    top = mean_interval(np.zeros(problems), bounds=(0.0, 1.0)).high
-    bottom = mean_interval(np.ones(problems), bounds=(0.0, 1.0)).low
-    q = np.linspace(0.0, 1.0, 200001)
-    miss = (1 - q) ** problems * (q > top) + q ** problems * (q < bottom)
+    (chance q): at most `changed` of P are 1 with chance B(changed; P, q), and miss if q lies above the interval's top;
+    at most `changed` are 0, B(changed; P, 1 - q), and miss if q lies below its bottom. The worst q must stay within
+    5%. The plain rule of three, u = 1 - 0.05^(1/P), misses 5.4% at P = 6: with two values both ends can be seen
+    alone and miss."""
+    from scipy.stats import binom
+
+    values = np.zeros(problems)
+    values[:changed] = 1.0
+    top = mean_interval(values, bounds=(0.0, 1.0)).high
+    bottom = mean_interval(1.0 - values, bounds=(0.0, 1.0)).low
+    q = np.linspace(0.0, 1.0, 100001)
+    miss = binom.cdf(changed, problems, q) * (q > top) + binom.cdf(changed, problems, 1 - q) * (q < bottom)
     assert miss.max() <= 0.05 + 1e-9
-    assert miss.max() > 0.0499  # and not much wider than it needs to be
+    if top < 1.0:
+        assert miss.max() > 0.0499  # and not much wider than it needs to be
     plain = 1.0 - 0.05 ** (1.0 / problems)
-    if problems == 6:
+    if problems == 6 and changed == 0:
         assert ((1 - q) ** 6 * (q > plain) + q ** 6 * (q < 1 - plain)).max() > 0.053
 
 
-def test_joint_intervals_of_unchanged_entries_share_the_miss_chance_with_the_band():
+def test_few_changes_get_the_count_based_interval_and_more_use_the_bootstrap():
+    """One +1 among 50 zeros: the bootstrap's [0, 0.06] held 0.65 of such entries in a simulation; the count-based
+    interval is [-0.091, 0.091] around the common value (0.121 with two changed). From three the bootstrap's."""
+    one = np.zeros(50)
+    one[7] = 1.0
+    est = mean_interval(one, bounds=(-1.0, 1.0))
+    assert est.value == pytest.approx(0.02) and est.high == -est.low == pytest.approx(0.0914, abs=2e-4)
+    assert mean_interval(one).low == 0.0  # without the range: the bootstrap, which cannot go below zero
+    two = one.copy()
+    two[8] = -0.5
+    assert mean_interval(two, bounds=(-1.0, 1.0)).high == pytest.approx(0.1206, abs=2e-4)
+    three = two.copy()
+    three[9] = 1.0
+    assert mean_interval(three, bounds=(-1.0, 1.0)) == mean_interval(three)
+    # the common value need not be zero: all solved but one
+    almost = np.ones(50)
+    almost[3] = 0.0
+    est = pass_at_k_interval(almost.astype(int), 1, 1)
+    assert est.value == pytest.approx(0.98) and est.high == 1.0 and est.low == pytest.approx(1 - 0.0914, abs=2e-4)
+    # own intervals in the benchmark's one-sided scenario: 16 entries, each improving a share 0.02-0.15 of 50 problems
+    rng = np.random.default_rng(13)
+    share = np.linspace(0.02, 0.15, 16)
+    held = sum(np.sum([(e.low <= t <= e.high) for e, t in zip(
+        (mean_interval(column, resamples=300, seed=run, bounds=(-1.0, 1.0)) for column in
+         (rng.random((50, 16)) < share).astype(float).T), share)]) for run in range(40))
+    assert held / (40 * 16) >= 0.94, held
+    with pytest.raises(ValueError, match="0 <= changed < problems, got 5 of 5"):
+        few_changes_interval(0.0, 5, 5, bounds=(0.0, 1.0))
+
+
+def test_joint_intervals_of_entries_of_few_changes_share_the_miss_chance_with_the_band():
     """With the range given, an unchanged entry gets the count-based interval at 1 - 0.1 * 0.05 / E, and the band of
     the entries that vary is taken at 1 - 0.9 * 0.05, shares fixed before the data are seen (a split by the number
     found unchanged would not be: every entry can miss through "nothing changed"). Before, an unchanged entry had the

@@ -15,12 +15,15 @@ Joint intervals (`simultaneous_band`, `simultaneous_mean_intervals`) hold E effe
 once, so that picking the best of E is covered; `rank` gives one to each of its entries.
 
 A metric whose P values are all equal leaves the bootstrap nothing to resample: it would give the point (every problem
-solved; a steering vector that changed no outcome). Given the metric's range (`bounds`), such a mean gets the
-count-based interval of `constant_interval` instead, which holds whatever the share of problems it did not see.
+solved; a steering vector that changed no outcome). With one or two values apart, its percentile interval still ends
+where those few values put it ([0, 0.06] for one +1 among 50 zeros, held by 0.65 of such entries in a simulation).
+Given the metric's range (`bounds`), such a mean gets the count-based interval of `few_changes_interval` instead,
+which holds whatever the values it did not see.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
@@ -34,14 +37,14 @@ _CHUNK_ELEMENTS = 1 << 22  # bootstrap indices drawn per block (16 MiB of int32)
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with a percentile-bootstrap interval (the count-based one where all values are equal)."""
+    """A point estimate with a percentile-bootstrap interval (the count-based one where at most two values differ)."""
 
     value: float
     """The estimate on the data as given (the mean over all problems, or of their paired differences)."""
     low: float
-    """Lower end of the interval: the (1 - confidence) / 2 quantile of the bootstrap means, or `constant_interval`."""
+    """Lower end: the (1 - confidence) / 2 quantile of the bootstrap means, or `few_changes_interval`'s."""
     high: float
-    """Upper end of the interval: the (1 + confidence) / 2 quantile of the bootstrap means, or `constant_interval`."""
+    """Upper end: the (1 + confidence) / 2 quantile of the bootstrap means, or `few_changes_interval`'s."""
     confidence: float
     """Nominal coverage of [low, high], e.g. 0.95."""
 
@@ -139,30 +142,49 @@ def _check_bounds(values: np.ndarray, bounds: tuple[float, float] | None) -> Non
         raise ValueError(f"values must lie within bounds {bounds}; problem {problem} has {float(values[outside][0])}")
 
 
-def constant_interval(value: float, problems: int, *, confidence: float = 0.95,
-                      bounds: tuple[float, float]) -> tuple[float, float]:
-    """The interval of a mean whose `problems` observed values all equal `value`, for a metric within `bounds`:
-    [value - u (value - low), value + u (high - value)], holding the mean with chance at least `confidence`.
+MAX_FEW_CHANGES = 2  # from 3 problems apart from the rest the bootstrap holds (0.95-0.98 in the simulation)
 
-    A miss at a value v needs a share above u of all problems to have another value (the mean lies within that share
-    of the way from v to a bound), and then all P drawn equal v with chance below (1 - u)^P. Summed over the values
-    that could be seen alone, the miss chance is at most (1 - u)^P + u^P once u < 1/2 (one value short of a share u,
-    and one holding the rest), and u is where that equals 1 - confidence: the rule of three, u about 3/P at 95%
-    (0.058 for 50 problems; the u^P term matters below 10). Where no u < 1/2 does (P <= 5 at 95%), the interval is
-    the whole range.
+
+def few_changes(values_pe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(value [E], changed [E]): each column's most common value and how many of its P values differ from it."""
+    values = np.asarray(values_pe, dtype=np.float64).reshape(values_pe.shape[0], -1)
+    common, changed = np.empty(values.shape[1]), np.empty(values.shape[1], dtype=np.int64)
+    for e in range(values.shape[1]):
+        distinct, counts = np.unique(values[:, e], return_counts=True)
+        common[e], changed[e] = distinct[np.argmax(counts)], values.shape[0] - counts.max()
+    return common, changed
+
+
+def few_changes_interval(value: float, changed: int, problems: int, *, confidence: float = 0.95,
+                         bounds: tuple[float, float]) -> tuple[float, float]:
+    """The interval of a mean of a metric within `bounds` whose `problems` observed values all equal `value` but for
+    `changed` of them: [value - u (value - low), value + u (high - value)], holding the mean with chance at least
+    `confidence` whatever the metric's distribution.
+
+    The mean lies within s of the way from v to each bound, s the share of all problems whose value is not v; and with
+    s > u, at most `changed` of P drawn differ from v with chance below B(changed; P, u), the binomial distribution
+    function. Summed over the values that could be seen that often, the miss chance is at most B(changed; P, u) +
+    B(changed; P, 1 - u) once u < 1/2 (one value short of a share u, and one holding the rest), and u is where that
+    equals 1 - confidence: with nothing changed, the rule of three, u about 3/P at 95% (0.058 of 50 problems; 0.091
+    with one changed, 0.121 with two). Where no u < 1/2 does (P <= 5 at 95% with nothing changed), the interval is the
+    whole range.
     """
-    if problems < 1:
-        raise ValueError(f"constant_interval needs at least one problem, got {problems}")
+    if not 0 <= changed < problems:
+        raise ValueError(f"few_changes_interval needs 0 <= changed < problems, got {changed} of {problems}")
     low, high = bounds
     if not low <= value <= high:
         raise ValueError(f"value {value} lies outside bounds {bounds}")
     miss = 1.0 - confidence
-    if 2.0 * 0.5 ** problems >= miss:
+
+    def seen_so_few(share: float) -> float:
+        return sum(math.comb(problems, i) * share ** i * (1.0 - share) ** (problems - i) for i in range(changed + 1))
+
+    if 2.0 * seen_so_few(0.5) >= miss:
         return float(low), float(high)
-    below, above = 0.0, 0.5  # (1 - u)^P + u^P falls from 1 to 2^(1-P) < miss over [0, 1/2]: bisect
+    below, above = 0.0, 0.5  # the chance falls over [0, 1/2], to below the miss at 1/2: bisect
     for _ in range(60):
         share = (below + above) / 2.0
-        below, above = (share, above) if (1.0 - share) ** problems + share ** problems > miss else (below, share)
+        below, above = (share, above) if seen_so_few(share) + seen_so_few(1.0 - share) > miss else (below, share)
     return value - above * (value - low), value + above * (high - value)
 
 
@@ -179,16 +201,19 @@ def mean_interval(values: ArrayLike, *, confidence: float = 0.95, resamples: int
                   bounds: tuple[float, float] | None = None) -> Estimate:
     """The mean of a per-problem metric `values` [P] with a percentile-bootstrap interval over problems.
 
-    Values all equal (one problem, or none that differs) give the bootstrap nothing to resample: with `bounds` (the
-    metric's range, e.g. (0, 1) for Pass@k, (-1, 1) for a paired difference of it) the interval is then
-    `constant_interval`'s; without, the point itself.
+    With `bounds` (the metric's range, e.g. (0, 1) for Pass@k, (-1, 1) for a paired difference of it), values that
+    all equal one but for at most MAX_FEW_CHANGES of them (a steering vector that changed no problem, or two) get
+    `few_changes_interval` instead: the bootstrap cannot see what so few values leave out. Without, values all equal
+    give the point itself.
     """
     _check_bootstrap(confidence, resamples)
     values = _per_problem("values", values)
     _check_bounds(values, bounds)
-    if bounds is not None and (values == values[0]).all():
-        low, high = constant_interval(float(values[0]), values.shape[0], confidence=confidence, bounds=bounds)
-        return Estimate(float(values[0]), low, high, float(confidence))
+    common, changed = few_changes(values[:, None])
+    if bounds is not None and changed[0] <= MAX_FEW_CHANGES:
+        low, high = few_changes_interval(float(common[0]), int(changed[0]), values.shape[0], confidence=confidence,
+                                         bounds=bounds)
+        return Estimate(float(values.mean()) if changed[0] else float(common[0]), low, high, float(confidence))
     means = _bootstrap_means(values, resamples, seed)
     low, high = np.quantile(means, [(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0])
     return Estimate(float(values.mean()), float(low), float(high), float(confidence))
@@ -237,7 +262,7 @@ def paired_pass_at_k_difference(correct_a: ArrayLike, correct_b: ArrayLike, n_a:
 
 MIN_JOINT_RESAMPLES = 20  # the band reads the 95th percentile of a maximum over the resamples
 RESAMPLE_ERROR_FLOOR = 0.5  # a resample's own standard error counts as at least this share of its entry's spread
-UNCHANGED_MISS = 0.1  # joint intervals with a range: the share of the miss chance kept for entries that do not vary
+FEW_CHANGES_MISS = 0.1  # joint intervals with a range: the miss chance's share kept for entries of few changes
 
 
 def simultaneous_band(value_e: ArrayLike, draws_re: ArrayLike, *, confidence: float = 0.95,
@@ -303,9 +328,10 @@ def simultaneous_mean_intervals(values_pe: ArrayLike, *, confidence: float = 0.9
     (bootstrap-t) over resamples of the problems, cut to `bounds`.
 
     Without `bounds`, an entry whose values are all equal (all of them, with one problem) gets its point. With them,
-    it gets `constant_interval` at 1 - UNCHANGED_MISS (1 - confidence) / E, and the band of the entries that vary is
-    taken at 1 - (1 - UNCHANGED_MISS) (1 - confidence): shares fixed before the data are seen, so the chances of a
-    miss add to at most 1 - confidence (Bonferroni) whichever entries turn out unchanged. With 16 entries on 50
+    an entry whose values all equal one but for at most MAX_FEW_CHANGES gets `few_changes_interval` at
+    1 - FEW_CHANGES_MISS (1 - confidence) / E, and the band of the others is taken at
+    1 - (1 - FEW_CHANGES_MISS) (1 - confidence): shares fixed before the data are seen, so the chances of a miss add
+    to at most 1 - confidence (Bonferroni) whichever entries turn out to change few problems. With 16 entries on 50
     problems an unchanged entry gets +-0.15, and the band's critical value grows about 1.5% (95.5% for 95%).
     """
     _check_bootstrap(confidence, resamples)
@@ -315,18 +341,20 @@ def simultaneous_mean_intervals(values_pe: ArrayLike, *, confidence: float = 0.9
     if not np.isfinite(values).all():
         raise ValueError(f"values has a non-finite value at problem {int(np.argmin(np.isfinite(values).all(axis=1)))}")
     _check_bounds(values, bounds)
-    varies = (values != values[0]).any(axis=0)
-    mean = np.where(varies, values.mean(axis=0), values[0])  # a sum of equal values may round off them
-    low, high, critical = mean.copy(), mean.copy(), float("nan")
     count, entries = values.shape
+    common, changed = few_changes(values)
+    mean = np.where(changed > 0, values.mean(axis=0), common)  # a sum of equal values may round off them
+    low, high, critical = mean.copy(), mean.copy(), float("nan")
+    banded = changed > 0
     if bounds is not None:
         miss = 1.0 - confidence
-        for e in np.flatnonzero(~varies):
-            low[e], high[e] = constant_interval(mean[e], count, confidence=1.0 - UNCHANGED_MISS * miss / entries,
-                                                bounds=bounds)
-        confidence = 1.0 - (1.0 - UNCHANGED_MISS) * miss
-    if varies.any():
-        column = np.flatnonzero(varies)
+        banded = changed > MAX_FEW_CHANGES
+        for e in np.flatnonzero(~banded):
+            low[e], high[e] = few_changes_interval(common[e], int(changed[e]), count, bounds=bounds,
+                                                   confidence=1.0 - FEW_CHANGES_MISS * miss / entries)
+        confidence = 1.0 - (1.0 - FEW_CHANGES_MISS) * miss
+    if banded.any():
+        column = np.flatnonzero(banded)
         means, errors = _bootstrap_means_and_errors(values[:, column], resamples, seed)
         low[column], high[column], critical = simultaneous_band(
             mean[column], means, confidence=confidence, draw_errors_re=errors, bounds=bounds,
