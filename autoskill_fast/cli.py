@@ -137,7 +137,8 @@ def fit_cmd(run_dir, k, eig_tol, scaling):
     for warning in basis.warnings:
         click.echo(f"warning: {warning}")
     if not (Path(run_dir) / "scores.safetensors").exists():
-        click.echo("no saved features, so the old scores were removed; rescore with `autoskill-fast project`")
+        click.echo("no saved features, so the old scores were removed; rescore with `autoskill-fast project "
+                   f"{run_dir} --corpus CORPUS --out {run_dir}`")
 
 
 @cli.command("merge")
@@ -195,7 +196,8 @@ def steer_cmd(run_dir, **values):
 @cli.command("inspect")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @config_options(InspectConfig, skip=("run",))
-@click.option("--show", type=int, default=8, show_default=True, help="Directions summarised in the terminal.")
+@click.option("--show", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Directions summarised in the terminal.")
 @friendly_errors
 def inspect_cmd(run_dir, show, **values):
     """What each direction of RUN_DIR means: explained variance and pole examples; the HTML report; labeling."""
@@ -234,7 +236,8 @@ def select_cmd(run_dir, threads, **values):
 @click.argument("run_a", type=click.Path(exists=True, file_okay=False))
 @click.argument("run_b", type=click.Path(exists=True, file_okay=False))
 @config_options(CompareConfig, skip=("run_a", "run_b"))
-@click.option("--show", type=int, default=10, show_default=True, help="Directions listed in the terminal.")
+@click.option("--show", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Directions listed in the terminal.")
 @friendly_errors
 def compare_cmd(run_a, run_b, show, **values):
     """Two profiles of one corpus (two models, or two runs of one): pole overlap, score correlations, canonical

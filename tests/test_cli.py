@@ -66,7 +66,7 @@ def test_profile_fit_project_round_trip(tmp_path, tiny_model, corpus):
     assert projected.ids == profiled.ids
     torch.testing.assert_close(projected.projection, profiled.projection, rtol=1e-4, atol=1e-4)
     code, out = invoke("project", tmp_path / "run", "--model", model, "--corpus", corpus, "--out", tmp_path / "run")
-    assert code == 2 and "holds a profile run" in out, out
+    assert code == 2 and "already has scores" in out, out  # a run without them is scored in place
     # Pooling options of project describe the basis's: --keep-first-token (an alias) is checked like --first-token;
     # --max-length applies.
     code, out = invoke("project", tmp_path / "run", "--model", model, "--corpus", corpus, "--out", tmp_path / "p2",
@@ -94,9 +94,31 @@ def test_profile_fit_project_round_trip(tmp_path, tiny_model, corpus):
 def test_fit_without_features_drops_stale_scores(tmp_path, tiny_model, corpus):
     code, out = invoke("profile", "--model", tiny_model("llama"), "--corpus", corpus, "--out", tmp_path / "r", "-k", 3, "--quiet")
     assert code == 0 and (tmp_path / "r" / "scores.safetensors").exists(), out
+    before = json.loads((tmp_path / "r" / "scores.json").read_text())
     code, out = invoke("fit", tmp_path / "r", "-k", 2)
-    assert code == 0 and "autoskill-fast project" in out, out
+    assert code == 0 and f"autoskill-fast project {tmp_path / 'r'} --corpus CORPUS --out {tmp_path / 'r'}" in out, out
     assert not (tmp_path / "r" / "scores.safetensors").exists()
+    one_line_error(*invoke("select", tmp_path / "r", "--out", tmp_path / "s.jsonl", "-n", 2), "no scores.safetensors",
+                   "--out")
+    # the hint works: `project RUN --out RUN` scores the run in place (it was refused, and nothing else rescored it)
+    model = tiny_model("llama")
+    code, out = invoke("project", tmp_path / "r", "--model", model, "--corpus", corpus, "--out", tmp_path / "r")
+    assert code == 0, out
+    assert invoke("select", tmp_path / "r", "--out", tmp_path / "s.jsonl", "-n", 2)[0] == 0
+    from autoskill_fast.run.reading import load_run
+
+    run = load_run(tmp_path / "r")
+    assert run.scores.projection.shape == (before["n"], 2) and not (tmp_path / "r" / "project.json").exists()
+    one_line_error(*invoke("project", tmp_path / "r", "--model", model, "--corpus", corpus, "--out", tmp_path / "r"),
+                   "already has scores")
+    (tmp_path / "r" / "scores.safetensors").unlink()
+    # the profile command again: it said "already complete" and wrote nothing; now it says how to get what it asks
+    again = ("profile", "--model", model, "--corpus", corpus, "--out", tmp_path / "r", "-k", 2, "--quiet")
+    one_line_error(*invoke(*again), "complete without scores", "autoskill-fast project")
+    one_line_error(*invoke(*again, "--save-features", "--no-scores"), "kept no features", "--overwrite")
+    other = write_jsonl(tmp_path / "o.jsonl", [{"text": "other"}] * 5)
+    one_line_error(*invoke("project", tmp_path / "r", "--model", model, "--corpus", other, "--out", tmp_path / "r"),
+                   "is not the corpus", "profiled")
 
 
 def test_skip_policy_records_skipped_ids(tmp_path, tiny_model):
@@ -134,8 +156,86 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model, corpus):
     one_line_error(*invoke(*base, "--corpus", corpus, "--layers", "9"), "layer 9 out of range", "4 decoder blocks")
     one_line_error(*invoke(*base, "--corpus", corpus, "--model", tmp_path), "not a Hugging Face model folder")
     one_line_error(*invoke(*base, "--corpus", corpus, "-k", 50), "-k 50 is more directions than the data has")
+    (tmp_path / "empty.jsonl").write_text("")
+    one_line_error(*invoke(*base, "--corpus", tmp_path / "empty.jsonl"), "empty.jsonl: no record to profile")
     bos_only = write_jsonl(tmp_path / "bos.jsonl", [{"text": "fine text"}, {"text": "<|im_start|>"}])
     one_line_error(*invoke(*base, "--corpus", bos_only, "--out", tmp_path / "b", "-k", 1), "no token left to pool after leaving out position 0")
+
+
+def test_the_same_files_spelled_another_way_are_the_same_run(tmp_path, tiny_model, corpus, monkeypatch):
+    """./c.jsonl for c.jsonl, an absolute path, a model folder with a trailing slash: the rerun was refused as another
+    run ("another corpus.path: 'c.jsonl' vs './c.jsonl'"), and only --overwrite, which drops the checkpoint, got on."""
+    monkeypatch.chdir(tmp_path)
+    model = tiny_model("llama")
+    args = ("profile", "--out", "r", "-k", 2, "--quiet")
+    assert invoke(*args, "--corpus", "c.jsonl", "--model", model)[0] == 0
+    before = (tmp_path / "r" / "basis.safetensors").read_bytes()
+    for corpus_spelling, model_spelling in (("./c.jsonl", model), (tmp_path / "c.jsonl", f"{model}/")):
+        code, out = invoke(*args, "--corpus", corpus_spelling, "--model", model_spelling)
+        assert code == 0, out
+    assert (tmp_path / "r" / "basis.safetensors").read_bytes() == before
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["config"]["corpus"]["path"] == "c.jsonl"
+    other = write_jsonl(tmp_path / "d.jsonl", [{"text": "another corpus"}] * 12)
+    one_line_error(*invoke(*args, "--corpus", other, "--model", model), "holds a run", "another corpus.path")
+
+
+def test_a_run_stopped_by_a_bad_example_resumes_with_skip(tmp_path, tiny_model, monkeypatch):
+    """The error says to rerun with --on-bad-example skip; that rerun was refused as another run (the key held the
+    policy), and only --overwrite, which drops the checkpoint, got on. The policy changes nothing until an example is
+    bad, so the checkpoint is the skip run's as well: it is resumed, and the result is a fresh skip run's."""
+    from safetensors.torch import load_file
+
+    from autoskill_fast.run.checkpoint import Checkpoint
+    from autoskill_fast.run.folder import run_key, run_key_of
+    from autoskill_fast.run.record import RunRecord
+
+    records = [{"text": f"problem {i}: a farmer has {i} cows " * (1 + i % 3)} for i in range(45)]
+    records[40]["text"] = ""
+    corpus = write_jsonl(tmp_path / "c.jsonl", records)
+    args = ("profile", "--model", tiny_model("llama"), "--corpus", corpus, "-k", 2, "--quiet", "--max-batch-size", 2,
+            "--sort-window", 8, "--checkpoint-every", 3)
+    one_line_error(*invoke(*args, "--out", tmp_path / "r"), "example '40': empty text",
+                   "rerun with --on-bad-example skip")
+    resumed = []
+    load = Checkpoint.load_statistics
+    monkeypatch.setattr(Checkpoint, "load_statistics", lambda self, *a, **kw: resumed.append(1) or load(self, *a, **kw))
+    assert invoke(*args, "--out", tmp_path / "r", "--on-bad-example", "skip")[0] == 0
+    assert resumed, "started over instead of resuming"
+    assert invoke(*args, "--out", tmp_path / "fresh", "--on-bad-example", "skip")[0] == 0
+    got, fresh = (load_file(tmp_path / name / "stats.safetensors") for name in ("r", "fresh"))
+    for name in fresh:
+        torch.testing.assert_close(got[name], fresh[name], rtol=1e-6, atol=1e-6)
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["skipped"] == [{"id": "40", "reason": "empty text"}] and run["config"]["on_bad_example"] == "skip"
+    # a run keyed by an earlier version, which keyed on the policy: resumed under its own key, with either policy
+    config = {**run["config"], "on_bad_example": "error"}
+    legacy = RunRecord.from_json({**run, "key": run_key(config, {}, {}, legacy=True), "config": config}, "run.json")
+    assert run_key_of({**config, "on_bad_example": "skip"}, {}, {}, legacy) == legacy.key
+    assert run_key_of({**config, "max_length": 7}, {}, {}, legacy) == run_key({**config, "max_length": 7}, {}, {})
+
+
+def test_bad_model_files_and_devices_give_one_line_errors(tmp_path, tiny_model, corpus):
+    """Each of these printed a traceback: an unreadable config.json, a folder without weights, truncated weights, a
+    file that is not GGUF, and a CUDA device on a torch that has none."""
+    import shutil
+
+    base = ("profile", "--corpus", corpus, "--out", tmp_path / "r", "--quiet", "-k", 2)
+    good = tiny_model("llama")
+    broken = {}
+    for name in ("config", "weights", "truncated"):
+        broken[name] = tmp_path / name
+        shutil.copytree(good, broken[name])
+    (broken["config"] / "config.json").write_text("{x")
+    (broken["weights"] / "model.safetensors").unlink()
+    weights = broken["truncated"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    for name, folder in broken.items():
+        one_line_error(*invoke(*base, "--model", folder), f"{folder}: cannot load the model", "check its files")
+    gguf = tmp_path / "m.gguf"
+    gguf.write_text("garbage")
+    one_line_error(*invoke(*base, "--model", gguf), "m.gguf: cannot read this GGUF file")
+    if not torch.cuda.is_available():
+        one_line_error(*invoke(*base, "--model", good, "--device", "cuda"), "--device cuda: this torch sees no CUDA")
 
 
 def test_basis_refuses_another_model_and_corrupted_artifacts(tmp_path, tiny_model, corpus):

@@ -34,6 +34,29 @@ def test_jsonl_parquet_and_datasets_folder_agree(tmp_path):
         assert texts(config) == expected, path
 
 
+def test_broken_datasets_folders_give_one_line_errors(tmp_path):
+    """A state.json naming a missing .arrow file, or not JSON, raised FileNotFoundError and JSONDecodeError; a
+    DatasetDict folder said only "state.json missing"."""
+    import json
+    import shutil
+
+    import datasets
+
+    datasets.Dataset.from_list(RECORDS).save_to_disk(str(tmp_path / "ds"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(RECORDS)}).save_to_disk(str(tmp_path / "dd"))
+    shutil.copytree(tmp_path / "ds", tmp_path / "missing")
+    state = json.loads((tmp_path / "missing" / "state.json").read_text())
+    (tmp_path / "missing" / state["_data_files"][0]["filename"]).unlink()
+    shutil.copytree(tmp_path / "ds", tmp_path / "bad")
+    (tmp_path / "bad" / "state.json").write_text("{x")
+    for folder, message in (("missing", "named by state.json but missing"), ("bad", "not a datasets state file"),
+                            ("dd", "a DatasetDict; point --corpus at one split's folder")):
+        with pytest.raises(AutoskillError, match=re.escape(message)):
+            list(iter_records(CorpusConfig(str(tmp_path / folder))))
+    with pytest.raises(AutoskillError, match=re.escape(str(tmp_path / "dd" / "train"))):
+        list(iter_records(CorpusConfig(str(tmp_path / "dd"))))
+
+
 def test_text_file_rows_and_limit(tmp_path):
     (tmp_path / "c.txt").write_text("first line\nsecond line\nthird\n", encoding="utf-8")
     assert texts(CorpusConfig(str(tmp_path / "c.txt"), limit=2)) == [("0", "first line"), ("1", "second line")]
@@ -156,7 +179,7 @@ def test_records_a_template_or_chat_template_cannot_render_are_bad_examples(tmp_
 
 
 def test_missing_field_and_empty_text_are_bad_examples(tmp_path):
-    write_jsonl(tmp_path / "c.jsonl", [{"text": "fine"}, {"body": "x"}, {"text": "   "}])
+    write_jsonl(tmp_path / "c.jsonl", [{"text": "fine"}, {"body": "x"}, {"text": "   "}, {"id": 3, "text": None}])
     config = CorpusConfig(str(tmp_path / "c.jsonl"))
     records = list(iter_records(config))
     assert render(records[0], config).text == "fine"
@@ -164,6 +187,8 @@ def test_missing_field_and_empty_text_are_bad_examples(tmp_path):
         render(records[1], config)
     with pytest.raises(BadExampleError, match="empty text"):
         render(records[2], config)
+    with pytest.raises(BadExampleError, match=r"c.jsonl:4: example '3': text field 'text' is null$"):  # not "missing"
+        render(records[3], config)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 256])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,12 +160,16 @@ def test_a_killed_eval_resumes_to_the_same_samples(tmp_path, tiny_model, monkeyp
     with pytest.raises(AutoskillError, match="holds an evaluation with other options"):
         evaluate(tiny_eval(tmp_path, tiny_model, name="resumed", generation={"seed": 1}))
 
-    # Samples left without their eval.json (or by another evaluation's ranks) are not taken for this one's.
+    # Samples left without their eval.json (or by another evaluation's ranks) are not taken for this one's, nor
+    # removed unless asked.
     stray = tmp_path / "stray"
     shutil.copytree(tmp_path / "whole", stray)
     (stray / "eval.json").unlink()
     (stray / "samples.jsonl.rank1").write_text((stray / "samples.jsonl").read_text())
-    evaluate(tiny_eval(tmp_path, tiny_model, name="stray"))
+    with pytest.raises(AutoskillError, match="holds samples.jsonl but no eval.json"):
+        evaluate(tiny_eval(tmp_path, tiny_model, name="stray"))
+    assert (stray / "samples.jsonl.rank1").exists()
+    evaluate(tiny_eval(tmp_path, tiny_model, name="stray", overwrite=True))
     assert (stray / "samples.jsonl").read_text() == (tmp_path / "whole" / "samples.jsonl").read_text()
     assert not (stray / "samples.jsonl.rank1").exists()
 
@@ -230,6 +235,20 @@ def test_nll_equals_teacher_forcing_by_hand_and_steering_changes_it(tmp_path, ti
     (vector * 2.0).save(tmp_path / "vector")
     with pytest.raises(AutoskillError, match="holds an evaluation with other options"):
         evaluate(replace(config, out=str(tmp_path / "steered"), steering=str(tmp_path / "vector")))
+
+
+def test_eval_does_not_replace_samples_it_did_not_write(tmp_path, tiny_model):
+    """A samples.jsonl without its eval.json (eval writes the record first) is not this tool's: it was replaced
+    without a word."""
+    config = tiny_eval(tmp_path, tiny_model, metric="nll")
+    folder = Path(config.out)
+    folder.mkdir()
+    (folder / "samples.jsonl").write_text('{"my": "data"}\n')
+    with pytest.raises(AutoskillError, match="holds samples.jsonl but no eval.json.*pass --overwrite"):
+        evaluate(config)
+    assert (folder / "samples.jsonl").read_text() == '{"my": "data"}\n'
+    result = evaluate(replace(config, overwrite=True))
+    assert len(result.nll) == 10 and '"my"' not in (folder / "samples.jsonl").read_text()
 
 
 def test_eval_config_errors():

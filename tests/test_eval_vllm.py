@@ -14,6 +14,7 @@ this process stops early, and a resume after either.
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 import sys
 import time
@@ -388,7 +389,7 @@ def test_a_rerun_of_the_vllm_steer_proxy_bakes_no_checkpoint_for_a_finished_eval
     assert len(bakes) == 4 and sum(path.is_dir() for path in (work / "checkpoints").iterdir()) == 2
     run()  # not asked for: a finished evaluation's checkpoint left over is removed, nothing baked
     assert len(bakes) == 4 and not any(path.is_dir() for path in (work / "checkpoints").iterdir())
-    (work / "d0+a1norm" / job.EVAL_JSON).unlink()  # that evaluation is gone: baked and evaluated again
+    shutil.rmtree(work / "d0+a1norm")  # that evaluation is gone: baked and evaluated again
     note = json.loads(notes[1].read_text())
     notes[1].write_text(json.dumps(note | {"base": "another model"}))  # a base model other than the one noted
     third, _ = run()

@@ -370,3 +370,24 @@ def test_rank_refuses_too_few_resamples_for_joint_intervals():
 
     with pytest.raises(Exception, match="resamples.*at least 100"):
         RankConfig(run="r", resamples=50)
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf")])
+def test_a_steering_strength_must_be_finite(alpha, tmp_path):
+    """NaN and inf strengths were taken: NaN vectors written, a baked checkpoint blamed on the tool, and an NLL eval
+    that said "rerun to finish" on every rerun."""
+    from autoskill_fast.proxies.job import RankConfig
+    from autoskill_fast.steering.export import SteerConfig
+    from autoskill_fast.steering.vector import SteeringVector
+    from synthetic_runs import make_run
+    from autoskill_fast.run.reading import load_run
+
+    with pytest.raises(Exception, match="alphas.*must be positive strengths"):
+        RankConfig(run="r", alphas=(0.5, alpha))
+    with pytest.raises(Exception, match="alpha.*must be a finite number"):
+        SteerConfig(run="r", out="o", alpha=alpha)
+    with pytest.raises(Exception, match="weights.*must be finite"):
+        SteerConfig(run="r", out="o", directions=(f"0:{alpha}",))
+    basis = load_run(make_run(tmp_path / "run", torch.randn(20, 3))).basis
+    with pytest.raises(AutoskillError, match="alpha and weights must be finite numbers"):
+        SteeringVector.from_basis(basis, 0, alpha=alpha)

@@ -120,6 +120,11 @@ def test_read_labels_formats_and_errors(tmp_path):
     with pytest.raises(AutoskillError, match="2 labels for a basis of 3"):
         (tmp_path / "short.json").write_text('["a", "b"]')
         read_labels(tmp_path / "short.json", 3)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))  # was a UnicodeDecodeError traceback
+    with pytest.raises(AutoskillError, match=r"latin1.txt: not valid UTF-8 at byte 3"):
+        read_labels(tmp_path / "latin1.txt", 3)
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + b'["with a byte-order mark"]')  # as corpora may have
+    assert read_labels(tmp_path / "bom.json", 1) == ["with a byte-order mark"]
 
 
 def test_labels_go_into_the_basis(planted, tmp_path):

@@ -4,6 +4,7 @@ the two coverage metrics."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -335,6 +336,48 @@ def test_changed_corpus_is_refused(planted, tmp_path):
     same = tmp_path / "same.jsonl"
     same.write_text("\n".join(lines) + "\n")
     select(SelectConfig(run=str(run), out=str(tmp_path / "y.jsonl"), budget=3, corpus=str(same)))
+
+
+def _by_row(run: Path) -> Path:
+    """The run as a profile of its corpus without an id field: ids are row numbers, the file's sha256 recorded."""
+    from autoskill_fast.config import CorpusConfig
+    from autoskill_fast.data.corpus import fingerprint
+
+    record = json.loads((run / "run.json").read_text())
+    record["config"]["corpus"]["id_field"] = None
+    record["corpus"] = fingerprint(CorpusConfig(path=record["config"]["corpus"]["path"]))
+    (run / "run.json").write_text(json.dumps(record))
+    return run
+
+
+def test_a_corpus_without_ids_must_be_the_file_profiled(tmp_path):
+    """Rows are all that finds a record without an id field: a line inserted at the top shifted every record, and
+    select, inspect and compare used the wrong ones without a word (select took the other pole's texts)."""
+    from autoskill_fast.analysis.comparison import CompareConfig, compare
+    from autoskill_fast.analysis.inspection import InspectConfig, inspect
+
+    projection = torch.linspace(-1, 1, 30)[:, None].repeat(1, 2)
+    run = _by_row(make_run(tmp_path / "run", projection, ids=[str(i) for i in range(30)]))
+    corpus = run / "corpus.jsonl"
+    first = select(SelectConfig(run=str(run), out=str(tmp_path / "a.jsonl"), budget=3, method="pole", directions=("+0",)))
+    assert [r["text"] for r in read_jsonl(tmp_path / "a.jsonl")] == [f"example number {i} about topic {i % 7}"
+                                                                      for i in (29, 28, 27)]
+    assert first.positions.tolist() == [29, 28, 27]
+    corpus.write_text('{"uid": "new", "text": "an inserted record"}\n' + corpus.read_text())
+    with pytest.raises(AutoskillError, match="is not the corpus this run profiled .*found by row"):
+        select(SelectConfig(run=str(run), out=str(tmp_path / "b.jsonl"), budget=3, method="pole", directions=("+0",)))
+    with pytest.raises(AutoskillError, match="is not the corpus this run profiled"):
+        inspect(InspectConfig(run=str(run), no_html=True, n_examples=2))
+    other = _by_row(make_run(tmp_path / "other", projection, ids=[str(i) for i in range(30)],
+                             texts=[f"another text {i}" for i in range(30)]))
+    with pytest.raises(AutoskillError, match="profiled different corpus files .* named by row number"):
+        compare(CompareConfig(run_a=str(run), run_b=str(other)))
+    # the original file at another path is fine; with an id field, the ids are checked row by row as before
+    moved = tmp_path / "moved.jsonl"
+    moved.write_text("".join(corpus.read_text().splitlines(keepends=True)[1:]))
+    select(SelectConfig(run=str(run), out=str(tmp_path / "c.jsonl"), budget=3, method="pole", directions=("+0",),
+                        corpus=str(moved)))
+    assert read_jsonl(tmp_path / "c.jsonl") == read_jsonl(tmp_path / "a.jsonl")
 
 
 def test_previous_annotation_is_kept(planted, tmp_path):

@@ -25,6 +25,7 @@ import torch
 from ..artifacts import save_json, save_text
 from ..capture.fingerprint import model_mismatch
 from ..config import ConfigError
+from ..data.corpus import content_identity
 from ..errors import AutoskillError
 from ..run.reading import ProfileRun, load_run
 from .ranking import pole_indicators
@@ -219,10 +220,23 @@ def _run_name(run: ProfileRun) -> str:
     return f"{run.folder.name} ({model})" if model else run.folder.name
 
 
+def _check_same_rows(run_a: ProfileRun, run_b: ProfileRun) -> None:
+    """Ids that are row numbers (no id field) match examples only within one corpus file: refuse two files."""
+    corpus_a = run_a.record.corpus if run_a.record is not None else {}
+    corpus_b = run_b.record.corpus if run_b.record is not None else {}
+    by_row = corpus_a.get("id_field") is None or corpus_b.get("id_field") is None
+    if by_row and corpus_a.get("sha256") and corpus_b.get("sha256") and corpus_a["sha256"] != corpus_b["sha256"]:
+        raise AutoskillError(f"{run_a.folder} and {run_b.folder} profiled different corpus files "
+                             f"({content_identity(corpus_a)}; {content_identity(corpus_b)}) whose examples are named "
+                             "by row number (no id field), so their ids do not match examples; compare profiles of "
+                             "one file, or of files with an id field (--id-field)")
+
+
 def compare_runs(run_a: ProfileRun, run_b: ProfileRun, *, n_pole: int = 50, by: str = "projection",
                  permutations: int = 20, seed: int = 0) -> Comparison:
     """Compare two profiles on the examples they share (matched by id), with the canonical correlations' permutation
     null (`permutations` draws, seeded)."""
+    _check_same_rows(run_a, run_b)
     pos_a, pos_b = match_ids(run_a.scores.ids, run_b.scores.ids)
     n = pos_a.numel()
     if n < 3:

@@ -229,7 +229,10 @@ def read_labels(path: str | Path, k: int) -> list[str | None]:
     path = Path(path)
     if not path.is_file():
         raise AutoskillError(f"{path}: labels file not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as corpora may have
+    except UnicodeDecodeError as e:
+        raise AutoskillError(f"{path}: not valid UTF-8 at byte {e.start} ({e.reason}); save the labels as UTF-8") from None
     labels: list[str | None] = [None] * k
 
     def put(index: Any, label: Any, where: str) -> None:

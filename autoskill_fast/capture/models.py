@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from ..artifacts import atomic_folder
@@ -25,6 +26,9 @@ from ..config import ModelConfig
 from ..errors import AutoskillError
 from .fingerprint import fingerprint
 
+# What a model folder or GGUF file with bad files raises from transformers: an unreadable config or tokenizer
+# (ValueError, OSError), missing or truncated weights (OSError, SafetensorError).
+UNREADABLE_MODEL = (ValueError, OSError, SafetensorError)
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Words in an `architectures` entry that mark a model that is not a causal LM (BertForMaskedLM, T5EncoderModel, ...).
@@ -100,8 +104,11 @@ def convert_gguf(gguf_path: Path, out_dir: Path | None = None) -> Path:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_transformers()
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except UNREADABLE_MODEL as e:
+        raise AutoskillError(f"{gguf_path}: cannot read this GGUF file ({_first_line(e)})") from None
     # transformers refuses to save a model it believes is quantized; the weights are plain fp32 after dequantization.
     model.hf_quantizer = None
     model.is_quantized = False
@@ -118,6 +125,11 @@ def convert_gguf(gguf_path: Path, out_dir: Path | None = None) -> Path:
             raise
         # another process (a rank beside this one) converted the same file first: its folder is the same
     return out_dir
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return (text.splitlines() or [type(error).__name__])[0]
 
 
 def resolve_model_path(spec: str | None) -> tuple[Path, str]:
@@ -139,9 +151,17 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as e:
         raise AutoskillError(f"bad --device {device!r}: {e}") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise AutoskillError(f"--device {device}: this torch sees no CUDA device; use --device cpu (or auto)")
+        if resolved.index is not None and resolved.index >= count:
+            raise AutoskillError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to "
+                                 f"cuda:{count - 1}")
+    return resolved
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -166,10 +186,11 @@ def load_model(config: ModelConfig, *, causal_lm: bool = False) -> LoadedModel:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
         cls = AutoModelForCausalLM if causal_lm else AutoModel
         model = cls.from_pretrained(path, config=hf_config, dtype=dtype, trust_remote_code=remote)
-    except ValueError as e:
+    except UNREADABLE_MODEL as e:
         if "trust_remote_code" in str(e):
             raise AutoskillError(f"{path}: this model needs its own code; rerun with --trust-remote-code if you trust it") from None
-        raise AutoskillError(f"{path}: cannot load the model ({e})") from None
+        raise AutoskillError(f"{path}: cannot load the model ({_first_line(e)}); check its files (config.json, "
+                             "tokenizer, *.safetensors)") from None
     model.to(device).eval()
     model.requires_grad_(False)
     if tokenizer.pad_token_id is None:

@@ -32,6 +32,10 @@ def detect_format(path: Path) -> str:
     if path.is_dir():
         if (path / "state.json").is_file() or (path / "dataset_info.json").is_file():
             return "datasets"
+        if (path / "dataset_dict.json").is_file():
+            splits = sorted(p.name for p in path.iterdir() if (p / "state.json").is_file())
+            raise AutoskillError(f"{path}: a DatasetDict; point --corpus at one split's folder "
+                                 f"({', '.join(str(path / name) for name in splits) or 'none found'})")
         raise AutoskillError(f"{path}: a folder corpus must be a `datasets.save_to_disk` folder (state.json missing)")
     suffix = "".join(path.suffixes[-2:]).lower()
     if suffix.endswith((".jsonl", ".json", ".ndjson")):
@@ -142,10 +146,19 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 def _read_datasets(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     import pyarrow as pa
 
-    state = json.loads((path / "state.json").read_text()) if (path / "state.json").is_file() else {}
-    files = [path / f["filename"] for f in state.get("_data_files", [])] or sorted(path.glob("*.arrow"))
+    state_file = path / "state.json"
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else {}
+        files = [path / f["filename"] for f in state.get("_data_files", [])] or sorted(path.glob("*.arrow"))
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise AutoskillError(f"{state_file}: not a datasets state file ({e}); save the dataset again with "
+                             "save_to_disk, or point --corpus at one split's folder") from None
     if not files:
         raise AutoskillError(f"{path}: no .arrow files in this datasets folder")
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise AutoskillError(f"{missing[0]}: named by {state_file.name} but missing; save the dataset again with "
+                             "save_to_disk")
 
     def batches():
         for file in files:
@@ -166,6 +179,8 @@ def fingerprint(config: CorpusConfig) -> dict[str, Any]:
     path = Path(config.path)
     if not path.exists():
         raise AutoskillError(f"{path}: corpus file not found")
+    if config.format == "auto":
+        detect_format(path)  # an unknown kind of file is told before anything is read
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     size = 0

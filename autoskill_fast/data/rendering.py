@@ -41,7 +41,9 @@ def render(record: Record, config: CorpusConfig, tokenizer=None, *, prompt_only:
                                   source=record.where) from None
     else:
         field = config.text_field
-        if field not in data or data[field] is None:
+        if field in data and data[field] is None:
+            raise BadExampleError(record.id, f"text field {field!r} is null", source=record.where)
+        if field not in data:
             raise BadExampleError(record.id, f"missing text field {field!r}; fields present: {sorted(data)}; "
                                              "name another with --text-field or use --template", source=record.where)
         text = data[field]

@@ -276,7 +276,12 @@ def _claim(out: Path, key: str, overwrite: bool) -> set[str]:
     """The ids whose samples are complete in `out` (the same evaluation), after dropping an unfinished batch."""
     record_path = out / EVAL_JSON
     if not record_path.is_file():
-        _drop_samples(out)  # samples without their eval.json say nothing of which evaluation made them
+        # eval.json is written before any sample: samples without it are not this tool's, or their record was removed
+        strays = [path.name for path in (out / SAMPLES_JSONL, *out.glob(f"{SAMPLES_JSONL}.rank*")) if path.exists()]
+        if strays and not overwrite:
+            raise AutoskillError(f"{out}: holds {strays[0]} but no {EVAL_JSON}, so nothing says which evaluation made "
+                                 "it; pass --overwrite to replace it (or, for `eval`, choose another --out)")
+        _drop_samples(out)
         return set()
     record = load_json(record_path)
     if not isinstance(record, dict) or record.get("key") != key:

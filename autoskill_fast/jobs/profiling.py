@@ -46,9 +46,9 @@ from ..progress import Progress
 from ..run.checkpoint import PROGRESS_JSON, Checkpoint
 from ..run.features import FeatureWriter, iter_feature_shards
 from ..run.folder import (CHECKPOINT_DIR, FEATURES_DIR, STATS_FILE, TEMP_FEATURES_DIR, RunFolder, basis_summary,
-                          describe_run, run_key)
+                          describe_run, run_key_of)
 from ..run.record import RunRecord
-from ..run.scores import save_scores
+from ..run.scores import SCORES_TENSORS, save_scores
 from .world import World, current_world
 
 log = logging.getLogger("autoskill_fast")
@@ -180,16 +180,19 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
                                  "factors on its own first batch, and their statistics would not add; use fit-time "
                                  "--scaling layer (from the same statistics) instead")
         config = replace(config, model=replace(config.model, device=str(world.device(config.model.device))))
+    corpus_fp = corpus_fingerprint(config.corpus)  # a missing corpus is told before the model loads
     loaded = loaded or load_model(config.model)
     t_loaded = time.perf_counter()
     resolved = resolve_pooling(config.pooling, loaded.model, loaded.tokenizer)
     config = replace(config, pooling=resolved.config, batching=replace(
         config.batching, token_budget=token_budget_for(config.batching, loaded.device.type)))
-    model_fp, corpus_fp = loaded.fingerprint, corpus_fingerprint(config.corpus)
-    key = run_key(config.to_json(), model_fp, corpus_fp)
-    decision, record = "run", None
+    model_fp = loaded.fingerprint
+    decision, record, key = "run", None, None
     if world.main:
         try:
+            held = _held_record(folder)
+            config = _spelled_as_recorded(held, config, model_fp, corpus_fp)
+            key = run_key_of(config.to_json(), model_fp, corpus_fp, held)
             _check_k_before_forward(config, resolved)
             record = folder.claim(key, overwrite=config.overwrite, describe=describe_run(config.to_json()),
                                   config=config.to_json())
@@ -206,7 +209,7 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
                 folder.write_record(record)
         except AutoskillError as e:
             decision = f"error: {e}"
-    decision = world.broadcast_object(decision)
+    decision, key = world.broadcast_object((decision, key))
     if decision.startswith("error: "):
         raise AutoskillError(decision.removeprefix("error: "))
     world.check_shared(folder.path)
@@ -223,6 +226,30 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
     return world.together(lambda: basis if world.main else folder.basis(folder.record()))
 
 
+def _held_record(folder: RunFolder) -> RunRecord | None:
+    """The record of the run the folder holds, if it holds one that can be read (claim says what is wrong if not)."""
+    try:
+        return folder.record() if folder.has_record() else None
+    except AutoskillError:
+        return None
+
+
+def _spelled_as_recorded(record: RunRecord | None, config: ProfileConfig, model_fp: dict[str, Any],
+                         corpus_fp: dict[str, Any]) -> ProfileConfig:
+    """The config with --corpus and --model spelled as the folder's run.json spells them when they name the same
+    file and weights (./c.jsonl for c.jsonl, a folder with a trailing slash, an absolute path typed from elsewhere):
+    the same command typed another way resumes its run instead of being refused as another."""
+    if record is None:
+        return config
+    recorded = record.config
+    corpus_path = (recorded.get("corpus") or {}).get("path")
+    if isinstance(corpus_path, str) and record.corpus == corpus_fp:  # the same resolved file, content and fields
+        config = replace(config, corpus=replace(config.corpus, path=corpus_path))
+    if "model" in (recorded.get("model") or {}) and record.model == model_fp:  # the same weights
+        config = replace(config, model=replace(config.model, model=recorded["model"]["model"]))
+    return config
+
+
 def _finished(folder: RunFolder, config: ProfileConfig, status: str, world: World) -> SkillBasis:
     """A run this folder already holds: complete (its basis, refitted from its statistics and rescored from its saved
     features if -k or --scaling now differ), or with statistics saved (fit from them)."""
@@ -232,13 +259,21 @@ def _finished(folder: RunFolder, config: ProfileConfig, status: str, world: Worl
         record = folder.record()
         basis = folder.basis(record)
         if (basis.k, basis.scaling) == (config.k, config.scaling):
+            if config.save_features and folder.feature_dir(record) is None:
+                raise AutoskillError(f"{folder.path}: this run is complete and kept no features, so --save-features "
+                                     "asks for a second pass of the model: rerun with --overwrite (or another --out)")
+            if config.scores and not (folder / SCORES_TENSORS).exists():
+                raise AutoskillError(f"{folder.path}: this run is complete without scores; score it with "
+                                     f"`autoskill-fast project {folder.path} --corpus {config.corpus.path} --out "
+                                     f"{folder.path}`")
             log.info("%s: this run is already complete", folder.path)
             return basis
         if folder.feature_dir(record) is None:
             raise AutoskillError(f"{folder.path}: this run is complete with -k {basis.k} --scaling {basis.scaling} and "
                                  f"kept no features, so refitting it to -k {config.k} --scaling {config.scaling} here "
                                  f"would drop its scores; run `autoskill-fast fit {folder.path} -k {config.k} --scaling "
-                                 f"{config.scaling}` and rescore with `autoskill-fast project`, or rerun with -k "
+                                 f"{config.scaling}` and rescore with `autoskill-fast project {folder.path} --corpus "
+                                 f"{config.corpus.path} --out {folder.path}`, or rerun with -k "
                                  f"{basis.k} --scaling {basis.scaling}")
         log.info("%s: this run is complete with k=%d, --scaling %s; refitting k=%d, --scaling %s from its statistics",
                  folder.path, basis.k, basis.scaling, config.k, config.scaling)
@@ -365,6 +400,9 @@ def _check_k_before_forward(config: ProfileConfig, resolved: ResolvedPooling) ->
         most = len(range(index, config.corpus.limit, n_shards))
     else:
         return
+    if most == 0:
+        raise AutoskillError(f"{config.corpus.path}: no record to profile (the file is empty"
+                             f"{', or this shard has none' if n_shards > 1 else ''}{' within --limit' if config.corpus.limit is not None else ''})")
     if config.k > most - 1:
         raise AutoskillError(f"-k {config.k} is more directions than the data has: {most} examples give at most "
                              f"{max(most - 1, 0)}; lower -k")

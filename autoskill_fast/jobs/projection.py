@@ -23,11 +23,23 @@ from ..data.corpus import fingerprint as corpus_fingerprint
 from ..data.stream import InputTally, iter_tokenized
 from ..errors import AutoskillError
 from ..progress import Progress
-from ..run.folder import RUN_JSON, load_basis
-from ..run.scores import ScoreWriter, write_scores
+from ..run.folder import RUN_JSON, RunFolder, load_basis
+from ..run.scores import SCORES_TENSORS, ScoreWriter, write_scores
 from .world import current_world
 
 PROJECT_JSON = "project.json"
+
+
+def _check_rescoring(run: Path) -> None:
+    """`project RUN --out RUN` scores a complete run that has no scores (fit without saved features, a merge, or
+    --no-scores), under its own basis: anything else is refused."""
+    folder = RunFolder(run)
+    record = folder.record()
+    if record.status != "complete":
+        raise AutoskillError(f"{run}: this run is not complete ({record.status}); finish it with its profile command, "
+                             "which scores it")
+    if (run / SCORES_TENSORS).exists():
+        raise AutoskillError(f"{run}: already has scores; write another projection to a folder of its own")
 
 
 def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> dict:
@@ -41,16 +53,24 @@ def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> dict
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise AutoskillError(f"{out}: is a file, not a folder; choose another output folder")
-    if (out / RUN_JSON).exists() or (out / BASIS_JSON).exists():
+    in_place = out.resolve() == Path(config.basis).resolve()  # rescoring a run whose scores are gone
+    if in_place:
+        _check_rescoring(out)
+    elif (out / RUN_JSON).exists() or (out / BASIS_JSON).exists():
         raise AutoskillError(f"{out}: holds a profile run or a basis, whose scores `project` would replace; write the "
-                             "projection to a folder of its own")
+                             "projection to a folder of its own (or, to score a run that has none, --out the run)")
     world.check_shared(out)
     basis = load_basis(config.basis)
     if world.distributed:
         config = replace(config, model=replace(config.model, device=str(world.device(config.model.device))))
+    corpus_fp = corpus_fingerprint(config.corpus)  # a missing corpus is told before the model loads
     loaded = loaded or load_model(config.model)
     basis.check_model(loaded.fingerprint, what="corpus features")
-    corpus_fp = corpus_fingerprint(config.corpus)
+    if in_place and RunFolder(out).record().corpus != corpus_fp:
+        raise AutoskillError(f"{config.corpus.path}: is not the corpus {out} profiled ({content_identity(corpus_fp)}; "
+                             f"profiled: {content_identity(RunFolder(out).record().corpus)}, with the same options); "
+                             "a run's scores must be of its own rows: pass that corpus, or write the projection to a "
+                             "folder of its own")
     world.check_same({"model": model_identity(loaded.fingerprint), "corpus": content_identity(corpus_fp)})
     pooling = basis.pooling_config
     if config.pooling is not None:  # options given must describe the basis's pooling; --max-length applies
@@ -96,7 +116,8 @@ def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> dict
                    "truncated": sum(t for _, t, _ in gathered),
                    "skipped": [s for _, _, skipped in gathered for s in skipped], "world_size": world.size,
                    "seconds": time.perf_counter() - t0}
-        save_json(out / PROJECT_JSON, summary)
+        if not in_place:  # a run folder keeps its own record, run.json
+            save_json(out / PROJECT_JSON, summary)
         return summary
 
     return world.broadcast_object(world.together(write_summary, main_only=True))

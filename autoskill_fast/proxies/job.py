@@ -13,6 +13,7 @@ and `steer --ranking` use.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -103,7 +104,7 @@ class RankConfig:
         if self.resamples < MIN_RESAMPLES:
             raise ConfigError(owner, "resamples", f"must be at least {MIN_RESAMPLES} (the joint intervals read the "
                                                   f"95th percentile of a maximum over them), got {self.resamples}")
-        if not self.alphas or any(a <= 0 for a in self.alphas):
+        if not self.alphas or not all(a > 0 and math.isfinite(a) for a in self.alphas):
             raise ConfigError(owner, "alphas", f"must be positive strengths (the sign is tried both ways), got "
                                                f"{self.alphas}")
 

@@ -184,11 +184,27 @@ def load_basis(folder: str | Path) -> SkillBasis:
     return run.basis(run.record()) if run.has_record() else SkillBasis.load(folder)
 
 
-def run_key(config: dict[str, Any], model: dict[str, Any], corpus: dict[str, Any]) -> str:
+def run_key(config: dict[str, Any], model: dict[str, Any], corpus: dict[str, Any], *, legacy: bool = False) -> str:
     """What makes two runs the same run: everything that changes the statistics (not k, output options or the device).
-    `config` is a ProfileConfig as JSON."""
-    blob = json.dumps({"config": _keyed(config), "model": model, "corpus": corpus}, sort_keys=True, default=str)
+    `config` is a ProfileConfig as JSON. `legacy`: the key of versions that keyed on --on-bad-example too (`run_key_of`
+    resumes their runs)."""
+    blob = json.dumps({"config": _keyed(config, legacy=legacy), "model": model, "corpus": corpus}, sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def run_key_of(config: dict[str, Any], model: dict[str, Any], corpus: dict[str, Any],
+               record: RunRecord | None) -> str:
+    """The key of the run `config` makes: the folder's recorded one when that is this run keyed by an earlier version,
+    which keyed on --on-bad-example as well (the policy changes nothing until an example is bad, and an "error" run
+    stops there: its statistics are those a "skip" run has up to that point), so a run stopped by a bad example
+    resumes with --on-bad-example skip instead of starting over."""
+    key = run_key(config, model, corpus)
+    if record is not None and record.key != key and "on_bad_example" in record.config:
+        as_begun = {**config, "on_bad_example": record.config["on_bad_example"]}
+        if run_key(as_begun, model, corpus, legacy=True) == record.key:
+            return record.key
+    return key
 
 
 def config_difference(before: dict[str, Any], now: dict[str, Any]) -> str | None:
@@ -204,11 +220,11 @@ def config_difference(before: dict[str, Any], now: dict[str, Any]) -> str | None
     return first(_keyed(before), _keyed(now), "")
 
 
-def _keyed(config: dict[str, Any]) -> dict[str, Any]:
+def _keyed(config: dict[str, Any], *, legacy: bool = False) -> dict[str, Any]:
     """The part of a ProfileConfig (as JSON) that makes a run what it is."""
     cfg = json.loads(json.dumps(config, default=str))
     for volatile in ("out", "quiet", "checkpoint_every", "checkpoint_seconds", "k", "eig_tol", "scores", "save_features",
-                     "overwrite", "scaling"):
+                     "overwrite", "scaling") + (() if legacy else ("on_bad_example",)):
         cfg.pop(volatile, None)
     cfg["model"].pop("device", None)
     if "prefetch" in cfg.get("batching", {}):  # how far ahead batches are prepared: the same batches (keyed as the

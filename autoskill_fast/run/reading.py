@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..basis import BASIS_TENSORS, SkillBasis
 from ..config import CorpusConfig
-from ..data.corpus import Record, iter_records
+from ..data.corpus import Record, content_identity, fingerprint, iter_records
 from ..data.rendering import render
 from ..errors import AutoskillError, BadExampleError
 from .folder import RUN_JSON, RunFolder
@@ -30,6 +30,7 @@ class ProfileRun:
     basis: SkillBasis
     scores: Scores
     record: RunRecord | None  # run.json, when the folder has one
+    _checked: set[str] = field(default_factory=set, repr=False)  # corpus paths found to be the file profiled
 
     @property
     def n(self) -> int:
@@ -44,7 +45,23 @@ class ProfileRun:
         options = {k: v for k, v in (stored or {}).items() if k in fields}
         if corpus_path is not None:
             options["path"] = str(corpus_path)
-        return CorpusConfig(**options)
+        config = CorpusConfig(**options)
+        self._check_rows_match(config)
+        return config
+
+    def _check_rows_match(self, config: CorpusConfig) -> None:
+        """Records without an id field are found by their row, which no id can confirm: the corpus must then be the
+        file profiled, byte for byte (its sha256 in run.json; hashed once per path)."""
+        profiled = self.record.corpus if self.record is not None else {}
+        if config.id_field is not None or not profiled.get("sha256") or config.path in self._checked:
+            return
+        now = fingerprint(config)
+        if now["sha256"] != profiled["sha256"]:
+            raise AutoskillError(f"{config.path}: is not the corpus this run profiled ({content_identity(now)}; "
+                                 f"profiled: {content_identity(profiled)}); its records have no id field, so they are "
+                                 "found by row, and these rows hold other records: pass the original corpus "
+                                 "(--corpus) or profile again")
+        self._checked.add(config.path)
 
     def basis_fingerprint(self) -> dict[str, Any]:
         """What identifies the basis used: its model, k, sample count and a hash of its tensors file."""

@@ -9,6 +9,7 @@ Output folder by format (each also holds the vector and the resolved config, `st
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -82,6 +83,10 @@ class SteerConfig:
                                                     "or as INDEX:WEIGHT entries, not both")
             weights = [float(w) for w in self.weights]
         self.directions, self.weights = tuple(directions), tuple(weights)
+        if not all(math.isfinite(w) for w in self.weights):
+            raise ConfigError(owner, "weights", f"must be finite numbers, got {list(self.weights)}")
+        if not math.isfinite(self.alpha):
+            raise ConfigError(owner, "alpha", f"must be a finite number, got {self.alpha}")
         if self.sign not in (1, -1):
             raise ConfigError(owner, "sign", f"must be +1 or -1 (+ or -), got {self.sign}")
         if self.alpha_unit not in ("norm", "std"):

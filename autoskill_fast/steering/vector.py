@@ -31,6 +31,7 @@ On disk a vector is two files in one folder: `steering_vector.safetensors` (one 
 from __future__ import annotations
 
 import hashlib
+import math
 import numbers
 import warnings
 from dataclasses import dataclass, field
@@ -96,6 +97,8 @@ class SteeringVector:
         weights = [1.0] * len(directions) if weights is None else [float(w) for w in weights]
         if len(weights) != len(directions):
             raise AutoskillError(f"got {len(weights)} weights for {len(directions)} directions")
+        if not math.isfinite(float(alpha)) or not all(math.isfinite(w) for w in weights):
+            raise AutoskillError(f"alpha and weights must be finite numbers, got alpha {alpha} and weights {weights}")
         combined = torch.zeros(basis.feature_dim, dtype=torch.float64)
         terms = []
         for i, w in zip(directions, weights):
