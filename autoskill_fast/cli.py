@@ -137,8 +137,8 @@ def fit_cmd(run_dir, k, eig_tol, scaling):
     for warning in basis.warnings:
         click.echo(f"warning: {warning}")
     if not (Path(run_dir) / "scores.safetensors").exists():
-        click.echo("no saved features, so the old scores were removed; rescore with `autoskill-fast project "
-                   f"{run_dir} --corpus CORPUS --out {run_dir}`")
+        click.echo(f"no saved features, so the old scores were removed; rescore with `autoskill-fast project {run_dir} "
+                   f"--out {run_dir}`")
 
 
 @cli.command("merge")
@@ -168,10 +168,31 @@ def project_cmd(basis_dir, threads, **values):
     from .run.folder import load_basis
 
     set_threads(threads)
-    config = build_config(ProjectConfig, values, skip=("basis",), given=given_params(),
-                          start_from={"pooling": load_basis(basis_dir).pooling_config}, basis=basis_dir)
+    start_from, fixed = {"pooling": load_basis(basis_dir).pooling_config}, {}
+    if Path(values["out"]).resolve() == Path(basis_dir).resolve():  # scoring a run in place: its own corpus and model
+        start_from, fixed = run_inputs(basis_dir, start_from, given_params())
+    config = build_config(ProjectConfig, values, skip=("basis",), given=given_params(), start_from=start_from,
+                          basis=basis_dir, **fixed)
     summary = project(config)
     click.echo(f"scored {summary['n']} examples -> {values['out']}")
+
+
+def run_inputs(run_dir: str, start_from: dict, given: set[str]) -> tuple[dict, dict]:
+    """For `project RUN --out RUN`: the options not typed are the run's own (its corpus and how it was read, its model
+    and dtype, its --on-bad-example), so that the scores are of its rows. Not --trust-remote-code: typed each time."""
+    from .config import CorpusConfig, ModelConfig
+    from .run.folder import RunFolder
+
+    folder = RunFolder(run_dir)
+    if not folder.has_record():
+        return start_from, {}
+    record = folder.record()
+    config = record.config
+    corpus = {k: v for k, v in (config.get("corpus") or {}).items() if k in CorpusConfig.__dataclass_fields__}
+    corpus["path"] = record.corpus.get("path", corpus.get("path"))  # resolved when profiled: from any directory
+    model = {k: v for k, v in (config.get("model") or {}).items() if k in ("model", "dtype")}
+    fixed = {} if "on_bad_example" in given else {"on_bad_example": config.get("on_bad_example", "error")}
+    return {**start_from, "corpus": CorpusConfig(**corpus), "model": ModelConfig(**model)}, fixed
 
 
 # ---- steer, inspect, select, compare ---------------------------------------------------------------------------------

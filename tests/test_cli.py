@@ -96,29 +96,36 @@ def test_fit_without_features_drops_stale_scores(tmp_path, tiny_model, corpus):
     assert code == 0 and (tmp_path / "r" / "scores.safetensors").exists(), out
     before = json.loads((tmp_path / "r" / "scores.json").read_text())
     code, out = invoke("fit", tmp_path / "r", "-k", 2)
-    assert code == 0 and f"autoskill-fast project {tmp_path / 'r'} --corpus CORPUS --out {tmp_path / 'r'}" in out, out
+    assert code == 0 and f"autoskill-fast project {tmp_path / 'r'} --out {tmp_path / 'r'}" in out, out
     assert not (tmp_path / "r" / "scores.safetensors").exists()
     one_line_error(*invoke("select", tmp_path / "r", "--out", tmp_path / "s.jsonl", "-n", 2), "no scores.safetensors",
-                   "--out")
-    # the hint works: `project RUN --out RUN` scores the run in place (it was refused, and nothing else rescored it)
-    model = tiny_model("llama")
-    code, out = invoke("project", tmp_path / "r", "--model", model, "--corpus", corpus, "--out", tmp_path / "r")
+                   f"autoskill-fast project {tmp_path / 'r'} --out")
+    # the hint works: `project RUN --out RUN` scores the run in place, from its own corpus and model (it was refused,
+    # and nothing else rescored it)
+    code, out = invoke("project", tmp_path / "r", "--out", tmp_path / "r", "--quiet")
     assert code == 0, out
     assert invoke("select", tmp_path / "r", "--out", tmp_path / "s.jsonl", "-n", 2)[0] == 0
     from autoskill_fast.run.reading import load_run
 
     run = load_run(tmp_path / "r")
     assert run.scores.projection.shape == (before["n"], 2) and not (tmp_path / "r" / "project.json").exists()
-    one_line_error(*invoke("project", tmp_path / "r", "--model", model, "--corpus", corpus, "--out", tmp_path / "r"),
-                   "already has scores")
+    one_line_error(*invoke("project", tmp_path / "r", "--out", tmp_path / "r"), "already has scores")
     (tmp_path / "r" / "scores.safetensors").unlink()
     # the profile command again: it said "already complete" and wrote nothing; now it says how to get what it asks
+    model = tiny_model("llama")
     again = ("profile", "--model", model, "--corpus", corpus, "--out", tmp_path / "r", "-k", 2, "--quiet")
-    one_line_error(*invoke(*again), "complete without scores", "autoskill-fast project")
+    one_line_error(*invoke(*again), "complete without scores", f"autoskill-fast project {tmp_path / 'r'} --out")
     one_line_error(*invoke(*again, "--save-features", "--no-scores"), "kept no features", "--overwrite")
     other = write_jsonl(tmp_path / "o.jsonl", [{"text": "other"}] * 5)
-    one_line_error(*invoke("project", tmp_path / "r", "--model", model, "--corpus", other, "--out", tmp_path / "r"),
-                   "is not the corpus", "profiled")
+    one_line_error(*invoke("project", tmp_path / "r", "--corpus", other, "--out", tmp_path / "r"),
+                   "o.jsonl: is not read as", "its content")
+    one_line_error(*invoke("project", tmp_path / "r", "--text-field", "body", "--out", tmp_path / "r"),
+                   "text_field 'body' (profiled: 'text')")
+    # a shard's run holds some rows: scoring all of the corpus into it is refused
+    code, out = invoke("profile", "--model", model, "--corpus", corpus, "--out", tmp_path / "s0", "-k", 2, "--quiet",
+                       "--shard", "0/2", "--no-scores")
+    assert code == 0, out
+    one_line_error(*invoke("project", tmp_path / "s0", "--out", tmp_path / "s0"), "holds some shards of its corpus")
 
 
 def test_skip_policy_records_skipped_ids(tmp_path, tiny_model):
@@ -192,16 +199,23 @@ def test_a_run_stopped_by_a_bad_example_resumes_with_skip(tmp_path, tiny_model, 
     records = [{"text": f"problem {i}: a farmer has {i} cows " * (1 + i % 3)} for i in range(45)]
     records[40]["text"] = ""
     corpus = write_jsonl(tmp_path / "c.jsonl", records)
-    args = ("profile", "--model", tiny_model("llama"), "--corpus", corpus, "-k", 2, "--quiet", "--max-batch-size", 2,
-            "--sort-window", 8, "--checkpoint-every", 3)
-    one_line_error(*invoke(*args, "--out", tmp_path / "r"), "example '40': empty text",
-                   "rerun with --on-bad-example skip")
+    args = ("-k", 2, "--quiet", "--max-batch-size", 2, "--sort-window", 8, "--checkpoint-every", 3, "--model",
+            tiny_model("llama"))
+    monkeypatch.chdir(tmp_path)
+    one_line_error(*invoke("profile", "--corpus", "c.jsonl", "--out", tmp_path / "r", *args),
+                   "example '40': empty text", "rerun with --on-bad-example skip")
     resumed = []
     load = Checkpoint.load_statistics
     monkeypatch.setattr(Checkpoint, "load_statistics", lambda self, *a, **kw: resumed.append(1) or load(self, *a, **kw))
-    assert invoke(*args, "--out", tmp_path / "r", "--on-bad-example", "skip")[0] == 0
+    # resumed from another folder, where c.jsonl is another file: the path typed is read, the recorded one keyed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_jsonl(elsewhere / "c.jsonl", [{"text": f"something else {i}"} for i in range(45)])
+    monkeypatch.chdir(elsewhere)
+    code, out = invoke("profile", "--corpus", corpus, "--out", tmp_path / "r", "--on-bad-example", "skip", *args)
+    assert code == 0, out
     assert resumed, "started over instead of resuming"
-    assert invoke(*args, "--out", tmp_path / "fresh", "--on-bad-example", "skip")[0] == 0
+    assert invoke("profile", "--corpus", corpus, "--out", tmp_path / "fresh", "--on-bad-example", "skip", *args)[0] == 0
     got, fresh = (load_file(tmp_path / name / "stats.safetensors") for name in ("r", "fresh"))
     for name in fresh:
         torch.testing.assert_close(got[name], fresh[name], rtol=1e-6, atol=1e-6)
@@ -211,6 +225,9 @@ def test_a_run_stopped_by_a_bad_example_resumes_with_skip(tmp_path, tiny_model, 
     config = {**run["config"], "on_bad_example": "error"}
     legacy = RunRecord.from_json({**run, "key": run_key(config, {}, {}, legacy=True), "config": config}, "run.json")
     assert run_key_of({**config, "on_bad_example": "skip"}, {}, {}, legacy) == legacy.key
+    resumed_once = RunRecord.from_json({**legacy.to_json(), "config": {**config, "on_bad_example": "skip"}}, "run.json")
+    for policy in ("error", "skip"):  # run.json now says skip, the key was made with error: still that run
+        assert run_key_of({**config, "on_bad_example": policy}, {}, {}, resumed_once) == legacy.key
     assert run_key_of({**config, "max_length": 7}, {}, {}, legacy) == run_key({**config, "max_length": 7}, {}, {})
 
 

@@ -194,6 +194,10 @@ def test_shards_merge_to_one_pass_and_basis_matches_numpy(tmp_path, tiny_model):
     for name, option in (("cut", "--max-length"), ("limited", "corpus reading")):
         with pytest.raises(AutoskillError, match=f"{name}: profiled with another {option}"):
             merge([tmp_path / "s0", tmp_path / name], tmp_path / f"with-{name}")
+    run(tmp_path, model_dir, corpus, name="blocks", k=5, shard=(1, 3), pooling=PoolingConfig(layers=(1, 2, 3)))
+    with pytest.raises(AutoskillError, match=r"s0 was profiled with another pooling than the shard .*blocks "
+                                             r"\(layer_ids: .*merge shards profiled alike"):  # not "the basis was made"
+        merge([tmp_path / "s0", tmp_path / "blocks"], tmp_path / "with-blocks")
     merge([tmp_path / "s0", tmp_path / "s2"], tmp_path / "two-thirds")
     assert not RunFolder(tmp_path / "two-thirds").record().complete_shards
     # A merge is a shard of the shards it was made of: it merges with the rest, and not with one of its own.

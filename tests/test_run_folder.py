@@ -76,7 +76,7 @@ def test_out_holding_another_run_is_refused_and_overwrite_replaces_it_wholly(tmp
     assert record["model"]["model_type"] == "qwen2" and record["counts"]["profiled"] == 9
     assert not (out / "features").exists()  # the old run's features went with it
     code, log = invoke("fit", out, "-k", 1)
-    assert code == 0 and f"rescore with `autoskill-fast project {out} --corpus CORPUS --out {out}`" in log, log
+    assert code == 0 and f"rescore with `autoskill-fast project {out} --out {out}`" in log, log
     assert not (out / "scores.safetensors").exists()  # never rescored from another run's features
 
 

@@ -372,6 +372,10 @@ def test_a_corpus_without_ids_must_be_the_file_profiled(tmp_path):
                              texts=[f"another text {i}" for i in range(30)]))
     with pytest.raises(AutoskillError, match="profiled different corpus files .* named by row number"):
         compare(CompareConfig(run_a=str(run), run_b=str(other)))
+    (other / "run.json").unlink()  # nothing says which file it profiled: compared, with a warning that says so
+    unchecked = compare(CompareConfig(run_a=str(run), run_b=str(other), permutations=0))
+    assert any("has no run.json, so whether both profiled one corpus file is not checked" in w
+               for w in unchecked.warnings)
     # the original file at another path is fine; with an id field, the ids are checked row by row as before
     moved = tmp_path / "moved.jsonl"
     moved.write_text("".join(corpus.read_text().splitlines(keepends=True)[1:]))

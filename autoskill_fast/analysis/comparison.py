@@ -220,23 +220,28 @@ def _run_name(run: ProfileRun) -> str:
     return f"{run.folder.name} ({model})" if model else run.folder.name
 
 
-def _check_same_rows(run_a: ProfileRun, run_b: ProfileRun) -> None:
-    """Ids that are row numbers (no id field) match examples only within one corpus file: refuse two files."""
-    corpus_a = run_a.record.corpus if run_a.record is not None else {}
-    corpus_b = run_b.record.corpus if run_b.record is not None else {}
+def _check_same_rows(run_a: ProfileRun, run_b: ProfileRun) -> str | None:
+    """Ids that are row numbers (no id field) match examples only within one corpus file: refuse two files; a warning
+    when a run has no run.json to say which file it profiled."""
+    missing = [str(run.folder) for run in (run_a, run_b) if run.record is None]
+    if missing:
+        return (f"{' and '.join(missing)} has no run.json, so whether both profiled one corpus file is not checked: "
+                "examples are matched by id (row numbers, without an id field)")
+    corpus_a, corpus_b = run_a.record.corpus, run_b.record.corpus
     by_row = corpus_a.get("id_field") is None or corpus_b.get("id_field") is None
     if by_row and corpus_a.get("sha256") and corpus_b.get("sha256") and corpus_a["sha256"] != corpus_b["sha256"]:
         raise AutoskillError(f"{run_a.folder} and {run_b.folder} profiled different corpus files "
                              f"({content_identity(corpus_a)}; {content_identity(corpus_b)}) whose examples are named "
                              "by row number (no id field), so their ids do not match examples; compare profiles of "
                              "one file, or of files with an id field (--id-field)")
+    return None
 
 
 def compare_runs(run_a: ProfileRun, run_b: ProfileRun, *, n_pole: int = 50, by: str = "projection",
                  permutations: int = 20, seed: int = 0) -> Comparison:
     """Compare two profiles on the examples they share (matched by id), with the canonical correlations' permutation
     null (`permutations` draws, seeded)."""
-    _check_same_rows(run_a, run_b)
+    unchecked = _check_same_rows(run_a, run_b)
     pos_a, pos_b = match_ids(run_a.scores.ids, run_b.scores.ids)
     n = pos_a.numel()
     if n < 3:
@@ -255,7 +260,7 @@ def compare_runs(run_a: ProfileRun, run_b: ProfileRun, *, n_pole: int = 50, by: 
                       list(run_a.basis.labels), list(run_b.basis.labels),
                       null=canonical_null(proj_a, proj_b, permutations, seed), seed=seed,
                       models_differ=model_mismatch(run_a.basis.model, run_b.basis.model) is not None,
-                      warnings=[warning] if warning else [])
+                      warnings=[w for w in (unchecked, warning) if w])
 
 
 @dataclass

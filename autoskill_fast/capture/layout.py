@@ -96,8 +96,10 @@ def pooling_config(record: dict[str, Any]) -> PoolingConfig:
                          layer_scaling=record.get("layer_scaling", "none"), max_length=record.get("max_length"))
 
 
-def check_same_pooling(expected: dict[str, Any], actual: dict[str, Any], *, what: str) -> None:
-    """Refuse features pooled otherwise than `expected` (a pooling record), naming the options that differ."""
+def check_same_pooling(expected: dict[str, Any], actual: dict[str, Any], *, what: str,
+                       against: str = "the basis was made", remedy: str = "use the basis's pooling options") -> None:
+    """Refuse features pooled otherwise than `expected` (a pooling record), naming the options that differ:
+    "{against} with another pooling than the {what} (...); {remedy}"."""
     mine, theirs = _meaning(expected), _meaning(actual)
     differ = [k for k in POOLING_MEANING if mine[k] != theirs[k]]
     if differ:
@@ -107,8 +109,7 @@ def check_same_pooling(expected: dict[str, Any], actual: dict[str, Any], *, what
             why = (" (bases made before version 0.2 left position 0 out of the mean only when it was a BOS token; now "
                    "it is always left out, as in the seed code: profile again, or pass --first-token drop_bos to use "
                    "the old rule)")
-        raise AutoskillError(f"the basis was made with another pooling than the {what} ({detail}){why}; use the "
-                             "basis's pooling options")
+        raise AutoskillError(f"{against} with another pooling than the {what} ({detail}){why}; {remedy}")
 
 
 def _meaning(record: dict[str, Any]) -> dict[str, Any]:

@@ -48,7 +48,9 @@ def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, 
         if difference is not None:
             raise AutoskillError(f"{shard.path}: profiled with another {difference[0]} than {shards[0].path} "
                                  f"({difference[1]}); merge shards profiled alike")
-        check_same_pooling(first.pooling, record.pooling, what=f"statistics in {shard.path}")
+        check_same_pooling(first.pooling, record.pooling, what=f"shard {shard.path}", against=f"{shards[0].path} was "
+                           "profiled", remedy="merge shards profiled alike (the same --layers, --pooling, "
+                           "--first-token and --layer-scaling)")
         if record.layer_scale != first.layer_scale:
             raise AutoskillError(f"{shard.path}: its --layer-scaling pilot factors (measured on its own first batch) "
                                  f"differ from {shards[0].path}'s, so their statistics do not add; profile without "

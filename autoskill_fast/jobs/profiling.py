@@ -191,16 +191,15 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
     if world.main:
         try:
             held = _held_record(folder)
-            config = _spelled_as_recorded(held, config, model_fp, corpus_fp)
-            key = run_key_of(config.to_json(), model_fp, corpus_fp, held)
+            keyed = _spelled_as_recorded(held, config, model_fp, corpus_fp).to_json()  # read with the paths typed
+            key = run_key_of(keyed, model_fp, corpus_fp, held)
             _check_k_before_forward(config, resolved)
-            record = folder.claim(key, overwrite=config.overwrite, describe=describe_run(config.to_json()),
-                                  config=config.to_json())
+            record = folder.claim(key, overwrite=config.overwrite, describe=describe_run(keyed), config=keyed)
             decision = record.status if record is not None and record.status != "running" else "run"
             if decision == "run":
                 _check_resumed_world(folder, record, world)
                 _check_resumed_outputs(folder, record, config, loaded)
-                record = RunRecord(status="running", key=key, config=config.to_json(), model=model_fp,
+                record = RunRecord(status="running", key=key, config=keyed, model=model_fp,
                                    corpus=corpus_fp, pooling=resolved.record, layout=resolved.layout.to_json(),
                                    environment={"model_path": str(loaded.path),
                                                 "dtype": str(loaded.dtype).removeprefix("torch."),
@@ -238,7 +237,8 @@ def _spelled_as_recorded(record: RunRecord | None, config: ProfileConfig, model_
                          corpus_fp: dict[str, Any]) -> ProfileConfig:
     """The config with --corpus and --model spelled as the folder's run.json spells them when they name the same
     file and weights (./c.jsonl for c.jsonl, a folder with a trailing slash, an absolute path typed from elsewhere):
-    the same command typed another way resumes its run instead of being refused as another."""
+    the same command typed another way resumes its run instead of being refused as another. For the key and the
+    record only: files are read at the paths typed (a relative path recorded may name another file from here)."""
     if record is None:
         return config
     recorded = record.config
@@ -264,16 +264,15 @@ def _finished(folder: RunFolder, config: ProfileConfig, status: str, world: Worl
                                      "asks for a second pass of the model: rerun with --overwrite (or another --out)")
             if config.scores and not (folder / SCORES_TENSORS).exists():
                 raise AutoskillError(f"{folder.path}: this run is complete without scores; score it with "
-                                     f"`autoskill-fast project {folder.path} --corpus {config.corpus.path} --out "
-                                     f"{folder.path}`")
+                                     f"`autoskill-fast project {folder.path} --out {folder.path}`")
             log.info("%s: this run is already complete", folder.path)
             return basis
         if folder.feature_dir(record) is None:
             raise AutoskillError(f"{folder.path}: this run is complete with -k {basis.k} --scaling {basis.scaling} and "
                                  f"kept no features, so refitting it to -k {config.k} --scaling {config.scaling} here "
                                  f"would drop its scores; run `autoskill-fast fit {folder.path} -k {config.k} --scaling "
-                                 f"{config.scaling}` and rescore with `autoskill-fast project {folder.path} --corpus "
-                                 f"{config.corpus.path} --out {folder.path}`, or rerun with -k "
+                                 f"{config.scaling}` and rescore with `autoskill-fast project {folder.path} --out "
+                                 f"{folder.path}`, or rerun with -k "
                                  f"{basis.k} --scaling {basis.scaling}")
         log.info("%s: this run is complete with k=%d, --scaling %s; refitting k=%d, --scaling %s from its statistics",
                  folder.path, basis.k, basis.scaling, config.k, config.scaling)
@@ -401,8 +400,8 @@ def _check_k_before_forward(config: ProfileConfig, resolved: ResolvedPooling) ->
     else:
         return
     if most == 0:
-        raise AutoskillError(f"{config.corpus.path}: no record to profile (the file is empty"
-                             f"{', or this shard has none' if n_shards > 1 else ''}{' within --limit' if config.corpus.limit is not None else ''})")
+        raise AutoskillError(f"{config.corpus.path}: no record to profile (none in the file, or none left by --split, "
+                             "--limit or --shard)")
     if config.k > most - 1:
         raise AutoskillError(f"-k {config.k} is more directions than the data has: {most} examples give at most "
                              f"{max(most - 1, 0)}; lower -k")

@@ -30,16 +30,27 @@ from .world import current_world
 PROJECT_JSON = "project.json"
 
 
-def _check_rescoring(run: Path) -> None:
+def _check_rescoring(run: Path, corpus_fp: dict) -> None:
     """`project RUN --out RUN` scores a complete run that has no scores (fit without saved features, a merge, or
-    --no-scores), under its own basis: anything else is refused."""
-    folder = RunFolder(run)
-    record = folder.record()
+    --no-scores), under its own basis and of its own rows: anything else is refused."""
+    record = RunFolder(run).record()
     if record.status != "complete":
         raise AutoskillError(f"{run}: this run is not complete ({record.status}); finish it with its profile command, "
                              "which scores it")
     if (run / SCORES_TENSORS).exists():
         raise AutoskillError(f"{run}: already has scores; write another projection to a folder of its own")
+    if tuple(record.config.get("shard") or (0, 1)) != (0, 1) or record.complete_shards is False:
+        raise AutoskillError(f"{run}: holds some shards of its corpus, and `project` scores all of it; merge the "
+                             "remaining shards in first, or write the projection to a folder of its own")
+    profiled = record.corpus
+    differ = [key for key in sorted(set(profiled) | set(corpus_fp)) if key not in ("path", "bytes")
+              and key in profiled and profiled.get(key) != corpus_fp.get(key)]
+    if differ:
+        what = ("its content" if differ == ["sha256"] else
+                ", ".join(f"{key} {corpus_fp.get(key)!r} (profiled: {profiled.get(key)!r})" for key in differ))
+        raise AutoskillError(f"{corpus_fp['path']}: is not read as {run} read its corpus ({what}); a run's scores must "
+                             "be of its own rows: leave out --corpus and its options (the run's own are the default "
+                             "here), or write the projection to a folder of its own")
 
 
 def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> dict:
@@ -54,8 +65,9 @@ def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> dict
     if out.exists() and not out.is_dir():
         raise AutoskillError(f"{out}: is a file, not a folder; choose another output folder")
     in_place = out.resolve() == Path(config.basis).resolve()  # rescoring a run whose scores are gone
+    corpus_fp = corpus_fingerprint(config.corpus)  # a missing corpus is told before the model loads
     if in_place:
-        _check_rescoring(out)
+        _check_rescoring(out, corpus_fp)
     elif (out / RUN_JSON).exists() or (out / BASIS_JSON).exists():
         raise AutoskillError(f"{out}: holds a profile run or a basis, whose scores `project` would replace; write the "
                              "projection to a folder of its own (or, to score a run that has none, --out the run)")
@@ -63,14 +75,8 @@ def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> dict
     basis = load_basis(config.basis)
     if world.distributed:
         config = replace(config, model=replace(config.model, device=str(world.device(config.model.device))))
-    corpus_fp = corpus_fingerprint(config.corpus)  # a missing corpus is told before the model loads
     loaded = loaded or load_model(config.model)
     basis.check_model(loaded.fingerprint, what="corpus features")
-    if in_place and RunFolder(out).record().corpus != corpus_fp:
-        raise AutoskillError(f"{config.corpus.path}: is not the corpus {out} profiled ({content_identity(corpus_fp)}; "
-                             f"profiled: {content_identity(RunFolder(out).record().corpus)}, with the same options); "
-                             "a run's scores must be of its own rows: pass that corpus, or write the projection to a "
-                             "folder of its own")
     world.check_same({"model": model_identity(loaded.fingerprint), "corpus": content_identity(corpus_fp)})
     pooling = basis.pooling_config
     if config.pooling is not None:  # options given must describe the basis's pooling; --max-length applies

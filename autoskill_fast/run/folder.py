@@ -200,10 +200,10 @@ def run_key_of(config: dict[str, Any], model: dict[str, Any], corpus: dict[str, 
     stops there: its statistics are those a "skip" run has up to that point), so a run stopped by a bad example
     resumes with --on-bad-example skip instead of starting over."""
     key = run_key(config, model, corpus)
-    if record is not None and record.key != key and "on_bad_example" in record.config:
-        as_begun = {**config, "on_bad_example": record.config["on_bad_example"]}
-        if run_key(as_begun, model, corpus, legacy=True) == record.key:
-            return record.key
+    if record is not None and record.key != key:
+        for policy in ("error", "skip"):  # the one it began with: run.json holds the latest, which may be another
+            if run_key({**config, "on_bad_example": policy}, model, corpus, legacy=True) == record.key:
+                return record.key
     return key
 
 

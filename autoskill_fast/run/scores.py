@@ -70,9 +70,8 @@ class Scores:
     def load(cls, folder: str | Path) -> "Scores":
         folder = Path(folder)
         if not (folder / SCORES_TENSORS).exists():
-            raise AutoskillError(f"{folder}: no {SCORES_TENSORS}; score it with `autoskill-fast project {folder} "
-                                 f"--corpus CORPUS --out {folder}` (or run `autoskill-fast profile` with scores, the "
-                                 "default)")
+            raise AutoskillError(f"{folder}: no {SCORES_TENSORS}; score a run with `autoskill-fast project {folder} "
+                                 f"--out {folder}` (or run `autoskill-fast profile` with scores, the default)")
         t = load_tensors(folder / SCORES_TENSORS, required=("projection", "cosine", "row"))
         meta = load_json(folder / SCORES_JSON)
         if "ids" not in meta:
