@@ -325,34 +325,36 @@ def test_a_mean_of_equal_values_has_the_count_based_interval_that_holds():
     assert pass_at_k_interval(np.zeros(50, int), 8, 1).high == pytest.approx(share)
     assert mean_interval(np.full(40, 0.25)) == Estimate(0.25, 0.25, 0.25, 0.95)  # no range given: the point
     assert mean_interval([0.5], bounds=(0.0, 1.0)) == Estimate(0.5, 0.0, 1.0, 0.95)  # too few problems: the range
+    assert mean_interval(np.zeros(10), bounds=(0.0, 1.0)).high == 1.0  # ten all zero: a share 1 - u apart can hide
     with pytest.raises(ValueError, match="within bounds \\(0.0, 1.0\\); problem 2 has 1.5"):
         mean_interval([0.0, 1.0, 1.5], bounds=(0.0, 1.0))
     with pytest.raises(ValueError, match="low < high"):
         mean_interval([0.0, 1.0], bounds=(1.0, 0.0))
 
 
-@pytest.mark.parametrize("problems", [6, 7, 8, 12, 50])
-@pytest.mark.parametrize("changed", [0, 1, 2])
-def test_the_count_based_interval_holds_for_every_share_exactly(problems, changed):
+@pytest.mark.parametrize("problems", [9, 11, 12, 13, 20, 50])
+def test_the_count_based_intervals_hold_for_every_share_exactly(problems):
     """The exact miss chance of the count-based intervals for a metric of two values, 0 (chance 1 - q) and 1
-    (chance q): at most `changed` of P are 1 with chance B(changed; P, q), and miss if q lies above the interval's top;
-    at most `changed` are 0, B(changed; P, 1 - q), and miss if q lies below its bottom. The worst q must stay within
-    5%. The plain rule of three, u = 1 - 0.05^(1/P), misses 5.4% at P = 6: with two values both ends can be seen
-    alone and miss."""
+    (chance q), over every count N of ones the count path takes (N <= 2 or N >= P - 2; the bootstrap takes the rest):
+    the worst q must stay within 5%. Both ends can be seen with few apart, and the second term of the bound counts the
+    other end at MAX_FEW_CHANGES: with B(m; P, 1 - u) there instead, P = 12 missed 5.05% (q = 0.339)."""
     from scipy.stats import binom
 
-    values = np.zeros(problems)
-    values[:changed] = 1.0
-    top = mean_interval(values, bounds=(0.0, 1.0)).high
-    bottom = mean_interval(1.0 - values, bounds=(0.0, 1.0)).low
-    q = np.linspace(0.0, 1.0, 100001)
-    miss = binom.cdf(changed, problems, q) * (q > top) + binom.cdf(changed, problems, 1 - q) * (q < bottom)
-    assert miss.max() <= 0.05 + 1e-9
-    if top < 1.0:
-        assert miss.max() > 0.0499  # and not much wider than it needs to be
-    plain = 1.0 - 0.05 ** (1.0 / problems)
-    if problems == 6 and changed == 0:
-        assert ((1 - q) ** 6 * (q > plain) + q ** 6 * (q < 1 - plain)).max() > 0.053
+    q = np.linspace(0.0, 1.0, 20001)
+    miss = np.zeros_like(q)
+    for ones in sorted({*range(3), *range(problems - 2, problems + 1)}):
+        values = np.zeros(problems)
+        values[:ones] = 1.0
+        est = mean_interval(values, bounds=(0.0, 1.0))
+        assert est.value == pytest.approx(ones / problems)
+        miss += binom.pmf(ones, problems, q) * ((q < est.low) | (q > est.high))
+    assert miss.max() <= 0.05 + 1e-9, (q[miss.argmax()], miss.max())
+    if problems >= 12:
+        assert miss.max() > 0.045  # and not much wider than it needs to be
+    # the two-term bound with the entry's own count on both sides (the first version) misses at P = 12
+    if problems == 12:
+        top = 0.33885
+        assert binom.cdf(1, 12, top) + binom.cdf(1, 12, 1 - top) < 0.05 < binom.cdf(1, 12, top) + binom.cdf(2, 12, 1 - top)
 
 
 def test_few_changes_get_the_count_based_interval_and_more_use_the_bootstrap():
@@ -381,8 +383,8 @@ def test_few_changes_get_the_count_based_interval_and_more_use_the_bootstrap():
         (mean_interval(column, resamples=300, seed=run, bounds=(-1.0, 1.0)) for column in
          (rng.random((50, 16)) < share).astype(float).T), share)]) for run in range(40))
     assert held / (40 * 16) >= 0.94, held
-    with pytest.raises(ValueError, match="0 <= changed < problems, got 5 of 5"):
-        few_changes_interval(0.0, 5, 5, bounds=(0.0, 1.0))
+    with pytest.raises(ValueError, match="0 <= changed <= 2 and changed < problems, got 3 of 50"):
+        few_changes_interval(0.0, 3, 50, bounds=(0.0, 1.0))
 
 
 def test_joint_intervals_of_entries_of_few_changes_share_the_miss_chance_with_the_band():

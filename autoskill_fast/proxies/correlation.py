@@ -8,7 +8,8 @@ metric, the text is each problem with its gold solution and the score is correla
 (lower is better). Intervals are percentile bootstraps that resample problems (a problem's samples stay together); the
 joint intervals, from the same resamples, hold every direction's value at once: a bootstrap-t, each resample's value
 measured in its own standard error (for the AUROC, DeLong's placement values summed per problem as Obuchowski's
-clustered AUROC does; for Pearson's r, its influence function).
+clustered AUROC does; for Pearson's r, its influence function). They held all directions at once in 0.94-0.95 of
+simulated experiments under the null; near an AUROC of 1 (a standard error of 0 on the sample) they are short.
 """
 
 from __future__ import annotations
