@@ -180,19 +180,17 @@ def project_cmd(basis_dir, threads, **values):
 def run_inputs(run_dir: str, start_from: dict, given: set[str]) -> tuple[dict, dict]:
     """For `project RUN --out RUN`: the options not typed are the run's own (its corpus and how it was read, its model
     and dtype, its --on-bad-example), so that the scores are of its rows. Not --trust-remote-code: typed each time."""
-    from .config import CorpusConfig, ModelConfig
+    from .config import ModelConfig
     from .run.folder import RunFolder
 
     folder = RunFolder(run_dir)
     if not folder.has_record():
         return start_from, {}
     record = folder.record()
-    config = record.config
-    corpus = {k: v for k, v in (config.get("corpus") or {}).items() if k in CorpusConfig.__dataclass_fields__}
-    corpus["path"] = record.corpus.get("path", corpus.get("path"))  # resolved when profiled: from any directory
-    model = {k: v for k, v in (config.get("model") or {}).items() if k in ("model", "dtype")}
-    fixed = {} if "on_bad_example" in given else {"on_bad_example": config.get("on_bad_example", "error")}
-    return {**start_from, "corpus": CorpusConfig(**corpus), "model": ModelConfig(**model)}, fixed
+    resolved = {"path": record.corpus["path"]} if "path" in record.corpus else {}  # as profiled: from any directory
+    model = {k: v for k, v in (record.config.get("model") or {}).items() if k in ("model", "dtype")}
+    fixed = {} if "on_bad_example" in given else {"on_bad_example": record.config.get("on_bad_example", "error")}
+    return {**start_from, "corpus": record.corpus_reading(**resolved), "model": ModelConfig(**model)}, fixed
 
 
 # ---- steer, inspect, select, compare ---------------------------------------------------------------------------------

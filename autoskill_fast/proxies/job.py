@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,8 +24,7 @@ import numpy as np
 
 from ..basis import SkillBasis
 from ..capture.models import LoadedModel, load_model
-from ..config import (BatchingConfig, ConfigError, CorpusConfig, ModelConfig, cli, number_list, parse_layers,
-                      template_fields)
+from ..config import BatchingConfig, ConfigError, ModelConfig, cli, number_list, parse_layers, template_fields
 from ..data.corpus import fingerprint, iter_records
 from ..errors import AutoskillError
 from ..evaluation.generation import GenerationConfig
@@ -162,9 +161,7 @@ def _check_pool(folder: RunFolder, record, problems: ProblemsConfig, dev_ids: se
     else:
         dev_questions = {" ".join(p.question.split()) for p in load_problems(replace(problems, split="dev"))}
         try:
-            run_corpus = CorpusConfig(**{k: v for k, v in record.corpus_config.items()
-                                         if k in {f.name for f in fields(CorpusConfig)}})
-            overlap = {r.id for r in iter_records(run_corpus)
+            overlap = {r.id for r in iter_records(record.corpus_reading())
                        if " ".join(str(r.data.get(problems.question_field, "")).split()) in dev_questions}
         except AutoskillError as e:
             return [f"the pool's disjointness from the dev set could not be checked ({e})"]

@@ -6,7 +6,6 @@ with `basis.*` and `scores.*` still works, but the corpus must then be named exp
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,14 +37,10 @@ class ProfileRun:
 
     def corpus_config(self, corpus_path: str | None = None) -> CorpusConfig:
         """How the profile read its corpus (from run.json), optionally at another path (a moved corpus)."""
-        stored = self.record.corpus_config if self.record is not None else None
-        if stored is None and corpus_path is None:
+        if self.record is None and corpus_path is None:
             raise AutoskillError(f"{self.folder}: no corpus recorded in {RUN_JSON}; pass the corpus path (--corpus)")
-        fields = {f.name for f in dataclasses.fields(CorpusConfig)}
-        options = {k: v for k, v in (stored or {}).items() if k in fields}
-        if corpus_path is not None:
-            options["path"] = str(corpus_path)
-        config = CorpusConfig(**options)
+        moved = {} if corpus_path is None else {"path": str(corpus_path)}
+        config = self.record.corpus_reading(**moved) if self.record is not None else CorpusConfig(**moved)
         self._check_rows_match(config)
         return config
 

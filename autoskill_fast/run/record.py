@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from ..config import CorpusConfig
 from ..errors import AutoskillError
 
 SCHEMA = 2
@@ -57,6 +58,12 @@ class RunRecord:
     @property
     def corpus_config(self) -> dict[str, Any]:
         return self.config.get("corpus") or {}
+
+    def corpus_reading(self, **changes: Any) -> CorpusConfig:
+        """How the profile read its corpus, as a CorpusConfig: the recorded options it takes (a record of another
+        version may hold others), with `changes` (e.g. another path)."""
+        names = {f.name for f in fields(CorpusConfig)}
+        return CorpusConfig(**{**{k: v for k, v in self.corpus_config.items() if k in names}, **changes})
 
     @classmethod
     def from_json(cls, data: Any, source: str | Path) -> "RunRecord":
