@@ -5,7 +5,8 @@
 Each scenario draws E entries' per-problem paired differences (an intervention against one baseline, on the same P
 problems, as `rank --proxy steer` and `--proxy pilot` measure them) whose population means are known, many times. For
 each draw it asks whether every entry's true effect lies inside its interval, for three kinds of interval:
-- own: each entry's 95% percentile interval (`mean_interval`, what `rank` reported alone before);
+- own: each entry's 95% interval (`mean_interval`: the percentile bootstrap, or with the range the count-based or
+  score interval of `evaluation/bounded.py`; what `rank` reported alone before);
 - max-t, spread: the 95% max-t band with each entry's draws measured in the spread of its draws (what the
   correlation proxy used before it had a standard error per resample);
 - joint: what `rank` reports: the band with each draw measured in its own resample's standard error (the bootstrap-t;
@@ -14,7 +15,8 @@ each draw it asks whether every entry's true effect lies inside its interval, fo
   (`proxies.joint.set_joint`).
 In the scenarios of Pass@k differences (`pass@1`, `sparse`, `one-sided`) the intervals know the differences' range,
 (-1, 1), as `rank` does: an entry whose differences are zero on all problems but at most two gets the count-based
-interval of `few_changes_interval` (the own at 95%, the joint at 1 - 0.1 * 0.05 / E) instead of the bootstrap's. The
+interval of `few_changes_interval` (the own at 97.5%, the joint at 1 - 0.1 * 0.05 / E) instead of the bootstrap's,
+and an own interval of differences all in {-1, 0, 1} is Tango's score interval. The
 nominal rate is 0.95 for the two bands; the own intervals are not meant to hold all at once, but each is meant to
 hold its own effect 95% of the time ("own: each held", over all entries of all experiments). The last rows do the
 same for the correlation proxy's AUROC under the null (no direction matters), with the cluster bootstrap over

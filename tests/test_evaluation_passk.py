@@ -10,7 +10,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from autoskill_fast.evaluation.passk import (Estimate, few_changes_interval, mean_interval, paired_mean_difference,
+from autoskill_fast.evaluation.bounded import MAX_FEW_CHANGES, few_changes_interval, score_interval
+from autoskill_fast.evaluation.passk import (Estimate, mean_interval, paired_mean_difference,
                                              paired_pass_at_k_difference, pass_at_k, pass_at_k_interval,
                                              simultaneous_band, simultaneous_mean_intervals)
 
@@ -109,8 +110,9 @@ def test_a_paired_difference_resamples_the_same_problems_for_both():
     est = paired_mean_difference(a, a + 0.3)
     assert est.value == pytest.approx(0.3) and est.high - est.low < 1e-12
     correct = rng.integers(0, 9, 200)
-    # no problem changed: not the point zero but the count-based interval (a change rate below 1 - 0.05^(1/200))
-    share = 1.0 - 0.05 ** (1.0 / 200)
+    # no problem changed: not the point zero but the count-based interval (a change rate below 1 - 0.025^(1/200): the
+    # count path takes half the miss chance)
+    share = 1.0 - 0.025 ** (1.0 / 200)
     unchanged = paired_pass_at_k_difference(correct, correct, 8, 8, 3)
     assert unchanged.value == 0.0 and (unchanged.low, unchanged.high) == (pytest.approx(-share), pytest.approx(share))
     # and it is the bootstrap of the per-problem differences, sign b - a
@@ -315,67 +317,222 @@ def test_the_joint_critical_value_is_never_below_one_intervals_and_the_band_keep
 
 def test_a_mean_of_equal_values_has_the_count_based_interval_that_holds():
     """All P values equal leave the bootstrap nothing to resample. With the metric's range the interval is
-    [v - u (v - low), v + u (high - v)], u about 1 - (1 - confidence)^(1/P) (the rule of three)."""
-    share = 1.0 - 0.05 ** (1.0 / 50)
+    [v - u (v - low), v + u (high - v)], u about 1 - ((1 - confidence) / 2)^(1/P) (the rule of three, at 97.5%: the
+    count path takes half the miss chance)."""
+    share = 1.0 - 0.025 ** (1.0 / 50)
     zero = mean_interval(np.zeros(50), bounds=(-1.0, 1.0))
     assert zero.value == 0.0 and (zero.low, zero.high) == (pytest.approx(-share), pytest.approx(share))
-    assert share == pytest.approx(3.0 / 50, rel=0.05)
+    assert share == pytest.approx(-math.log(0.025) / 50, rel=0.05)
     solved = pass_at_k_interval(np.full(50, 8), 8, 1)  # every problem solved: Pass@1 in [1 - u, 1]
     assert (solved.value, solved.high) == (1.0, 1.0) and solved.low == pytest.approx(1.0 - share)
     assert pass_at_k_interval(np.zeros(50, int), 8, 1).high == pytest.approx(share)
     assert mean_interval(np.full(40, 0.25)) == Estimate(0.25, 0.25, 0.25, 0.95)  # no range given: the point
     assert mean_interval([0.5], bounds=(0.0, 1.0)) == Estimate(0.5, 0.0, 1.0, 0.95)  # too few problems: the range
-    assert mean_interval(np.zeros(10), bounds=(0.0, 1.0)).high == 1.0  # ten all zero: a share 1 - u apart can hide
+    assert mean_interval(np.zeros(11), bounds=(0.0, 1.0)).high == 1.0  # 11 all zero: a share 1 - u apart can hide
+    assert mean_interval(np.zeros(12), bounds=(0.0, 1.0)).high < 0.5
     with pytest.raises(ValueError, match="within bounds \\(0.0, 1.0\\); problem 2 has 1.5"):
         mean_interval([0.0, 1.0, 1.5], bounds=(0.0, 1.0))
     with pytest.raises(ValueError, match="low < high"):
         mean_interval([0.0, 1.0], bounds=(1.0, 0.0))
 
 
+def _ends(estimate: Estimate) -> tuple[float, float]:
+    return estimate.low, estimate.high
+
+
+def _zero_one_miss(interval, problems: int, q: np.ndarray, ones_seen) -> np.ndarray:
+    """The exact chance, at each true share q of ones, that a 0/1 metric's `interval(values)` misses its mean, summed
+    over the counts of ones `ones_seen`."""
+    from scipy.stats import binom
+
+    miss = np.zeros_like(q)
+    for ones in ones_seen:
+        values = np.zeros(problems)
+        values[:ones] = 1.0
+        low, high = interval(values)
+        miss += binom.pmf(ones, problems, q) * ((q < low) | (q > high))
+    return miss
+
+
 @pytest.mark.parametrize("problems", [9, 11, 12, 13, 20, 50])
 def test_the_count_based_intervals_hold_for_every_share_exactly(problems):
     """The exact miss chance of the count-based intervals for a metric of two values, 0 (chance 1 - q) and 1
-    (chance q), over every count N of ones the count path takes (N <= 2 or N >= P - 2; the bootstrap takes the rest):
-    the worst q must stay within 5%. Both ends can be seen with few apart, and the second term of the bound counts the
-    other end at MAX_FEW_CHANGES: with B(m; P, 1 - u) there instead, P = 12 missed 5.05% (q = 0.339)."""
+    (chance q), over every count N of ones the count path takes (N <= 2 or N >= P - 2; another interval takes the
+    rest): the worst q must stay within 1 - confidence. Both ends can be seen with few apart, and the second term of
+    the bound counts the other end at MAX_FEW_CHANGES: with B(m; P, 1 - u) there instead, P = 12 missed 5.05%
+    (q = 0.339). `mean_interval` takes it at 97.5%, half the miss chance."""
     from scipy.stats import binom
 
     q = np.linspace(0.0, 1.0, 20001)
-    miss = np.zeros_like(q)
-    for ones in sorted({*range(3), *range(problems - 2, problems + 1)}):
-        values = np.zeros(problems)
-        values[:ones] = 1.0
-        est = mean_interval(values, bounds=(0.0, 1.0))
-        assert est.value == pytest.approx(ones / problems)
-        miss += binom.pmf(ones, problems, q) * ((q < est.low) | (q > est.high))
-    assert miss.max() <= 0.05 + 1e-9, (q[miss.argmax()], miss.max())
-    if problems >= 12:
-        assert miss.max() > 0.045  # and not much wider than it needs to be
+    few = sorted({*range(3), *range(problems - 2, problems + 1)})
+
+    def count_based(confidence):
+        def interval(values):
+            common, changed = np.bincount(values.astype(int)).argmax(), min(values.sum(), problems - values.sum())
+            return few_changes_interval(float(common), int(changed), problems, confidence=confidence,
+                                        bounds=(0.0, 1.0))
+        return interval
+
+    for confidence in (0.95, 0.975):
+        miss = _zero_one_miss(count_based(confidence), problems, q, few)
+        assert miss.max() <= 1 - confidence + 1e-9, (confidence, q[miss.argmax()], miss.max())
+        if problems >= 13:
+            assert miss.max() > 0.9 * (1 - confidence)  # and not much wider than it needs to be
+    own = _zero_one_miss(lambda values: _ends(mean_interval(values, bounds=(0.0, 1.0))), problems, q, few)
+    np.testing.assert_array_equal(own, _zero_one_miss(count_based(0.975), problems, q, few))
     # the two-term bound with the entry's own count on both sides (the first version) misses at P = 12
     if problems == 12:
         top = 0.33885
         assert binom.cdf(1, 12, top) + binom.cdf(1, 12, 1 - top) < 0.05 < binom.cdf(1, 12, top) + binom.cdf(2, 12, 1 - top)
 
 
+@pytest.mark.parametrize("problems", [20, 50, 100])
+def test_a_zero_one_metric_interval_holds_over_every_share(problems):
+    """The whole interval of a 0/1 metric (Pass@1 of one sample), exactly over every count of ones: the count path at
+    97.5% for at most two apart, the score interval (Wilson's) from three. When the count path took all of the 5%, the
+    other side's miss of the interval from three added to it: 0.911 held at the worst share at 50 problems. The
+    percentile bootstrap of a proportion is short where it is rare: over true shares 0.1-0.3 it held 0.938 on average
+    at 50 problems (0.944 at 100), the score interval 0.952 (0.951)."""
+    q = np.linspace(0.0005, 0.9995, 2000)
+    every = range(problems + 1)
+    own = 1.0 - _zero_one_miss(lambda values: _ends(mean_interval(values, bounds=(0.0, 1.0))), problems, q, every)
+    assert 0.945 <= own.mean() <= 0.97 and own.min() >= 0.905, (own.mean(), own.min(), q[own.argmin()])
+    middle = (q >= 0.1) & (q <= 0.3)
+    assert own[middle].mean() >= 0.945, own[middle].mean()
+    def count_path_at_95(values):
+        apart = int(min(values.sum(), problems - values.sum()))
+        if apart > MAX_FEW_CHANGES:
+            return _ends(mean_interval(values, bounds=(0.0, 1.0)))
+        return few_changes_interval(float(values.sum() > problems / 2), apart, problems, bounds=(0.0, 1.0))
+
+    taken_whole = 1.0 - _zero_one_miss(count_path_at_95, problems, q, every)
+    assert taken_whole.min() < own.min() - 0.003  # the count path at 95%: short at its own end (0.911 at 50)
+    if problems == 50:
+        bootstrap = 1.0 - _zero_one_miss(lambda values: _ends(mean_interval(values, seed=1)), problems, q, every)
+        assert bootstrap[middle].mean() < 0.945, bootstrap[middle].mean()
+
+
+def test_the_count_based_interval_of_a_zero_one_metric_is_clopper_pearsons():
+    """For a 0/1 metric with 0-2 of P apart, the count path at 97.5% (one-sided) ends where Clopper-Pearson's exact 95%
+    interval does: B(m; P, u) = 0.025 defines both (the second term, the other value seen with two apart, is tiny)."""
+    from scipy.stats import beta
+
+    for problems in (20, 50, 200):
+        for ones in range(3):
+            values = np.zeros(problems)
+            values[:ones] = 1.0
+            est = mean_interval(values, bounds=(0.0, 1.0))
+            assert est.low == 0.0 and est.high == pytest.approx(beta.ppf(0.975, ones + 1, problems - ones), abs=1e-6)
+
+
+def test_the_score_interval_passes_exactly_the_means_its_test_accepts():
+    """Tango's score interval on {-1, 0, 1} against a plain reference: at each end the restricted maximum likelihood
+    of the chance q of -1, found by a numerical search of the trinomial likelihood, makes the score statistic +-z; with
+    no middle value it is Wilson's interval in closed form; one on other bounds is the same, rescaled."""
+    from scipy.optimize import minimize_scalar
+
+    z = 1.959963984540054
+    for up, down, problems in [(5, 2, 50), (0, 3, 50), (12, 11, 40), (3, 0, 25), (30, 1, 31), (7, 9, 200)]:
+        middle = problems - up - down
+        low, high = score_interval(up, down, problems, bounds=(-1.0, 1.0))
+        assert -1.0 <= low < (up - down) / problems < high <= 1.0
+        for d, sign in ((low, 1.0), (high, -1.0)):
+            def minus_likelihood(q):
+                middle_term = middle * math.log(1 - 2 * q - d) if middle else 0.0
+                return -(up * math.log(q + d) + down * math.log(q) + middle_term)
+            q = minimize_scalar(minus_likelihood, bounds=(max(0.0, -d) + 1e-12, (1 - d) / 2 - 1e-12), method="bounded",
+                                options={"xatol": 1e-13}).x if middle else (1 - d) / 2
+            statistic = (up - down - problems * d) / math.sqrt(problems * (2 * q + d * (1 - d)))
+            assert statistic == pytest.approx(sign * z, abs=1e-4), (up, down, problems, d)
+        scaled = score_interval(up, down, problems, bounds=(0.0, 1.0))
+        assert scaled == (pytest.approx((low + 1) / 2, abs=1e-12), pytest.approx((high + 1) / 2, abs=1e-12))
+    for ones, problems in [(3, 50), (10, 37), (25, 50), (47, 50), (1, 4)]:
+        share = ones / problems
+        centre, half = share + z * z / (2 * problems), z * math.sqrt(share * (1 - share) / problems +
+                                                                     z * z / (4 * problems ** 2))
+        wilson = ((centre - half) / (1 + z * z / problems), (centre + half) / (1 + z * z / problems))
+        assert score_interval(ones, problems - ones, problems, bounds=(0.0, 1.0)) == (
+            pytest.approx(max(0.0, wilson[0]), abs=1e-12), pytest.approx(min(1.0, wilson[1]), abs=1e-12))
+    with pytest.raises(ValueError, match=r"0 <= up \+ down <= problems, problems >= 1, got 30, 30 of 50"):
+        score_interval(30, 30, 50, bounds=(0.0, 1.0))
+
+
+@pytest.mark.parametrize("problems", [4, 9])
+def test_the_score_interval_is_the_whole_set_its_test_accepts(problems):
+    """For every outcome on a few problems, the means d on a grid whose score test passes, with the restricted
+    maximum likelihood found by brute force over a grid of q (no closed form), are those inside the interval: the
+    accepted set is one interval and the bisection finds its ends (to the reference's resolution)."""
+    z = 1.959963984540054
+    d = np.linspace(-0.99, 0.99, 199)[:, None]
+    q = np.linspace(0.0, 1.0, 10001)[None, :]
+    usable = (q + d >= 0) & (1 - 2 * q - d >= 0)
+    for up in range(problems + 1):
+        for down in range(problems + 1 - up):
+            middle = problems - up - down
+            with np.errstate(divide="ignore", invalid="ignore"):
+                likelihood = (np.where(up, up * np.log(q + d), 0.0) + np.where(down, down * np.log(q), 0.0)
+                              + np.where(middle, middle * np.log(1 - 2 * q - d), 0.0))
+            best = np.take_along_axis(np.broadcast_to(q, usable.shape),
+                                      np.argmax(np.where(usable, likelihood, -np.inf), axis=1)[:, None], axis=1)
+            apart = up - down - problems * d
+            with np.errstate(divide="ignore", invalid="ignore"):
+                statistic = np.where(apart == 0, 0.0, apart / np.sqrt(problems * (2 * best + d * (1 - d))))
+            accepted = np.abs(statistic[:, 0]) <= z
+            low, high = score_interval(up, down, problems, bounds=(-1.0, 1.0))
+            inside = (d[:, 0] >= low) & (d[:, 0] <= high)
+            near_an_end = (np.abs(d[:, 0] - low) < 0.005) | (np.abs(d[:, 0] - high) < 0.005)
+            assert np.array_equal(accepted[~near_an_end], inside[~near_an_end]), (up, down, problems)
+
+
+def test_a_paired_zero_one_difference_holds_over_every_pair_of_shares():
+    """The interval of a paired difference of a 0/1 metric ({-1, 0, 1} per problem), exactly over every outcome of 30
+    problems, at true chances of -1 and +1 on a grid: the count path for at most two apart, Tango's score interval
+    from three. On this grid it holds 0.958 on average and 0.930 at the worst; the count path at 95% with the
+    percentile bootstrap from three held 0.944 and 0.902."""
+    from scipy.stats import multinomial
+
+    problems = 30
+    outcomes = [(up, down) for up in range(problems + 1) for down in range(problems + 1 - up)]
+    ends = []
+    for up, down in outcomes:
+        values = np.zeros(problems)
+        values[:up], values[up:up + down] = 1.0, -1.0
+        est = mean_interval(values, bounds=(-1.0, 1.0))
+        ends.append((est.low, est.high))
+    ends = np.array(ends)
+    counts = np.array([[up, down, problems - up - down] for up, down in outcomes])
+    held = []
+    for p_up in np.linspace(0.0, 0.4, 21):
+        for p_down in (0.0, 0.02, 0.1, 0.3):
+            chance = multinomial.pmf(counts, problems, [p_up, p_down, 1.0 - p_up - p_down])
+            truth = p_up - p_down
+            held.append(chance[(ends[:, 0] <= truth + 1e-12) & (truth - 1e-12 <= ends[:, 1])].sum())
+    held = np.array(held[1:])  # the first pair, no change at all, is held with chance 1
+    assert held.mean() >= 0.95 and held.min() >= 0.92, (held.mean(), held.min())
+
+
 def test_few_changes_get_the_count_based_interval_and_more_use_the_bootstrap():
     """One +1 among 50 zeros: the bootstrap's [0, 0.06] held 0.65 of such entries in a simulation; the count-based
-    interval is [-0.091, 0.091] around the common value (0.121 with two changed). From three the bootstrap's."""
+    interval is [-0.106, 0.106] around the common value (0.137 with two changed; at 97.5%, half the miss chance).
+    From three the bootstrap's, or the score interval for values on the ends and middle of the range."""
     one = np.zeros(50)
     one[7] = 1.0
     est = mean_interval(one, bounds=(-1.0, 1.0))
-    assert est.value == pytest.approx(0.02) and est.high == -est.low == pytest.approx(0.0914, abs=2e-4)
+    assert est.value == pytest.approx(0.02) and est.high == -est.low == pytest.approx(0.1065, abs=2e-4)
     assert mean_interval(one).low == 0.0  # without the range: the bootstrap, which cannot go below zero
     two = one.copy()
     two[8] = -0.5
-    assert mean_interval(two, bounds=(-1.0, 1.0)).high == pytest.approx(0.1206, abs=2e-4)
+    assert mean_interval(two, bounds=(-1.0, 1.0)).high == pytest.approx(0.1372, abs=2e-4)
     three = two.copy()
     three[9] = 1.0
-    assert mean_interval(three, bounds=(-1.0, 1.0)) == mean_interval(three)
+    assert mean_interval(three, bounds=(-1.0, 1.0)) == mean_interval(three)  # -0.5: not on the range's ends or middle
+    three[8] = -1.0
+    assert mean_interval(three, bounds=(-1.0, 1.0)) != mean_interval(three)  # the score interval
     # the common value need not be zero: all solved but one
     almost = np.ones(50)
     almost[3] = 0.0
     est = pass_at_k_interval(almost.astype(int), 1, 1)
-    assert est.value == pytest.approx(0.98) and est.high == 1.0 and est.low == pytest.approx(1 - 0.0914, abs=2e-4)
+    assert est.value == pytest.approx(0.98) and est.high == 1.0 and est.low == pytest.approx(1 - 0.1065, abs=2e-4)
     # own intervals in the benchmark's one-sided scenario: 16 entries, each improving a share 0.02-0.15 of 50 problems
     rng = np.random.default_rng(13)
     share = np.linspace(0.02, 0.15, 16)

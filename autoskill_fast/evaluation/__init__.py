@@ -1,6 +1,6 @@
 """Evaluation: problems with verified answers, generation (transformers or vLLM), math-verify grading in a killable
-worker, Pass@k with bootstrap intervals (joint ones for many effects at once), and the held-out negative
-log-likelihood of gold solutions."""
+worker, Pass@k with intervals over problems (the bootstrap; count-based or score intervals where it cannot see; joint
+ones for many effects at once), and the held-out negative log-likelihood of gold solutions."""
 
 from ..lazy import lazy_exports
 

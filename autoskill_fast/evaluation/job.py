@@ -4,8 +4,8 @@
 
 The output folder holds `samples.jsonl` (one line per sample: id, sample index, completion, extracted answer,
 correct, timed out, tokens; or per problem with `--metric nll`: id, nll, tokens) and `eval.json` (the config, the
-model's fingerprint, the problems evaluated, the Pass@k table with 95% bootstrap intervals over problems, counts,
-grader timeouts, tokens/s). Both are written atomically; after a kill, rerunning the same command resumes: the
+model's fingerprint, the problems evaluated, the Pass@k table with 95% intervals over problems (`mean_interval`),
+counts, grader timeouts, tokens/s). Both are written atomically; after a kill, rerunning the same command resumes: the
 problems are cut into fixed batches, each batch's samples are appended once it is graded, and finished batches are
 never generated again (an unfinished one is generated again exactly, its randomness being fixed per batch).
 """
@@ -440,7 +440,7 @@ def paired_differences(a: EvalResult, b: EvalResult, *, k: int = 1) -> tuple[lis
 
 
 def compare_evals(a: EvalResult, b: EvalResult, *, k: int = 1, resamples: int = 2000) -> Estimate:
-    """b minus a on the problems both evaluated (Pass@k, or NLL), with a paired bootstrap interval (the problems'
-    differences resampled)."""
+    """b minus a on the problems both evaluated (Pass@k, or NLL), with the interval of `mean_interval` over the
+    problems' paired differences (for Pass@k with its range, (-1, 1))."""
     return mean_interval(paired_differences(a, b, k=k)[1], resamples=resamples,
                          bounds=None if a.nll is not None else (-1.0, 1.0))

@@ -14,16 +14,14 @@ of rows when P is large), so 2000 resamples of a thousand problems take tens of 
 Joint intervals (`simultaneous_band`, `simultaneous_mean_intervals`) hold E effects measured on the same problems at
 once, so that picking the best of E is covered; `rank` gives one to each of its entries.
 
-A metric whose P values are all equal leaves the bootstrap nothing to resample: it would give the point (every problem
-solved; a steering vector that changed no outcome). With one or two values apart, its percentile interval still ends
-where those few values put it ([0, 0.06] for one +1 among 50 zeros, held by 0.65 of such entries in a simulation).
-Given the metric's range (`bounds`), such a mean gets the count-based interval of `few_changes_interval` instead,
-which holds whatever the values it did not see.
+Given the metric's range (`bounds`), two kinds of data get an interval of `bounded` instead of the bootstrap's: P
+values all equal but for at most two (the bootstrap would give the point, or end where those few values put it) get
+the count-based `few_changes_interval`; values on the range's ends and middle (a 0/1 metric, a paired difference of
+one), where the bootstrap of a rare proportion is short, get the score interval (Wilson's, Tango's).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
@@ -32,19 +30,21 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .bounded import MAX_FEW_CHANGES, few_changes, few_changes_interval, on_ends_and_middle, score_interval
+
 _CHUNK_ELEMENTS = 1 << 22  # bootstrap indices drawn per block (16 MiB of int32): memory stays flat for any P
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with a percentile-bootstrap interval (the count-based one where at most two values differ)."""
+    """A point estimate with a percentile-bootstrap interval (or, for a metric with a known range, one of `bounded`)."""
 
     value: float
     """The estimate on the data as given (the mean over all problems, or of their paired differences)."""
     low: float
-    """Lower end: the (1 - confidence) / 2 quantile of the bootstrap means, or `few_changes_interval`'s."""
+    """Lower end: the (1 - confidence) / 2 quantile of the bootstrap means, or the lower end of `bounded`'s interval."""
     high: float
-    """Upper end: the (1 + confidence) / 2 quantile of the bootstrap means, or `few_changes_interval`'s."""
+    """Upper end: the (1 + confidence) / 2 quantile of the bootstrap means, or the upper end of `bounded`'s."""
     confidence: float
     """Nominal coverage of [low, high], e.g. 0.95."""
 
@@ -142,60 +142,6 @@ def _check_bounds(values: np.ndarray, bounds: tuple[float, float] | None) -> Non
         raise ValueError(f"values must lie within bounds {bounds}; problem {problem} has {float(values[outside][0])}")
 
 
-# From 3 problems apart from the rest, the percentile bootstrap: per entry it held 0.94-0.98 averaged over the
-# coverage benchmark's shares, but for a 0/1 metric at its worst share it misses up to 0.10-0.13 (a rare proportion's
-# percentile bootstrap is short; a reviewer's exact computation at 20-100 problems).
-MAX_FEW_CHANGES = 2
-
-
-def few_changes(values_pe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(value [E], changed [E]): each column's most common value and how many of its P values differ from it."""
-    values = np.asarray(values_pe, dtype=np.float64).reshape(values_pe.shape[0], -1)
-    common, changed = np.empty(values.shape[1]), np.empty(values.shape[1], dtype=np.int64)
-    for e in range(values.shape[1]):
-        distinct, counts = np.unique(values[:, e], return_counts=True)
-        common[e], changed[e] = distinct[np.argmax(counts)], values.shape[0] - counts.max()
-    return common, changed
-
-
-def few_changes_interval(value: float, changed: int, problems: int, *, confidence: float = 0.95,
-                         bounds: tuple[float, float]) -> tuple[float, float]:
-    """The interval of a mean of a metric within `bounds` whose `problems` observed values all equal `value` but for
-    `changed` of them (at most MAX_FEW_CHANGES): [value - u (value - low), value + u (high - value)], holding the mean
-    with chance at least `confidence` whatever the metric's distribution, when this interval is used for every sample
-    with at most MAX_FEW_CHANGES values apart from the rest (as `mean_interval` does).
-
-    The mean lies within s of the way from v to each bound, s the share of all problems whose value is not v; and with
-    s > u, at most `changed` of P drawn differ from v with chance below B(changed; P, u), the binomial distribution
-    function. Another value, holding the rest (at most a share 1 - u), may be the one seen with at most
-    MAX_FEW_CHANGES apart: the miss chance is at most B(changed; P, u) + B(MAX_FEW_CHANGES; P, 1 - u) once u < 1/2,
-    and u is where that equals 1 - confidence: with nothing changed about the rule of three, u about 3/P at 95% (0.058
-    of 50 problems; 0.091 with one changed, 0.121 with two). Where no u < 1/2 does (at 95%: P <= 10, or 11 with two
-    changed), the interval is the whole range.
-    """
-    if not 0 <= changed <= MAX_FEW_CHANGES or changed >= problems:
-        raise ValueError(f"few_changes_interval needs 0 <= changed <= {MAX_FEW_CHANGES} and changed < problems, got "
-                         f"{changed} of {problems}")
-    low, high = bounds
-    if not low <= value <= high:
-        raise ValueError(f"value {value} lies outside bounds {bounds}")
-    miss = 1.0 - confidence
-
-    def seen_so_few(share: float, most: int) -> float:
-        return sum(math.comb(problems, i) * share ** i * (1.0 - share) ** (problems - i) for i in range(most + 1))
-
-    def chance(share: float) -> float:
-        return seen_so_few(share, changed) + seen_so_few(1.0 - share, MAX_FEW_CHANGES)
-
-    if chance(0.5) >= miss:
-        return float(low), float(high)
-    below, above = 0.0, 0.5  # the chance falls over [0, 1/2], to below the miss at 1/2: bisect
-    for _ in range(60):
-        share = (below + above) / 2.0
-        below, above = (share, above) if chance(share) > miss else (below, share)
-    return value - above * (value - low), value + above * (high - value)
-
-
 def _per_problem(name: str, values: ArrayLike) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1 or array.shape[0] == 0:
@@ -209,19 +155,27 @@ def mean_interval(values: ArrayLike, *, confidence: float = 0.95, resamples: int
                   bounds: tuple[float, float] | None = None) -> Estimate:
     """The mean of a per-problem metric `values` [P] with a percentile-bootstrap interval over problems.
 
-    With `bounds` (the metric's range, e.g. (0, 1) for Pass@k, (-1, 1) for a paired difference of it), values that
-    all equal one but for at most MAX_FEW_CHANGES of them (a steering vector that changed no problem, or two) get
-    `few_changes_interval` instead: the bootstrap cannot see what so few values leave out. Without, values all equal
-    give the point itself.
+    With `bounds` (the metric's range, e.g. (0, 1) for Pass@k, (-1, 1) for a paired difference of it):
+    - values that all equal one but for at most MAX_FEW_CHANGES of them (a steering vector that changed no problem,
+      or two) get `few_changes_interval`, at half the miss chance: it misses on one side only (the true share of other
+      values is larger than the few seen), and where it does, the interval of a sample that saw more of them can miss
+      on the other (exactly, for a 0/1 metric at 50 problems, 0.911 held at the worst share when it took all of it;
+      0.925 with Clopper-Pearson's interval from three on);
+    - otherwise values that all lie on the range's ends and its middle get `score_interval`.
+    Without, values all equal give the point itself.
     """
     _check_bootstrap(confidence, resamples)
     values = _per_problem("values", values)
     _check_bounds(values, bounds)
     common, changed = few_changes(values[:, None])
     if bounds is not None and changed[0] <= MAX_FEW_CHANGES:
-        low, high = few_changes_interval(float(common[0]), int(changed[0]), values.shape[0], confidence=confidence,
-                                         bounds=bounds)
+        low, high = few_changes_interval(float(common[0]), int(changed[0]), values.shape[0], bounds=bounds,
+                                         confidence=(1.0 + confidence) / 2.0)
         return Estimate(float(values.mean()) if changed[0] else float(common[0]), low, high, float(confidence))
+    counts = on_ends_and_middle(values, bounds) if bounds is not None else None
+    if counts is not None:
+        low, high = score_interval(*counts, values.shape[0], confidence=confidence, bounds=bounds)
+        return Estimate(float(values.mean()), low, high, float(confidence))
     means = _bootstrap_means(values, resamples, seed)
     low, high = np.quantile(means, [(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0])
     return Estimate(float(values.mean()), float(low), float(high), float(confidence))

@@ -3,9 +3,9 @@
 For each direction d and sign s, the m pool examples furthest along s * d (`select --method pole`) train a LoRA
 adapter on the run's model; m random pool examples train another, identically (the baseline every pole must beat).
 Each adapted model is evaluated on the dev set like any `eval`; the effect of a pole is its pilot minus the random
-pilot (a Pass@k gain, or an NLL drop), with the paired-bootstrap interval over dev problems (count-based where no
-problem's Pass@k differs). That interval covers the choice of dev problems only, not the training seed: one seed
-trains every pilot.
+pilot (a Pass@k gain, or an NLL drop), with the paired interval over dev problems of `mean_interval` (the bootstrap;
+count-based where at most two problems' Pass@k differ, the score interval for differences in {-1, 0, 1}). That
+interval covers the choice of dev problems only, not the training seed: one seed trains every pilot.
 
 Training text and loss: the problem's prompt (the one `eval` uses), a newline and the worked solution, then EOS, cut
 as `eval --metric nll` cuts it; the loss is the mean over solution tokens only. Every pilot starts from the same

@@ -1,8 +1,9 @@
 """The steering proxy: evaluate the dev set steered along each direction and sign (and each alpha of a small sweep),
-against the unsteered model with the same seeds; the paired difference, with its paired-bootstrap interval (the
-count-based one where steering changed no problem's Pass@k), is the effect. On the hf backend the vector is added
-by hooks; on the vllm backend each (direction, sign, alpha) is baked into a checkpoint that an unmodified vLLM serves
-(removed after its evaluation unless kept, and not baked again for a finished evaluation)."""
+against the unsteered model with the same seeds; the paired difference, with its paired interval of `mean_interval`
+(the bootstrap; count-based where steering changed at most two problems' Pass@k, the score interval for differences
+in {-1, 0, 1}), is the effect. On the hf backend the vector is added by hooks; on the vllm backend each (direction,
+sign, alpha) is baked into a checkpoint that an unmodified vLLM serves (removed after its evaluation unless kept, and
+not baked again for a finished evaluation)."""
 
 from __future__ import annotations
 
