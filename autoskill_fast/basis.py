@@ -24,7 +24,7 @@ from .artifacts import load_json, load_tensors, save_json, save_tensors
 from .capture.fingerprint import describe_mismatch, model_mismatch
 from .capture.layout import FeatureLayout, pooling_config
 from .config import BadExamplePolicy, BatchingConfig, CorpusConfig, PoolingConfig
-from .decomposition.pca import PrincipalComponents
+from .decomposition.pca import PrincipalComponents, as_tensor, like_input
 from .errors import AutoskillError
 
 BASIS_TENSORS = "basis.safetensors"
@@ -99,12 +99,15 @@ class SkillBasis:
 
     # ---- use -------------------------------------------------------------------------------------------------------
     def project(self, features_nd: torch.Tensor) -> torch.Tensor:
-        """Centered projections (x - mean) @ components.T -> [N, k] fp32, on the features' device."""
-        return self.pca.transform(features_nd.to(torch.float32) if features_nd.dtype == torch.float64 else features_nd)
+        """Centered projections (x - mean) @ components.T -> [N, k] fp32, on the features' device (numpy for
+        numpy)."""
+        x = as_tensor(features_nd, "features")
+        return like_input(self.pca.transform(x.to(torch.float32) if x.dtype == torch.float64 else x), features_nd)
 
     def cosine(self, features_nd: torch.Tensor) -> torch.Tensor:
-        """The paper's score: cosine of the raw (uncentered) feature with each direction -> [N, k] fp32."""
-        return self.pca.cosine(features_nd)
+        """The paper's score: cosine of the raw (uncentered) feature with each direction -> [N, k] fp32 (numpy for
+        numpy)."""
+        return like_input(self.pca.cosine(as_tensor(features_nd, "features")), features_nd)
 
     def activation_direction(self, i: int) -> torch.Tensor:
         """Direction i in the units of the pooled activations: the direction divided by the fit-time feature scale
@@ -136,13 +139,12 @@ class SkillBasis:
         return pooled_features(model, tokenizer, texts, pooling=self.pooling_config, batching=batching,
                                layer_scale=self.layer_scale, on_bad_example=on_bad_example)
 
-    def check_model(self, model: dict[str, Any], *, what: str = "features") -> None:
+    def check_model(self, model: dict[str, Any], *, what: str = "this model") -> None:
         """Refuse another model than the one this basis was made from (config and weights; never the folder name)."""
         key = model_mismatch(self.model, model)
         if key is not None:
-            raise AutoskillError(f"basis was made from model {self.model.get('name')!r} but the {what} come from "
-                                 f"{model.get('name')!r}: {describe_mismatch(key, self.model, model)}; profile this "
-                                 "model first")
+            raise AutoskillError(f"basis was made from model {self.model.get('name')!r} but {what} differs: "
+                                 f"{describe_mismatch(key, self.model, model)}; profile this model first")
 
     def digest(self) -> str:
         """A hash of the directions and of what maps features onto them (mean, scalings): a refit changes it. Hashed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -70,6 +71,11 @@ def set_threads(threads: int | None) -> None:
 @click.version_option(package_name="autoskill-fast")
 def cli():
     """Model-native skills, fast: profile a model over a corpus, fit a skill basis, and use it."""
+    # The command line is the application: nothing is looked up on the hub (every model is a local folder or GGUF
+    # file), and transformers' load reports and progress bars stay quiet (read when transformers is imported).
+    for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_VERBOSITY", "error"),
+                        ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
+        os.environ.setdefault(name, value)
 
 
 # ---- profile, fit, merge, project ----------------------------------------------------------------------------------

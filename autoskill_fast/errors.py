@@ -5,6 +5,10 @@ class AutoskillError(Exception):
     """An error caused by the user's input or artifacts; the CLI prints it as one line, without a traceback."""
 
 
+class NotFittedError(AutoskillError, AttributeError):
+    """A fitted attribute read before any rows were seen (an AttributeError too, so `hasattr` answers False)."""
+
+
 class BadExampleError(AutoskillError):
     """One corpus example cannot be used; `--on-bad-example skip` may skip it."""
 

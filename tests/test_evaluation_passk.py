@@ -44,6 +44,13 @@ def test_pass_at_k_matches_exact_binomials_for_large_n(n):
             assert math.isclose(pass_at_k(n, c, k), exact, rel_tol=1e-12, abs_tol=1e-15), (n, c, k)
 
 
+def test_pass_at_k_takes_as_many_factors_as_correct_samples_so_any_n():
+    """The product has one factor per correct sample, not per sample: a huge n with few correct is cheap."""
+    huge = 2 ** 50
+    assert pass_at_k(huge, 3, 2 ** 20) == pytest.approx(1 - (1 - 2 ** 20 / huge) ** 3, rel=1e-9)
+    assert pass_at_k(huge, 0, 5) == 0.0 and pass_at_k(huge, 1, 1) == pytest.approx(2.0 ** -50, rel=1e-3)
+
+
 def test_pass_at_1_is_the_share_correct():
     c = np.arange(17)
     np.testing.assert_allclose(pass_at_k(16, c, 1), c / 16, rtol=0, atol=1e-15)
@@ -76,6 +83,8 @@ def test_pass_at_k_broadcasts_n_c_and_k():
     ("5", 1, 1, "n must be integers, got dtype <U1"),
     (True, 1, 1, "n must be integers, got dtype bool"),
     (np.array([8, 8, 8]), np.array([1, 9, 2]), 1, r"at index \(1,\) \(n=8, c=9, k=1\)"),
+    (np.array([8, 8]), np.array([1, 2, 3]), 1, r"pass_at_k: n, c and k must be scalars or arrays of one shape \(that "
+                                                r"broadcast\), got shapes \(2,\), \(3,\) and \(\)"),
 ])
 def test_pass_at_k_refuses_what_it_cannot_estimate(n, c, k, message):
     with pytest.raises(ValueError, match=message):

@@ -103,3 +103,62 @@ def test_feature_writer_writes_a_shard_per_bounded_buffer(tmp_path, monkeypatch,
     assert torch.equal(torch.cat([f for f, _, _ in shards]), torch.cat(added))
     assert torch.equal(torch.cat([r for _, r, _ in shards]), torch.arange(start))
     assert [i for _, _, shard_ids in shards for i in shard_ids] == [f"id-{i}" for i in range(start)]
+
+
+def test_pooled_features_leave_another_threads_forwards_of_the_same_model_alone(tiny_model):
+    """A tool may serve the model from one thread while another pools features with it: the capture hooks act only
+    on the forwards of the thread that pools (before, the other thread's forwards failed inside the hooks)."""
+    import threading
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_warning()
+    bars = hf_logging.is_progress_bar_enabled()
+    loaded = load_model(ModelConfig(str(tiny_model("llama"))))
+    # loading quiets transformers for its own reports, then gives the caller's settings back
+    assert hf_logging.get_verbosity() == hf_logging.WARNING and hf_logging.is_progress_bar_enabled() == bars
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.inference_mode():
+        want = loaded.model(input_ids=ids).last_hidden_state
+    texts = make_texts(12, seed=4)
+    alone = pooled_features(loaded.model, loaded.tokenizer, texts).features
+    failures, stop = [], threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                with torch.inference_mode():
+                    got = loaded.model(input_ids=ids).last_hidden_state
+                if not torch.equal(got, want):
+                    failures.append("changed output")
+            except Exception as e:  # noqa: BLE001 - any failure of the other thread's forward is the finding
+                failures.append(repr(e))
+
+    other = threading.Thread(target=serve)
+    other.start()
+    try:
+        pooled = [pooled_features(loaded.model, loaded.tokenizer, texts, batching=BatchingConfig(token_budget=40))
+                  for _ in range(3)]
+    finally:
+        stop.set()
+        other.join()
+    assert failures == []
+    for result in pooled:
+        torch.testing.assert_close(result.features, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_a_basis_scores_numpy_as_numpy_and_a_vector_names_a_bad_direction(tmp_path, tiny_model):
+    import numpy as np
+
+    from autoskill_fast.steering import SteeringVector
+
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(9, seed=5)])))
+    basis = profile(ProfileConfig(out=str(tmp_path / "run"), corpus=corpus, model=ModelConfig(str(tiny_model("llama"))),
+                                  k=2, quiet=True))
+    feats = torch.randn(4, basis.feature_dim, generator=torch.Generator().manual_seed(6))
+    for method in (basis.project, basis.cosine):
+        as_numpy = method(feats.numpy())
+        assert isinstance(as_numpy, np.ndarray) and np.array_equal(as_numpy, method(feats).numpy())
+    for directions in (1.5, [0, 2], [-1], [True]):
+        with pytest.raises(AutoskillError, match=r"is out of range: give indices of the basis's 2 directions, 0 to 1"):
+            SteeringVector.from_basis(basis, directions)

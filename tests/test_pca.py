@@ -537,7 +537,7 @@ def test_n_components_must_be_a_positive_integer(n_components):
 def test_other_errors_are_clear():
     with pytest.raises(AutoskillError, match="sketch_size=5 is too small for n_components=3; use at least 6"):
         SkillPCA(3, sketch_size=5)
-    with pytest.raises(AutoskillError, match="tol must be positive"):
+    with pytest.raises(AutoskillError, match="tol must be a positive number, got 0.0"):
         SkillPCA(3, tol=0.0)
     pca = SkillPCA(2)
     with pytest.raises(AutoskillError, match="seen no rows yet; call fit or partial_fit first"):
@@ -545,7 +545,7 @@ def test_other_errors_are_clear():
     with pytest.raises(AutoskillError, match="seen no rows yet"):
         _ = pca.n_features_in_
     assert pca.n_samples_seen_ == 0 and repr(pca) == "SkillPCA(n_components=2)"
-    with pytest.raises(AutoskillError, match="seen no rows yet"):
+    with pytest.raises(AutoskillError, match="X has no rows; fit needs at least one"):
         SkillPCA(2).fit(np.ones((0, 4)))
     x = rows(20, 4, seed=17)
     pca.partial_fit(x)
@@ -557,9 +557,65 @@ def test_other_errors_are_clear():
         pca.inverse_transform(np.ones((3, 3)))
     with pytest.raises(AutoskillError, match=r"X must be 2-D \[n_samples, n_features\], got shape \(4,\)"):
         pca.transform(np.ones(4))
-    with pytest.raises(AutoskillError, match="X must be a numpy array or a torch tensor, got list"):
-        pca.partial_fit([[1.0, 2.0, 3.0, 4.0]])
+    with pytest.raises(AutoskillError, match="X is a list that is not a 2-D table of numbers"):
+        pca.partial_fit([[1.0, 2.0, 3.0, 4.0], [1.0]])
+    with pytest.raises(AutoskillError, match="X must be a numpy array or a torch tensor, got str"):
+        pca.partial_fit("1 2 3 4")
+    with pytest.raises(AutoskillError, match=r"X is complex \(torch.complex64\); give real rows"):
+        pca.partial_fit(torch.ones(3, 4, dtype=torch.complex64))
     assert pca.n_samples_seen_ == 20 and repr(pca) == "SkillPCA(n_components=2, n_samples_seen_=20)"
+
+
+def test_options_take_numpy_integers_and_refuse_what_is_not_a_number():
+    """scikit-learn's conventions: numpy integers are integers; strings, fractional sizes and a device this torch does
+    not have are refused when the SkillPCA is made, not at the first fit."""
+    x = rows(30, 6, seed=21)
+    assert np.array_equal(SkillPCA(np.int64(2), sketch_size=np.int32(6)).fit(x).components_.shape, (2, 6))
+    for options, message in (({"sketch_size": 6.5}, "sketch_size must be an integer"),
+                             ({"sketch_size": "8"}, "sketch_size must be an integer"),
+                             ({"tol": "1e-6"}, "tol must be a positive number, got '1e-6'"),
+                             ({"tol": float("nan")}, "tol must be a positive number"),
+                             ({"device": "nonsense"}, "bad device 'nonsense'")):
+        with pytest.raises(AutoskillError, match=message):
+            SkillPCA(2, **options)
+    if not torch.cuda.is_available():
+        with pytest.raises(AutoskillError, match="this torch sees no CUDA device; use device='cpu' or None"):
+            SkillPCA(2, device="cuda")
+    # a nested list is a table of rows, as numpy reads it
+    listed = SkillPCA(2).fit(x.tolist())
+    np.testing.assert_array_equal(listed.components_.numpy(), SkillPCA(2).fit(x).components_.numpy())
+
+
+def test_an_unfitted_attribute_is_missing_to_hasattr_and_a_changed_option_solves_again(tmp_path):
+    pca = SkillPCA(3)
+    assert not hasattr(pca, "components_") and getattr(pca, "mean_", None) is None
+    with pytest.raises(AutoskillError, match="seen no rows yet"):
+        _ = pca.components_
+    x = rows(40, 7, seed=22)
+    pca.fit(x)
+    assert hasattr(pca, "components_") and pca.components_.shape == (3, 7)
+    pca.n_components = 2  # as scikit-learn's set_params then fit would: the next read solves for 2
+    np.testing.assert_array_equal(pca.components_.numpy(), SkillPCA(2).fit(x).components_.numpy())
+    loaded = SkillPCA.load(pca.save(tmp_path / "pca"))
+    assert loaded._solved_for == (2, pca.tol) and torch.equal(loaded.components_, pca.components_)
+
+
+def test_fit_names_the_row_of_x_that_is_not_finite_and_keeps_the_earlier_fit(monkeypatch):
+    """`fit` adds X in chunks; a NaN in a later chunk was named by its row within that chunk, and the chunks before it
+    were kept. X is checked whole (in blocks) before anything is forgotten or added."""
+    monkeypatch.setattr(pca_module, "FIT_CHUNK_ELEMENTS", 5 * 4)  # chunks of 5 rows of 4
+    earlier = rows(30, 4, seed=23)
+    pca = SkillPCA(2).fit(earlier)
+    before = pca.components_.clone()
+    x = rows(23, 4, seed=24)
+    x[17, 2] = np.nan
+    with pytest.raises(AutoskillError, match=r"row 17, column 2\); nothing was fitted"):
+        pca.fit(x)
+    assert pca.n_samples_seen_ == 30 and torch.equal(pca.components_, before)
+    x[17, 2], x[21, 0] = 0.0, np.inf
+    with pytest.raises(AutoskillError, match=r"row 21, column 0 of these rows\); nothing of them was added"):
+        pca.partial_fit(x)
+    assert pca.n_samples_seen_ == 30
 
 
 # ---- GPU ----------------------------------------------------------------------------------------------------------

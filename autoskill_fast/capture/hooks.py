@@ -3,10 +3,13 @@
 `PooledCapture` is a context manager that hooks the chosen decoder blocks. For each batch it is given the per-token
 pooling weights, and each hooked block pools its own output straight into its slice of a [B, D] fp32 staging buffer
 (shifted by the pilot mean). The forward pass stops right after the last needed block: no later block, final norm or
-LM head runs. Hidden states are never collected (`output_hidden_states` is not used).
+LM head runs. Hidden states are never collected (`output_hidden_states` is not used). The hooks act only on the
+forwards of the thread that calls the capture: another thread may run the same model meanwhile, untouched.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 from torch import nn
@@ -40,6 +43,7 @@ class PooledCapture:
         self._last_layer = max(layout.layer_ids)
         self._weights: torch.Tensor | None = None
         self._staging: torch.Tensor | None = None
+        self._thread: int | None = None  # the thread whose forward is being captured
 
     def __enter__(self) -> "PooledCapture":
         for position, layer in enumerate(self.layout.layer_ids):
@@ -55,6 +59,8 @@ class PooledCapture:
         columns = self.layout.layer_slice(position)
 
         def hook(_module, _args, output):
+            if threading.get_ident() != self._thread:
+                return None  # another thread's forward of the same model
             hidden = output[0] if isinstance(output, tuple) else output  # [B, S, H]
             out = self._staging[:, columns]  # a strided view: the kernel writes in place
             weights = self._weights
@@ -80,6 +86,7 @@ class PooledCapture:
         size = len(batch)
         self._staging = torch.empty(size, self.layout.feature_dim, dtype=torch.float32, device=self.device)
         self._weights = batch.weights.to(self.device, non_blocking=True)
+        self._thread = threading.get_ident()
         try:
             self.model(
                 input_ids=batch.input_ids.to(self.device, non_blocking=True),
@@ -91,5 +98,7 @@ class PooledCapture:
             pass
         else:
             raise RuntimeError("the forward pass ended without reaching the last hooked block")
+        finally:
+            self._thread = None
         rows, self._staging = self._staging, None
         return rows

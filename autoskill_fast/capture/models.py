@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -64,12 +65,21 @@ class LoadedModel:
         return context_length(self.model.config)
 
 
-def quiet_transformers() -> None:
-    """Silence transformers' load reports and progress bars: the base model leaves `lm_head` out on purpose."""
+@contextmanager
+def quiet_transformers():
+    """Silence transformers' load reports and progress bars while loading (the base model leaves `lm_head` out on
+    purpose); the caller's settings come back after, as a host application had them."""
     from transformers.utils import logging as hf_logging
 
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def cache_dir() -> Path:
@@ -101,12 +111,12 @@ def convert_gguf(gguf_path: Path, out_dir: Path | None = None) -> Path:
             raise AutoskillError(f"loading a GGUF file needs the package {needed!r}: pip install gguf accelerate")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    quiet_transformers()
     folder, name = str(gguf_path.parent), gguf_path.name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                         local_files_only=True)
     except UNREADABLE_MODEL as e:
         raise AutoskillError(f"{gguf_path}: cannot read this GGUF file ({_first_line(e)})") from None
     # transformers refuses to save a model it believes is quantized; the weights are plain fp32 after dequantization.
@@ -174,18 +184,18 @@ def load_model(config: ModelConfig, *, causal_lm: bool = False) -> LoadedModel:
     """Load the tokenizer and the model; the base model without its LM head unless `causal_lm`."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    quiet_transformers()
     path, name = resolve_model_path(config.model)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     remote = config.trust_remote_code
     try:
-        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=remote)
-        check_decoder_only(hf_config, path)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
-        cls = AutoModelForCausalLM if causal_lm else AutoModel
-        model = cls.from_pretrained(path, config=hf_config, dtype=dtype, trust_remote_code=remote)
+        with quiet_transformers():  # a local folder: nothing is looked up on the hub
+            hf_config = AutoConfig.from_pretrained(path, trust_remote_code=remote, local_files_only=True)
+            check_decoder_only(hf_config, path)
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote, local_files_only=True)
+            cls = AutoModelForCausalLM if causal_lm else AutoModel
+            model = cls.from_pretrained(path, config=hf_config, dtype=dtype, trust_remote_code=remote,
+                                        local_files_only=True)
     except UNREADABLE_MODEL as e:
         if "trust_remote_code" in str(e):
             raise AutoskillError(f"{path}: this model needs its own code; rerun with --trust-remote-code if you trust it") from None

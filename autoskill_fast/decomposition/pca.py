@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..artifacts import load_json, load_tensors, save_json, save_tensors
-from ..errors import AutoskillError
+from ..errors import AutoskillError, NotFittedError
 from .linalg import EighConvergenceWarning, project
 
 PCA_JSON = "pca.json"
@@ -191,13 +191,21 @@ def fit_components(stats, k: int, *, tol: float = 1e-6, dtype: torch.dtype | Non
 
 
 def as_tensor(x: Any, what: str = "X") -> torch.Tensor:
-    """A 2-D floating torch tensor from numpy or torch input (no copy where possible); ints become float64."""
+    """A 2-D real floating torch tensor from numpy, torch or nested-list input (no copy where possible); ints become
+    float64."""
+    if isinstance(x, (list, tuple)):
+        try:
+            x = np.asarray(x, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise AutoskillError(f"{what} is a list that is not a 2-D table of numbers ({e})") from None
     if isinstance(x, np.ndarray):
         # A [1, D] or [0, D] view with a negative row stride counts as contiguous, so ascontiguousarray keeps it, and
         # torch.from_numpy refuses negative strides: copy those.
         x = torch.from_numpy(x.copy() if any(s < 0 for s in x.strides) else np.ascontiguousarray(x))
     elif not isinstance(x, torch.Tensor):
         raise AutoskillError(f"{what} must be a numpy array or a torch tensor, got {type(x).__name__}")
+    if x.dtype.is_complex:
+        raise AutoskillError(f"{what} is complex ({x.dtype}); give real rows")
     if not x.dtype.is_floating_point:
         x = x.to(torch.float64)
     if x.ndim != 2:
@@ -205,9 +213,24 @@ def as_tensor(x: Any, what: str = "X") -> torch.Tensor:
     return x
 
 
-def _like(result: torch.Tensor, template: Any) -> Any:
+def first_non_finite(x: torch.Tensor) -> tuple[int, int] | None:
+    """(row, column) of the first NaN or Inf of x [n, D], checked in blocks of rows (no [n, D] mask at once)."""
+    rows = max(1, FIT_CHUNK_ELEMENTS // max(1, x.shape[1]))
+    for start in range(0, x.shape[0], rows):
+        finite = torch.isfinite(x[start:start + rows]).all(dim=1)
+        if not bool(finite.all()):
+            row = start + int((~finite).nonzero()[0])
+            return row, int((~torch.isfinite(x[row])).nonzero()[0])
+    return None
+
+
+def like_input(result: torch.Tensor, template: Any) -> Any:
     """`result` as the caller's type: numpy in, numpy out."""
     return result.cpu().numpy() if isinstance(template, np.ndarray) else result
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 class SkillPCA:
@@ -221,53 +244,72 @@ class SkillPCA:
 
     def __init__(self, n_components: int, *, sketch_size: int | None = None, tol: float = 1e-6,
                  device: str | torch.device | None = None):
-        if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
+        if not _is_integer(n_components) or n_components < 1:
             raise AutoskillError(f"n_components must be a positive integer, got {n_components!r}")
+        if sketch_size is not None and not _is_integer(sketch_size):
+            raise AutoskillError(f"sketch_size must be an integer (rows of the sketch) or None, got {sketch_size!r}")
         if sketch_size is not None and sketch_size < 2 * n_components:
             raise AutoskillError(f"sketch_size={sketch_size} is too small for n_components={n_components}; use at "
                                  f"least {2 * n_components}")
-        if not tol > 0:
-            raise AutoskillError(f"tol must be positive, got {tol}")
-        self.n_components = n_components
-        self.sketch_size = sketch_size
-        self.tol = tol
-        self.device = None if device is None else torch.device(device)
+        if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not 0 < tol < float("inf"):
+            raise AutoskillError(f"tol must be a positive number, got {tol!r}")
+        self.n_components = int(n_components)
+        self.sketch_size = None if sketch_size is None else int(sketch_size)
+        self.tol = float(tol)
+        try:
+            self.device = None if device is None else torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise AutoskillError(f"bad device {device!r}: {e}") from None
+        if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
+            raise AutoskillError(f"device {device!r}: this torch sees no CUDA device; use device='cpu' or None")
         self._reset()
 
     def _reset(self) -> None:
         self.stats = None  # decomposition.statistics.Statistics, made on the first rows
         self._float64 = False  # whether any rows came in float64 (then the products are float64 too)
         self._fitted: PrincipalComponents | None = None
+        self._solved_for: tuple[int, float] | None = None  # (n_components, tol) of the last solve
 
     # ---- fitting ---------------------------------------------------------------------------------------------------
     def partial_fit(self, X: Any, y: Any = None) -> "SkillPCA":
         """Add rows [n, D]. The components are solved when a fitted attribute is next read."""
         x = as_tensor(X)
+        self._statistics_for(x)
+        bad = first_non_finite(x)
+        if bad is not None:
+            raise AutoskillError(f"X holds a non-finite value (row {bad[0]}, column {bad[1]} of these rows); nothing "
+                                 "of them was added")
+        self._add(x)
+        return self
+
+    def fit(self, X: Any, y: Any = None) -> "SkillPCA":
+        """Forget earlier rows, add X (in chunks of bounded size) and solve. Bad X leaves the earlier fit as it was."""
+        x = as_tensor(X)
+        bad = first_non_finite(x)
+        if bad is not None:
+            raise AutoskillError(f"X holds a non-finite value (row {bad[0]}, column {bad[1]}); nothing was fitted")
+        if x.shape[0] == 0:
+            raise AutoskillError("X has no rows; fit needs at least one")
+        self._reset()
+        self._statistics_for(x)
+        rows = max(1, FIT_CHUNK_ELEMENTS // max(1, x.shape[1]))
+        for start in range(0, x.shape[0], rows):
+            self._add(x[start:start + rows])
+        self.result()
+        return self
+
+    def _statistics_for(self, x: torch.Tensor) -> None:
+        """Make the statistics for rows like x, or check that x has the features of those made."""
         if self.stats is None:
             self.stats = self._new_statistics(x.shape[1], self.device or x.device)
         elif x.shape[1] != self.stats.dim:
             raise AutoskillError(f"X has {x.shape[1]} features but this SkillPCA was fitted with {self.stats.dim}")
+
+    def _add(self, x: torch.Tensor) -> None:
         if x.shape[0]:
-            finite = torch.isfinite(x).all(dim=1)
-            if not bool(finite.all()):
-                row = int((~finite).nonzero()[0])
-                column = int((~torch.isfinite(x[row])).nonzero()[0])
-                raise AutoskillError(f"X holds a non-finite value (row {row}, column {column} of these rows); nothing "
-                                     "of them was added")
             self.stats.update(x)
             self._float64 |= x.dtype == torch.float64
             self._fitted = None
-        return self
-
-    def fit(self, X: Any, y: Any = None) -> "SkillPCA":
-        """Forget earlier rows, add X (in chunks of bounded size) and solve."""
-        x = as_tensor(X)
-        self._reset()
-        rows = max(1, FIT_CHUNK_ELEMENTS // max(1, x.shape[1]))
-        for start in range(0, max(x.shape[0], 1), rows):
-            self.partial_fit(x[start:start + rows])
-        self.result()
-        return self
 
     def fit_transform(self, X: Any, y: Any = None) -> Any:
         return self.fit(X).transform(X)
@@ -295,12 +337,14 @@ class SkillPCA:
         return StreamingCovariance(dim, device=device)
 
     def result(self) -> PrincipalComponents:
-        """The fitted components (solved now if rows arrived since the last solve)."""
+        """The fitted components (solved now if rows arrived, or n_components or tol changed, since the last solve)."""
         if self.stats is None or self.stats.n == 0:
-            raise AutoskillError("this SkillPCA has seen no rows yet; call fit or partial_fit first")
-        if self._fitted is None:
+            raise NotFittedError("this SkillPCA has seen no rows yet; call fit or partial_fit first")
+        solved_for = (self.n_components, self.tol)
+        if self._fitted is None or self._solved_for != solved_for:
             self._fitted = fit_components(self.stats, self.n_components, tol=self.tol,
                                           dtype=torch.float64 if self._float64 else torch.float32)
+            self._solved_for = solved_for
         return self._fitted
 
     # ---- fitted attributes (scikit-learn's names) ------------------------------------------------------------------
@@ -331,16 +375,16 @@ class SkillPCA:
     @property
     def n_features_in_(self) -> int:
         if self.stats is None:
-            raise AutoskillError("this SkillPCA has seen no rows yet")
+            raise NotFittedError("this SkillPCA has seen no rows yet")
         return self.stats.dim
 
     # ---- use -------------------------------------------------------------------------------------------------------
     def transform(self, X: Any) -> Any:
         """(X - mean_) @ components_.T -> [n, n_components], as numpy for numpy input."""
-        return _like(self.result().transform(as_tensor(X)), X)
+        return like_input(self.result().transform(as_tensor(X)), X)
 
     def inverse_transform(self, Z: Any) -> Any:
-        return _like(self.result().inverse_transform(as_tensor(Z, "Z")), Z)
+        return like_input(self.result().inverse_transform(as_tensor(Z, "Z")), Z)
 
     # ---- persistence -----------------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
@@ -375,6 +419,7 @@ class SkillPCA:
             pca._float64 = bool(meta.get("float64", False))
             if "fitted" in meta:
                 pca._fitted = PrincipalComponents.from_saved(tensors, meta["fitted"])
+                pca._solved_for = (pca.n_components, pca.tol)
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise AutoskillError(f"{folder}: missing or malformed {e} in {PCA_JSON} or {PCA_TENSORS}; not a saved "
                                  "SkillPCA") from None

@@ -69,7 +69,13 @@ def pass_at_k(n: ArrayLike, c: ArrayLike, k: ArrayLike) -> float | np.ndarray:
     Returns a float for scalar inputs, else a float64 array of the broadcast shape. Needs integers with 0 <= c <= n
     and 1 <= k <= n; anything else raises ValueError naming the first offending element.
     """
-    n_a, c_a, k_a = np.broadcast_arrays(_integers("n", n), _integers("c", c), _integers("k", k))
+    try:
+        n_a, c_a, k_a = np.broadcast_arrays(_integers("n", n), _integers("c", c), _integers("k", k))
+    except ValueError as e:
+        if str(e).startswith("pass_at_k"):
+            raise
+        raise ValueError(f"pass_at_k: n, c and k must be scalars or arrays of one shape (that broadcast), got shapes "
+                         f"{np.shape(n)}, {np.shape(c)} and {np.shape(k)}") from None
     for name, bad, rule in (("n", n_a < 0, "must not be negative"),
                             ("c", c_a < 0, "must not be negative"),
                             ("k", k_a < 1, "must be at least 1"),
@@ -86,12 +92,12 @@ def pass_at_k(n: ArrayLike, c: ArrayLike, k: ArrayLike) -> float | np.ndarray:
     out = np.empty(flat_c.shape, dtype=np.float64)
     for j in range(len(pairs)):
         members = np.flatnonzero(which == j)
-        n_j, k_j = flat_n[members[0]], flat_k[members[0]]
+        n_j, k_j, most = flat_n[members[0]], flat_k[members[0]], int(flat_c[members].max())
         # survive[m] = prod_{i=n-m+1}^{n} (1 - k/i) = C(n-m, k) / C(n, k): the chance that k samples drawn from n miss
         # all m correct ones, for every m at once. Multiplying from i = n down keeps each partial product exact to
         # rounding; the factor at i = k is exactly 0 (those below it do not matter), so pass@k is exactly 1 whenever
         # n - c < k.
-        i = np.arange(n_j, 0, -1, dtype=np.float64)
+        i = np.arange(n_j, n_j - most, -1, dtype=np.float64)  # the factors up to the most correct: any n
         survive = np.concatenate([[1.0], np.cumprod(1.0 - k_j / i)])
         out[members] = 1.0 - survive[flat_c[members]]
     out = out.reshape(n_a.shape)

@@ -76,7 +76,7 @@ def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> dict
     if world.distributed:
         config = replace(config, model=replace(config.model, device=str(world.device(config.model.device))))
     loaded = loaded or load_model(config.model)
-    basis.check_model(loaded.fingerprint, what="corpus features")
+    basis.check_model(loaded.fingerprint, what=f"the model {loaded.name}")
     world.check_same({"model": model_identity(loaded.fingerprint), "corpus": content_identity(corpus_fp)})
     pooling = basis.pooling_config
     if config.pooling is not None:  # options given must describe the basis's pooling; --max-length applies

@@ -23,7 +23,8 @@ from .vector import SteeringVector
 def steer(model: nn.Module, vector: SteeringVector, *, check_model: bool = True) -> Iterator[nn.Module]:
     """Steer `model` (a transformers decoder, with or without its LM head) inside the block.
 
-    Refuses a model whose fingerprint differs from the vector's unless `check_model=False`.
+    Refuses a model whose fingerprint differs from the vector's unless `check_model=False`. The hooks act on every
+    forward of the model while the block is open, from any thread (as the model's own parameters would).
     """
     blocks = decoder_blocks(model)
     if check_model:

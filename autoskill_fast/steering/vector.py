@@ -91,9 +91,14 @@ class SteeringVector:
             raise AutoskillError(f"unit must be norm or std, got {unit!r}")
         if sign not in (1, -1):
             raise AutoskillError(f"sign must be +1 or -1, got {sign}")
-        directions = [directions] if isinstance(directions, numbers.Integral) else list(directions)
+        directions = [directions] if isinstance(directions, numbers.Real) else list(directions)
         if not directions:
             raise AutoskillError("give at least one basis direction")
+        for i in directions:
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < basis.k:
+                raise AutoskillError(f"direction {i!r} is out of range: give indices of the basis's {basis.k} "
+                                     f"directions, 0 to {basis.k - 1} (alpha is a keyword: from_basis(basis, 0, "
+                                     "alpha=...))")
         weights = [1.0] * len(directions) if weights is None else [float(w) for w in weights]
         if len(weights) != len(directions):
             raise AutoskillError(f"got {len(weights)} weights for {len(directions)} directions")
