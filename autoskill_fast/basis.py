@@ -24,7 +24,8 @@ from .artifacts import load_json, load_tensors, save_json, save_tensors
 from .capture.fingerprint import describe_mismatch, model_mismatch
 from .capture.layout import FeatureLayout, pooling_config
 from .config import BadExamplePolicy, BatchingConfig, CorpusConfig, PoolingConfig
-from .decomposition.pca import PrincipalComponents, as_tensor, like_input
+from .decomposition.components import PrincipalComponents
+from .decomposition.pca import as_tensor, like_input
 from .errors import AutoskillError
 
 BASIS_TENSORS = "basis.safetensors"

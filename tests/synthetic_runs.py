@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from autoskill_fast.basis import SkillBasis, diagnose
-from autoskill_fast.decomposition.pca import PrincipalComponents
+from autoskill_fast.decomposition.components import PrincipalComponents
 from autoskill_fast.capture.layout import FeatureLayout
 from autoskill_fast.run.folder import RunFolder
 from autoskill_fast.run.record import RunRecord

@@ -352,7 +352,7 @@ def test_a_rerun_of_the_vllm_steer_proxy_bakes_no_checkpoint_for_a_finished_eval
     from autoskill_fast.basis import SkillBasis
     from autoskill_fast.capture.fingerprint import fingerprint
     from autoskill_fast.capture.layout import FeatureLayout
-    from autoskill_fast.decomposition.pca import PrincipalComponents
+    from autoskill_fast.decomposition.components import PrincipalComponents
     from autoskill_fast.proxies import steering as steering_module
 
     model_dir = tiny_model("llama")

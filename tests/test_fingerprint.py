@@ -75,7 +75,7 @@ def test_project_accepts_a_renamed_copy_and_refuses_a_fine_tune(tiny_model, tmp_
 def test_steering_refuses_a_fine_tune_and_accepts_a_renamed_copy(tiny_model, tmp_path):
     from autoskill_fast.basis import SkillBasis
     from autoskill_fast.capture.layout import FeatureLayout
-    from autoskill_fast.decomposition.pca import PrincipalComponents
+    from autoskill_fast.decomposition.components import PrincipalComponents
     from autoskill_fast.steering import SteeringVector, steer
 
     folder = tiny_model("llama")

@@ -600,6 +600,22 @@ def test_an_unfitted_attribute_is_missing_to_hasattr_and_a_changed_option_solves
     assert loaded._solved_for == (2, pca.tol) and torch.equal(loaded.components_, pca.components_)
 
 
+def test_scikit_learn_clones_and_sets_the_parameters():
+    from sklearn.base import clone
+
+    pca = SkillPCA(3, sketch_size=8, tol=1e-7).fit(rows(40, 7, seed=25))
+    copy = clone(pca)
+    assert copy.get_params() == pca.get_params() and copy.n_samples_seen_ == 0
+    assert pca.set_params(n_components=2) is pca and pca.n_samples_seen_ == 40 and pca.components_.shape == (2, 7)
+    pca.set_params(sketch_size=None)  # exact statistics now: the sketch's rows are forgotten, as fit would
+    assert pca.n_samples_seen_ == 0 and pca.sketch_size is None
+    with pytest.raises(AutoskillError, match="SkillPCA has no parameter 'n_component'"):
+        pca.set_params(n_component=2)
+    with pytest.raises(AutoskillError, match="tol must be a positive number"):
+        pca.set_params(tol=-1.0)
+    assert pca.tol == 1e-7
+
+
 def test_fit_names_the_row_of_x_that_is_not_finite_and_keeps_the_earlier_fit(monkeypatch):
     """`fit` adds X in chunks; a NaN in a later chunk was named by its row within that chunk, and the chunks before it
     were kept. X is checked whole (in blocks) before anything is forgotten or added."""

@@ -13,7 +13,7 @@ from autoskill_fast.basis import SkillBasis
 from autoskill_fast.capture.fingerprint import fingerprint
 from autoskill_fast.capture.layout import FeatureLayout
 from autoskill_fast.config import ModelConfig
-from autoskill_fast.decomposition.pca import PrincipalComponents
+from autoskill_fast.decomposition.components import PrincipalComponents
 from autoskill_fast.errors import AutoskillError
 from autoskill_fast.evaluation.generation import GenerationConfig
 from autoskill_fast.evaluation.job import EvalConfig

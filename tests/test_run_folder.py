@@ -250,7 +250,7 @@ def test_a_short_sliding_window_bake_says_plainly_what_it_cannot_represent(tmp_p
     from autoskill_fast.basis import SkillBasis
     from autoskill_fast.capture.fingerprint import fingerprint
     from autoskill_fast.capture.layout import FeatureLayout
-    from autoskill_fast.decomposition.pca import PrincipalComponents
+    from autoskill_fast.decomposition.components import PrincipalComponents
     from autoskill_fast.steering import SteeringVector, bake
 
     source = tmp_path / "mistral"

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from autoskill_fast.basis import SkillBasis, diagnose, feature_scale
 from autoskill_fast.capture.layout import FeatureLayout
 from autoskill_fast.cli import cli
-from autoskill_fast.decomposition.pca import fit_components
+from autoskill_fast.decomposition.components import fit_components
 from autoskill_fast.decomposition.statistics import StreamingCovariance, load_statistics
 from autoskill_fast.run.features import iter_feature_shards
 from autoskill_fast.steering import SteeringVector

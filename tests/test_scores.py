@@ -10,7 +10,7 @@ import torch
 
 from autoskill_fast.basis import SkillBasis
 from autoskill_fast.capture.layout import FeatureLayout
-from autoskill_fast.decomposition.pca import PrincipalComponents
+from autoskill_fast.decomposition.components import PrincipalComponents
 from autoskill_fast.errors import AutoskillError
 from autoskill_fast.run import scores as scores_mod
 from autoskill_fast.run.scores import SCORE_PARTS_DIR, ScoreWriter, Scores, save_scores, write_scores

@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from autoskill_fast.basis import SkillBasis
-from autoskill_fast.decomposition.pca import PrincipalComponents
+from autoskill_fast.decomposition.components import PrincipalComponents
 from autoskill_fast.capture.layout import FeatureLayout
 from autoskill_fast.errors import AutoskillError
 from autoskill_fast.capture.fingerprint import fingerprint

@@ -22,7 +22,7 @@ import torch
 import transformers
 
 from autoskill_fast.basis import SkillBasis
-from autoskill_fast.decomposition.pca import PrincipalComponents
+from autoskill_fast.decomposition.components import PrincipalComponents
 from autoskill_fast.capture.layout import FeatureLayout
 from autoskill_fast.config import ModelConfig
 from autoskill_fast.capture.fingerprint import fingerprint

@@ -63,7 +63,7 @@ def drop_non_finite(rows: torch.Tensor, batch: Batch, policy: BadExamplePolicy, 
     if policy == "error":
         where = f" ({context})" if context else ""
         raise AutoskillError(f"non-finite activations for example(s) {ids[:5]}{where}; try --dtype float32, or "
-                             "--on-bad-example skip")
+                             "--on-bad-example skip (in Python: ModelConfig(dtype='float32'), on_bad_example='skip')")
     for example_id in ids:
         tally.skip(BadExampleError(example_id, "non-finite activations"))
     keep = finite.cpu()

@@ -65,7 +65,8 @@ def tokenize(example: Example, tokenizer, pooling: PoolingConfig, *, ids: list[i
     end = len(ids)
     if end <= start:
         what = ("the response was cut off by --max-length" if truncated else
-                "no token left to pool after leaving out position 0 (use --keep-first-token for one-token examples)")
+                "no token left to pool after leaving out position 0 (use --keep-first-token, in Python "
+                "PoolingConfig(first_token='keep'), for one-token examples)")
         raise BadExampleError(example.id, what)
     return Tokenized(example, ids, start, end, truncated)
 

@@ -72,7 +72,8 @@ def _tokenized(examples: Iterator[tuple[str, Callable[[], Example]]], tokenizer,
     def bad(where: str, error: BadExampleError) -> None:
         if on_bad_example == "error":
             raise AutoskillError(f"{where}: example {error.example_id!r}: {error.reason} "
-                                 "(rerun with --on-bad-example skip to skip such examples)") from None
+                                 "(rerun with --on-bad-example skip, in Python on_bad_example='skip', to skip such "
+                                 "examples)") from None
         tally.skip(error)
 
     for chunk in _chunks(examples, TOKENIZE_CHUNK):

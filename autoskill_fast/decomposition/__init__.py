@@ -7,9 +7,9 @@ __all__ = ["FrequentDirections", "PrincipalComponents", "SkillPCA", "SketchedCov
            "StreamingCovariance", "canonical_signs", "fit_components", "load_statistics", "project", "topk_eigh"]
 __getattr__, __dir__ = lazy_exports(__name__, {
     "FrequentDirections": ".frequent_directions",
-    "PrincipalComponents": ".pca",
+    "PrincipalComponents": ".components",
     "SkillPCA": ".pca",
-    "fit_components": ".pca",
+    "fit_components": ".components",
     "SketchedCovariance": ".statistics",
     "Statistics": ".statistics",
     "StreamingCovariance": ".statistics",

@@ -16,7 +16,7 @@ import torch
 from ..basis import SkillBasis, diagnose, feature_scale
 from ..capture.fingerprint import describe_mismatch, model_mismatch
 from ..capture.layout import FeatureLayout, check_same_pooling
-from ..decomposition.pca import fit_components
+from ..decomposition.components import fit_components
 from ..decomposition.statistics import SketchedCovariance, load_statistics, saved_statistics_kind
 from ..errors import AutoskillError
 from ..run.features import iter_feature_shards

@@ -39,7 +39,7 @@ from ..data.batching import Batch
 from ..data.corpus import content_identity, iter_records
 from ..data.corpus import fingerprint as corpus_fingerprint
 from ..data.stream import InputTally, iter_batches, iter_tokenized
-from ..decomposition.pca import fit_components
+from ..decomposition.components import fit_components
 from ..decomposition.statistics import SketchedCovariance, Statistics, StreamingCovariance
 from ..errors import AutoskillError
 from ..progress import Progress

@@ -13,7 +13,7 @@ import torch
 
 from ..basis import SkillBasis, diagnose, feature_scale
 from ..capture.layout import FeatureLayout
-from ..decomposition.pca import fit_components
+from ..decomposition.components import fit_components
 from ..decomposition.statistics import load_statistics
 from ..errors import AutoskillError
 from ..run.features import iter_feature_shards
