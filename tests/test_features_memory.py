@@ -107,44 +107,57 @@ def test_feature_writer_writes_a_shard_per_bounded_buffer(tmp_path, monkeypatch,
 
 def test_pooled_features_leave_another_threads_forwards_of_the_same_model_alone(tiny_model):
     """A tool may serve the model from one thread while another pools features with it: the capture hooks act only
-    on the forwards of the thread that pools (before, the other thread's forwards failed inside the hooks)."""
+    on the forwards of the thread that pools (before, the other thread's forward failed inside them). The pooling
+    forward is held at its first block until the other thread's whole forward has run, so the two always overlap."""
     import threading
 
     from transformers.utils import logging as hf_logging
 
+    from autoskill_fast.capture.models import decoder_blocks
+
+    host_verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_warning()
-    bars = hf_logging.is_progress_bar_enabled()
-    loaded = load_model(ModelConfig(str(tiny_model("llama"))))
-    # loading quiets transformers for its own reports, then gives the caller's settings back
-    assert hf_logging.get_verbosity() == hf_logging.WARNING and hf_logging.is_progress_bar_enabled() == bars
+    try:
+        bars = hf_logging.is_progress_bar_enabled()
+        loaded = load_model(ModelConfig(str(tiny_model("llama"))))
+        # loading quiets transformers for its own reports, then gives the host's settings back
+        assert hf_logging.get_verbosity() == hf_logging.WARNING and hf_logging.is_progress_bar_enabled() == bars
+    finally:
+        hf_logging.set_verbosity(host_verbosity)
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     with torch.inference_mode():
         want = loaded.model(input_ids=ids).last_hidden_state
-    texts = make_texts(12, seed=4)
+    texts = make_texts(6, seed=4)
     alone = pooled_features(loaded.model, loaded.tokenizer, texts).features
-    failures, stop = [], threading.Event()
+    pooling_thread, paused, served, seen = threading.get_ident(), threading.Event(), threading.Event(), []
+
+    def hold_the_pooling_forward(_module, _args):
+        if threading.get_ident() == pooling_thread and not served.is_set():
+            paused.set()
+            assert served.wait(60), "the other thread's forward did not finish"
 
     def serve():
-        while not stop.is_set():
-            try:
-                with torch.inference_mode():
-                    got = loaded.model(input_ids=ids).last_hidden_state
-                if not torch.equal(got, want):
-                    failures.append("changed output")
-            except Exception as e:  # noqa: BLE001 - any failure of the other thread's forward is the finding
-                failures.append(repr(e))
+        assert paused.wait(60)
+        try:
+            with torch.inference_mode():
+                got = loaded.model(input_ids=ids).last_hidden_state
+            seen.append("same output" if torch.equal(got, want) else "changed output")
+        except Exception as e:  # noqa: BLE001 - any failure of the other thread's forward is the finding
+            seen.append(repr(e))
+        finally:
+            served.set()
 
+    holder = decoder_blocks(loaded.model)[0].register_forward_pre_hook(hold_the_pooling_forward)
     other = threading.Thread(target=serve)
     other.start()
     try:
-        pooled = [pooled_features(loaded.model, loaded.tokenizer, texts, batching=BatchingConfig(token_budget=40))
-                  for _ in range(3)]
+        pooled = pooled_features(loaded.model, loaded.tokenizer, texts)
     finally:
-        stop.set()
+        holder.remove()
+        served.set()
         other.join()
-    assert failures == []
-    for result in pooled:
-        torch.testing.assert_close(result.features, alone, rtol=1e-5, atol=1e-6)
+    assert seen == ["same output"]
+    torch.testing.assert_close(pooled.features, alone, rtol=1e-5, atol=1e-6)
 
 
 def test_a_basis_scores_numpy_as_numpy_and_a_vector_names_a_bad_direction(tmp_path, tiny_model):
@@ -159,6 +172,14 @@ def test_a_basis_scores_numpy_as_numpy_and_a_vector_names_a_bad_direction(tmp_pa
     for method in (basis.project, basis.cosine):
         as_numpy = method(feats.numpy())
         assert isinstance(as_numpy, np.ndarray) and np.array_equal(as_numpy, method(feats).numpy())
-    for directions in (1.5, [0, 2], [-1], [True]):
-        with pytest.raises(AutoskillError, match=r"is out of range: give indices of the basis's 2 directions, 0 to 1"):
+    for directions, message in ((1.5, "a direction is an integer index of the basis, got 1.5"),
+                                (["0"], "a direction is an integer index of the basis, got '0'"),
+                                ([True], "a direction is an integer index of the basis, got True"),
+                                ([0, 2], "direction 2 is out of range: the basis has 2 directions, 0 to 1"),
+                                ([-1], "direction -1 is out of range")):
+        with pytest.raises(AutoskillError, match=message):
             SteeringVector.from_basis(basis, directions)
+    by_index = SteeringVector.from_basis(basis, [0, 1], weights=[1.0, -1.0])
+    for indices in (torch.tensor([0, 1]), np.array([0, 1]), torch.topk(torch.tensor([2.0, 1.0]), 2).indices):
+        assert SteeringVector.from_basis(basis, indices, weights=[1.0, -1.0]).terms == by_index.terms
+    assert SteeringVector.from_basis(basis, torch.tensor(1)).terms == SteeringVector.from_basis(basis, 1).terms

@@ -575,11 +575,11 @@ def test_options_take_numpy_integers_and_refuse_what_is_not_a_number():
                              ({"sketch_size": "8"}, "sketch_size must be an integer"),
                              ({"tol": "1e-6"}, "tol must be a positive number, got '1e-6'"),
                              ({"tol": float("nan")}, "tol must be a positive number"),
-                             ({"device": "nonsense"}, "bad device 'nonsense'")):
+                             ({"device": "nonsense"}, "device 'nonsense' cannot be used here")):
         with pytest.raises(AutoskillError, match=message):
             SkillPCA(2, **options)
     if not torch.cuda.is_available():
-        with pytest.raises(AutoskillError, match="this torch sees no CUDA device; use device='cpu' or None"):
+        with pytest.raises(AutoskillError, match="device 'cuda' cannot be used here .*; use device='cpu' or None"):
             SkillPCA(2, device="cuda")
     # a nested list is a table of rows, as numpy reads it
     listed = SkillPCA(2).fit(x.tolist())
@@ -600,12 +600,13 @@ def test_an_unfitted_attribute_is_missing_to_hasattr_and_a_changed_option_solves
     assert loaded._solved_for == (2, pca.tol) and torch.equal(loaded.components_, pca.components_)
 
 
-def test_scikit_learn_clones_and_sets_the_parameters():
+def test_scikit_learn_clones_and_sets_the_parameters(tmp_path):
     from sklearn.base import clone
 
-    pca = SkillPCA(3, sketch_size=8, tol=1e-7).fit(rows(40, 7, seed=25))
+    pca = SkillPCA(3, sketch_size=8, tol=1e-7, device="cpu").fit(rows(40, 7, seed=25))
     copy = clone(pca)
     assert copy.get_params() == pca.get_params() and copy.n_samples_seen_ == 0
+    assert clone(SkillPCA.load(pca.save(tmp_path / "saved"))).get_params()["device"] == "cpu"
     assert pca.set_params(n_components=2) is pca and pca.n_samples_seen_ == 40 and pca.components_.shape == (2, 7)
     pca.set_params(sketch_size=None)  # exact statistics now: the sketch's rows are forgotten, as fit would
     assert pca.n_samples_seen_ == 0 and pca.sketch_size is None
@@ -614,6 +615,13 @@ def test_scikit_learn_clones_and_sets_the_parameters():
     with pytest.raises(AutoskillError, match="tol must be a positive number"):
         pca.set_params(tol=-1.0)
     assert pca.tol == 1e-7
+    # components solved for other options are not saved as these options' (load would trust them)
+    exact = SkillPCA(4).fit(rows(40, 9, seed=26))
+    _ = exact.components_
+    exact.set_params(n_components=2)
+    loaded = SkillPCA.load(exact.save(tmp_path / "changed"))
+    assert loaded.components_.shape == (2, 9)
+    np.testing.assert_array_equal(loaded.components_.numpy(), exact.components_.numpy())
 
 
 def test_fit_names_the_row_of_x_that_is_not_finite_and_keeps_the_earlier_fit(monkeypatch):

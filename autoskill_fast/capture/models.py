@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -65,21 +66,35 @@ class LoadedModel:
         return context_length(self.model.config)
 
 
+_QUIET_LOCK = threading.Lock()
+_quiet = {"depth": 0, "saved": None}  # loads in progress, and the host's settings from before the first of them
+
+
 @contextmanager
 def quiet_transformers():
     """Silence transformers' load reports and progress bars while loading (the base model leaves `lm_head` out on
-    purpose); the caller's settings come back after, as a host application had them."""
+    purpose); the host's settings come back when the last load in progress ends (loads may overlap in threads)."""
+    from huggingface_hub import utils as hub_utils
     from transformers.utils import logging as hf_logging
 
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    with _QUIET_LOCK:
+        if _quiet["depth"] == 0:
+            _quiet["saved"] = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled(),
+                               hub_utils.are_progress_bars_disabled())
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()  # transformers' and the hub's
+        _quiet["depth"] += 1
     try:
         yield
     finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
+        with _QUIET_LOCK:
+            _quiet["depth"] -= 1
+            if _quiet["depth"] == 0:
+                verbosity, bars, hub_bars_off = _quiet["saved"]
+                hf_logging.set_verbosity(verbosity)
+                if bars:
+                    hf_logging.enable_progress_bar()
+                (hub_utils.disable_progress_bars if hub_bars_off else hub_utils.enable_progress_bars)()
 
 
 def cache_dir() -> Path:

@@ -77,6 +77,17 @@ def like_input(result: torch.Tensor, template: Any) -> Any:
     return result.cpu().numpy() if isinstance(template, np.ndarray) else result
 
 
+def _usable_device(device: Any) -> torch.device:
+    """`device` as a torch.device this torch can put a tensor on, or a one-line error."""
+    try:
+        resolved = torch.device(device)
+        torch.empty(0, device=resolved)
+    except (RuntimeError, TypeError, AssertionError) as e:  # an unknown name; a device this build or machine lacks
+        raise AutoskillError(f"device {device!r} cannot be used here ({str(e).splitlines()[0] if str(e) else e!r}); "
+                             "use device='cpu' or None (the device of the rows)") from None
+    return resolved
+
+
 def _is_integer(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
@@ -104,12 +115,8 @@ class SkillPCA:
         self.n_components = int(n_components)
         self.sketch_size = None if sketch_size is None else int(sketch_size)
         self.tol = float(tol)
-        try:
-            self.device = None if device is None else torch.device(device)
-        except (RuntimeError, TypeError) as e:
-            raise AutoskillError(f"bad device {device!r}: {e}") from None
-        if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
-            raise AutoskillError(f"device {device!r}: this torch sees no CUDA device; use device='cpu' or None")
+        self.device = device  # as given (scikit-learn's clone compares it), resolved below
+        self._device = None if device is None else _usable_device(device)
         self._reset()
 
     def _reset(self) -> None:
@@ -130,9 +137,9 @@ class SkillPCA:
         if unknown:
             raise AutoskillError(f"SkillPCA has no parameter {unknown[0]!r}; it has {sorted(self.get_params())}")
         checked = type(self)(**{**self.get_params(), **params})
-        forget = (checked.sketch_size, checked.device) != (self.sketch_size, self.device)
-        self.n_components, self.sketch_size, self.tol, self.device = (checked.n_components, checked.sketch_size,
-                                                                      checked.tol, checked.device)
+        forget = (checked.sketch_size, checked._device) != (self.sketch_size, self._device)
+        self.n_components, self.sketch_size, self.tol = checked.n_components, checked.sketch_size, checked.tol
+        self.device, self._device = checked.device, checked._device
         if forget:
             self._reset()
         return self
@@ -168,7 +175,7 @@ class SkillPCA:
     def _statistics_for(self, x: torch.Tensor) -> None:
         """Make the statistics for rows like x, or check that x has the features of those made."""
         if self.stats is None:
-            self.stats = self._new_statistics(x.shape[1], self.device or x.device)
+            self.stats = self._new_statistics(x.shape[1], self._device or x.device)
         elif x.shape[1] != self.stats.dim:
             raise AutoskillError(f"X has {x.shape[1]} features but this SkillPCA was fitted with {self.stats.dim}")
 
@@ -188,7 +195,7 @@ class SkillPCA:
         if other.stats is None:
             return self
         if self.stats is None:
-            self.stats = self._new_statistics(other.stats.dim, self.device or other.stats.device)
+            self.stats = self._new_statistics(other.stats.dim, self._device or other.stats.device)
         if type(self.stats) is not type(other.stats):
             raise AutoskillError("cannot merge exact statistics with a sketch; use the same sketch_size on both sides")
         self.stats.merge(other.stats)
@@ -262,7 +269,8 @@ class SkillPCA:
         tensors = {f"stats.{name}": t for name, t in self.stats.state_dict().items()}
         meta: dict[str, Any] = {"format_version": 1, "n_components": self.n_components, "sketch_size": self.sketch_size,
                                 "tol": self.tol, "float64": self._float64}
-        if self._fitted is not None:
+        # The components when solved for the options now (not for those set_params changed since: load trusts them).
+        if self._fitted is not None and self._solved_for == (self.n_components, self.tol):
             tensors.update(self._fitted.tensors())
             meta["fitted"] = self._fitted.summary()
         save_tensors(folder / PCA_TENSORS, tensors)

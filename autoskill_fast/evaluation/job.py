@@ -261,7 +261,7 @@ def _model_fingerprint(config: EvalConfig, loaded: LoadedModel | None) -> dict[s
     from transformers import AutoConfig
 
     path, name = resolve_model_path(config.model.model)
-    return fingerprint_folder(path, AutoConfig.from_pretrained(path), name)
+    return fingerprint_folder(path, AutoConfig.from_pretrained(path, local_files_only=True), name)
 
 
 def _load_steering(folder: str | None):

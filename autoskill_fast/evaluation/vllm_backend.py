@@ -117,14 +117,15 @@ def run_vllm(config, problems: list[Problem], done: set[str], samples_path: Path
     python = vllm_python()
     path, _ = resolve_model_path(config.model.model)
     remote = config.model.trust_remote_code
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote, local_files_only=True)
     # Every problem is tokenized, not only those left, so that max_model_len (the engine's shape) does not depend on
     # where a run was resumed.
     texts = [prompt_text(p.question, tokenizer, chat=gen.chat) for p in problems]
     prompts = [tokenizer(text, add_special_tokens=not gen.chat)["input_ids"] for text in texts]
     longest = max(range(len(problems)), key=lambda i: len(prompts[i]))
     max_model_len = len(prompts[longest]) + gen.max_new_tokens
-    context = getattr(AutoConfig.from_pretrained(path, trust_remote_code=remote), "max_position_embeddings", None)
+    hf_config = AutoConfig.from_pretrained(path, trust_remote_code=remote, local_files_only=True)
+    context = getattr(hf_config, "max_position_embeddings", None)
     if context is not None and max_model_len > context:
         raise AutoskillError(f"problem {problems[longest].id}: its prompt ({len(prompts[longest])} tokens) plus "
                              f"--max-new-tokens {gen.max_new_tokens} exceeds the model's context of {context} tokens; "

@@ -72,8 +72,8 @@ def _served_base(config: EvalConfig) -> tuple[str, str]:
     from transformers import AutoConfig
 
     model_dir, _ = resolve_model_path(config.model.model)
-    return model_identity(fingerprint_folder(model_dir, AutoConfig.from_pretrained(model_dir), model_dir.name)), \
-        key_dtype(config, None)
+    hf_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    return model_identity(fingerprint_folder(model_dir, hf_config, model_dir.name)), key_dtype(config, None)
 
 
 def _baked_evaluation(vector: SteeringVector, name: str, config: EvalConfig, work: Path, keep_checkpoint: bool,

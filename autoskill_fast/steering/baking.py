@@ -65,7 +65,7 @@ def bake(vector: SteeringVector, model_dir: str | Path, out: str | Path, *, veri
     src, out = Path(model_dir), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AutoskillError(f"{out}: already exists and is not empty; choose another --out or delete it")
-    config = AutoConfig.from_pretrained(src)
+    config = AutoConfig.from_pretrained(src, local_files_only=True)
     vector.check_model(fingerprint_folder(src, config, src.name), what=f"the model in {src}")
     raw = load_json(src / "config.json")
     new_config, notes = rewrite_config(raw, config)
@@ -212,8 +212,9 @@ def verify_bake(source_dir: str | Path, baked_dir: str | Path, vector: SteeringV
 
     from .hooks import steer
 
-    source = AutoModelForCausalLM.from_pretrained(source_dir, dtype=torch.float32).eval()
-    baked, info = AutoModelForCausalLM.from_pretrained(baked_dir, dtype=torch.float32, output_loading_info=True)
+    source = AutoModelForCausalLM.from_pretrained(source_dir, dtype=torch.float32, local_files_only=True).eval()
+    baked, info = AutoModelForCausalLM.from_pretrained(baked_dir, dtype=torch.float32, output_loading_info=True,
+                                                       local_files_only=True)
     baked.eval()
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
+import operator
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,20 @@ from ..errors import AutoskillError
 VECTOR_TENSORS = "steering_vector.safetensors"
 VECTOR_JSON = "steering_vector.json"
 FORMAT_VERSION = 1
+
+
+def _direction_index(value: Any, k: int) -> int:
+    """A direction's index (a Python, numpy or torch integer) checked against the basis's k directions."""
+    try:
+        index = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        index = None
+    if index is None:
+        raise AutoskillError(f"a direction is an integer index of the basis, got {value!r} (alpha is a keyword: "
+                             "from_basis(basis, 0, alpha=...))")
+    if not 0 <= index < k:
+        raise AutoskillError(f"direction {index} is out of range: the basis has {k} directions, 0 to {k - 1}")
+    return index
 
 
 @dataclass
@@ -91,14 +106,10 @@ class SteeringVector:
             raise AutoskillError(f"unit must be norm or std, got {unit!r}")
         if sign not in (1, -1):
             raise AutoskillError(f"sign must be +1 or -1, got {sign}")
-        directions = [directions] if isinstance(directions, numbers.Real) else list(directions)
+        scalar = isinstance(directions, numbers.Real) or getattr(directions, "ndim", None) == 0
+        directions = [_direction_index(i, basis.k) for i in ([directions] if scalar else list(directions))]
         if not directions:
             raise AutoskillError("give at least one basis direction")
-        for i in directions:
-            if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < basis.k:
-                raise AutoskillError(f"direction {i!r} is out of range: give indices of the basis's {basis.k} "
-                                     f"directions, 0 to {basis.k - 1} (alpha is a keyword: from_basis(basis, 0, "
-                                     "alpha=...))")
         weights = [1.0] * len(directions) if weights is None else [float(w) for w in weights]
         if len(weights) != len(directions):
             raise AutoskillError(f"got {len(weights)} weights for {len(directions)} directions")
