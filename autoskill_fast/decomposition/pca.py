@@ -83,8 +83,9 @@ def _usable_device(device: Any) -> torch.device:
         resolved = torch.device(device)
         torch.empty(0, device=resolved)
     except (RuntimeError, TypeError, AssertionError) as e:  # an unknown name; a device this build or machine lacks
-        raise AutoskillError(f"device {device!r} cannot be used here ({str(e).splitlines()[0] if str(e) else e!r}); "
-                             "use device='cpu' or None (the device of the rows)") from None
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise AutoskillError(f"device {device!r} cannot be used here ({reason}); use device='cpu' or None (the "
+                             "device of the rows)") from None
     return resolved
 
 
