@@ -321,15 +321,16 @@ def test_inspect_without_run_json_needs_a_corpus(tmp_path):
 
 def test_the_ranking_section_of_a_ranking_written_before_joint_intervals():
     """Rankings written before joint intervals have none: one trace and no joint columns; with them, both."""
-    from autoskill_fast.analysis.report_html import _Figures, _ranking_section
+    from autoskill_fast.analysis.report_html import _ranking_section
+    from autoskill_fast.analysis.report_page import Figures
     from autoskill_fast.run.ranking import Ranking, RankingEntry
 
     old = [RankingEntry(0, 1, 0.1, 0.05, 0.15, "NLL drop"), RankingEntry(0, -1, -0.1, -0.15, -0.05, "NLL drop")]
-    section = _ranking_section(_Figures(), Ranking("steer", "nll", None, old))
+    section = _ranking_section(Figures(), Ranking("steer", "nll", None, old))
     assert "joint 95%" not in section and "above 0 (own)" in section and section.count("<tr>") == 3
     assert "confirm a winner on other problems" in section
     new = [RankingEntry(0, 1, 0.1, 0.05, 0.15, "NLL drop", joint_low=0.01, joint_high=0.19),
            RankingEntry(0, -1, -0.1, -0.15, -0.05, "NLL drop", joint_low=-0.19, joint_high=-0.01)]
-    section = _ranking_section(_Figures(), Ranking("steer", "nll", None, new))
+    section = _ranking_section(Figures(), Ranking("steer", "nll", None, new))
     assert "<th>joint 95% interval</th>" in section and "[+0.0100, +0.1900]" in section
     assert '"name":"joint 95%"' in section  # the joint intervals' trace, behind the own ones

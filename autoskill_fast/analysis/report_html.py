@@ -1,4 +1,4 @@
-"""The HTML report: one self-contained file (plotly.js inlined once) that opens offline in any browser.
+"""The HTML report: one self-contained file (plotly.js inlined once, `report_page`) that opens offline in any browser.
 
 Sections: the basis's warnings first (directions that are mostly one hidden coordinate, with the remedy), run
 metadata, the scree plot with cumulative explained variance, what each direction is made of (a direction x layer
@@ -20,92 +20,14 @@ import torch
 
 from ..basis import CONCENTRATION_WARNING
 from ..basis import block_ranges
-from ..errors import AutoskillError
 from ..run.reading import ProfileRun, excerpt
+from .report_page import Figures, index_axis, meta_table, page
 
 MAX_CATEGORIES = 20  # categories of --color-by with their own legend entry; the rarer ones share one
 NUMERIC_DISTINCT = 12  # a numeric field with more distinct values than this gets a colour scale, not categories
-_SCALING = {"none": "none (the paper's recipe: the raw pooled features)",
-            "layer": "layer (each layer's chunk divided by the square root of its total variance)",
-            "coordinate": "coordinate (every feature standardized: PCA of the correlation matrix)"}
-
-_CSS = """
-body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 0 auto; max-width: 1200px;
-       padding: 1rem 2rem; color: #1d2430; }
-h1 { font-size: 1.6rem; } h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .3rem; margin-top: 2rem; }
-table.meta td { padding: 2px 12px 2px 0; vertical-align: top; } table.meta td:first-child { color: #57606a; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 1rem; }
-.card { border: 1px solid #d0d7de; border-radius: 8px; padding: .6rem 1rem; }
-.card h3 { margin: .2rem 0; font-size: 1.05rem; } .label { color: #0969da; font-weight: 600; }
-.muted { color: #57606a; font-size: .9rem; }
-table.ex { border-collapse: collapse; width: 100%; font-size: .86rem; margin: .3rem 0 .6rem; }
-table.ex td { border-top: 1px solid #eaeef2; padding: 3px 6px; vertical-align: top; }
-table.ex th { text-align: left; font-weight: 600; color: #57606a; padding: 2px 6px; font-size: .8rem; }
-table.ex td.rank { color: #57606a; width: 2.5em; } .end { font-weight: 600; margin-top: .4rem; }
-table.ex td.score { white-space: nowrap; font-variant-numeric: tabular-nums; width: 5.5em; }
-table.ex td.id { white-space: nowrap; color: #57606a; max-width: 9em; overflow: hidden; text-overflow: ellipsis; }
-details summary { cursor: pointer; color: #57606a; } pre { white-space: pre-wrap; font-size: .8rem; }
-table.matches { border-collapse: collapse; font-size: .88rem; } table.matches td, table.matches th { padding: 2px 10px; }
-section.warnings { border: 2px solid #cf222e; background: #fff5f5; border-radius: 8px; padding: .2rem 1rem .6rem; }
-section.warnings h2 { border: none; color: #cf222e; margin-top: .6rem; } .warn { color: #cf222e; font-weight: 600; }
-code { background: #f6f8fa; padding: 1px 4px; border-radius: 4px; }
-"""
 
 
-class _Figures:
-    """Turns plotly figures into <div>s; the first one carries plotly.js itself, inline."""
-
-    def __init__(self):
-        try:
-            import plotly.graph_objects as go
-            import plotly.io as pio
-        except ImportError:
-            raise AutoskillError("the HTML report needs plotly: pip install 'autoskill-fast[report]'") from None
-        self.go, self.pio, self.count = go, pio, 0
-
-    def div(self, fig, div_id: str, height: int = 420) -> str:
-        fig.update_layout(height=height, margin={"l": 60, "r": 30, "t": 50, "b": 50}, template="plotly_white")
-        self.count += 1
-        return self.pio.to_html(fig, full_html=False, include_plotlyjs=self.count == 1, div_id=div_id,
-                                config={"displaylogo": False, "responsive": True})
-
-
-def _page(title: str, body: list[str]) -> str:
-    return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{html.escape(title)}</title>\n"
-            f"<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
-
-
-def _meta_table(run: ProfileRun) -> str:
-    basis, record = run.basis, run.record
-    corpus = record.corpus if record else {}
-    counts = record.counts if record else {}
-    timings = record.timings if record else {}
-    rows = [
-        ("run folder", str(run.folder)),
-        ("model", run.model_name or "?"),
-        ("corpus", corpus.get("path") or (record.corpus_config.get("path") if record else None) or "?"),
-        ("examples scored", f"{run.n}" + (f" ({counts['skipped']} skipped)" if counts.get("skipped") else "")),
-        ("directions", f"{basis.k} of a {basis.feature_dim}-dimensional feature (layers "
-                       f"{list(basis.layout.layer_ids)} x {basis.layout.hidden_size})"),
-        ("explained", f"{100 * float(basis.explained_variance_ratio_.sum()):.1f}% of the total variance"),
-        ("pooling", json.dumps(basis.pooling, sort_keys=True)),
-        ("scaling", _SCALING.get(basis.scaling, basis.scaling)),
-    ]
-    if timings.get("total_s") is not None:
-        rows.append(("profile time", f"{timings['total_s']:.1f}s"))
-    cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
-    full = (html.escape(json.dumps(record.to_json(), indent=1, default=str)[:200_000]) if record
-            else "(no run.json in this folder)")
-    return (f"<table class=\"meta\">{cells}</table>\n"
-            f"<details><summary>run.json</summary><pre>{full}</pre></details>")
-
-
-def _index_axis(title: str, count: int) -> dict:
-    """An x axis of integer indices (plotly would otherwise tick 0.5, 1.5, ... on a short range)."""
-    return {"title": title, "tickmode": "linear", "tick0": 0, "dtick": max(1, count // 16)}
-
-
-def _scree(figs: _Figures, run: ProfileRun) -> str:
+def _scree(figs: Figures, run: ProfileRun) -> str:
     go = figs.go
     evr = run.basis.explained_variance_ratio_.to(torch.float64)
     x = list(range(run.basis.k))
@@ -115,7 +37,7 @@ def _scree(figs: _Figures, run: ProfileRun) -> str:
         go.Scatter(x=x, y=(100 * torch.cumsum(evr, 0)).tolist(), name="cumulative (%)", mode="lines+markers",
                    yaxis="y2"),
     ])
-    fig.update_layout(title="Explained variance per direction", xaxis=_index_axis("direction", run.basis.k),
+    fig.update_layout(title="Explained variance per direction", xaxis=index_axis("direction", run.basis.k),
                       yaxis={"title": "% of total variance"},
                       yaxis2={"title": "cumulative %", "overlaying": "y", "side": "right", "range": [0, 100],
                               "tickmode": "linear", "dtick": 20, "showgrid": False},
@@ -147,7 +69,7 @@ def _warnings_section(run: ProfileRun) -> str:
     return "".join(parts) + "</section>"
 
 
-def _composition(figs: _Figures, run: ProfileRun, dirs) -> str:
+def _composition(figs: Figures, run: ProfileRun, dirs) -> str:
     """What each direction is made of: its weight per layer (heatmap) and its concentration on one coordinate."""
     layer_ids = list(run.basis.layout.layer_ids)
     head = "<section id=\"composition\"><h2>What each direction is made of</h2>"
@@ -169,7 +91,7 @@ def _composition(figs: _Figures, run: ProfileRun, dirs) -> str:
         hovertext=[f"hidden coordinate {d.coordinate} (blocks {block_ranges(d.coordinate_layers)})" for d in dirs]))
     bars.add_hline(y=100 * threshold, line_dash="dot", annotation_text="warning threshold")
     bars.update_layout(title="Concentration: % of each direction's squared norm on its largest hidden coordinate",
-                       xaxis=_index_axis("direction", len(dirs)), yaxis={"title": "%", "range": [0, 100]})
+                       xaxis=index_axis("direction", len(dirs)), yaxis={"title": "%", "range": [0, 100]})
     table = "".join(
         f"<tr><td>{d.index}</td><td class=\"{'warn' if d.concentration > threshold else ''}\">"
         f"{100 * d.concentration:.1f}%</td><td>{d.coordinate}</td><td>{block_ranges(d.coordinate_layers)}</td>"
@@ -228,7 +150,7 @@ def _colored_traces(go, proj, shown: list[int], pair, ids, color) -> list:
     return traces
 
 
-def _scatter(figs: _Figures, run: ProfileRun, dirs, pair: tuple[int, int], shown: torch.Tensor, color) -> str:
+def _scatter(figs: Figures, run: ProfileRun, dirs, pair: tuple[int, int], shown: torch.Tensor, color) -> str:
     go = figs.go
     i, j = pair
     proj = run.scores.projection
@@ -304,7 +226,7 @@ def _card(d, chars: int, full_chars: int, threshold: float) -> str:
     return "\n".join(parts)
 
 
-def _comparison_section(figs: _Figures, c) -> str:
+def _comparison_section(figs: Figures, c) -> str:
     go = figs.go
     ka, kb = c.correlation.shape
     tick_a = [f"A{i}" for i in range(ka)]
@@ -329,7 +251,7 @@ def _comparison_section(figs: _Figures, c) -> str:
                 f"{c.above_null} of {c.canonical.numel()} canonical correlations exceed the null's 95th percentile. "
                 "Only those above the null say the two score spaces share structure.</p>")
     cca.update_layout(title="Canonical correlations between the two score spaces, against the permutation null",
-                      xaxis=_index_axis("pair", c.canonical.numel()),
+                      xaxis=index_axis("pair", c.canonical.numel()),
                       yaxis={"title": "correlation", "range": [0, 1]}, legend={"orientation": "h", "y": -0.2})
     rows = []
     for m in c.best_matches("a"):
@@ -350,7 +272,7 @@ def _comparison_section(figs: _Figures, c) -> str:
     ])
 
 
-def _ranking_section(figs: _Figures, ranking) -> str:
+def _ranking_section(figs: Figures, ranking) -> str:
     """Which directions help (ranking.json): each (direction, sign[, alpha])'s effect with its interval, best first."""
     go = figs.go
     entries = ranking.entries
@@ -394,12 +316,12 @@ def render_report(run: ProfileRun, dirs, *, shown: torch.Tensor, scatter: tuple[
     """The whole report for one run, as one HTML string: its directions (`inspection.directions`), the positions the
     scatter shows (`inspection.scatter_positions`) and, optionally, the field that colours them
     (`inspection.color_field`)."""
-    figs = _Figures()
+    figs = Figures()
     title = f"autoskill-fast report: {run.folder.name}"
     threshold = _threshold(run)
     note = f"<p class=\"muted\">{html.escape(id_note)}</p>" if id_note else ""
     body = [f"<h1>{html.escape(title)}</h1>", _warnings_section(run),
-            "<section id=\"metadata\"><h2>Run</h2>" + _meta_table(run) + "</section>",
+            "<section id=\"metadata\"><h2>Run</h2>" + meta_table(run) + "</section>",
             "<section id=\"variance\"><h2>Explained variance</h2>" + _scree(figs, run) + "</section>",
             _composition(figs, run, dirs)]
     if ranking is not None:
@@ -410,14 +332,14 @@ def render_report(run: ProfileRun, dirs, *, shown: torch.Tensor, scatter: tuple[
              + "\n".join(_card(d, excerpt_chars, full_text_chars, threshold) for d in dirs) + "</div></section>"]
     if comparison is not None:
         body.append(_comparison_section(figs, comparison))
-    return _page(title, [part for part in body if part])
+    return page(title, [part for part in body if part])
 
 
 def render_comparison_page(run_a: ProfileRun, run_b: ProfileRun, comparison) -> str:
     """A report of the comparison alone, with both runs' metadata."""
-    figs = _Figures()
+    figs = Figures()
     title = f"autoskill-fast comparison: {run_a.folder.name} vs {run_b.folder.name}"
     body = [f"<h1>{html.escape(title)}</h1>", _comparison_section(figs, comparison),
-            "<section id=\"metadata\"><h2>Run A</h2>" + _meta_table(run_a) + "<h2>Run B</h2>" + _meta_table(run_b)
+            "<section id=\"metadata\"><h2>Run A</h2>" + meta_table(run_a) + "<h2>Run B</h2>" + meta_table(run_b)
             + "</section>"]
-    return _page(title, body)
+    return page(title, body)
