@@ -69,11 +69,10 @@ def pass_at_k(n: ArrayLike, c: ArrayLike, k: ArrayLike) -> float | np.ndarray:
     Returns a float for scalar inputs, else a float64 array of the broadcast shape. Needs integers with 0 <= c <= n
     and 1 <= k <= n; anything else raises ValueError naming the first offending element.
     """
+    arrays = _integers("n", n), _integers("c", c), _integers("k", k)
     try:
-        n_a, c_a, k_a = np.broadcast_arrays(_integers("n", n), _integers("c", c), _integers("k", k))
-    except ValueError as e:
-        if str(e).startswith("pass_at_k"):
-            raise
+        n_a, c_a, k_a = np.broadcast_arrays(*arrays)
+    except ValueError:
         raise ValueError(f"pass_at_k: n, c and k must be scalars or arrays of one shape (that broadcast), got shapes "
                          f"{np.shape(n)}, {np.shape(c)} and {np.shape(k)}") from None
     for name, bad, rule in (("n", n_a < 0, "must not be negative"),
