@@ -310,6 +310,23 @@ def test_cli_inspect(planted, tmp_path):
     assert moved.exit_code == 2 and "error:" in moved.output and "Traceback" not in moved.output
 
 
+def test_a_basis_of_one_direction_is_inspected_without_a_scatter(tmp_path):
+    """`profile -k 1` is allowed: its report has no scatter (the default pair 0,1 does not exist), a pair asked for
+    is range-checked, and --color-by, which colours the scatter, is refused."""
+    run = make_run(tmp_path / "one", torch.randn(20, 1, generator=torch.Generator().manual_seed(0)))
+    result = inspect(InspectConfig(run=str(run), html=str(tmp_path / "one.html")))
+    assert len(result.directions) == 1
+    assert 'id="directions"' in result.html.read_text() and 'id="scatter-section"' not in result.html.read_text()
+    two = make_run(tmp_path / "two", torch.randn(20, 2, generator=torch.Generator().manual_seed(1)))
+    two_page = inspect(InspectConfig(run=str(two), html=str(tmp_path / "two.html"))).html.read_text()
+    assert 'id="scatter-section"' in two_page
+    with pytest.raises(AutoskillError, match="direction 1 out of range"):
+        inspect(InspectConfig(run=str(run), scatter=(1, 0), no_html=True))
+    with pytest.raises(AutoskillError, match="--color-by colours the report's scatter on two directions, and this "
+                                             "basis has one"):
+        inspect(InspectConfig(run=str(run), color_by="meta"))
+
+
 def test_inspect_without_run_json_needs_a_corpus(tmp_path):
     proj = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
     run = make_run(tmp_path / "run", proj, ids=[str(i) for i in range(20)], write_run_json=False)
@@ -317,6 +334,9 @@ def test_inspect_without_run_json_needs_a_corpus(tmp_path):
         inspect(InspectConfig(run=str(run), no_html=True))
     result = inspect(InspectConfig(run=str(run), no_html=True, corpus=str(run / "corpus.jsonl")))
     assert result.directions[0].poles["projection"]["top"][0].text.startswith("example number")
+    named = make_run(tmp_path / "named", proj, write_run_json=False)  # ids ex00000... from a field nothing names
+    with pytest.raises(AutoskillError, match="with no id field known .* a record's id here is its row number"):
+        inspect(InspectConfig(run=str(named), no_html=True, corpus=str(named / "corpus.jsonl")))
 
 
 def test_the_ranking_section_of_a_ranking_written_before_joint_intervals():

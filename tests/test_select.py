@@ -193,6 +193,13 @@ def test_whitened_coverage_scales_by_the_examples_own_spread_not_the_eigenvalues
     with pytest.raises(AutoskillError, match="direction 3 has no variance in these 200 examples and cannot be "
                                              "whitened; use --dims 3"):
         select(SelectConfig(run=str(make_run(tmp_path / "flat", flat)), out=str(tmp_path / "f.jsonl"), budget=2))
+    noise = proj.clone()  # a direction of rounding noise: fewer distinct examples than directions
+    noise[:, 4] = 1e-9 * torch.randn(len(noise), generator=torch.Generator().manual_seed(1))
+    with pytest.raises(AutoskillError, match=r"direction 4 varies only \d\.\de-\d\d as much as the most varying "
+                                             "direction .* in these 200 examples and cannot be whitened; use --dims 4"):
+        select(SelectConfig(run=str(make_run(tmp_path / "noise", noise)), out=str(tmp_path / "n.jsonl"), budget=2))
+    noise[:, 4] *= 1e7  # 1e-2: a small direction, whitened
+    select(SelectConfig(run=str(make_run(tmp_path / "small", noise)), out=str(tmp_path / "m.jsonl"), budget=2))
 
 
 def dominant_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -410,3 +417,9 @@ def test_cli_select(planted, tmp_path):
     assert "Traceback" not in bad.output
     bad_dir = CliRunner().invoke(cli, ["select", str(run), "--out", str(out), "-n", "2", "--method", "pole", "-d", "+7"])
     assert bad_dir.exit_code == 2 and "direction 7 out of range" in bad_dir.output
+    corpus = run / "corpus.jsonl"
+    before = corpus.read_bytes()
+    over = CliRunner().invoke(cli, ["select", str(run), "--out", str(run / "." / "corpus.jsonl"), "-n", "5"])
+    assert over.exit_code == 2 and "is the corpus the selection is read from; write the selection to another file" \
+        in over.output, over.output
+    assert corpus.read_bytes() == before

@@ -295,8 +295,11 @@ class InspectResult:
 def inspect(config: InspectConfig) -> InspectResult:
     """Pole examples of every direction, and the files asked for: HTML report, labeling prompts, labels saved."""
     run = load_run(config.run)
-    for i in config.scatter:
+    scatter = None if run.basis.k == 1 and config.scatter == (0, 1) else config.scatter  # one direction: no plane
+    for i in scatter or ():
         run.basis.direction(i)  # range check, with the basis's own message
+    if scatter is None and config.color_by:
+        raise AutoskillError("--color-by colours the report's scatter on two directions, and this basis has one")
     result = InspectResult([])
     if config.labels:
         run.basis = run.basis.with_labels(read_labels(config.labels, run.basis.k))
@@ -316,7 +319,7 @@ def inspect(config: InspectConfig) -> InspectResult:
         from .report_html import render_report
 
         ranking = Ranking.load(run.folder) if (run.folder / RANKING_JSON).is_file() else None
-        html = render_report(run, result.directions, shown=shown, scatter=config.scatter, comparison=result.comparison,
+        html = render_report(run, result.directions, shown=shown, scatter=scatter, comparison=result.comparison,
                              ranking=ranking, excerpt_chars=config.excerpt_chars, full_text_chars=REPORT_TEXT_CHARS,
                              color=color, id_note=_id_note(run, records))
         result.html = save_text(Path(config.html) if config.html else run.folder / REPORT_HTML, html)

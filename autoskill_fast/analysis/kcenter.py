@@ -14,7 +14,9 @@ true one (more centers only bring points closer), and the picked distance never 
   the threshold: most points are never compared with most centers. The threshold is read off a fixed sample of points
   kept exactly up to date, so that about `frontier` points pass it.
 
-Ties are broken by the lower index, as `torch.argmax` does. `farthest_point_order_ref` is the plain algorithm in fp64.
+Ties within the frontier are broken by the lower index, as `torch.argmax` does; an exact tie between a frontier point
+and one not yet brought up to date (exact duplicates, once N is above `frontier`) may go to the higher index, which
+for duplicates changes only which copy comes first. `farthest_point_order_ref` is the plain algorithm in fp64.
 """
 
 from __future__ import annotations

@@ -310,12 +310,12 @@ def _ranking_section(figs: Figures, ranking) -> str:
             + joint_head + "<th>cost (s)</th><th>evaluation</th></tr>" + rows + "</table></section>")
 
 
-def render_report(run: ProfileRun, dirs, *, shown: torch.Tensor, scatter: tuple[int, int] = (0, 1), comparison=None,
-                  ranking=None, excerpt_chars: int = 240, full_text_chars: int = 1500, color=None,
+def render_report(run: ProfileRun, dirs, *, shown: torch.Tensor, scatter: tuple[int, int] | None = (0, 1),
+                  comparison=None, ranking=None, excerpt_chars: int = 240, full_text_chars: int = 1500, color=None,
                   id_note: str | None = None) -> str:
     """The whole report for one run, as one HTML string: its directions (`inspection.directions`), the positions the
     scatter shows (`inspection.scatter_positions`) and, optionally, the field that colours them
-    (`inspection.color_field`)."""
+    (`inspection.color_field`). No scatter without a pair of directions (`scatter` None: a basis of one)."""
     figs = Figures()
     title = f"autoskill-fast report: {run.folder.name}"
     threshold = _threshold(run)
@@ -326,9 +326,10 @@ def render_report(run: ProfileRun, dirs, *, shown: torch.Tensor, scatter: tuple[
             _composition(figs, run, dirs)]
     if ranking is not None:
         body.append(_ranking_section(figs, ranking))
-    body += ["<section id=\"scatter-section\"><h2>Corpus on two directions</h2>"
-             + _scatter(figs, run, dirs, scatter, shown, color) + "</section>",
-             "<section id=\"directions\"><h2>Directions</h2>" + note + "<div class=\"cards\">"
+    if scatter is not None:
+        body.append("<section id=\"scatter-section\"><h2>Corpus on two directions</h2>"
+                    + _scatter(figs, run, dirs, scatter, shown, color) + "</section>")
+    body += ["<section id=\"directions\"><h2>Directions</h2>" + note + "<div class=\"cards\">"
              + "\n".join(_card(d, excerpt_chars, full_text_chars, threshold) for d in dirs) + "</div></section>"]
     if comparison is not None:
         body.append(_comparison_section(figs, comparison))

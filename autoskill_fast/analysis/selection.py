@@ -41,6 +41,9 @@ from .ranking import top_positions
 SelectMethod = Literal["coverage", "pole", "random", "text"]
 ScoreKind = Literal["projection", "cosine"]
 CoverageMetric = Literal["whitened", "euclidean"]
+# Whitening a direction whose spread is below this share of the largest one's scales rounding up to a full direction
+# (a corpus of fewer distinct examples than directions leaves eigenvalues of 1e-18 beside ones of 1e-4).
+NOISE_SPREAD = 1e-4
 ADDED_KEY = "_autoskill"  # the one key added to each selected record
 
 
@@ -262,11 +265,14 @@ def choose(run: ProfileRun, config: SelectConfig) -> Selection:
         points = scores.projection[:, :dims].float()
         if config.metric == "whitened":  # by the examples' own spread: a sketched basis's eigenvalues are bounds
             std = points.double().std(dim=0, correction=0)
-            if not (std > 0).all():
-                bad = int((std <= 0).nonzero()[0])
+            if not (std > NOISE_SPREAD * std.max()).all():
+                bad = int((std <= NOISE_SPREAD * std.max()).nonzero()[0])
                 hint = f"; use --dims {bad}" if bad else ""
-                raise AutoskillError(f"direction {bad} has no variance in these {n} examples and cannot be whitened"
-                                     f"{hint} (or --metric euclidean)")
+                spread = ("has no variance" if std[bad] == 0 else
+                          f"varies only {float(std[bad] / std.max()):.1e} as much as the most varying direction "
+                          "(rounding: more directions than distinct examples?)")
+                raise AutoskillError(f"direction {bad} {spread} in these {n} examples and cannot be whitened{hint} (or "
+                                     "--metric euclidean)")
             points = (points.double() / std).float()
         positions, distance = farthest_point_order(points, config.budget)
         reasons = [{"method": "coverage", "rank": r, "distance": float(d)} for r, d in enumerate(distance.tolist())]
@@ -287,13 +293,16 @@ def select(config: SelectConfig) -> Selection:
     """Select from a profile run and write the records (JSONL, pick order) and the manifest beside them."""
     t0 = time.perf_counter()
     run = load_run(config.run)
+    corpus = run.corpus_config(config.corpus)
+    out = Path(config.out)
+    if _same_file(out, Path(corpus.path)):
+        raise AutoskillError(f"--out {out} is the corpus the selection is read from; write the selection to another "
+                             "file")
     selection = choose(run, config)
     t_selected = time.perf_counter()
     ids, rows = run.scores.ids, run.scores.row
-    corpus = run.corpus_config(config.corpus)
     wanted = {int(rows[p]): ids[p] for p in selection.positions.tolist()}
     records = fetch_records(corpus, wanted)
-    out = Path(config.out)
 
     def annotated():
         for position, reason in zip(selection.positions.tolist(), selection.reasons):
@@ -316,6 +325,13 @@ def select(config: SelectConfig) -> Selection:
     }
     save_json(manifest_path(out), selection.manifest)
     return selection
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 def manifest_path(out: str | Path) -> Path:

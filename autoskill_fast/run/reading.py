@@ -101,10 +101,12 @@ def fetch_records(config: CorpusConfig, wanted: dict[int, str]) -> dict[int, Rec
     for record in iter_records(config):
         if record.row in wanted:
             if record.id != wanted[record.row]:
+                unknown = ("; with no id field known (a run folder without run.json records none), a record's id "
+                           "here is its row number" if config.id_field is None else "")
                 raise AutoskillError(
                     f"{record.where}: this record has id {record.id!r} but the profile scored {wanted[record.row]!r} "
                     "at this row; the corpus changed since it was profiled: pass the original corpus (--corpus) "
-                    "or profile again")
+                    f"or profile again{unknown}")
             found[record.row] = record
         if record.row >= last:
             break
