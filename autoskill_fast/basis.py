@@ -218,6 +218,9 @@ class SkillBasis:
 
 CONCENTRATION_WARNING = 0.5  # a direction with more of its squared norm on one hidden coordinate is flagged
 LAYER_SHARE = 0.01  # the layers named for a coordinate hold at least this share of its squared norm
+# A direction whose variance is below this share of the first's is rounding, not a direction of the corpus (a corpus
+# of fewer distinct examples than directions leaves eigenvalues of 1e-18 beside ones of 1e-4).
+ROUNDING_VARIANCE = 1e-8
 
 
 def feature_scale(variances_d: torch.Tensor | None, scaling: str, layout: FeatureLayout) -> torch.Tensor | None:
@@ -252,7 +255,8 @@ def diagnose(basis: SkillBasis, variances_d: torch.Tensor | None) -> dict[str, A
     """Per direction: its weight per layer (share of its squared norm in each layer's chunk) and its concentration (the
     share of its squared norm on the single largest hidden coordinate, summed over layers; which coordinate and
     layers). Per hidden coordinate: its variance (summed over layers) relative to the median coordinate's (the ten
-    largest). Warnings for directions that are mostly one coordinate (above `CONCENTRATION_WARNING`)."""
+    largest). Warnings for directions that are mostly one coordinate (above `CONCENTRATION_WARNING`), and for those
+    whose variance is rounding (below `ROUNDING_VARIANCE` of the first's)."""
     layout = basis.layout
     n_layers, hidden = len(layout.layer_ids), layout.hidden_size
     directions, warnings = [], []
@@ -271,6 +275,13 @@ def diagnose(basis: SkillBasis, variances_d: torch.Tensor | None) -> dict[str, A
                       else "even after standardizing, one coordinate dominates: inspect its examples")
             warnings.append(f"direction {i} is {100 * share:.0f}% hidden coordinate {coordinate} (blocks "
                             f"{block_ranges(layers)}): an outlier activation, not a skill; {remedy}")
+    eigenvalues = basis.eigenvalues_.to(torch.float64)
+    rounding = (eigenvalues <= ROUNDING_VARIANCE * eigenvalues[0]).nonzero().flatten().tolist() if basis.k else []
+    if rounding and eigenvalues[0] > 0:
+        warnings.append(f"direction{'s' if len(rounding) > 1 else ''} {block_ranges(rounding)} explain"
+                        f"{'' if len(rounding) > 1 else 's'} less than {ROUNDING_VARIANCE:g} of direction 0's variance: "
+                        "rounding, not directions of the corpus (fewer distinct examples than directions?); fit "
+                        f"again with -k {rounding[0]}")
     result: dict[str, Any] = {"directions": directions, "warnings": warnings,
                               "concentration_warning": CONCENTRATION_WARNING}
     if variances_d is not None:

@@ -215,6 +215,19 @@ def test_directions_carry_their_make_up(diagnosed):
     assert summary.count("an outlier") == 1  # 50% is not above the threshold
 
 
+def test_directions_of_rounding_are_flagged(tmp_path):
+    """Eigenvalues of 1e-18 beside ones of 1e-4 (a corpus of fewer distinct examples than directions): flagged
+    with the k to fit again with; a small but real direction (1e-6 of the first's variance) is not."""
+    proj = torch.randn(50, 5, generator=torch.Generator().manual_seed(0))
+    flagged = make_run(tmp_path / "flagged", proj, eigenvalues=torch.tensor([3e-4, 1e-4, 3e-13, 2e-18, 1e-18]),
+                       diagnosed=True)
+    warnings = load_run(flagged).basis.warnings
+    assert ("directions 2-4 explain less than 1e-08 of direction 0's variance: rounding, not directions of the corpus "
+            "(fewer distinct examples than directions?); fit again with -k 2") in warnings
+    small = make_run(tmp_path / "small", proj, eigenvalues=torch.tensor([1.0, 0.1, 1e-3, 1e-5, 1e-6]), diagnosed=True)
+    assert not any("rounding" in w for w in load_run(small).basis.warnings)
+
+
 @needs_chromium
 def test_report_shows_make_up_warnings_and_colours_in_chromium(diagnosed):
     """One page: the warnings before the metadata, the layer heatmap and concentration bars, the scatter coloured by

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..artifacts import save_json, save_jsonl
+from ..basis import ROUNDING_VARIANCE
 from ..config import ConfigError, choices, cli
 from ..errors import AutoskillError
 from ..run.ranking import Ranking
@@ -41,9 +42,9 @@ from .ranking import top_positions
 SelectMethod = Literal["coverage", "pole", "random", "text"]
 ScoreKind = Literal["projection", "cosine"]
 CoverageMetric = Literal["whitened", "euclidean"]
-# Whitening a direction whose spread is below this share of the largest one's scales rounding up to a full direction
-# (a corpus of fewer distinct examples than directions leaves eigenvalues of 1e-18 beside ones of 1e-4).
-NOISE_SPREAD = 1e-4
+# Whitening a direction whose spread is below this share of the largest one's would scale rounding up to a full
+# direction: the spread of basis.ROUNDING_VARIANCE.
+NOISE_SPREAD = ROUNDING_VARIANCE ** 0.5
 ADDED_KEY = "_autoskill"  # the one key added to each selected record
 
 
