@@ -213,7 +213,8 @@ class PoolingConfig:
 
 @dataclass
 class BatchingConfig:
-    """How examples are grouped into forward passes. Batching never changes the features, only the speed."""
+    """How examples are grouped into forward passes. Batching never changes the features, only the speed (except
+    under layer_scaling="pilot", whose factors come from the first batch)."""
 
     token_budget: int | None = None
     """Padded tokens per batch (batch size x longest example). Default: 512 on CPU, where small batches stay in cache

@@ -183,3 +183,84 @@ def test_a_basis_scores_numpy_as_numpy_and_a_vector_names_a_bad_direction(tmp_pa
     for indices in (torch.tensor([0, 1]), np.array([0, 1]), torch.topk(torch.tensor([2.0, 1.0]), 2).indices):
         assert SteeringVector.from_basis(basis, indices, weights=[1.0, -1.0]).terms == by_index.terms
     assert SteeringVector.from_basis(basis, torch.tensor(1)).terms == SteeringVector.from_basis(basis, 1).terms
+
+
+def test_longrope_examples_are_batched_apart_from_longer_ones(default_model_dir, monkeypatch):
+    """Phi-3's LongRoPE takes the long or the short factors for a whole batch from its longest position, so a short
+    example batched with one past the original context got the long ones (0.5-0.8% off its features alone). Batches
+    no longer straddle that length: one batch for all equals one batch each, to fp32 rounding."""
+    from transformers import AutoTokenizer
+
+    from autoskill_fast.capture import features as capture_features
+    from autoskill_fast.data.batching import Tokenized, buckets
+    from autoskill_fast.data.rendering import Example
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    head_dim = 16
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 32,
+            "short_factor": [1.0] * (head_dim // 2), "long_factor": [4.0 + i for i in range(head_dim // 2)]}
+    config = transformers.Phi3Config(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                     original_max_position_embeddings=32, rope_parameters=rope, pad_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.Phi3ForCausalLM(config).eval()
+    assert capture_features.batch_split_lengths(model.config) == (32,)
+    texts = make_texts(3, seed=2) + [" ".join(["the cat sat on a mat"] * 12)]
+    lengths = [len(tokenizer(text)["input_ids"]) for text in texts]
+    assert max(lengths) > 32 >= min(lengths)
+    pooling = PoolingConfig(layers=(0, 1))
+
+    def features(budget):
+        return pooled_features(model, tokenizer, texts, pooling=pooling,
+                               batching=BatchingConfig(token_budget=budget)).features
+
+    alone = features(1)
+    torch.testing.assert_close(features(100_000), alone, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(capture_features, "batch_split_lengths", lambda config: ())
+    assert not torch.allclose(features(100_000), alone, rtol=1e-3, atol=1e-4)  # what batching together did
+
+    items = [Tokenized(Example(n, str(n), ""), [0] * n, 1, n, False) for n in (40, 33, 32, 31, 5, 64)]
+    groups = list(buckets(items, token_budget=10_000, max_batch_size=64, sort_window=100, split_lengths=(32,)))
+    assert [[len(item) for item in group] for group in groups] == [[64, 40, 33], [32, 31, 5]]
+
+
+def test_left_padding_is_refused_for_a_model_that_ignores_the_mask(default_model_dir):
+    """RWKV's forward ignores the attention mask: left pads ran through its state (99% off the features alone)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    config = transformers.RwkvConfig(vocab_size=49152, hidden_size=32, num_hidden_layers=3, attention_hidden_size=32,
+                                     intermediate_size=64, context_length=128)
+    torch.manual_seed(0)
+    model = transformers.RwkvForCausalLM(config).eval()
+    texts = make_texts(4, seed=5)
+    with pytest.raises(AutoskillError, match="rwkv ignores the attention mask, so left pads would run through its "
+                                             "state before each example; use right padding"):
+        pooled_features(model, tokenizer, texts, pooling=PoolingConfig(layers=(0, 1)),
+                        batching=BatchingConfig(padding_side="left"))
+    together = pooled_features(model, tokenizer, texts, pooling=PoolingConfig(layers=(0, 1)),
+                               batching=BatchingConfig(padding_side="right", token_budget=100_000))
+    alone = pooled_features(model, tokenizer, texts, pooling=PoolingConfig(layers=(0, 1)),
+                            batching=BatchingConfig(token_budget=1))
+    torch.testing.assert_close(together.features, alone.features, rtol=1e-5, atol=1e-6)
+
+
+def test_the_last_block_is_pooled_before_the_final_norm(tiny_model):
+    """What the README says of `--layers -1`: a block's output is what it hands on, so the last block's is taken
+    before the model's final norm; transformers' hidden_states[-1] is after it (and the two differ)."""
+    loaded = load_model(ModelConfig(str(tiny_model("llama", num_layers=3))))
+    texts = make_texts(3, seed=6)
+    pooled = pooled_features(loaded.model, loaded.tokenizer, texts, pooling=PoolingConfig(layers=(2,))).features
+    for text, row in zip(texts, pooled):
+        ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"]
+        outputs = []
+        hook = loaded.model.layers[2].register_forward_hook(
+            lambda module, args, output: outputs.append(output[0] if isinstance(output, tuple) else output))
+        try:
+            with torch.inference_mode():
+                after_norm = loaded.model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+        finally:
+            hook.remove()
+        block_output = outputs[0].reshape(ids.shape[1], -1)
+        torch.testing.assert_close(row, block_output[1:].double().mean(0).float(), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(row, after_norm[0, 1:].mean(0), rtol=1e-2, atol=1e-3)

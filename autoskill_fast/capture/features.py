@@ -25,7 +25,7 @@ from ..errors import AutoskillError, BadExampleError
 from .fingerprint import fingerprint
 from .hooks import PooledCapture
 from .layout import FeatureLayout, pooling_record, resolve_layers
-from .models import context_length, decoder_blocks
+from .models import batch_split_lengths, check_padding_side, context_length, decoder_blocks
 
 
 @dataclass
@@ -139,8 +139,10 @@ class PooledBatches:
     def __init__(self, model: nn.Module, tokenizer, items: Iterator[Tokenized], resolved: ResolvedPooling,
                  batching: BatchingConfig, tally: InputTally, *, layer_scale: torch.Tensor | None = None,
                  on_bad_example: BadExamplePolicy = "error", context: str = ""):
+        check_padding_side(model.config, batching.padding_side)
         self.capture = PooledCapture(model, resolved.layout, layer_scaling=resolved.config.layer_scaling)
-        self.batches = _batches(items, batching, tokenizer, resolved.config, self.capture.device)
+        self.batches = _batches(items, batching, tokenizer, resolved.config, self.capture.device,
+                                batch_split_lengths(model.config))
         self.pilot = resolved.config.layer_scaling == "pilot"
         self.layer_scale = None if layer_scale is None else layer_scale.to(self.capture.device, torch.float32)
         self.tally, self.on_bad_example, self.context = tally, on_bad_example, context
@@ -163,7 +165,7 @@ class PooledBatches:
 
 
 def _batches(items: Iterator[Tokenized], batching: BatchingConfig, tokenizer, pooling: PoolingConfig,
-             device: torch.device) -> Iterator[Batch]:
+             device: torch.device, split_lengths: tuple[int, ...]) -> Iterator[Batch]:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # pads are masked: any id will do
     return iter_batches(items, batching, token_budget=token_budget_for(batching, device.type), pad_id=pad_id,
-                        mode=pooling.mode)
+                        mode=pooling.mode, split_lengths=split_lengths)

@@ -265,6 +265,36 @@ def context_length(hf_config) -> int | None:
     return None
 
 
+MASK_BLIND_TYPES = {"rwkv"}  # recurrent models whose forward ignores the attention mask
+
+
+def check_padding_side(hf_config, padding_side: str) -> None:
+    """Refuse left padding for a model that ignores the attention mask: the pads would run through its state."""
+    kind = getattr(hf_config, "model_type", None)
+    if padding_side == "left" and kind in MASK_BLIND_TYPES:
+        raise AutoskillError(f"--padding-side left (padding_side='left'): {kind} ignores the attention mask, so left "
+                             "pads would run through its state before each example; use right padding")
+
+
+def batch_split_lengths(hf_config) -> tuple[int, ...]:
+    """Lengths no batch may straddle, because the model computes every example of a batch otherwise once the batch's
+    longest example is past them: LongRoPE's original context (Phi-3-128k, Phi-3.5, Phi-4-mini), where transformers
+    takes the long or the short factors for the whole batch from its longest position. Batched apart, an example gets
+    the factors it gets alone."""
+    parameters = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {}
+    if not isinstance(parameters, dict):
+        return ()
+    per_kind = [parameters] + [value for value in parameters.values() if isinstance(value, dict)]  # per layer type
+    lengths = set()
+    for rope in per_kind:
+        if (rope.get("rope_type") or rope.get("type")) == "longrope":
+            original = rope.get("original_max_position_embeddings") or getattr(
+                hf_config, "original_max_position_embeddings", None)
+            if isinstance(original, int) and original > 0:
+                lengths.add(original)
+    return tuple(sorted(lengths))
+
+
 def base_model(model: nn.Module) -> nn.Module:
     """The transformer without its LM head (the model itself if it has no head)."""
     prefix = getattr(model, "base_model_prefix", "")

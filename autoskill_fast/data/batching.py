@@ -71,26 +71,30 @@ def tokenize(example: Example, tokenizer, pooling: PoolingConfig, *, ids: list[i
     return Tokenized(example, ids, start, end, truncated)
 
 
-def buckets(items: Iterable[Tokenized], *, token_budget: int, max_batch_size: int, sort_window: int) -> Iterator[list[Tokenized]]:
-    """Group items into length-sorted batches whose padded size stays within `token_budget`."""
+def buckets(items: Iterable[Tokenized], *, token_budget: int, max_batch_size: int, sort_window: int,
+            split_lengths: tuple[int, ...] = ()) -> Iterator[list[Tokenized]]:
+    """Group items into length-sorted batches whose padded size stays within `token_budget`. No batch holds items on
+    both sides of a length in `split_lengths` (at most it, and longer)."""
     window: list[Tokenized] = []
     for item in items:
         window.append(item)
         if len(window) >= sort_window:
-            yield from _cut(window, token_budget, max_batch_size)
+            yield from _cut(window, token_budget, max_batch_size, split_lengths)
             window = []
     if window:
-        yield from _cut(window, token_budget, max_batch_size)
+        yield from _cut(window, token_budget, max_batch_size, split_lengths)
 
 
-def _cut(window: list[Tokenized], token_budget: int, max_batch_size: int) -> Iterator[list[Tokenized]]:
+def _cut(window: list[Tokenized], token_budget: int, max_batch_size: int,
+         split_lengths: tuple[int, ...]) -> Iterator[list[Tokenized]]:
     # Longest first, so the first batch shows the peak memory early; ties keep corpus order (stable sort).
     window = sorted(window, key=len, reverse=True)
     batch: list[Tokenized] = []
     for item in window:
         # Sorted descending: the first item of a batch is its longest, so the padded size is len(batch[0]) * size.
         longest = len(batch[0]) if batch else len(item)
-        if batch and (len(batch) + 1 > max_batch_size or longest * (len(batch) + 1) > token_budget):
+        full = len(batch) + 1 > max_batch_size or longest * (len(batch) + 1) > token_budget
+        if batch and (full or any(len(item) <= length < longest for length in split_lengths)):
             yield batch
             batch = []
         batch.append(item)

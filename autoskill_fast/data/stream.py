@@ -125,13 +125,14 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
 
 
 def iter_batches(items: Iterator[Tokenized], batching: BatchingConfig, *, token_budget: int, pad_id: int,
-                 mode: str) -> Iterator[Batch]:
-    """Length-bucketed, padded batches of tokenized examples (`token_budget`: the budget resolved for the device),
-    prepared `batching.prefetch` batches ahead on a background thread. Close the iterator when leaving it early."""
+                 mode: str, split_lengths: tuple[int, ...] = ()) -> Iterator[Batch]:
+    """Length-bucketed, padded batches of tokenized examples (`token_budget`: the budget resolved for the device; no
+    batch straddles a length in `split_lengths`, where the model computes otherwise), prepared `batching.prefetch`
+    batches ahead on a background thread. Close the iterator when leaving it early."""
 
     def batches():
         for group in buckets(items, token_budget=token_budget, max_batch_size=batching.max_batch_size,
-                             sort_window=batching.sort_window):
+                             sort_window=batching.sort_window, split_lengths=split_lengths):
             yield collate(group, pad_id=pad_id, padding_side=batching.padding_side, mode=mode)
 
     return prefetched(batches(), batching.prefetch)

@@ -33,7 +33,7 @@ from ..basis import SkillBasis, diagnose, feature_scale
 from ..capture.features import ResolvedPooling, drop_non_finite, pilot_layer_scale, resolve_pooling
 from ..capture.fingerprint import model_identity
 from ..capture.hooks import PooledCapture
-from ..capture.models import LoadedModel, load_model
+from ..capture.models import LoadedModel, batch_split_lengths, check_padding_side, load_model
 from ..config import BadExamplePolicy, ProfileConfig, token_budget_for
 from ..data.batching import Batch
 from ..data.corpus import content_identity, iter_records
@@ -184,6 +184,7 @@ def profile(config: ProfileConfig, *, loaded: LoadedModel | None = None) -> Skil
     loaded = loaded or load_model(config.model)
     t_loaded = time.perf_counter()
     resolved = resolve_pooling(config.pooling, loaded.model, loaded.tokenizer)
+    check_padding_side(loaded.model.config, config.batching.padding_side)
     config = replace(config, pooling=resolved.config, batching=replace(
         config.batching, token_budget=token_budget_for(config.batching, loaded.device.type)))
     model_fp = loaded.fingerprint
@@ -427,7 +428,8 @@ def _run_batches(config: ProfileConfig, loaded: LoadedModel, resolved: ResolvedP
     items = iter_tokenized(config.corpus, loaded.tokenizer, resolved.config, tally, shard=_rank_shard(config, world),
                            on_bad_example=config.on_bad_example)
     batches = iter_batches(items, config.batching, token_budget=config.batching.token_budget,
-                           pad_id=loaded.tokenizer.pad_token_id, mode=resolved.config.mode)
+                           pad_id=loaded.tokenizer.pad_token_id, mode=resolved.config.mode,
+                           split_lengths=batch_split_lengths(loaded.model.config))
     meetings = _Meetings(world, config, saved_at=progress["batches"] if progress else 0)
     try:
         steps, failure = _steps(batches, done, profiler, bar), None
