@@ -276,12 +276,15 @@ def diagnose(basis: SkillBasis, variances_d: torch.Tensor | None) -> dict[str, A
             warnings.append(f"direction {i} is {100 * share:.0f}% hidden coordinate {coordinate} (blocks "
                             f"{block_ranges(layers)}): an outlier activation, not a skill; {remedy}")
     eigenvalues = basis.eigenvalues_.to(torch.float64)
-    rounding = (eigenvalues <= ROUNDING_VARIANCE * eigenvalues[0]).nonzero().flatten().tolist() if basis.k else []
-    if rounding and eigenvalues[0] > 0:
-        warnings.append(f"direction{'s' if len(rounding) > 1 else ''} {block_ranges(rounding)} explain"
-                        f"{'' if len(rounding) > 1 else 's'} less than {ROUNDING_VARIANCE:g} of direction 0's variance: "
-                        "rounding, not directions of the corpus (fewer distinct examples than directions?); fit "
-                        f"again with -k {rounding[0]}")
+    if basis.k and not eigenvalues[0] > 0:
+        warnings.append("the features do not vary over the corpus: every direction is rounding")
+    elif basis.k:
+        rounding = (eigenvalues <= ROUNDING_VARIANCE * eigenvalues[0]).nonzero().flatten().tolist()
+        if rounding:
+            many = len(rounding) > 1
+            warnings.append(f"direction{'s' if many else ''} {block_ranges(rounding)} explain{'' if many else 's'} at "
+                            f"most {ROUNDING_VARIANCE:g} of direction 0's variance: rounding, not directions of the "
+                            f"corpus (fewer distinct examples than directions?); fit again with -k {rounding[0]}")
     result: dict[str, Any] = {"directions": directions, "warnings": warnings,
                               "concentration_warning": CONCENTRATION_WARNING}
     if variances_d is not None:

@@ -243,6 +243,11 @@ def test_left_padding_is_refused_for_a_model_that_ignores_the_mask(default_model
     alone = pooled_features(model, tokenizer, texts, pooling=PoolingConfig(layers=(0, 1)),
                             batching=BatchingConfig(token_budget=1))
     torch.testing.assert_close(together.features, alone.features, rtol=1e-5, atol=1e-6)
+    from autoskill_fast.capture.models import check_padding_side
+
+    with pytest.raises(AutoskillError, match="xlstm ignores the attention mask"):  # its forward takes none
+        check_padding_side(transformers.xLSTMConfig(), "left")
+    check_padding_side(transformers.xLSTMConfig(), "right")
 
 
 def test_the_last_block_is_pooled_before_the_final_norm(tiny_model):

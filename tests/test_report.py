@@ -222,10 +222,12 @@ def test_directions_of_rounding_are_flagged(tmp_path):
     flagged = make_run(tmp_path / "flagged", proj, eigenvalues=torch.tensor([3e-4, 1e-4, 3e-13, 2e-18, 1e-18]),
                        diagnosed=True)
     warnings = load_run(flagged).basis.warnings
-    assert ("directions 2-4 explain less than 1e-08 of direction 0's variance: rounding, not directions of the corpus "
+    assert ("directions 2-4 explain at most 1e-08 of direction 0's variance: rounding, not directions of the corpus "
             "(fewer distinct examples than directions?); fit again with -k 2") in warnings
     small = make_run(tmp_path / "small", proj, eigenvalues=torch.tensor([1.0, 0.1, 1e-3, 1e-5, 1e-6]), diagnosed=True)
     assert not any("rounding" in w for w in load_run(small).basis.warnings)
+    flat = make_run(tmp_path / "flat", proj, eigenvalues=torch.zeros(5), diagnosed=True)
+    assert "the features do not vary over the corpus: every direction is rounding" in load_run(flat).basis.warnings
 
 
 @needs_chromium
@@ -333,8 +335,9 @@ def test_a_basis_of_one_direction_is_inspected_without_a_scatter(tmp_path):
     two = make_run(tmp_path / "two", torch.randn(20, 2, generator=torch.Generator().manual_seed(1)))
     two_page = inspect(InspectConfig(run=str(two), html=str(tmp_path / "two.html"))).html.read_text()
     assert 'id="scatter-section"' in two_page
-    with pytest.raises(AutoskillError, match="direction 1 out of range"):
-        inspect(InspectConfig(run=str(run), scatter=(1, 0), no_html=True))
+    for asked in ((1, 0), (0, 1)):
+        with pytest.raises(AutoskillError, match="direction 1 out of range"):
+            inspect(InspectConfig(run=str(run), scatter=asked, no_html=True))
     with pytest.raises(AutoskillError, match="--color-by colours the report's scatter on two directions, and this "
                                              "basis has one"):
         inspect(InspectConfig(run=str(run), color_by="meta"))

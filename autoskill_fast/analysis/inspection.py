@@ -53,8 +53,8 @@ class InspectConfig:
     """Write no HTML report (the terminal summary and the other files only)."""
     n_examples: int = field(default=5, metadata=cli(short="-n"))
     """Examples at each end of each direction."""
-    scatter: tuple[int, int] = field(default=(0, 1), metadata=cli(parse=parse_pair, metavar="I,J", shown="0,1"))
-    """The two directions of the report's scatter plot."""
+    scatter: tuple[int, int] | None = field(default=None, metadata=cli(parse=parse_pair, metavar="I,J", shown="0,1"))
+    """The two directions of the report's scatter plot (default 0,1; no scatter for a basis of one direction)."""
     labeling_prompts: str | None = None
     """Write one contrastive labeling prompt per direction to this JSONL file."""
     labels: str | None = None
@@ -77,9 +77,10 @@ class InspectConfig:
         owner = "InspectConfig"
         if self.n_examples <= 0:
             raise ConfigError(owner, "n_examples", f"must be positive, got {self.n_examples}")
-        if len(self.scatter) != 2 or self.scatter[0] == self.scatter[1]:
-            raise ConfigError(owner, "scatter", f"needs two different directions, got {self.scatter}")
-        self.scatter = (int(self.scatter[0]), int(self.scatter[1]))
+        if self.scatter is not None:
+            if len(self.scatter) != 2 or self.scatter[0] == self.scatter[1]:
+                raise ConfigError(owner, "scatter", f"needs two different directions, got {self.scatter}")
+            self.scatter = (int(self.scatter[0]), int(self.scatter[1]))
         if self.max_points < 2:
             raise ConfigError(owner, "max_points", f"must be at least 2, got {self.max_points}")
         if self.excerpt_chars < 10:
@@ -295,7 +296,7 @@ class InspectResult:
 def inspect(config: InspectConfig) -> InspectResult:
     """Pole examples of every direction, and the files asked for: HTML report, labeling prompts, labels saved."""
     run = load_run(config.run)
-    scatter = None if run.basis.k == 1 and config.scatter == (0, 1) else config.scatter  # one direction: no plane
+    scatter = config.scatter or ((0, 1) if run.basis.k > 1 else None)  # one direction: no plane to show
     for i in scatter or ():
         run.basis.direction(i)  # range check, with the basis's own message
     if scatter is None and config.color_by:

@@ -2,9 +2,9 @@
 
 A basis, a steering vector and a run record `fingerprint(model)`; `check_same_model` is the one rule every consumer
 applies. The weights enter as a hash of a fixed sample of every tensor (16 evenly spaced entries, rounded to bfloat16
-so that loading in fp32 or bf16 gives the same hash; fp16 too for a bf16 or fp16 checkpoint, but not for an fp32 one,
-which fp16 rounds first: about 6% of its entries then round to another bfloat16 neighbour) with the tensors' names
-and shapes. A renamed copy of a
+so that loading in fp32 or bf16 gives the same hash) with the tensors' names and shapes. Loading in fp16 is not
+promised to match: fp16 rounds an fp32 checkpoint's weights first (about 6% of them then round to another bfloat16
+neighbour), and a bf16 checkpoint's smallest and largest ones (outside fp16's normal range). A renamed copy of a
 model matches itself; a fine-tune with the same config does not. The hash of a checkpoint folder is computed from its
 safetensors files without loading them (`fingerprint_folder`), and equals the hash of the loaded model.
 """
@@ -90,9 +90,9 @@ def model_mismatch(expected: dict[str, Any], actual: dict[str, Any]) -> str | No
 
 def describe_mismatch(key: str, expected: dict[str, Any], actual: dict[str, Any]) -> str:
     if key == "weights":
-        return ("the same architecture and config with other weights (a fine-tune, or another checkpoint; or a "
-                "float32 checkpoint loaded in float16, which rounds its weights twice: load it in bfloat16 or "
-                "float32); the directions of one model do not transfer to another")
+        return ("the same architecture and config with other weights (a fine-tune, or another checkpoint; or the "
+                "model loaded in float16, which rounds some weights twice: load it in bfloat16 or float32); the "
+                "directions of one model do not transfer to another")
     return f"{key} {expected[key]!r} vs {actual[key]!r}"
 
 

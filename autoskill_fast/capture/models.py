@@ -265,7 +265,9 @@ def context_length(hf_config) -> int | None:
     return None
 
 
-MASK_BLIND_TYPES = {"rwkv"}  # recurrent models whose forward ignores the attention mask
+# Recurrent models whose forward ignores the attention mask (RWKV takes it and drops it; xLSTM has no such argument
+# among transformers' causal LMs, the only one).
+MASK_BLIND_TYPES = {"rwkv", "xlstm"}
 
 
 def check_padding_side(hf_config, padding_side: str) -> None:
@@ -290,8 +292,8 @@ def batch_split_lengths(hf_config) -> tuple[int, ...]:
         if (rope.get("rope_type") or rope.get("type")) == "longrope":
             original = rope.get("original_max_position_embeddings") or getattr(
                 hf_config, "original_max_position_embeddings", None)
-            if isinstance(original, int) and original > 0:
-                lengths.add(original)
+            if isinstance(original, (int, float)) and original > 0:
+                lengths.add(int(original))
     return tuple(sorted(lengths))
 
 
