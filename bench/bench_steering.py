@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from autoskill_fast.basis import SkillBasis
+from autoskill_fast.decomposition.components import PrincipalComponents
 from autoskill_fast.capture.layout import FeatureLayout
 from autoskill_fast.config import ModelConfig
 from autoskill_fast.capture.models import load_model
@@ -43,9 +44,9 @@ def steering_vector(loaded) -> SteeringVector:
     layers, hidden = tuple(range(1, loaded.model.config.num_hidden_layers - 1)), loaded.model.config.hidden_size
     dim = len(layers) * hidden
     direction = torch.nn.functional.normalize(torch.randn(1, dim, generator=torch.Generator().manual_seed(0)), dim=1)
-    basis = SkillBasis(direction, torch.ones(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64),
-                       torch.zeros(dim, dtype=torch.float64), 1, 1.0, FeatureLayout(layers, hidden),
-                       model=loaded.fingerprint)
+    components = PrincipalComponents(direction, torch.ones(1, dtype=torch.float64),
+                                     torch.zeros(dim, dtype=torch.float64), 1, 1.0)
+    basis = SkillBasis(components, FeatureLayout(layers, hidden), model=loaded.fingerprint)
     return SteeringVector.from_basis(basis, 0, alpha=0.5)
 
 

@@ -303,6 +303,36 @@ def test_safetensors_beside_the_weights_are_not_the_model(tmp_path, sharded):
     assert not (out / "consolidated.safetensors").exists()
 
 
+def test_a_bias_in_another_shard_than_its_weight_is_steered_where_it_is(tmp_path):
+    """save_pretrained with small shards puts some MLP biases of a Llama with mlp_bias in another shard than their
+    weights. The bake wrote a second, new bias beside the weight, and the index kept one of the two: the source's bias
+    or the chunk was lost (0.78 off hook steering). Each bias is now steered in its own shard, once."""
+    from safetensors import safe_open
+
+    model = load(make_tiny(tmp_path / "made", "llama", mlp_bias=True))
+    src = tmp_path / "src"
+    model.save_pretrained(src, max_shard_size="40KB")
+    index = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
+    apart = [layer for layer in range(LAYERS) if index[f"model.layers.{layer}.mlp.down_proj.bias"]
+             != index[f"model.layers.{layer}.mlp.down_proj.weight"]]
+    assert apart, "the test needs a bias stored apart from its weight"
+    vector = SteeringVector.from_basis(random_basis(fingerprint(model, "m"), tuple(range(LAYERS))), 0, alpha=4.0)
+    out = bake(vector, src, tmp_path / "baked", verify=False)
+    keys = []
+    for shard in sorted(out.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            keys.extend(f.keys())
+    assert len(keys) == len(set(keys))  # every tensor once
+    baked = load(out)
+    for layer in range(LAYERS):
+        torch.testing.assert_close(decoder_blocks(baked)[layer].mlp.down_proj.bias,
+                                   decoder_blocks(model)[layer].mlp.down_proj.bias + vector.chunks[layer])
+    ids = token_ids()
+    with steer(model, vector):
+        expected = logits(model, ids)
+    assert (logits(baked, ids) - expected).abs().max().item() <= ATOL
+
+
 def test_a_bf16_checkpoint_is_verified_against_the_vector_it_holds(tmp_path):
     """A bf16 checkpoint's bias holds the vector rounded to bf16 (what any engine adds): the check compares with hooks
     adding that rounded vector, and the record says how far the rounding moved it."""
@@ -393,7 +423,7 @@ def test_steer_cli_writes_every_format(tiny, tmp_path):
     np.testing.assert_array_equal(directions[2], (0.5 * basis.components_[0][2 * HIDDEN:]).numpy())
 
     result = runner.invoke(cli, ["steer", str(run), "--format", "llamacpp", "--out", str(tmp_path / "cpp0")])
-    assert result.exit_code == 2 and "block 0" in result.output and "--layers 1-2" in result.output
+    assert result.exit_code == 2 and "block 0" in result.output and "--layers 1,2" in result.output
     assert not (tmp_path / "cpp0").exists() and not list(tmp_path.glob(".cpp0*"))  # a failed export leaves nothing
 
     # --out NAME.gguf (the README's own example) writes that file, which is what llama.cpp's --control-vector takes.

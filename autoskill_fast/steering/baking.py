@@ -160,30 +160,38 @@ def _source_shards(src: Path) -> list[str]:
 def _write_weights(src: Path, dst: Path, vector: SteeringVector, config, *,
                    add_o_proj_bias: bool) -> tuple[list[int], SteeringVector]:
     """Copy every shard, adding the biases; return the layers that got a down_proj bias, and the vector as the
-    checkpoint holds it (each chunk rounded, with any bias of the source, to the weights' dtype)."""
+    checkpoint holds it (each chunk rounded, with any bias of the source, to the weights' dtype). A bias the source
+    has stays in its shard, which need not be its weight's (save_pretrained splits them); a new one goes beside its
+    weight."""
     num_layers = int(config.num_hidden_layers)
+    shards = _source_shards(src)
+    where: dict[str, str] = {}  # every key of the source -> its shard
+    for shard in shards:
+        with safe_open(str(src / shard), framework="pt") as f:
+            where.update({key: shard for key in f.keys()})
+    biases: dict[str, tuple[str, int, str]] = {}  # bias key -> (its weight's key, layer, module)
+    for key in where:
+        match = _LAYER_KEY.match(key)
+        if match is not None and (match["module"] != "self_attn.o_proj" or add_o_proj_bias):
+            biases[f"{match['prefix']}.{match['module']}.bias"] = (key, int(match["layer"]), match["module"])
     weight_map: dict[str, str] = {}
     biased: list[int] = []
     baked: dict[int, torch.Tensor] = {}
     total_size = 0
-    for shard in _source_shards(src):
+    for shard in shards:
         with safe_open(str(src / shard), framework="pt") as f:
             tensors = {key: f.get_tensor(key) for key in f.keys()}
-        for key, weight in list(tensors.items()):
-            match = _LAYER_KEY.match(key)
-            if match is None:
-                continue
-            layer, module = int(match["layer"]), match["module"]
-            bias_key = f"{match['prefix']}.{module}.bias"
-            if module == "self_attn.o_proj" and not add_o_proj_bias:
+        for bias_key, (weight_key, layer, module) in biases.items():
+            if where.get(bias_key, where[weight_key]) != shard:
                 continue
             bias = tensors.get(bias_key)
             if bias is None:
+                weight = tensors[weight_key]
                 bias = torch.zeros(weight.shape[0], dtype=weight.dtype)
             if module == "mlp.down_proj":
                 biased.append(layer)
                 if layer in vector.chunks:
-                    steered = (bias.to(torch.float32) + vector.chunks[layer]).to(weight.dtype)
+                    steered = (bias.to(torch.float32) + vector.chunks[layer]).to(bias.dtype)
                     baked[layer] = steered.to(torch.float32) - bias.to(torch.float32)
                     bias = steered
             tensors[bias_key] = bias
@@ -200,7 +208,6 @@ def _write_weights(src: Path, dst: Path, vector: SteeringVector, config, *,
     return biased, SteeringVector(baked, vector.model, vector.terms)
 
 
-@torch.inference_mode()
 def verify_bake(source_dir: str | Path, baked_dir: str | Path, vector: SteeringVector, *, seq_len: int = VERIFY_TOKENS,
                 rtol: float = 1e-5) -> float:
     """Max |logits(baked) - logits(source steered by hooks with `vector`)| in fp32 on random tokens; raise if it is

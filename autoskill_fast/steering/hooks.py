@@ -24,7 +24,10 @@ def steer(model: nn.Module, vector: SteeringVector, *, check_model: bool = True)
     """Steer `model` (a transformers decoder, with or without its LM head) inside the block.
 
     Refuses a model whose fingerprint differs from the vector's unless `check_model=False`. The hooks act on every
-    forward of the model while the block is open, from any thread (as the model's own parameters would).
+    forward of the model while the block is open, from any thread (as the model's own parameters would). They run
+    after hooks registered before them: transformers records `output_hidden_states` by hooks it adds on the first
+    forward that asks, so if that forward came before this block, the hidden states it returns for a steered block
+    lack the vector (later blocks and the logits are steered).
     """
     blocks = decoder_blocks(model)
     if check_model:

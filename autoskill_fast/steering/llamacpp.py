@@ -38,7 +38,8 @@ def export_llamacpp(vector: SteeringVector, path: str | Path) -> Path:
     last = max(vector.layer_ids)
     block0 = vector.chunks.get(0)
     if block0 is not None and bool(block0.abs().max() > 0):
-        hint = f", e.g. --layers 1-{last}" if last > 0 else ""
+        others = [layer for layer in vector.layer_ids if layer > 0]
+        hint = f", e.g. --layers {','.join(map(str, others))}" if others else ""
         raise AutoskillError(f"llama.cpp cannot steer the output of block 0 (it rejects direction.0): leave block 0 "
                              f"out with --layers{hint}")
     if last == 0:

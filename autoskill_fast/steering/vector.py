@@ -4,7 +4,7 @@ A basis direction u is a unit vector over the concatenated pooled outputs of the
 steering vector it is split back into per-block chunks, and `coefficient * u_j` is added to the output of block
 `layer_ids[j]` at every position (the paper: coefficient = alpha = 0.5). Because mean and last-token pooling are
 linear in the hidden states, adding `v_j` to every position of block j moves block j's pooled feature by exactly
-`v_j`: the steered model's features move by `coefficient * u` along the basis direction.
+`v_j`; the later blocks' features move as well (see "What alpha means" below).
 
 Per-layer scaling. A basis profiled with `--layer-scaling pilot` lives in scaled space: feature chunk j is
 `layer_scale[j] * pooled_j`. To move the feature by `coefficient * u`, the hidden states must move by
@@ -98,8 +98,9 @@ class SteeringVector:
         """`sign * alpha * sum_i weights[i] * s_i * u_{directions[i]}`, split by the basis's layer layout.
 
         unit: "norm" (s_i = 1: alpha is measured on the unit-norm concatenated direction, as in the paper) or "std"
-        (s_i = the direction's standard deviation on the profiled corpus, sqrt of its eigenvalue: alpha = 1 moves the
-        features by one typical spread along it, whatever the model's activation scale). `layers` keeps only those
+        (s_i = the direction's standard deviation on the profiled corpus, sqrt of its eigenvalue: alpha = 1 adds one
+        typical spread along it, whatever the model's activation scale; the score moves by more, as the residual
+        stream carries each block's chunk into the later blocks). `layers` keeps only those
         blocks (the others are not steered); `source` names the basis in the recipe.
         """
         if unit not in ("norm", "std"):
