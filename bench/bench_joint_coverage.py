@@ -20,7 +20,8 @@ and an own interval of differences all in {-1, 0, 1} is Tango's score interval. 
 nominal rate is 0.95 for the two bands; the own intervals are not meant to hold all at once, but each is meant to
 hold its own effect 95% of the time ("own: each held", over all entries of all experiments). The last rows do the
 same for the correlation proxy's AUROC under the null (no direction matters), with the cluster bootstrap over
-problems of `cluster_bootstrap`, and for its Pearson correlation with the gold solutions' -NLL (the `nll` metric).
+problems of `cluster_bootstrap` and the AUROC's own score interval, and for its Pearson correlation with the gold
+solutions' -NLL (the `nll` metric).
 Coverage is given with its Monte Carlo standard error, sqrt(c (1 - c) / runs); `--only NAME` runs the scenarios of
 one name.
 """
@@ -42,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from autoskill_fast.evaluation.passk import (MAX_FEW_CHANGES, few_changes, mean_interval,  # noqa: E402
                                              simultaneous_band, simultaneous_mean_intervals)
-from autoskill_fast.proxies.correlation import auroc_with_error, cluster_bootstrap, pearson_with_error  # noqa: E402
+from autoskill_fast.proxies.correlation import (auroc_score_interval, auroc_with_error, cluster_bootstrap,  # noqa: E402
+                                                pearson_with_error)
 from autoskill_fast.proxies.joint import set_joint  # noqa: E402
 from autoskill_fast.run.ranking import RankingEntry  # noqa: E402
 
@@ -124,7 +126,8 @@ def correlation_null(kind: str, problems: int, runs: int, resamples: int) -> dic
     """The correlation proxy with no direction mattering: 6 directions (two of them moving together). `AUROC`: 3
     sampled solutions per problem, correctness unrelated to the scores; `Pearson`: one gold solution per problem, its
     -NLL (skewed) unrelated to the scores. "max-t, spread" studentizes by the draws' spread; "joint" is what `rank`
-    reports, the bootstrap-t (a clustered standard error per resample)."""
+    reports, the bootstrap-t (a clustered standard error per resample), holding the own interval (for the AUROC,
+    Newcombe's score interval, `auroc_score_interval`, as `rank` gives it)."""
     held = {"own": 0, "max-t, spread": 0, "joint": 0}
     samples, center = (3, 0.5) if kind == "AUROC" else (1, 0.0)
     for run in range(runs):
@@ -132,18 +135,23 @@ def correlation_null(kind: str, problems: int, runs: int, resamples: int) -> dic
         groups = np.repeat(np.arange(problems), samples)
         scores = rng.normal(size=(samples * problems, 6))
         scores[:, 5] = scores[:, 4] + 0.3 * rng.normal(size=samples * problems)
+        interval = None
         if kind == "AUROC":
             correct = rng.random(samples * problems) < 0.4
 
             def statistic(rows, clusters):
                 return auroc_with_error(scores[rows], correct[rows], clusters)
+
+            def interval(value, error, critical, *, joint=False):  # rank's AUROC interval
+                return auroc_score_interval(value, error, int(correct.sum()), int((~correct).sum()), critical,
+                                            joint=joint)
         else:
             target = -rng.exponential(size=problems)
 
             def statistic(rows, clusters):
                 return pearson_with_error(scores[rows], target[rows], clusters)
         bounds = (0.0, 1.0) if kind == "AUROC" else (-1.0, 1.0)
-        b = cluster_bootstrap(statistic, groups, resamples=resamples, seed=run, bounds=bounds)
+        b = cluster_bootstrap(statistic, groups, resamples=resamples, seed=run, bounds=bounds, interval=interval)
         spread = cluster_bootstrap(lambda rows, clusters: (statistic(rows, clusters)[0], None), groups,
                                    resamples=resamples, seed=run, bounds=bounds)
         held["own"] += bool(np.all((b.low <= center) & (center <= b.high)))

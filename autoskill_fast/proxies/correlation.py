@@ -5,15 +5,22 @@ correctness": the model samples its own solutions to the pool's problems (`eval`
 projected onto the basis (the basis's own pooling), and per direction the AUROC and the point-biserial correlation of
 the score with correctness are reported; their sign says which pole goes with correct solutions. With the `nll`
 metric, the text is each problem with its gold solution and the score is correlated with that solution's NLL
-(lower is better). Intervals are percentile bootstraps that resample problems (a problem's samples stay together); the
-joint intervals, from the same resamples, hold every direction's value at once: a bootstrap-t, each resample's value
-measured in its own standard error (for the AUROC, DeLong's placement values summed per problem as Obuchowski's
-clustered AUROC does; for Pearson's r, its influence function). They held all directions at once in 0.94-0.95 of
-simulated experiments under the null; near an AUROC of 1 (a standard error of 0 on the sample) they are short.
+(lower is better).
+
+Intervals resample problems (a problem's samples stay together). The joint intervals, from the same resamples, hold
+every direction's value at once: a bootstrap-t, each resample's value measured in its own standard error (for the
+AUROC, DeLong's placement values summed per problem as Obuchowski's clustered AUROC does; for Pearson's r, its
+influence function). Pearson's own intervals are percentile bootstraps. Near an AUROC of 1, DeLong's error goes to 0
+(it is 0 at an AUROC of 1) and the bootstrap sees little or no spread, so an AUROC's own interval is Newcombe's score
+interval (`auroc_score_interval`), whose variance does not vanish there; the joint interval holds it, and the score
+interval at the band's critical value (its variance as measured, so that in the middle it is about the band). In
+simulations (bench/RESULTS.md) the joint intervals held all directions at once in 0.95-0.96 of experiments under
+the null and 0.96-0.98 with one direction near an AUROC of 1 (the band alone: 0.36-0.85 there).
 """
 
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -60,6 +67,50 @@ def auroc_with_error(scores_nk: np.ndarray, labels_n: np.ndarray, clusters_n: np
     contributions[labels] = (negatives_below / negatives - value) / positives
     contributions[~labels] = ((positives - positives_below) / positives - value) / negatives
     return value, _clustered_error(contributions, clusters_n)
+
+
+def auroc_score_interval(value_k: np.ndarray, error_k: np.ndarray, positives: int, negatives: int,
+                         critical: float, *, joint: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(low [k], high [k]): the AUROCs theta that pass (value - theta)^2 <= critical^2 s V(theta), Newcombe's (2006,
+    method 5) score interval. V is Hanley and McNeil's variance of an AUROC of theta with the counts of positives and
+    negatives both set to their mean, N = (positives + negatives) / 2, P = positives x negatives:
+        V(theta) = theta (1 - theta) / P (1 + (N - 1) ((1 - theta) / (2 - theta) + theta / (1 + theta))).
+    s is the measured variance (`error_k`, DeLong's, clustered by problem) over V at the value: at least 1 for an
+    entry's own interval (near 1 the measured error rests on a handful of discordant pairs and runs short), as
+    measured for a joint interval (`joint`: the band it joins is calibrated on the measured errors; the score
+    interval adds only V's shape, which does not shrink to a point near 0 or 1 as the measured error does); 1 where it
+    is undefined (an AUROC of 0 or 1, one cluster), the whole range where the error is infinite. sqrt(V) is concave
+    (both theta (1 - theta) and the bracket are), so |value - theta| - critical sqrt(s V) is convex and the set is one
+    interval around the value: each end is found by bisection. NaN where the value is or where one class is empty."""
+    value = np.asarray(value_k, dtype=np.float64)
+    error = np.asarray(error_k, dtype=np.float64)
+    if positives <= 0 or negatives <= 0:
+        return np.full_like(value, np.nan), np.full_like(value, np.nan)
+    pairs, half = positives * negatives, (positives + negatives) / 2.0
+
+    def variance(theta):
+        return theta * (1 - theta) / pairs * (1 + (half - 1) * ((1 - theta) / (2 - theta) + theta / (1 + theta)))
+
+    at_value = variance(value)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.where(at_value > 0, error * error / at_value, np.where(np.isinf(error), np.inf, 1.0))
+    scale = np.where(np.isnan(scale), 1.0, scale if joint else np.maximum(scale, 1.0))
+
+    def outside(theta):
+        with np.errstate(invalid="ignore"):  # an infinite scale times a variance of 0 at the range's ends
+            return (value - theta) ** 2 > critical * critical * scale * variance(theta)
+
+    def end(toward: float) -> np.ndarray:  # the last theta from the value toward 0 or 1 inside the set
+        inside, beyond = value.copy(), np.full_like(value, toward)
+        for _ in range(60):
+            middle = (inside + beyond) / 2
+            out = outside(middle)
+            beyond, inside = np.where(out, middle, beyond), np.where(out, inside, middle)
+        return np.where(outside(np.full_like(value, toward)), inside, toward)
+
+    finite = np.isfinite(value)
+    low, high = end(0.0), end(1.0)
+    return np.where(finite, low, np.nan), np.where(finite, high, np.nan)
 
 
 def _clustered_error(contributions_nk: np.ndarray, clusters_n: np.ndarray) -> np.ndarray:
@@ -112,7 +163,8 @@ def pearson_with_error(x_nk: np.ndarray, y_n: np.ndarray, clusters_n: np.ndarray
 
 
 class Bootstrapped(NamedTuple):
-    """A statistic [k] with its own percentile intervals and the joint ones (max-t: all k at once)."""
+    """A statistic [k] with its own intervals (percentile, or the statistic's own `interval`) and the joint ones
+    (max-t: all k at once)."""
 
     value: np.ndarray
     low: np.ndarray
@@ -121,19 +173,29 @@ class Bootstrapped(NamedTuple):
     joint_high: np.ndarray
 
 
+Interval = Callable[..., tuple[np.ndarray, np.ndarray]]  # (value [k], error [k], critical, *, joint) -> (low, high)
+
+
 def cluster_bootstrap(statistic: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray | None]],
                       groups_n: np.ndarray, *, confidence: float = 0.95, resamples: int = 1000, seed: int = 0,
-                      bounds: tuple[float, float] | None = None) -> Bootstrapped:
+                      bounds: tuple[float, float] | None = None, interval: Interval | None = None) -> Bootstrapped:
     """`statistic(rows, clusters)` -> (value [k], standard error [k] or None) on the rows given, `clusters` numbering
     their groups 0..G-1 (a group drawn twice is two clusters): on all rows, with its percentile intervals when whole
     groups (problems) are resampled with replacement, and the joint intervals of `simultaneous_band` from the same
     resamples (the bootstrap-t when the statistic gives standard errors; cut to `bounds`, the statistic's range).
-    Resamples where the statistic is undefined (NaN) are left out."""
+    Resamples where the statistic is undefined (NaN) are left out.
+
+    `interval(value, error, critical, joint=...)` -> (low [k], high [k]), the statistic's own interval at a critical
+    value (the AUROC's `auroc_score_interval`), replaces the percentile intervals (at the normal quantile of
+    `confidence`), and each joint interval holds both it and its joint form at the band's critical value (the
+    Bonferroni quantile for k entries where no entry's draws vary: an AUROC of 1 on every resample)."""
     _, groups = np.unique(np.asarray(groups_n), return_inverse=True)
     members = [np.flatnonzero(groups == g) for g in range(int(groups.max()) + 1)]
     sizes = np.array([len(m) for m in members])
     rng = np.random.default_rng(seed)
     value, error = statistic(np.arange(len(groups)), groups)
+    if interval is not None and error is None:
+        raise ValueError("cluster_bootstrap's interval needs a statistic that gives its standard error")
     draws, draw_errors = [], []
     for picks in rng.integers(0, len(members), size=(resamples, len(members))):
         draw, draw_error = statistic(np.concatenate([members[g] for g in picks]),
@@ -141,13 +203,22 @@ def cluster_bootstrap(statistic: Callable[[np.ndarray, np.ndarray], tuple[np.nda
         draws.append(draw)
         draw_errors.append(draw_error)
     draws = np.array(draws)
-    alpha = (1 - confidence) / 2
-    with np.errstate(invalid="ignore"):
-        low = np.nanquantile(draws, alpha, axis=0) if np.isfinite(draws).any() else np.full_like(value, np.nan)
-        high = np.nanquantile(draws, 1 - alpha, axis=0) if np.isfinite(draws).any() else np.full_like(value, np.nan)
     errors = {} if error is None else {"errors_e": error, "draw_errors_re": np.array(draw_errors)}
-    joint_low, joint_high, _ = simultaneous_band(value, draws, confidence=confidence, bounds=bounds, **errors)
-    return Bootstrapped(value, low, high, joint_low, joint_high)
+    joint_low, joint_high, critical = simultaneous_band(value, draws, confidence=confidence, bounds=bounds,
+                                                        **errors)
+    if interval is None:
+        alpha = (1 - confidence) / 2
+        with np.errstate(invalid="ignore"):
+            finite = np.isfinite(draws).any()
+            low = np.nanquantile(draws, alpha, axis=0) if finite else np.full_like(value, np.nan)
+            high = np.nanquantile(draws, 1 - alpha, axis=0) if finite else np.full_like(value, np.nan)
+        return Bootstrapped(value, low, high, joint_low, joint_high)
+    low, high = interval(value, error, NormalDist().inv_cdf((1 + confidence) / 2))
+    if not np.isfinite(critical):  # no entry varies: the union bound over the k entries
+        critical = NormalDist().inv_cdf(1 - (1 - confidence) / (2 * len(value)))
+    wide_low, wide_high = interval(value, error, critical, joint=True)
+    return Bootstrapped(value, low, high, np.fmin(np.fmin(joint_low, low), wide_low),
+                        np.fmax(np.fmax(joint_high, high), wide_high))
 
 
 def score_texts(basis: SkillBasis, model, tokenizer, texts: list[str], batching: BatchingConfig) -> np.ndarray:

@@ -33,7 +33,8 @@ from ..evaluation.samples import SAMPLES_JSONL, read_samples
 from ..evaluation.problems import ProblemsConfig, load_problems
 from ..run.folder import RunFolder
 from ..run.ranking import Ranking, RankingEntry
-from .correlation import auroc_with_error, cluster_bootstrap, entries_from, pearson, pearson_with_error, score_texts
+from .correlation import (auroc_score_interval, auroc_with_error, cluster_bootstrap, entries_from, pearson,
+                          pearson_with_error, score_texts)
 
 Proxy = Literal["correlation", "steer", "pilot"]
 MIN_RESAMPLES = 100
@@ -217,7 +218,11 @@ def _correlation(config: RankConfig, basis: SkillBasis, record, loaded: LoadedMo
         def statistic(rows, clusters):
             return auroc_with_error(scores[rows], labels[rows], clusters)
 
-        bootstrapped = cluster_bootstrap(statistic, groups, resamples=config.resamples, bounds=(0.0, 1.0))
+        def interval(value, error, critical, *, joint=False):
+            return auroc_score_interval(value, error, int(labels.sum()), int((~labels).sum()), critical, joint=joint)
+
+        bootstrapped = cluster_bootstrap(statistic, groups, resamples=config.resamples, bounds=(0.0, 1.0),
+                                         interval=interval)
         biserial = pearson(scores, labels.astype(np.float64))
         entries = entries_from(bootstrapped, center=0.5, statistic="AUROC of the score for correct solutions, "
                                "minus 0.5", evaluation=str(work / "eval"), cost_s=time.perf_counter() - t0,

@@ -5,8 +5,8 @@ best one lies above zero far more often than 2.5% of the time. The joint interva
 `evaluation.passk.simultaneous_band`) hold all E effects at once in about 95% of experiments. They resample the same
 problems for every entry, so entries that move together (one direction at two strengths) widen them less than
 independent ones do. A joint interval is never narrower than its entry's own interval, whose shape may differ from the
-band's (a percentile interval follows a skewed statistic's asymmetry; a count-based or score interval of a 0/1 metric
-reaches where the bootstrap cannot see); where it reaches further, it is taken.
+band's (a percentile interval follows a skewed statistic's asymmetry; a count-based or score interval of a 0/1 metric,
+or an AUROC's score interval near 1, reaches where the bootstrap cannot see); where it reaches further, it is taken.
 """
 
 from __future__ import annotations
