@@ -286,7 +286,8 @@ class ProfileConfig:
     save_features: bool = False
     """Keep the pooled features (sharded safetensors)."""
     features_dtype: FeaturesDType = "float32"
-    """The dtype the kept features are stored in."""
+    """The dtype the kept features are stored in. The run's scores are computed from them, so bfloat16 or float16
+    rounds the scores too (bf16: about 5e-4 of a score's size; `project` scores the unrounded rows)."""
     scores: bool = True
     """Write per-example scores (centered projection and the paper's cosine) for every direction."""
     on_bad_example: BadExamplePolicy = "error"

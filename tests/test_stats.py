@@ -331,6 +331,30 @@ def test_float64_rows_are_centred_before_a_float32_accumulator_rounds_them():
     np.testing.assert_allclose(stats.variances().numpy(), x.numpy().var(axis=0, ddof=1), rtol=1e-4)
 
 
+def test_float32_rows_around_a_float32_shift_give_the_mean_exactly():
+    """An fp32 accumulator subtracts the shift in fp32: the shift it keeps is that fp32 value, so the mean counted
+    from it is the rows' mean (it was off by the shift's rounding, 4e-4 at an offset of 1e4)."""
+    x = (torch.randn(300, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 1e4).float()
+    stats = StreamingCovariance(4, accum_dtype=torch.float32)
+    for lo in range(0, 300, 100):
+        stats.update(x[lo:lo + 100])
+    np.testing.assert_allclose(stats.mean.numpy(), x.double().mean(0).numpy(), rtol=0, atol=2e-7)
+
+
+@pytest.mark.parametrize("sketch", [False, True])
+def test_an_empty_block_adds_nothing_and_fixes_no_shift(sketch):
+    """An empty first block has no mean: it set a NaN shift (a NaN mean; a sketch's next update failed)."""
+    from autoskill_fast.decomposition.statistics import SketchedCovariance
+
+    x = data(50, 3, seed=4)
+    stats = SketchedCovariance(3, 8) if sketch else StreamingCovariance(3)
+    stats.update(x[:0])
+    assert stats.n == 0 and stats.shift is None
+    stats.update(x)
+    np.testing.assert_allclose(stats.mean.numpy(), x.numpy().mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats.total_variance(), x.numpy().var(axis=0, ddof=1).sum(), rtol=1e-10)
+
+
 @pytest.mark.parametrize("damage,problem", [
     (lambda s: dict(s, sum=s["sum"][:-1]), r"inconsistent sizes \(count \(1,\), shift \(6,\), sum \(5,\)\)"),
     (lambda s: dict(s, count=torch.zeros(0, dtype=torch.int64)), "inconsistent sizes"),

@@ -44,13 +44,17 @@ class Statistics:
         raise NotImplementedError
 
     def set_shift(self, shift_d: torch.Tensor) -> None:
+        """Fix the point rows are taken around, rounded to `work_dtype` (kept in fp64): what `update` subtracts is then
+        exactly the shift the mean is counted from."""
         if self.n:
             raise AutoskillError("the shift of the statistics is fixed once rows have been added")
-        self.shift = shift_d.detach().to(self.device, torch.float64).clone()
+        self.shift = shift_d.detach().to(self.device, torch.float64).to(self.work_dtype).to(torch.float64).clone()
 
     def update(self, x_nd: torch.Tensor) -> None:
-        """Add raw rows; the first call fixes the shift to their mean if none was set."""
+        """Add raw rows; the first call with rows fixes the shift to their mean if none was set."""
         self._check_rows(x_nd)
+        if x_nd.shape[0] == 0:  # no rows: nothing to add, and no mean to take the shift from
+            return
         if self.shift is None:
             self.set_shift(x_nd.detach().to(torch.float64).mean(dim=0))
         work = self.work_dtype  # the subtraction in the accumulation's precision: fp64 on CPU keeps every digit
@@ -527,7 +531,7 @@ class SketchedCovariance(Statistics):
                                  "statistics (profile without --sketch-size)")
         if k > self.sketch.sketch_size // 2:
             raise AutoskillError(f"-k {k} is too many directions for a sketch of {self.sketch.sketch_size} rows; "
-                                 f"use --sketch-size {2 * k} or more")
+                                 f"profile with --sketch-size {2 * k} or more")
         values, vectors = self.sketch.components(k)
         bound = torch.full((k,), self.error_bound() / max(float(values[0]), 1e-300), dtype=torch.float64)
         return EighResult(values, vectors, bound, "frequent-directions")
