@@ -11,8 +11,9 @@ The true AUROC is measured on 100,000 problems of the same model. Part 1 (`--run
 each direction's own interval, DeLong's Wald interval (value +- 1.96 clustered errors, what the bootstrap-t band is
 made of) against `auroc_score_interval` (Newcombe's score interval, scaled up by the clustered variance where that is
 larger), with their mean widths. Part 2 (`--bootstrap-runs` experiments, `--resamples` resamples each): `rank`'s
-whole procedure, `cluster_bootstrap` without and with the score interval, on 6 directions (the separating one and 5
-with no effect): the separating direction's own interval, and all 6 joint intervals at once.
+whole procedure, `cluster_bootstrap` without and with the score interval, on 6 directions (one or three separating,
+the others with no effect): the first separating direction's own interval, and all 6 joint intervals at once.
+`--runs 0` runs part 2 alone.
 Coverage is given with its Monte Carlo standard error, sqrt(c (1 - c) / runs).
 """
 
@@ -37,16 +38,19 @@ Z = 1.959963984540054
 SHIFTS = {"binormal": (0.0, 1.0, 2.0, 3.0, 4.0, 5.0), "exponential": (0.5, 1.5, 2.5, 3.5, 4.5)}
 
 
-def experiment(family: str, shift: float, problems: int, directions: int, rng: np.random.Generator):
-    """(scores [3P, directions], correct [3P], problem of each row [3P]); only direction 0 separates."""
+def experiment(family: str, shift: float, problems: int, directions: int, rng: np.random.Generator,
+               separating: int = 1):
+    """(scores [3P, directions], correct [3P], problem of each row [3P]); the first `separating` directions separate
+    (each with its own noise), the others do not."""
     groups = np.repeat(np.arange(problems), 3)
     ease = rng.normal(size=problems)[groups]
     correct = rng.random(len(groups)) < 1 / (1 + np.exp(0.4 - 1.2 * ease))
     scores = rng.normal(size=(len(groups), directions))
-    if family == "binormal":
-        scores[:, 0] += shift * correct + 0.5 * ease
-    else:
-        scores[:, 0] = rng.exponential(size=len(groups)) * np.exp(shift * correct + 0.3 * ease)
+    for d in range(separating):
+        if family == "binormal":
+            scores[:, d] += shift * correct + 0.5 * ease
+        else:
+            scores[:, d] = rng.exponential(size=len(groups)) * np.exp(shift * correct + 0.3 * ease)
     return scores, correct, groups
 
 
@@ -72,12 +76,13 @@ def own_intervals(family: str, shift: float, problems: int, runs: int) -> dict:
             **{f"{name}_width": width[name] / runs for name in width}}
 
 
-def whole_procedure(family: str, shift: float, problems: int, runs: int, resamples: int) -> dict:
+def whole_procedure(family: str, shift: float, problems: int, runs: int, resamples: int, separating: int = 1) -> dict:
     truth = true_auroc(family, shift)
-    truths = np.r_[truth, np.full(5, 0.5)]
+    truths = np.r_[np.full(separating, truth), np.full(6 - separating, 0.5)]
     held = {f"{kind}_{what}": 0 for kind in ("before", "now") for what in ("own", "joint_all")}
     for run in range(runs):
-        scores, correct, groups = experiment(family, shift, problems, 6, np.random.default_rng(1000 + run))
+        scores, correct, groups = experiment(family, shift, problems, 6, np.random.default_rng(1000 + run),
+                                             separating)
 
         def statistic(rows, clusters):
             return auroc_with_error(scores[rows], correct[rows], clusters)
@@ -92,8 +97,8 @@ def whole_procedure(family: str, shift: float, problems: int, runs: int, resampl
             joint_low, joint_high = np.fmin(b.joint_low, b.low), np.fmax(b.joint_high, b.high)
             held[f"{kind}_own"] += bool(b.low[0] <= truth <= b.high[0])
             held[f"{kind}_joint_all"] += bool(np.all((joint_low <= truths) & (truths <= joint_high)))
-    return {"family": family, "shift": shift, "problems": problems, "true_auroc": truth, "runs": runs,
-            "resamples": resamples, **{name: count / runs for name, count in held.items()}}
+    return {"family": family, "shift": shift, "problems": problems, "separating": separating, "true_auroc": truth,
+            "runs": runs, "resamples": resamples, **{name: count / runs for name, count in held.items()}}
 
 
 def main() -> None:
@@ -109,9 +114,10 @@ def main() -> None:
 
     started = time.perf_counter()
     own, whole = [], []
-    print("| scores | problems | true AUROC | Wald (DeLong) held | width | score held | width |")
-    print("|---|---|---|---|---|---|---|")
-    for family, shifts in SHIFTS.items():
+    if args.runs:
+        print("| scores | problems | true AUROC | Wald (DeLong) held | width | score held | width |")
+        print("|---|---|---|---|---|---|---|")
+    for family, shifts in SHIFTS.items() if args.runs else ():
         for problems in (50, 200):
             for shift in shifts:
                 row = own_intervals(family, shift, problems, args.runs)
@@ -120,14 +126,17 @@ def main() -> None:
                       f"{row['wald_width']:.3f} | {margin(row['score_held'], args.runs)} | {row['score_width']:.3f} |",
                       flush=True)
     if args.bootstrap_runs:
-        print("\n| scores | problems | true AUROC | own, before | own, now | all 6 joint, before | all 6 joint, now |")
-        print("|---|---|---|---|---|---|---|")
-        for family, shift in (("binormal", 0.0), ("binormal", 2.0), ("binormal", 3.0), ("binormal", 4.0),
-                              ("binormal", 5.0), ("exponential", 3.5), ("exponential", 4.5)):
-            row = whole_procedure(family, shift, 50, args.bootstrap_runs, args.resamples)
+        print("\n| scores | problems | separating | true AUROC | own, before | own, now | all 6 joint, before | "
+              "all 6 joint, now |")
+        print("|---|---|---|---|---|---|---|---|")
+        for family, shift, separating in (("binormal", 0.0, 1), ("binormal", 2.0, 1), ("binormal", 3.0, 1),
+                                          ("binormal", 4.0, 1), ("binormal", 5.0, 1), ("exponential", 3.5, 1),
+                                          ("exponential", 4.5, 1), ("binormal", 3.0, 3), ("binormal", 4.0, 3),
+                                          ("exponential", 4.5, 3)):
+            row = whole_procedure(family, shift, 50, args.bootstrap_runs, args.resamples, separating)
             whole.append(row)
             n = args.bootstrap_runs
-            print(f"| {family} | 50 x 3 | {row['true_auroc']:.4f} | {margin(row['before_own'], n)} | "
+            print(f"| {family} | 50 x 3 | {separating} | {row['true_auroc']:.4f} | {margin(row['before_own'], n)} | "
                   f"{margin(row['now_own'], n)} | {margin(row['before_joint_all'], n)} | "
                   f"{margin(row['now_joint_all'], n)} |", flush=True)
     elapsed = time.perf_counter() - started

@@ -131,6 +131,64 @@ def test_cluster_bootstrap_takes_the_statistics_own_interval():
                              resamples=200, bounds=(0.0, 1.0), interval=interval)
     assert critical_at(only.joint_low[0]) == pytest.approx(NormalDist().inv_cdf(1 - 0.05 / 4), rel=1e-6)  # 2 entries
     assert np.all(only.joint_high == 1.0)
+    mixed = cluster_bootstrap(lambda rows, clusters: tuple(v[[2, 0]] for v in statistic(rows, clusters)), groups,
+                              resamples=200, bounds=(0.0, 1.0), interval=interval)
+    # one separating direction beside a null one: the band's critical value came from the null one alone, so the
+    # separating one gets at least the Bonferroni quantile for the two
+    assert critical_at(mixed.joint_low[0]) >= NormalDist().inv_cdf(1 - 0.05 / 4) - 1e-6
     with pytest.raises(ValueError, match="standard error"):
         cluster_bootstrap(lambda rows, _: (auroc(scores[rows], correct[rows]), None), groups, resamples=50,
                           interval=interval)
+    one = np.zeros(6, dtype=int)  # one problem: no resample has an error, and nothing breaks
+    alone = cluster_bootstrap(lambda rows, clusters: auroc_with_error(scores[:6][rows], np.arange(6)[rows] % 2 == 0,
+                                                                      clusters),
+                              one, resamples=50, bounds=(0.0, 1.0),
+                              interval=lambda value, error, critical, *, joint=False: auroc_score_interval(
+                                  value, error, 3, 3, critical, joint=joint))
+    assert np.all(np.isfinite(alone.low)) and np.all(alone.joint_low <= alone.low)
+
+
+def test_rank_correlation_gives_its_entries_the_score_intervals(monkeypatch, tmp_path):
+    """`rank --proxy correlation` (pass@k) wiring, with the evaluation and the scoring stood in for: the entries'
+    intervals are `cluster_bootstrap`'s with the score interval over the counts of correct and wrong samples, own and
+    joint (the joint form as measured: with the floor, a near-perfect direction's joint interval would be wider)."""
+    from types import SimpleNamespace
+
+    from autoskill_fast.evaluation.job import EvalConfig
+    from autoskill_fast.proxies import job
+
+    rng = np.random.default_rng(11)
+    groups = np.repeat(np.arange(40), 3)
+    correct = rng.random(120) < 0.4
+    scores = rng.normal(size=(120, 3))
+    scores[:, 0] = correct + 0.3 * rng.normal(size=120)  # near 1
+    ids = [f"p{g}" for g in range(40)]
+    lines = [{"id": ids[g], "completion": f"solution {r}", "correct": bool(correct[r])} for r, g in enumerate(groups)]
+    monkeypatch.setattr(job, "load_problems", lambda config: [SimpleNamespace(id=i, question="q", solution="s")
+                                                              for i in ids])
+    monkeypatch.setattr(job, "evaluate", lambda config, loaded: SimpleNamespace(
+        folder=str(tmp_path), ids=ids, record={"pass_at_k": {"1": float(correct.mean())}}))
+    monkeypatch.setattr(job, "read_samples", lambda path: lines)
+    monkeypatch.setattr(job, "score_texts", lambda basis, model, tokenizer, texts, batching: scores)
+    entries, baseline = job._correlation(job.RankConfig(run=str(tmp_path), resamples=200), SimpleNamespace(k=3),
+                                         SimpleNamespace(config={}), SimpleNamespace(model=None, tokenizer=None),
+                                         tmp_path, [0, 1, 2], EvalConfig(out=str(tmp_path)))
+    assert baseline["samples"] == 120 and baseline["correct"] == int(correct.sum())
+
+    def statistic(rows, clusters):
+        return auroc_with_error(scores[rows], correct[rows], clusters)
+
+    def bootstrapped(floor_joint):
+        def interval(value, error, critical, *, joint=False):
+            return auroc_score_interval(value, error, int(correct.sum()), int((~correct).sum()), critical,
+                                        joint=joint and not floor_joint)
+        return cluster_bootstrap(statistic, groups, resamples=200, bounds=(0.0, 1.0), interval=interval)
+
+    expected, floored = bootstrapped(False), bootstrapped(True)
+    for entry in entries:
+        if entry.sign == 1:
+            d = entry.direction
+            assert (entry.low, entry.high) == pytest.approx((expected.low[d] - 0.5, expected.high[d] - 0.5))
+            assert (entry.joint_low, entry.joint_high) == pytest.approx((expected.joint_low[d] - 0.5,
+                                                                         expected.joint_high[d] - 0.5))
+    assert expected.joint_low[0] > floored.joint_low[0] + 1e-3  # the test tells the two forms apart

@@ -278,6 +278,8 @@ def simultaneous_band(value_e: ArrayLike, draws_re: ArrayLike, *, confidence: fl
         draw_scale = np.maximum(draw_errors, RESAMPLE_ERROR_FLOOR * spread[None, :])
     t = np.abs(draws[:, varies] - value[varies]) / draw_scale[:, varies]
     rows = np.isfinite(t).any(axis=1)
+    if not rows.any():  # no resample has a finite distance (one cluster: no resample's error is defined)
+        return value.copy(), value.copy(), float("nan")
     critical = max(float(np.quantile(np.nanmax(t[rows], axis=1), confidence)),
                    NormalDist().inv_cdf((1.0 + confidence) / 2.0))
     half = np.where(varies, critical * scale, 0.0)

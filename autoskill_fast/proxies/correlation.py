@@ -20,6 +20,7 @@ the null and 0.96-0.98 with one direction near an AUROC of 1 (the band alone: 0.
 
 from __future__ import annotations
 
+import warnings
 from statistics import NormalDist
 from typing import Callable, NamedTuple
 
@@ -70,7 +71,7 @@ def auroc_with_error(scores_nk: np.ndarray, labels_n: np.ndarray, clusters_n: np
 
 
 def auroc_score_interval(value_k: np.ndarray, error_k: np.ndarray, positives: int, negatives: int,
-                         critical: float, *, joint: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                         critical: float | np.ndarray, *, joint: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(low [k], high [k]): the AUROCs theta that pass (value - theta)^2 <= critical^2 s V(theta), Newcombe's (2006,
     method 5) score interval. V is Hanley and McNeil's variance of an AUROC of theta with the counts of positives and
     negatives both set to their mean, N = (positives + negatives) / 2, P = positives x negatives:
@@ -78,7 +79,8 @@ def auroc_score_interval(value_k: np.ndarray, error_k: np.ndarray, positives: in
     s is the measured variance (`error_k`, DeLong's, clustered by problem) over V at the value: at least 1 for an
     entry's own interval (near 1 the measured error rests on a handful of discordant pairs and runs short), as
     measured for a joint interval (`joint`: the band it joins is calibrated on the measured errors; the score
-    interval adds only V's shape, which does not shrink to a point near 0 or 1 as the measured error does); 1 where it
+    interval adds only V's shape, which does not shrink to a point near 0 or 1 as the measured error does; near 1,
+    where s is far below 1, it is then mostly shorter than the own interval, which the joint one holds); 1 where it
     is undefined (an AUROC of 0 or 1, one cluster), the whole range where the error is infinite. sqrt(V) is concave
     (both theta (1 - theta) and the bracket are), so |value - theta| - critical sqrt(s V) is convex and the set is one
     interval around the value: each end is found by bisection. NaN where the value is or where one class is empty."""
@@ -186,9 +188,10 @@ def cluster_bootstrap(statistic: Callable[[np.ndarray, np.ndarray], tuple[np.nda
     Resamples where the statistic is undefined (NaN) are left out.
 
     `interval(value, error, critical, joint=...)` -> (low [k], high [k]), the statistic's own interval at a critical
-    value (the AUROC's `auroc_score_interval`), replaces the percentile intervals (at the normal quantile of
-    `confidence`), and each joint interval holds both it and its joint form at the band's critical value (the
-    Bonferroni quantile for k entries where no entry's draws vary: an AUROC of 1 on every resample)."""
+    value [k] or scalar (the AUROC's `auroc_score_interval`), replaces the percentile intervals (at the normal
+    quantile of `confidence`), and each joint interval holds both it and its joint form at the band's critical value;
+    an entry whose draws do not vary at all (an AUROC of 1 on every resample), which the band cannot see, at no less
+    than the Bonferroni quantile for k entries."""
     _, groups = np.unique(np.asarray(groups_n), return_inverse=True)
     members = [np.flatnonzero(groups == g) for g in range(int(groups.max()) + 1)]
     sizes = np.array([len(m) for m in members])
@@ -214,9 +217,14 @@ def cluster_bootstrap(statistic: Callable[[np.ndarray, np.ndarray], tuple[np.nda
             high = np.nanquantile(draws, 1 - alpha, axis=0) if finite else np.full_like(value, np.nan)
         return Bootstrapped(value, low, high, joint_low, joint_high)
     low, high = interval(value, error, NormalDist().inv_cdf((1 + confidence) / 2))
-    if not np.isfinite(critical):  # no entry varies: the union bound over the k entries
-        critical = NormalDist().inv_cdf(1 - (1 - confidence) / (2 * len(value)))
-    wide_low, wide_high = interval(value, error, critical, joint=True)
+    # The band's critical value is read from the entries whose draws vary; one whose draws do not (an AUROC of 1 on
+    # every resample) took no part in it and gets at least the union bound's share of the miss chance over the k.
+    bonferroni = NormalDist().inv_cdf(1 - (1 - confidence) / (2 * len(value)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column of NaN draws
+        still = ~(np.nanmax(draws, axis=0) > np.nanmin(draws, axis=0))
+    critical_k = np.where(still | ~np.isfinite(critical), np.fmax(critical, bonferroni), critical)
+    wide_low, wide_high = interval(value, error, critical_k, joint=True)
     return Bootstrapped(value, low, high, np.fmin(np.fmin(joint_low, low), wide_low),
                         np.fmax(np.fmax(joint_high, high), wide_high))
 
