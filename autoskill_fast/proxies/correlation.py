@@ -15,7 +15,7 @@ influence function). Pearson's own intervals are percentile bootstraps. Near an 
 interval (`auroc_score_interval`), whose variance does not vanish there; the joint interval holds it, and the score
 interval at the band's critical value (its variance as measured, so that in the middle it is about the band). In
 simulations (bench/RESULTS.md) the joint intervals held all directions at once in 0.95-0.96 of experiments under
-the null and 0.96-0.98 with one direction near an AUROC of 1 (the band alone: 0.36-0.85 there).
+the null and 0.96-0.99 with one or three directions near an AUROC of 1 (the band alone: 0.34-0.91 there).
 """
 
 from __future__ import annotations
