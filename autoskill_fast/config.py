@@ -194,7 +194,8 @@ class PoolingConfig:
     """Per-layer scaling before concatenation: none (the paper), l2 (each layer's pooled vector to unit norm), pilot
     (each layer divided by its RMS norm on the first batch, fixed for the run)."""
     max_length: int | None = None
-    """Truncate examples to N tokens (counted and reported). Default: the model's context length."""
+    """Truncate examples to N tokens (counted and reported): their first N; under --pooling last, whose token is the
+    last one, their last N (after a leading BOS). Default: the model's context length."""
 
     def __post_init__(self):
         owner = "PoolingConfig"

@@ -17,3 +17,8 @@ class BadExampleError(AutoskillError):
         self.reason = reason
         where = f"{source}: " if source else ""
         super().__init__(f"{where}example {example_id!r}: {reason}")
+
+
+class StoppedByBadExample(AutoskillError):
+    """A bad example under `--on-bad-example error`: raised before its batch changed any statistics, so what was
+    computed before it can be kept (a checkpoint) for a rerun with skip."""

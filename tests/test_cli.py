@@ -231,6 +231,39 @@ def test_a_run_stopped_by_a_bad_example_resumes_with_skip(tmp_path, tiny_model, 
     assert run_key_of({**config, "max_length": 7}, {}, {}, legacy) == run_key({**config, "max_length": 7}, {}, {})
 
 
+def test_a_line_that_cannot_be_read_is_a_bad_example_and_the_run_keeps_what_it_computed(tmp_path, tiny_model,
+                                                                                      monkeypatch):
+    """A malformed line stopped the run whatever the policy (an error of the reader, not a bad example), and with the
+    default checkpoints (every 600 s) it kept nothing: editing the line then made the corpus another one, so the run
+    started over. Now the line is a bad example, and the run saves a checkpoint before it stops."""
+    from safetensors.torch import load_file
+
+    from autoskill_fast.run.checkpoint import Checkpoint
+
+    lines = [json.dumps({"uid": f"u{i}", "text": f"problem {i}: a farmer has {i} cows " * (1 + i % 3)})
+             for i in range(45)]
+    lines[40] = '{"uid": "u40", "text": "cut off'
+    lines[42] = json.dumps({"text": "no id"})
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    args = ("--corpus", tmp_path / "c.jsonl", "-k", 2, "--quiet", "--max-batch-size", 2, "--sort-window", 8,
+            "--id-field", "uid", "--model", tiny_model("llama"))
+    code, out = invoke("profile", "--out", tmp_path / "r", *args)
+    one_line_error(code, out, "c.jsonl:41: example 'row 40': malformed JSON", "rerun with --on-bad-example skip")
+    assert (tmp_path / "r" / "checkpoint").is_dir()
+    resumed = []
+    load = Checkpoint.load_statistics
+    monkeypatch.setattr(Checkpoint, "load_statistics", lambda self, *a, **kw: resumed.append(1) or load(self, *a, **kw))
+    assert invoke("profile", "--out", tmp_path / "r", *args, "--on-bad-example", "skip")[0] == 0
+    assert resumed, "started over instead of resuming"
+    assert invoke("profile", "--out", tmp_path / "fresh", *args, "--on-bad-example", "skip")[0] == 0
+    got, fresh = (load_file(tmp_path / name / "stats.safetensors") for name in ("r", "fresh"))
+    for name in fresh:
+        torch.testing.assert_close(got[name], fresh[name], rtol=1e-6, atol=1e-6)
+    skipped = json.loads((tmp_path / "r" / "run.json").read_text())["skipped"]
+    assert [entry["id"] for entry in skipped] == ["row 40", "row 42"]
+    assert skipped[0]["reason"].startswith("malformed JSON") and "missing id field 'uid'" in skipped[1]["reason"]
+
+
 def test_bad_model_files_and_devices_give_one_line_errors(tmp_path, tiny_model, corpus):
     """Each of these printed a traceback: an unreadable config.json, a folder without weights, truncated weights, a
     file that is not GGUF, and a CUDA device on a torch that has none."""
@@ -291,3 +324,23 @@ def test_every_command_spells_each_option_once():
         assert not repeated, f"{name}: {repeated}"
         destinations = [param.name for param in command.params]
         assert len(destinations) == len(set(destinations)), name
+
+
+@pytest.mark.parametrize("command", ["profile", "project", "eval"])
+def test_every_option_of_a_torchrun_command_has_a_spelling_torchrun_lets_through(command):
+    """torchrun's argument parser reads the whole command line and refuses an abbreviation of its own options even
+    after the script's name: `eval --n 8` failed with "ambiguous option: --n could match --nnodes, ..."."""
+    from torch.distributed.run import get_args_parser
+
+    def passes(option: str) -> bool:
+        try:
+            get_args_parser().parse_args(["--nproc-per-node", "2", "-m", "autoskill_fast", command, option, "1"])
+        except SystemExit:
+            return False
+        return True
+
+    blocked = [param.opts for param in cli.commands[command].params
+               if param.opts[0].startswith("-") and not any(passes(o) for o in param.opts + param.secondary_opts)]
+    assert not blocked
+    if command == "eval":
+        assert not passes("--n") and passes("-n")  # the case that was found; -n is the documented spelling

@@ -69,9 +69,41 @@ def test_chat_messages_rendered_with_template(tmp_path, default_model_dir):
     messages = [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}]
     write_jsonl(tmp_path / "chat.jsonl", [{"messages": messages}])
     config = CorpusConfig(str(tmp_path / "chat.jsonl"), messages_field="messages")
-    example = render(next(iter_records(config)), config, tokenizer)
+    example = render(next(iter_records(config)), config, tokenizer, need_prompt=True)
     assert example.text == tokenizer.apply_chat_template(messages, tokenize=False)
     assert example.prompt is not None and example.text.startswith(example.prompt) and example.text.endswith("5<|im_end|>\n")
+    assert render(next(iter_records(config)), config, tokenizer).prompt is None  # rendered only when it is needed
+
+
+def test_chat_replies_are_found_where_the_tokenizer_puts_them_and_only_when_pooled(tmp_path, default_model_dir):
+    """A template whose generation prompt is not what the conversation renders (DeepSeek-R1's adds "<think>\\n") was
+    refused for every pooling, though only response_mean needs the prompt; a reply starting with "\\n\\n" lost its first
+    token (merged with the prompt's last "\\n" into one token); an empty reply pooled the template's end-of-turn
+    tokens."""
+    from transformers import AutoTokenizer
+
+    from autoskill_fast.config import PoolingConfig
+    from autoskill_fast.data.batching import tokenize
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    question = {"role": "user", "content": "Add 2 and 3."}
+    write_jsonl(tmp_path / "chat.jsonl", [{"messages": [question, {"role": "assistant", "content": reply}]}
+                                          for reply in ("\n\nIt is 5.", " ")])
+    config = CorpusConfig(str(tmp_path / "chat.jsonl"), messages_field="messages")
+    newlines, empty = iter_records(config)
+    reply = PoolingConfig(mode="response_mean")
+    item = tokenize(render(newlines, config, tokenizer, need_prompt=True), tokenizer, reply)
+    assert tokenizer.decode(item.input_ids[item.pool_start:item.pool_end]).startswith("\n\n\nIt is 5.")
+    with pytest.raises(BadExampleError, match="the assistant's reply is empty"):
+        render(empty, config, tokenizer, need_prompt=True)
+    thinking = AutoTokenizer.from_pretrained(default_model_dir)
+    thinking.chat_template = thinking.chat_template.replace("'<|im_start|>assistant\n'",
+                                                            "'<|im_start|>assistant\n<think>\n'")
+    assert thinking.chat_template != tokenizer.chat_template
+    assert render(newlines, config, thinking).text == tokenizer.apply_chat_template(newlines.data["messages"],
+                                                                                    tokenize=False)
+    with pytest.raises(BadExampleError, match="renders the prompt differently"):
+        render(newlines, config, thinking, need_prompt=True)
 
 
 def test_chat_text_gets_the_bos_its_template_writes_and_no_second_one(tmp_path, default_model_dir):
@@ -119,6 +151,72 @@ def test_bad_files_name_file_and_line(tmp_path, content, match):
     (tmp_path / "c.jsonl").write_bytes(content)
     with pytest.raises(AutoskillError, match=match):
         texts(CorpusConfig(str(tmp_path / "c.jsonl"), id_field="id" if b'"id"' in content else None))
+
+
+def test_lines_that_cannot_be_read_are_records_of_their_own_when_asked(tmp_path):
+    """For profile's bad-example policy: each keeps its row (the rows after it keep theirs) and says why."""
+    (tmp_path / "c.jsonl").write_bytes(b'{"text": "a"}\n{"text": bro\n[1]\n{"text": "caf\xe9"}\n\n{"text": "e"}\n')
+    records = list(iter_records(CorpusConfig(str(tmp_path / "c.jsonl")), unreadable=True))
+    assert [(r.row, r.id) for r in records] == [(0, "0"), (1, "1"), (2, "2"), (3, "3"), (4, "4")]
+    assert [r.problem.split(" (")[0] if r.problem else None for r in records] == [
+        None, "malformed JSON", "expected a JSON object per line, got list", "not valid UTF-8", None]
+    with pytest.raises(BadExampleError, match=r"c.jsonl:2: example '1': malformed JSON"):
+        render(records[1], CorpusConfig(str(tmp_path / "c.jsonl")))
+    # With an id field: a later record without it is a bad example; the first, a misnamed --id-field. A split by id
+    # cannot place a line whose id it cannot read.
+    write_jsonl(tmp_path / "ids.jsonl", [{"uid": "a", "text": "a"}, {"text": "b"}, {"uid": "c", "text": "c"}])
+    by_id = CorpusConfig(str(tmp_path / "ids.jsonl"), id_field="uid")
+    assert [r.id for r in iter_records(by_id, unreadable=True)] == ["a", "row 1", "c"]
+    with pytest.raises(AutoskillError, match=r"ids.jsonl:1: missing id field 'uuid'.*; check --id-field"):
+        list(iter_records(CorpusConfig(str(tmp_path / "ids.jsonl"), id_field="uuid"), unreadable=True))
+    with pytest.raises(AutoskillError, match=r"ids.jsonl:2: missing id field 'uid'.*which part of the --split"):
+        list(iter_records(CorpusConfig(str(tmp_path / "ids.jsonl"), id_field="uid", split="dev"), unreadable=True))
+    (tmp_path / "array.json").write_text('[{"text": "a"},\n{"text": "b"}]\n')
+    with pytest.raises(AutoskillError, match=r"array.json:1: malformed JSON .*a JSON array\? write one object per"):
+        texts(CorpusConfig(str(tmp_path / "array.json")))
+
+
+def test_files_that_are_not_what_their_format_reads_are_one_line_errors(tmp_path):
+    """A folder read with --format jsonl and a damaged Parquet page gave tracebacks; a gzipped JSONL read with
+    --format jsonl said to re-encode it as UTF-8."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "shards").mkdir()
+    with pytest.raises(AutoskillError, match=r"shards: a folder, and --format jsonl reads one file"):
+        texts(CorpusConfig(str(tmp_path / "shards"), format="jsonl"))
+    (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(b'{"text": "a"}\n'))
+    with pytest.raises(AutoskillError, match=r"c.jsonl.gz: a compressed file; decompress it first"):
+        texts(CorpusConfig(str(tmp_path / "c.jsonl.gz"), format="jsonl"))
+    pq.write_table(pa.Table.from_pylist([{"text": f"row {i} " * 50} for i in range(2000)]), tmp_path / "c.parquet",
+                   compression="none", row_group_size=500)
+    data = bytearray((tmp_path / "c.parquet").read_bytes())
+    data[len(data) // 2:len(data) // 2 + 2000] = b"\xff" * 2000  # a damaged page in the middle
+    (tmp_path / "c.parquet").write_bytes(bytes(data))
+    with pytest.raises(AutoskillError, match=r"c.parquet: cannot read past row \d+ .*the file is damaged"):
+        texts(CorpusConfig(str(tmp_path / "c.parquet")))
+
+
+def test_the_fingerprint_holds_what_is_read_and_only_that(tmp_path):
+    """A datasets folder's fingerprint changed when `datasets` wrote a cache file into it (mapping a loaded copy),
+    and a file read in another format than its name says had the fingerprint of the same file read as named (merge
+    took shards read both ways for one corpus)."""
+    import datasets
+
+    from autoskill_fast.data.corpus import fingerprint
+
+    datasets.Dataset.from_list(RECORDS).save_to_disk(str(tmp_path / "ds"))
+    before = fingerprint(CorpusConfig(str(tmp_path / "ds")))
+    datasets.load_from_disk(str(tmp_path / "ds")).map(lambda r: {"n": len(r["question"])})
+    assert list((tmp_path / "ds").glob("cache-*.arrow"))
+    assert fingerprint(CorpusConfig(str(tmp_path / "ds"))) == before
+    assert [r.id for r in iter_records(CorpusConfig(str(tmp_path / "ds")))] == [str(i) for i in range(5)]
+    write_jsonl(tmp_path / "c.jsonl", RECORDS)
+    named = fingerprint(CorpusConfig(str(tmp_path / "c.jsonl")))
+    assert fingerprint(CorpusConfig(str(tmp_path / "c.jsonl"), format="jsonl")) == named  # what the name says
+    assert fingerprint(CorpusConfig(str(tmp_path / "c.jsonl"), format="text"))["format"] == "text"
 
 
 def test_json_python_cannot_read_names_its_line(tmp_path):
@@ -289,3 +387,24 @@ def test_batches_prepared_ahead_equal_batches_prepared_in_turn(tmp_path, default
     for a, b in zip(in_turn, ahead):
         assert a.ids == b.ids and torch.equal(a.input_ids, b.input_ids) and torch.equal(a.attention_mask, b.attention_mask)
     assert skipped_in_turn == skipped_ahead == [{"id": "200", "reason": "empty text"}]
+
+
+def test_truncation_keeps_the_token_that_is_pooled(default_model_dir):
+    """Under --pooling last the pooled token is the last: cutting the end off pooled a token from the middle of a
+    long prompt. Now the end is kept (after a leading BOS); mean pooling keeps the start, as before."""
+    from types import SimpleNamespace
+
+    from autoskill_fast.config import PoolingConfig
+    from autoskill_fast.data.batching import tokenize
+    from autoskill_fast.data.rendering import Example
+
+    bos = 1
+    tokenizer = SimpleNamespace(bos_token_id=bos)
+    ids = [bos] + list(range(100, 120))
+    example = Example(0, "0", "unused")
+    last = tokenize(example, tokenizer, PoolingConfig(mode="last", max_length=6), ids=ids)
+    assert last.truncated and last.input_ids == [bos, 115, 116, 117, 118, 119] and last.pool_end == 6
+    no_bos = tokenize(example, tokenizer, PoolingConfig(mode="last", max_length=6), ids=ids[1:])
+    assert no_bos.input_ids == [114, 115, 116, 117, 118, 119]
+    mean = tokenize(example, tokenizer, PoolingConfig(max_length=6), ids=ids)
+    assert mean.truncated and mean.input_ids == ids[:6]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -58,8 +59,28 @@ def test_gold_answers_and_problem_errors(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "no answer"}])
     with pytest.raises(AutoskillError, match=r"bad.jsonl:1: no gold answer in field 'answer'"):
         load_problems(ProblemsConfig(path=str(bad)))
-    with pytest.raises(AutoskillError, match=r"no text in field 'problem'.*--question-field"):
+    with pytest.raises(AutoskillError, match=r"field 'problem' is missing.*--question-field"):
         load_problems(ProblemsConfig(path=str(gsm8k_like(tmp_path)), question_field="problem"))
+
+
+def test_golds_are_read_as_the_completions_final_lines_and_from_a_field_of_their_own(tmp_path):
+    # A "####" line's trailing period and unit words are not part of the answer (a completion's are not either).
+    assert gold_answer("so\n#### 7.") == "7" and gold_answer("so\n#### 18 dollars") == "18"
+    assert gold_answer("so\n#### $1,450 per week") == "1450" and gold_answer("so \\boxed{7.}") == "7"
+    assert gold_answer("so\n#### 2 x") == "2 x" and gold_answer("#### 1/2") == "1/2"  # not a number and a word
+    # MATH-500 and AIME keep the bare answer apart; a number is read as its text.
+    path = write_jsonl(tmp_path / "aime.jsonl", [{"problem": "p0", "solution": "long", "answer": 70},
+                                                 {"problem": "p1", "solution": "long", "answer": "\\frac{3}{4}"},
+                                                 {"problem": "p2", "solution": "long", "answer": 1e-05}])
+    config = ProblemsConfig(path=str(path), question_field="problem", answer_field="solution", gold_field="answer")
+    assert [p.gold for p in load_problems(config)] == ["70", "\\frac{3}{4}", "0.00001"]
+    with pytest.raises(AutoskillError, match=r"aime.jsonl:1: no gold answer in field 'answer' .*; if the answer is "
+                                             r"in a field of its own, name it with --gold-field"):
+        load_problems(ProblemsConfig(path=str(path), question_field="problem"))
+    with pytest.raises(AutoskillError, match=r"aime.jsonl:1: no gold answer in field 'final' \(--gold-field\)"):
+        load_problems(replace(config, gold_field="final"))
+    with pytest.raises(AutoskillError, match=r"field 'answer' holds no text \(list \[1\]\)"):
+        load_problems(ProblemsConfig(path=str(write_jsonl(tmp_path / "l.jsonl", [{"question": "q", "answer": [1]}]))))
 
 
 def test_the_split_is_deterministic_disjoint_and_shared_with_profile_corpora(tmp_path):
@@ -151,14 +172,31 @@ def test_a_killed_eval_resumes_to_the_same_samples(tmp_path, tiny_model, monkeyp
     resumed = evaluate(tiny_eval(tmp_path, tiny_model, name="resumed"))
     assert (tmp_path / "resumed" / "samples.jsonl").read_text() == (tmp_path / "whole" / "samples.jsonl").read_text()
     assert resumed.record["pass_at_k"] == whole.record["pass_at_k"]
+    # The killed run's two batches were recorded as they were appended: the resumed one reports the whole cost.
+    assert resumed.record["timings"]["generated_tokens"] == whole.record["timings"]["generated_tokens"]
     # Calling a complete evaluation again generates nothing and keeps its cost as it was (what `rank` reports).
     monkeypatch.setattr(generation_mod.HFGenerator, "generate", lambda *a, **k: pytest.fail("generated again"))
     again = evaluate(tiny_eval(tmp_path, tiny_model, name="whole"))
     assert again.record["timings"] == whole.record["timings"] and whole.record["timings"]["generated_tokens"] > 0
     assert again.record["pass_at_k"] == whole.record["pass_at_k"]
+    # Another spelling of the same problem file and model folder is the same evaluation.
+    config = tiny_eval(tmp_path, tiny_model, name="whole")
+    respelled = replace(config, problems=replace(config.problems, path=os.path.relpath(config.problems.path)),
+                        model=replace(config.model, model=f"{config.model.model}/."))
+    assert evaluate(respelled).record["pass_at_k"] == whole.record["pass_at_k"]
+    # A kill after the ranks' parts were joined and before they were deleted leaves each line twice: kept once.
+    twice = tmp_path / "twice"
+    shutil.copytree(tmp_path / "whole", twice)
+    (twice / "samples.jsonl.rank1").write_text((twice / "samples.jsonl").read_text())
+    (twice / "eval.json").write_text(json.dumps(json.loads((twice / "eval.json").read_text()) | {"status": "running"}))
+    assert evaluate(tiny_eval(tmp_path, tiny_model, name="twice")).record["pass_at_k"] == whole.record["pass_at_k"]
+    assert (twice / "samples.jsonl").read_text() == (tmp_path / "whole" / "samples.jsonl").read_text()
     monkeypatch.setattr(generation_mod.HFGenerator, "generate", original)
-    with pytest.raises(AutoskillError, match="holds an evaluation with other options"):
+    with pytest.raises(AutoskillError, match=r"holds an evaluation with other options \(generation.seed 0 now 1\); "
+                                             r"pass --overwrite"):
         evaluate(tiny_eval(tmp_path, tiny_model, name="resumed", generation={"seed": 1}))
+    with pytest.raises(AutoskillError, match=r"other options \(grade_timeout 5.0 now 9.0\)"):
+        evaluate(tiny_eval(tmp_path, tiny_model, name="resumed", grade_timeout=9.0))
 
     # Samples left without their eval.json (or by another evaluation's ranks) are not taken for this one's, nor
     # removed unless asked.
@@ -268,3 +306,48 @@ def test_greedy_with_several_samples_repeats_the_one_answer(tmp_path, tiny_model
         by_problem.setdefault(line["id"], []).append(line["completion"])
     assert len(by_problem) == 10 and all(len(set(c)) == 1 and len(c) == 3 for c in by_problem.values())
     assert result.record["pass_at_k"]["1"]["value"] == result.record["pass_at_k"]["3"]["value"]
+
+
+def test_sampling_options_are_ours_alone_and_the_models_end_tokens_stop_a_sample(tmp_path, tiny_model):
+    """A model's generation_config.json may hold sampling defaults (a repetition penalty): transformers applied them
+    and vLLM did not, so the two backends sampled from different distributions. Its end tokens are kept (both
+    backends stop at them, as vLLM does by default)."""
+    from autoskill_fast.capture.models import load_model
+    from autoskill_fast.evaluation.generation import HFGenerator, model_generation_config, stop_token_ids
+
+    greedy = {"n": 1, "temperature": 0.0, "max_new_tokens": 24}
+    few = ProblemsConfig(path=str(gsm8k_like(tmp_path)), limit=4)
+    plain = evaluate(replace(tiny_eval(tmp_path, tiny_model, name="plain", generation=greedy), problems=few))
+    folder = tmp_path / "with-defaults"
+    shutil.copytree(tiny_model("llama"), folder)
+    defaults = json.loads((folder / "generation_config.json").read_text())
+    defaults.update(repetition_penalty=3.0, no_repeat_ngram_size=1)  # no token twice
+    (folder / "generation_config.json").write_text(json.dumps(defaults))
+    config = tiny_eval(tmp_path, tiny_model, name="defaults", generation=greedy)
+    same = evaluate(replace(config, model=ModelConfig(str(folder)), problems=few))
+    texts = [[json.loads(line)["completion"] for line in (Path(r.folder) / "samples.jsonl").read_text().splitlines()]
+             for r in (plain, same)]
+    assert texts[0] == texts[1] and len(set(texts[0])) > 1
+
+    # A token that greedy decoding emits fourth becomes an end token: the sample ends there, finished.
+    loaded = load_model(ModelConfig(str(folder)), causal_lm=True)
+    generator = HFGenerator(loaded.model, loaded.tokenizer, GenerationConfig(**greedy))
+    prompt = ["What is 2 + 2?"]
+    ids = loaded.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    row = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                                do_sample=False, pad_token_id=2, eos_token_id=2,
+                                repetition_penalty=1.0, no_repeat_ngram_size=0)[0, ids.shape[1]:].tolist()
+    token = next(t for i, t in enumerate(row) if i >= 3 and t not in row[:i] and t != 2)
+    cut = row.index(token) + 1
+    assert not generator.generate(prompt, 0)[0][0].finished
+    defaults["eos_token_id"] = [2, token]
+    (folder / "generation_config.json").write_text(json.dumps(defaults))
+    loaded = load_model(ModelConfig(str(folder)), causal_lm=True)
+    assert stop_token_ids(loaded.tokenizer, loaded.model.generation_config) == [2, token]
+    assert stop_token_ids(loaded.tokenizer, model_generation_config(folder)) == [2, token]  # what vLLM stops at
+    stopped = HFGenerator(loaded.model, loaded.tokenizer, GenerationConfig(**greedy)).generate(prompt, 0)[0][0]
+    assert stopped.finished and stopped.tokens == cut
+    assert stopped.text == loaded.tokenizer.decode(row[:cut], skip_special_tokens=True)
+    # The stops are part of what an evaluation is: the finished one is not taken for this one's.
+    with pytest.raises(AutoskillError, match=rf"other options \(stops \[2\] now \[2, {token}\]\)"):
+        evaluate(replace(config, model=ModelConfig(str(folder)), problems=few))

@@ -169,12 +169,14 @@ import json, os, subprocess, sys, time
 args = sys.argv[2:]  # sys.argv[1] is vllm_worker.py
 request = json.load(open(args[args.index("--request") + 1]))
 mode = os.environ.get("FAKE_VLLM_MODE", "ok")
-n, eos = request["sampling"]["n"], request["sampling"]["eos_token_id"]
+n, eos = request["sampling"]["n"], request["sampling"]["stop_token_ids"][0]
 gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
 if os.environ.get("FAKE_VLLM_SEEN"):
     with open(os.environ["FAKE_VLLM_SEEN"], "a") as seen:
         seen.write(json.dumps({"gpus": gpus, "tensor_parallel": request["engine"]["tensor_parallel"],
-                               "batches": [batch["batch"] for batch in request["batches"]]}) + "\\n")
+                               "batches": [batch["batch"] for batch in request["batches"]],
+                               "dtype": request["engine"]["dtype"],
+                               "stops": request["sampling"]["stop_token_ids"]}) + "\\n")
 with open(args[args.index("--out") + 1], "a") as out:
     def write(record):
         out.write(json.dumps(record) + "\\n")
@@ -237,7 +239,8 @@ def test_a_failed_worker_is_reported_and_the_eval_resumes(tmp_path, tiny_model, 
     assert "the fake engine died" in (Path(config.out) / vllm_backend.WORKER_LOG).read_text()
     monkeypatch.setenv("FAKE_VLLM_MODE", "ok")
     resumed = evaluate(config)
-    assert resumed.record["timings"]["generated_tokens"] == 28  # batches 1 and 2 only: 2 x 2 problems x (4 + 3)
+    # The failed run's batch 0 (2 problems x (4 + 3) tokens) was recorded as it was appended: the whole cost, 42.
+    assert resumed.record["timings"]["generated_tokens"] == reference.record["timings"]["generated_tokens"] == 42
     assert samples(config.out) == first
 
 
@@ -282,8 +285,8 @@ def test_engines_side_by_side_write_one_engines_samples(tmp_path, tiny_model, fa
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     two = evaluate(fake_eval(tmp_path, tiny_model, "two", engines=2, tensor_parallel=2))
     engines = sorted((json.loads(line) for line in seen.read_text().splitlines()), key=lambda e: e["gpus"])
-    assert engines == [{"gpus": "0,1", "tensor_parallel": 2, "batches": [0, 2]},
-                       {"gpus": "2,3", "tensor_parallel": 2, "batches": [1]}]
+    assert [{k: e[k] for k in ("gpus", "tensor_parallel", "batches")} for e in engines] == [
+        {"gpus": "0,1", "tensor_parallel": 2, "batches": [0, 2]}, {"gpus": "2,3", "tensor_parallel": 2, "batches": [1]}]
     assert samples(two.folder) == samples(reference.folder)  # in batch order, whichever engine finished first
     assert two.record["timings"]["generated_tokens"] == reference.record["timings"]["generated_tokens"]
     assert two.record["key"] == reference.record["key"]  # how many engines is not part of what is evaluated
@@ -301,6 +304,35 @@ def test_engines_side_by_side_write_one_engines_samples(tmp_path, tiny_model, fa
     monkeypatch.setenv("FAKE_VLLM_MODE", "ok")
     resumed = evaluate(fake_eval(tmp_path, tiny_model, "failed"))
     assert samples(resumed.folder) == samples(reference.folder)
+
+
+def test_vllm_gets_the_dtype_its_evaluation_is_keyed_by_and_the_models_stop_tokens(tmp_path, tiny_model, fake_vllm,
+                                                                                     monkeypatch):
+    """The key held "auto (<the checkpoint's dtype>)" while vLLM was asked for the dtype the hf rule gives (bfloat16
+    where this environment sees a GPU): evaluations in two dtypes shared a key, and eval.json did not say which ran."""
+    seen = tmp_path / "seen.jsonl"
+    monkeypatch.setenv("FAKE_VLLM_SEEN", str(seen))
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model("llama"), folder)
+    settings = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps(settings | {"eos_token_id": [2, 7]}))
+    config = replace(fake_eval(tmp_path, tiny_model, "cpu"), model=ModelConfig(str(folder)))
+    on_cpu = evaluate(config)
+    asked = json.loads(seen.read_text().splitlines()[-1])
+    assert asked["dtype"] == on_cpu.record["dtype"] == "float32" and asked["stops"] == [2, 7]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    on_gpu = evaluate(replace(config, out=str(tmp_path / "gpu")))
+    asked = json.loads(seen.read_text().splitlines()[-1])
+    assert asked["dtype"] == on_gpu.record["dtype"] == "bfloat16" and on_gpu.record["key"] != on_cpu.record["key"]
+    with pytest.raises(AutoskillError, match=r"other options \(model.dtype \"float32\" now \"bfloat16\"\)"):
+        evaluate(replace(config, out=str(tmp_path / "cpu")))
+    # Without generation_config.json, transformers derives one from config.json, end tokens included: so does vLLM's.
+    (folder / "generation_config.json").unlink()
+    hf_config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(hf_config | {"eos_token_id": [2, 9]}))
+    evaluate(replace(config, out=str(tmp_path / "derived")))
+    assert json.loads(seen.read_text().splitlines()[-1])["stops"] == [2, 9]
 
 
 def test_engine_gpus(monkeypatch):

@@ -4,6 +4,7 @@ a release that changes one fails here), the killable worker's hard timeout, and 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -51,6 +52,14 @@ AGREED = [
     # the dollar-laden one as 4.00.
     ("GSM8K final line after dollar signs", "6", GSM8K_DOLLARS, True),
     ("GSM8K final line with a comma", "1600", "so 1,000 + 600 = 1,600\n#### 1,600", True),
+    # ... and these: math-verify reads "#### 18 dollars" boxed whole as a product of letters, "7." as text.
+    ("GSM8K final line with a unit word", "18", "so 9 * 2 = 18\n#### 18 dollars", True),
+    ("GSM8K final line with a dollar sign and words", "18", "so 9 * 2 = 18\n#### $18 per week", True),
+    ("GSM8K final line with a period", "7", "so 3 + 4 = 7\n#### 7.", True),
+    ("GSM8K final line with a wrong number and a unit word", "18", "so\n#### 17 dollars", False),
+    ("GSM8K final line: a number times pi is not the number", "2", "so\n#### 2 pi", False),
+    ("GSM8K final line: two numbers are not the first", "10", "so\n#### 10 and 20", False),
+    ("GSM8K final line: a duration is not its hours", "3", "so\n#### 3 hours and 20 minutes", False),
 ]
 
 # (case, gold, completion, what a careful human grader says, what math-verify extracts): math-verify disagrees on
@@ -106,8 +115,11 @@ def test_grade_many_is_one_worker_and_fast(grader):
 
 
 def test_an_unparseable_gold_names_itself_and_the_grader_goes_on(grader):
-    with pytest.raises(AutoskillError, match=r"gold answer '': math-verify parses nothing"):
-        grader.grade(r"\boxed{5}", "")
+    for gold in ("", "7.", "???", "3 %%"):  # math-verify gives back the text alone for the last three
+        with pytest.raises(AutoskillError, match=rf"gold answer {re.escape(repr(gold))}: math-verify reads no answer"):
+            grader.grade(rf"\boxed{{{gold}}}", gold)
+    for word in ("north", "true"):  # the text alone too, but a word: the same word in a box equals it
+        assert grader.grade(rf"\boxed{{{word}}}", word).correct and not grader.grade(r"\boxed{south}", word).correct
     assert grader.grade(r"\boxed{5}", "5") == Verdict(correct=True, timed_out=False, extracted="5")
 
 

@@ -423,3 +423,18 @@ def test_cli_select(planted, tmp_path):
     assert over.exit_code == 2 and "is the corpus the selection is read from; write the selection to another file" \
         in over.output, over.output
     assert corpus.read_bytes() == before
+
+
+def test_records_are_fetched_past_a_line_the_profile_skipped_as_unreadable(tmp_path):
+    """`profile --on-bad-example skip` passes over a malformed line; fetching the records it scored (select, the
+    pilot's examples) stopped at that line."""
+    from autoskill_fast.config import CorpusConfig
+    from autoskill_fast.run.reading import fetch_records
+
+    (tmp_path / "c.jsonl").write_text('{"text": "a"}\n{"text": cut\n{"text": "c"}\n')
+    config = CorpusConfig(str(tmp_path / "c.jsonl"))
+    found = fetch_records(config, {0: "0", 2: "2"})
+    assert {row: record.data["text"] for row, record in found.items()} == {0: "a", 2: "c"}
+    with pytest.raises(AutoskillError, match=r"c.jsonl:2: malformed JSON .*, but the profile scored a record at this "
+                                             r"row \(id '1'\); the corpus changed"):
+        fetch_records(config, {1: "1"})

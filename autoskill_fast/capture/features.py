@@ -21,7 +21,7 @@ from torch import nn
 from ..config import BadExamplePolicy, BatchingConfig, CorpusConfig, PoolingConfig, token_budget_for
 from ..data.batching import Batch, Tokenized
 from ..data.stream import InputTally, iter_batches, iter_texts_tokenized, iter_tokenized
-from ..errors import AutoskillError, BadExampleError
+from ..errors import AutoskillError, BadExampleError, StoppedByBadExample
 from .fingerprint import fingerprint
 from .hooks import PooledCapture
 from .layout import FeatureLayout, pooling_record, resolve_layers
@@ -62,7 +62,7 @@ def drop_non_finite(rows: torch.Tensor, batch: Batch, policy: BadExamplePolicy, 
     ids = [batch.ids[i] for i in bad]
     if policy == "error":
         where = f" ({context})" if context else ""
-        raise AutoskillError(f"non-finite activations for example(s) {ids[:5]}{where}; try --dtype float32, or "
+        raise StoppedByBadExample(f"non-finite activations for example(s) {ids[:5]}{where}; try --dtype float32, or "
                              "--on-bad-example skip (in Python: ModelConfig(dtype='float32'), on_bad_example='skip')")
     for example_id in ids:
         tally.skip(BadExampleError(example_id, "non-finite activations"))

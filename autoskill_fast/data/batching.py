@@ -49,7 +49,11 @@ def tokenize(example: Example, tokenizer, pooling: PoolingConfig, *, ids: list[i
     if ids is None:
         ids = example.token_ids(tokenizer)
     truncated = pooling.max_length is not None and len(ids) > pooling.max_length
-    if truncated:
+    if truncated and pooling.mode == "last":  # the last token is the one pooled: keep the end (and a leading BOS)
+        bos = tokenizer.bos_token_id
+        head = ids[:1] if bos is not None and ids[0] == bos else []
+        ids = head + ids[len(ids) - pooling.max_length + len(head):]
+    elif truncated:
         ids = ids[: pooling.max_length]
     if pooling.first_token == "drop":
         start = 1
@@ -60,8 +64,7 @@ def tokenize(example: Example, tokenizer, pooling: PoolingConfig, *, ids: list[i
     if pooling.mode == "response_mean":
         if example.prompt is None:
             raise BadExampleError(example.id, "response-only pooling needs chat messages ending with an assistant reply")
-        n_prompt = len(example.token_ids(tokenizer, example.prompt))
-        start = max(start, n_prompt)
+        start = max(start, _reply_start(example, tokenizer))
     end = len(ids)
     if end <= start:
         what = ("the response was cut off by --max-length" if truncated else
@@ -69,6 +72,18 @@ def tokenize(example: Example, tokenizer, pooling: PoolingConfig, *, ids: list[i
                 "PoolingConfig(first_token='keep'), for one-token examples)")
         raise BadExampleError(example.id, what)
     return Tokenized(example, ids, start, end, truncated)
+
+
+def _reply_start(example: Example, tokenizer) -> int:
+    """The first token of a chat example's reply: the first whose characters reach past the prompt (with a fast
+    tokenizer's offsets; a token the tokenizer merged across the boundary, as "\\n" + "\\n\\n", belongs to the reply),
+    else the prompt's own token count."""
+    if not getattr(tokenizer, "is_fast", False):
+        return len(example.token_ids(tokenizer, example.prompt))
+    offsets = tokenizer(example.text, add_special_tokens=example.special_tokens,
+                        return_offsets_mapping=True)["offset_mapping"]
+    boundary = len(example.prompt)
+    return next((i for i, (_, end) in enumerate(offsets) if end > boundary), len(offsets))
 
 
 def buckets(items: Iterable[Tokenized], *, token_budget: int, max_batch_size: int, sort_window: int,

@@ -23,9 +23,21 @@ class Record:
     """One original record and where it came from."""
 
     row: int  # 0-based position among the corpus's records
-    id: str  # the id field's value, or the row number
+    id: str  # the id field's value, or the row number ("row N" when the line, and so its id, could not be read)
     data: dict[str, Any]
     where: str  # "file:line" or "file row N", for messages
+    problem: str | None = None  # why the line could not be read (data is then empty): see `iter_records`
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """A line that cannot be read as a record, and why: a bad example rather than a broken file."""
+
+    reason: str
+
+
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4")
+DATASETS_CACHE = "cache-*.arrow"  # what `datasets` writes into a folder it loaded when mapping it: not the data
 
 
 def detect_format(path: Path) -> str:
@@ -47,16 +59,29 @@ def detect_format(path: Path) -> str:
     raise AutoskillError(f"{path}: unknown corpus format; use .jsonl, .parquet, .txt or a datasets folder, or pass --format")
 
 
-def iter_records(config: CorpusConfig) -> Iterator[Record]:
+def iter_records(config: CorpusConfig, *, unreadable: bool = False) -> Iterator[Record]:
     """The corpus's records in file order, each with its row number and id (at most `config.limit`; only the dev set
-    or the pool of a split when asked)."""
+    or the pool of a split when asked).
+
+    A line that cannot be read as a record (malformed JSON, not an object, not UTF-8, no value in the id field) is an
+    error naming it; with `unreadable`, it is a record of its own instead, with `problem` saying why (its row kept, so
+    the rows after it keep theirs), for the bad-example policy to count or refuse like any other bad example."""
     if config.split == "all":
-        yield from _all_records(config)
+        yield from _all_records(config, unreadable)
         return
-    dev = split_dev_ids((r.id for r in _all_records(config)), config.dev_size, config.split_seed)
-    for record in _all_records(config):
+    dev = split_dev_ids((_split_id(r, config) for r in _all_records(config, unreadable)), config.dev_size,
+                        config.split_seed)
+    for record in _all_records(config, unreadable):
         if (record.id in dev) == (config.split == "dev"):
             yield record
+
+
+def _split_id(record: Record, config: CorpusConfig) -> str:
+    """The id a split decides by; a line whose id could not be read belongs to neither part knowably."""
+    if record.problem is not None and config.id_field is not None:
+        raise AutoskillError(f"{record.where}: {record.problem}; without its id, which part of the --split it is in "
+                             "cannot be known: fix or remove the line")
+    return record.id
 
 
 def split_dev_ids(ids: Iterable[str], dev_size: int, seed: int) -> set[str]:
@@ -64,16 +89,32 @@ def split_dev_ids(ids: Iterable[str], dev_size: int, seed: int) -> set[str]:
     return set(heapq.nsmallest(dev_size, ids, key=lambda i: hashlib.sha256(f"{seed}\x00{i}".encode()).digest()))
 
 
-def _all_records(config: CorpusConfig) -> Iterator[Record]:
+def _all_records(config: CorpusConfig, unreadable: bool) -> Iterator[Record]:
     path = Path(config.path)
     if not path.exists():
         raise AutoskillError(f"{path}: corpus file not found")
+    if path.suffix.lower() in COMPRESSED:
+        raise AutoskillError(f"{path}: a compressed file; decompress it first (e.g. gunzip) and pass the result")
     fmt = config.format if config.format != "auto" else detect_format(path)
     readers = {"jsonl": _read_jsonl, "text": _read_text, "parquet": _read_parquet, "datasets": _read_datasets}
     if fmt not in readers:
         raise AutoskillError(f"unknown corpus format {fmt!r}; choose one of {sorted(readers)}")
+    if path.is_dir() and fmt != "datasets":
+        raise AutoskillError(f"{path}: a folder, and --format {fmt} reads one file; point --corpus at a file")
+    if not path.is_dir() and fmt == "datasets":
+        raise AutoskillError(f"{path}: a file, and --format datasets reads a `datasets.save_to_disk` folder")
     seen_ids: dict[str, str] = {}  # only with an id field: row numbers are unique already (memory stays flat)
     for row, (where, data) in enumerate(itertools.islice(readers[fmt](path), config.limit)):  # no record past it
+        if isinstance(data, dict) and config.id_field is not None and data.get(config.id_field) is None:
+            missing = f"missing id field {config.id_field!r}; fields present: {sorted(data)}"
+            if not seen_ids:  # the first record: the field is more likely misnamed than missing from every record
+                raise AutoskillError(f"{where}: {missing}; check --id-field")
+            data = _Unreadable(missing)
+        if isinstance(data, _Unreadable):
+            if not unreadable:
+                raise AutoskillError(f"{where}: {data.reason}; fix or remove the line")
+            yield Record(row, str(row) if config.id_field is None else f"row {row}", {}, where, problem=data.reason)
+            continue
         rid = _record_id(data, row, config.id_field, where)
         if config.id_field is not None:
             if rid in seen_ids:
@@ -84,45 +125,51 @@ def _all_records(config: CorpusConfig) -> Iterator[Record]:
 
 
 def _record_id(data: dict[str, Any], row: int, id_field: str | None, where: str) -> str:
-    if id_field is None:
-        return str(row)
-    if id_field not in data or data[id_field] is None:
-        raise AutoskillError(f"{where}: missing id field {id_field!r}; fields present: {sorted(data)}")
-    return str(data[id_field])
+    return str(row) if id_field is None else str(data[id_field])
 
 
-def _utf8_lines(path: Path) -> Iterator[tuple[str, str]]:
-    """("file:line", decoded line) for each line; bytes that are not UTF-8 are an error naming the line."""
+def _utf8_lines(path: Path) -> Iterator[tuple[str, str | _Unreadable]]:
+    """("file:line", decoded line) for each line; a line that is not UTF-8 is `_Unreadable`."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
             try:
                 yield where, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # without a byte-order mark
             except UnicodeDecodeError as e:
-                raise AutoskillError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start}); re-encode the file as UTF-8") from None
+                yield where, _Unreadable(f"not valid UTF-8 ({e.reason} at byte {e.start}); the file must be UTF-8")
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any] | _Unreadable]]:
     for where, line in _utf8_lines(path):
+        if isinstance(line, _Unreadable):
+            yield where, line
+            continue
         if not line.strip():
             continue
         try:
             data = json.loads(line)
         except json.JSONDecodeError as e:
-            raise AutoskillError(f"{where}: malformed JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
+            hint = ""
+            if where.endswith(":1") and line.lstrip().startswith("["):
+                hint = " (a JSON array? write one object per line: JSONL)"
+            yield where, _Unreadable(f"malformed JSON ({e.msg} at column {e.colno}){hint}")
+            continue
         except (ValueError, RecursionError) as e:  # an integer of over 4300 digits; nesting deeper than Python's stack
-            raise AutoskillError(f"{where}: JSON that Python cannot read ({e}); fix or remove the line") from None
+            yield where, _Unreadable(f"JSON that Python cannot read ({e})")
+            continue
         if not isinstance(data, dict):
-            raise AutoskillError(f"{where}: expected a JSON object per line, got {type(data).__name__}")
+            data = _Unreadable(f"expected a JSON object per line, got {type(data).__name__}")
         yield where, data
 
 
-def _read_text(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def _read_text(path: Path) -> Iterator[tuple[str, dict[str, Any] | _Unreadable]]:
     for where, line in _utf8_lines(path):
-        yield where, {"text": line.rstrip("\r\n")}
+        yield where, line if isinstance(line, _Unreadable) else {"text": line.rstrip("\r\n")}
 
 
 def _read_table_batches(path: Path, batches) -> Iterator[tuple[str, dict[str, Any]]]:
+    import pyarrow as pa
+
     row = 0
     try:
         for batch in batches:
@@ -131,6 +178,9 @@ def _read_table_batches(path: Path, batches) -> Iterator[tuple[str, dict[str, An
                 row += 1
     except UnicodeDecodeError as e:
         raise AutoskillError(f"{path} row {row}: not valid UTF-8 ({e.reason}); re-encode the text columns") from None
+    except (OSError, pa.ArrowException) as e:  # a damaged page or file
+        raise AutoskillError(f"{path}: cannot read past row {row} ({type(e).__name__}: {e}); the file is damaged: "
+                             "write it again") from None
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -149,7 +199,8 @@ def _read_datasets(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     state_file = path / "state.json"
     try:
         state = json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else {}
-        files = [path / f["filename"] for f in state.get("_data_files", [])] or sorted(path.glob("*.arrow"))
+        files = [path / f["filename"] for f in state.get("_data_files", [])] or sorted(
+            set(path.glob("*.arrow")) - set(path.glob(DATASETS_CACHE)))
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise AutoskillError(f"{state_file}: not a datasets state file ({e}); save the dataset again with "
                              "save_to_disk, or point --corpus at one split's folder") from None
@@ -182,7 +233,9 @@ def fingerprint(config: CorpusConfig) -> dict[str, Any]:
     if config.format == "auto":
         detect_format(path)  # an unknown kind of file is told before anything is read
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    # A datasets folder's files, but for the cache files `datasets` adds to it when a loaded copy is mapped
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not (p.parent == path and p.match(DATASETS_CACHE))) \
+        if path.is_dir() else [path]
     size = 0
     for file in files:
         with open(file, "rb") as f:
@@ -203,7 +256,17 @@ def fingerprint(config: CorpusConfig) -> dict[str, Any]:
         # Chat text is tokenized without the tokenizer's own special tokens (its template writes them) since this
         # key: runs from before, which had a second BOS with some tokenizers, are other runs.
         **({"special_tokens": "from the chat template"} if config.messages_field is not None else {}),
+        # A file read in another format than its name says (JSON lines read as text) reads other records.
+        **({"format": config.format} if config.format not in ("auto", _named_format(path)) else {}),
     }
+
+
+def _named_format(path: Path) -> str | None:
+    """The format a file's name (or a folder's content) says, or None when it says none."""
+    try:
+        return detect_format(path)
+    except AutoskillError:
+        return None
 
 
 def content_identity(fingerprint: dict[str, Any]) -> str:

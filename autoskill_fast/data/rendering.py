@@ -24,11 +24,17 @@ class Example:
         return tokenizer(self.text if text is None else text, add_special_tokens=self.special_tokens)["input_ids"]
 
 
-def render(record: Record, config: CorpusConfig, tokenizer=None, *, prompt_only: bool = False) -> Example:
-    """The text the model reads for one record. Raises BadExampleError for a missing field or empty text."""
+def render(record: Record, config: CorpusConfig, tokenizer=None, *, prompt_only: bool = False,
+           need_prompt: bool = False) -> Example:
+    """The text the model reads for one record. Raises BadExampleError for a missing field or empty text, or a line
+    that could not be read as a record. Chat data: `prompt_only` renders the messages before the assistant's reply
+    (with the generation prompt), `need_prompt` also renders them to find where the reply starts (`Example.prompt`,
+    for response-only pooling)."""
     data = record.data
+    if record.problem is not None:
+        raise BadExampleError(record.id, record.problem, source=record.where)
     if config.messages_field is not None:
-        return _render_chat(record, config, tokenizer, prompt_only=prompt_only)
+        return _render_chat(record, config, tokenizer, prompt_only=prompt_only, need_prompt=need_prompt)
     if config.template is not None:
         missing = [f for f in template_fields(config.template) if f not in data or data[f] is None]
         if missing:
@@ -76,7 +82,8 @@ def _chat_text(record: Record, tokenizer, messages: list, **options) -> str:
                               source=record.where) from None
 
 
-def _render_chat(record: Record, config: CorpusConfig, tokenizer, *, prompt_only: bool) -> Example:
+def _render_chat(record: Record, config: CorpusConfig, tokenizer, *, prompt_only: bool,
+                 need_prompt: bool) -> Example:
     messages = record.data.get(config.messages_field)
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
         raise BadExampleError(record.id, f"field {config.messages_field!r} must be a non-empty list of "
@@ -91,7 +98,10 @@ def _render_chat(record: Record, config: CorpusConfig, tokenizer, *, prompt_only
         return Example(record.row, record.id, text, prompt=text, special_tokens=False)
     text = _chat_text(record, tokenizer, messages)
     prompt = None
-    if messages[-1]["role"] == "assistant" and len(messages) > 1:
+    if need_prompt and messages[-1]["role"] == "assistant" and len(messages) > 1:
+        reply = messages[-1]["content"]
+        if isinstance(reply, str) and not reply.strip():
+            raise BadExampleError(record.id, "the assistant's reply is empty: nothing to pool", source=record.where)
         prompt = _chat_text(record, tokenizer, messages[:-1], add_generation_prompt=True)
         if not text.startswith(prompt):
             raise BadExampleError(record.id, "the chat template renders the prompt differently inside the full "

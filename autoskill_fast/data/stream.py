@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from ..config import BadExamplePolicy, BatchingConfig, CorpusConfig, PoolingConfig
-from ..errors import AutoskillError, BadExampleError
+from ..errors import BadExampleError, StoppedByBadExample
 from .batching import Batch, Tokenized, buckets, collate, tokenize
 from .corpus import iter_records
 from .rendering import Example, render
@@ -36,11 +36,13 @@ def iter_tokenized(corpus: CorpusConfig, tokenizer, pooling: PoolingConfig, tall
     """The records of one shard (rows with row % n == i), rendered and tokenized, under the bad-example policy."""
     index, n_shards = shard
     prompt_only = pooling.mode == "last" and corpus.messages_field is not None  # the paper's safety setup
+    need_prompt = pooling.mode == "response_mean"
 
     def examples():
-        for record in iter_records(corpus):
+        for record in iter_records(corpus, unreadable=True):  # a line that cannot be read is a bad example
             if record.row % n_shards == index:
-                yield record.where, lambda record=record: render(record, corpus, tokenizer, prompt_only=prompt_only)
+                yield record.where, lambda record=record: render(record, corpus, tokenizer, prompt_only=prompt_only,
+                                                                 need_prompt=need_prompt)
 
     return _tokenized(examples(), tokenizer, pooling, tally, on_bad_example)
 
@@ -71,7 +73,7 @@ def _tokenized(examples: Iterator[tuple[str, Callable[[], Example]]], tokenizer,
                tally: InputTally, on_bad_example: BadExamplePolicy) -> Iterator[Tokenized]:
     def bad(where: str, error: BadExampleError) -> None:
         if on_bad_example == "error":
-            raise AutoskillError(f"{where}: example {error.example_id!r}: {error.reason} "
+            raise StoppedByBadExample(f"{where}: example {error.example_id!r}: {error.reason} "
                                  "(rerun with --on-bad-example skip, in Python on_bad_example='skip', to skip such "
                                  "examples)") from None
         tally.skip(error)

@@ -6,14 +6,21 @@ chat template instead). Sampling is at temperature 1.0 by default; temperature 0
 
 Randomness is fixed per batch: batch b of the problem list (a fixed partition) is sampled with the seed
 (seed, b), so a resumed evaluation regenerates an unfinished batch exactly as an uninterrupted one would.
+
+Only the options here shape the sampling: a model's generation_config.json may hold defaults of its own (a
+repetition penalty, top-k), which neither backend applies. From that file only the end-of-sequence tokens are taken:
+a sample ends at the tokenizer's end-of-sequence token or at any the file lists (an instruct model's end of turn, as
+Llama-3-Instruct's <|eot_id|>), as vLLM ends it by default (`stop_token_ids`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from pathlib import Path
+from typing import Iterator, Literal, Sequence
 
 import torch
 
@@ -27,8 +34,9 @@ Backend = Literal["hf", "vllm"]
 class GenerationConfig:
     """How solutions are sampled."""
 
-    n: int = field(default=1, metadata=cli("--n"))
-    """Samples per problem."""
+    n: int = field(default=1, metadata=cli("--n", short="-n"))
+    """Samples per problem (`-n` is the same option, and the one that torchrun lets through: it takes `--n` for an
+    abbreviation of its own options)."""
     temperature: float = 1.0
     """Sampling temperature (the seed's protocol: 1.0); 0 is greedy."""
     top_p: float = 1.0
@@ -91,6 +99,41 @@ class Completion:
     finished: bool  # ended with EOS (not cut at max_new_tokens)
 
 
+def stop_token_ids(tokenizer, generation_config) -> list[int]:
+    """The tokens a sample ends at (see the module docstring): the tokenizer's end-of-sequence token, then those of a
+    transformers `GenerationConfig` (the model's generation_config.json; None when it has none)."""
+    ids = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+    listed = getattr(generation_config, "eos_token_id", None)
+    for token in [listed] if isinstance(listed, int) else (listed or []):
+        if int(token) not in ids:
+            ids.append(int(token))
+    if not ids:
+        from ..errors import AutoskillError
+
+        raise AutoskillError("the model's tokenizer has no end-of-sequence token and its generation_config.json lists "
+                             "none: samples could not end before --max-new-tokens; use a model that has one")
+    return ids
+
+
+def model_generation_config(path: Path, *, trust_remote_code: bool = False):
+    """A model folder's generation config as transformers gives a loaded model it: its generation_config.json, else
+    the one derived from config.json (which may list end tokens too)."""
+    from transformers import AutoConfig
+    from transformers import GenerationConfig as Settings
+
+    if (path / "generation_config.json").is_file():
+        return Settings.from_pretrained(path, local_files_only=True)
+    hf_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    return Settings.from_model_config(hf_config)
+
+
+def completion_of(token_ids: list[int], stops: list[int], tokenizer) -> Completion:
+    """A sample as both backends count and decode it: its tokens up to and including the first stop token."""
+    end = next((i for i, token in enumerate(token_ids) if token in stops), None)
+    used = token_ids if end is None else token_ids[:end + 1]
+    return Completion(tokenizer.decode(used, skip_special_tokens=True), len(used), end is not None)
+
+
 class HFGenerator:
     """Batched sampling with transformers `generate` (left padding), optionally with a steering vector applied by
     hooks. The model must have its LM head (`load_model(..., causal_lm=True)`)."""
@@ -98,6 +141,7 @@ class HFGenerator:
     def __init__(self, model, tokenizer, config: GenerationConfig, *, steering=None):
         self.model, self.tokenizer, self.config, self.steering = model, tokenizer, config, steering
         self.device = next(model.parameters()).device
+        self.stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
         self.generated_tokens = 0
         self.seconds = 0.0
 
@@ -119,23 +163,38 @@ class HFGenerator:
         sampling = cfg.temperature > 0
         # Greedy decoding has one answer per prompt: it is generated once and given to each of the n samples.
         returned = cfg.n if sampling else 1
+        pad = tok.pad_token_id if tok.pad_token_id is not None else self.stops[0]
         kwargs = dict(max_new_tokens=cfg.max_new_tokens, num_return_sequences=returned, do_sample=sampling,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                      pad_token_id=pad, eos_token_id=self.stops)
         if sampling:
             kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         torch.manual_seed(seed)
         t0 = time.perf_counter()
-        with steer(self.model, self.steering) if self.steering is not None else nullcontext():
+        with steer(self.model, self.steering) if self.steering is not None else nullcontext(), \
+                _library_defaults(self.model):
             out = self.model.generate(input_ids=enc["input_ids"].to(self.device),
                                       attention_mask=enc["attention_mask"].to(self.device), **kwargs)
         self.seconds += time.perf_counter() - t0
         new = out[:, enc["input_ids"].shape[1]:].cpu()
         completions = []
-        for row in new.tolist():
-            ended = tok.eos_token_id in row
-            used = row[:row.index(tok.eos_token_id) + 1] if ended else [t for t in row if t != tok.pad_token_id]
-            self.generated_tokens += len(used)
-            completions.append(Completion(tok.decode(used, skip_special_tokens=True), len(used), ended))
+        for row in new.tolist():  # a row that did not stop ran to max_new_tokens: no padding follows it
+            completion = completion_of(row, self.stops, tok)
+            self.generated_tokens += completion.tokens
+            completions.append(completion)
         return [completions[i * returned:(i + 1) * returned] * (cfg.n // returned) for i in range(len(prompts))]
+
+
+@contextmanager
+def _library_defaults(model) -> Iterator[None]:
+    """`generate` fills the options it is not given from `model.generation_config` (the model's
+    generation_config.json): for the call, that is transformers' own defaults instead (see the module docstring)."""
+    from transformers import GenerationConfig as Defaults
+
+    saved = getattr(model, "generation_config", None)
+    model.generation_config = Defaults()
+    try:
+        yield
+    finally:
+        model.generation_config = saved

@@ -25,9 +25,13 @@ release that changes any of them fails the test and this list is updated):
 - math-verify does not know GSM8K's "#### N" final line, and currency dollar signs in plain text can pair up as math
   delimiters: bare, the reference solution "... total: $4.00 + $2.00 = $<<4+2=6.00>>6.00\n#### 6" is read as 4.00 (4 of
   the 1,319 GSM8K test solutions fail against their own answers this way). We grade a box-less completion whose last
-  line is "#### N" as \\boxed{N}, which fixes these.
+  line is "#### N" as \\boxed{N}, which fixes these. N is that line's text without a trailing period, or its number
+  alone when a word follows it ("#### 18 dollars", "#### $18 per week": 18), as the gold of such a line is read.
 - A bare gold "(1,2)" parses to nothing; wrapped in `\\boxed{}`, as we do, it is the interval (1, 2), which a predicted
-  "(1, 2)" equals. A gold that still parses to nothing raises an error naming it, rather than failing every sample.
+  "(1, 2)" equals. A gold that math-verify cannot read ("7.", "???": it keeps only the text, which only the same text
+  equals) raises an error naming it, rather than failing samples that are right; a gold of words ("north") is kept.
+- A completion cut at --max-new-tokens inside its last box ("\\boxed{3} ... \\boxed{5") is graded on the earlier,
+  closed box; samples.jsonl marks it `finished: false`.
 
 What we do about them: nothing beyond wrapping the gold, so that our numbers stay comparable with other math-verify
 evaluations. Prompts should ask for one final answer, in `\\boxed{}`, as a number without units; `Verdict.extracted`
@@ -63,6 +67,11 @@ Check = Callable[[str, str], "tuple[bool, str | None]"]
 
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _GSM8K_FINAL = re.compile(r"####\s*([^\n]+?)\s*$")
+_WORDS = re.compile(r"[A-Za-z]+(?: [A-Za-z]+)*")
+# "$18", "18 dollars", "$18 per week": a number, then words only (no digit, no math word: "2 pi", "10 and 20" stay)
+_NUMBER_THEN_WORDS = re.compile(r"\\?\$?\s*(-?(?:\d[\d,]*)?\.?\d+)"
+                                r"(?:\s+(?!(?:pi|sqrt|times|cdot|and|or|to|plus|minus|over)\b)"
+                                r"[A-Za-z]{2,}[A-Za-z\s'-]*)?")
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,14 @@ def extract_boxed(text: str) -> str | None:
     return None
 
 
+def final_line_answer(text: str) -> str:
+    """The answer of a GSM8K "#### answer" line as it is graded: without a trailing period, and a number with a dollar
+    sign before it or words after it ("$18", "18 dollars", "$18 per week") as the number alone."""
+    text = text.strip().removesuffix(".").rstrip()
+    match = _NUMBER_THEN_WORDS.fullmatch(text)
+    return match.group(1) if match else text
+
+
 class _GoldUnparseable(Exception):
     pass
 
@@ -118,7 +135,9 @@ def _parse_gold(gold: str) -> list[Any]:
     from math_verify import parse
 
     parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=None)
-    if not parsed:
+    if all(isinstance(item, str) for item in parsed) and not _WORDS.fullmatch(gold.strip()):
+        # nothing, or only the text back: then only the same text equals it, which is right for a word ("north")
+        # and wrong for a number it cannot read ("7.": a right "7" would not equal it)
         raise _GoldUnparseable(gold)
     return parsed
 
@@ -177,7 +196,9 @@ def _as_boxed(completion: str) -> str:
     if _BOX_COMMAND.search(completion):
         return completion
     match = _GSM8K_FINAL.search(completion)
-    return completion if match is None else f"{completion[:match.start()]}\\boxed{{{match.group(1)}}}"
+    if match is None:
+        return completion
+    return f"{completion[:match.start()]}\\boxed{{{final_line_answer(match.group(1))}}}"
 
 
 class Grader:
@@ -223,8 +244,9 @@ class Grader:
             return Verdict(correct=False, timed_out=True, extracted=None)
         status, value, extracted = reply
         if status == "bad_gold":
-            raise AutoskillError(f"gold answer {gold!r}: math-verify parses nothing from it; fix the problem's "
-                                 "answer (a number or a LaTeX expression, e.g. 72 or \\frac{3}{4})")
+            raise AutoskillError(f"gold answer {gold!r}: math-verify reads no answer from it, only its text, "
+                                 "which a right answer written another way would not equal; fix the problem's answer "
+                                 "(a number or a LaTeX expression, e.g. 72 or \\frac{3}{4})")
         if status == "error":
             raise RuntimeError(f"the grading check failed in the worker:\n{value}")
         return Verdict(correct=value, timed_out=False, extracted=extracted)

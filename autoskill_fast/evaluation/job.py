@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +30,8 @@ from ..data.corpus import content_identity
 from ..errors import AutoskillError
 from ..jobs.world import World, current_world
 from ..progress import Progress
-from .generation import GenerationConfig, HFGenerator, batch_seed, prompt_text
+from .generation import (GenerationConfig, HFGenerator, batch_seed, model_generation_config, prompt_text,
+                         stop_token_ids)
 from .passk import Estimate, mean_interval, pass_at_k, pass_at_k_interval
 from .problems import Problem, ProblemsConfig, load_problems, split_record
 from .samples import SAMPLES_JSONL, append_batch, batches_of, join_in_batch_order, read_samples, rewrite_samples
@@ -100,39 +102,73 @@ class EvalResult:
         return int(self.record["config"]["generation"]["n"])
 
 
-def eval_key(config: EvalConfig, model_fp: dict[str, Any], problems: dict[str, Any], steering: str | None, *,
-             dtype: str) -> str:
-    """What must match for an evaluation to be resumed: all but where it is written and how it is shown. `steering` is
-    the vector's digest (what it adds, not where it lies: a vector rewritten in place is another evaluation); `dtype`
-    the one the model runs in (`key_dtype`: --dtype auto is fp32 on a CPU, bf16 on a GPU). NLL samples nothing: the
-    sampling options are not part of its key."""
+PROTOCOL = 2  # 2: sampling without the model's generation_config.json defaults, ending at its end tokens too
+
+
+def key_fields(config: EvalConfig, model_fp: dict[str, Any], problems: dict[str, Any], steering: str | None, *,
+               dtype: str, stops: list[int] | None) -> dict[str, Any]:
+    """What must match for an evaluation to be resumed: all but where it is written and how it is shown. The model
+    folder and the problem file count by their resolved paths (another spelling of the same path is the same
+    evaluation); `steering` is the vector's digest (what it adds, not where it lies: a vector rewritten in place is
+    another evaluation); `dtype` the one the model runs in (`key_dtype`: --dtype auto is fp32 on a CPU, bf16 on a
+    GPU); `stops` the tokens a sample ends at (`key_stops`). NLL samples nothing: the sampling options and the stops
+    are not part of its key."""
     cfg = config.to_json()
     for volatile in ("out", "quiet", "overwrite", "k", "baseline", "steering"):
         cfg.pop(volatile)
     cfg["model"].pop("device", None)
     cfg["model"]["dtype"] = dtype
+    if config.model.model is not None:  # None: the embedded default model
+        cfg["model"]["model"] = str(Path(config.model.model).resolve())  # need not exist: a removed baked checkpoint
+    cfg["problems"]["path"] = str(Path(config.problems.path).resolve())
     for how in ("vllm_engines", "tensor_parallel"):  # where the samples are computed, not what they are
         cfg["generation"].pop(how, None)
     if config.metric == "nll":
         for sampling in ("n", "temperature", "top_p", "max_new_tokens", "seed"):
             cfg["generation"].pop(sampling, None)
-    blob = json.dumps({"config": cfg, "model": model_fp, "problems": problems, "steering": steering}, sort_keys=True,
-                      default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+        stops = None
+    fields = {"protocol": PROTOCOL, "config": cfg, "model": model_fp, "problems": problems, "steering": steering,
+              "stops": stops}
+    return json.loads(json.dumps(fields, default=str))  # as eval.json keeps it, so that a stored one compares equal
+
+
+def eval_key(config: EvalConfig, model_fp: dict[str, Any], problems: dict[str, Any], steering: str | None, *,
+             dtype: str, stops: list[int] | None) -> str:
+    """The hash of `key_fields`."""
+    return _hash_fields(key_fields(config, model_fp, problems, steering, dtype=dtype, stops=stops))
+
+
+def _hash_fields(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _differing_fields(old: Any, new: Any, name: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted name, old value, new value) of each entry on which two key_fields records differ (a missing entry
+    differs)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [difference for key in sorted(set(old) | set(new), key=str)
+                for difference in _differing_fields(old.get(key), new.get(key), f"{name}.{key}" if name else key)]
+    return [] if old == new else [(name, old, new)]
 
 
 def key_dtype(config: EvalConfig, loaded: LoadedModel | None) -> str:
     """The dtype an evaluation's model runs in: the loaded model's, or --dtype as the hf backend resolves it on
-    --device; vLLM resolves `auto` from the checkpoint's config, whose dtype the weights' fingerprint does not hold."""
+    --device (`auto`: float32 on a CPU, bfloat16 on a GPU), which is also the dtype the vllm backend asks vLLM for."""
     if loaded is not None:
         return str(loaded.dtype).removeprefix("torch.")
-    if config.generation.backend == "vllm":
-        if config.model.dtype != "auto":
-            return config.model.dtype
-        path, _ = resolve_model_path(config.model.model)
-        saved = load_json(path / "config.json")
-        return f"auto ({saved.get('torch_dtype') or saved.get('dtype')})"
     return str(resolve_dtype(config.model.dtype, resolve_device(config.model.device))).removeprefix("torch.")
+
+
+def key_stops(config: EvalConfig, loaded: LoadedModel | None) -> list[int]:
+    """The tokens a sample ends at (`generation.stop_token_ids`): the loaded model's, or read from its folder."""
+    if loaded is not None:
+        return stop_token_ids(loaded.tokenizer, getattr(loaded.model, "generation_config", None))
+    from transformers import AutoTokenizer
+
+    path, _ = resolve_model_path(config.model.model)
+    remote = config.model.trust_remote_code
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote, local_files_only=True)
+    return stop_token_ids(tokenizer, model_generation_config(path, trust_remote_code=remote))
 
 
 def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalResult:
@@ -155,20 +191,22 @@ def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalRe
     if world.distributed:
         config = replace(config, model=replace(config.model, device=str(world.device(config.model.device))))
     model_fp = _model_fingerprint(config, loaded)
-    key = eval_key(config, model_fp, problems_record, None if steering is None else steering.digest(),
-                   dtype=key_dtype(config, loaded))
-    record = {"schema": 1, "status": "running", "key": key, "config": config.to_json(), "model": model_fp,
-              "problems": problems_record, "steering": None if steering is None else str(Path(config.steering).resolve()),
-              "world_size": world.size}
+    dtype = key_dtype(config, loaded)
+    fields = key_fields(config, model_fp, problems_record, None if steering is None else steering.digest(),
+                        dtype=dtype, stops=key_stops(config, loaded) if config.metric == "passk" else None)
+    key = _hash_fields(fields)
+    record = {"schema": 1, "status": "running", "key": key, "key_fields": fields, "dtype": dtype,
+              "config": config.to_json(), "model": model_fp, "problems": problems_record,
+              "steering": None if steering is None else str(Path(config.steering).resolve()), "world_size": world.size}
     done: set[str] | str = set()
     earlier: dict[str, Any] = {}
     if world.main:
         try:
-            done = _claim(out, key, config.overwrite)
+            done = _claim(out, key, fields, config.overwrite)
             earlier = load_json(out / EVAL_JSON).get("timings") or {} if done else {}
             record["timings"] = earlier  # kept through another interruption
             if config.metric == "passk" and len(done) < len(problems):  # the golds of a finished one were checked
-                _check_golds(problems, config.grade_timeout)
+                _check_golds(problems, config.grade_timeout, config.problems.path)
             if config.baseline is not None:  # before any generation: a missing or other baseline fails now
                 base = load_eval(config.baseline)
                 if base.record["config"]["metric"] != config.metric or (
@@ -186,16 +224,23 @@ def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalRe
     world.check_shared(out)
     world.check_same({"model": model_identity(model_fp), "problems": content_identity(problems_record["corpus"])})
 
+    def batch_done(throughput: dict[str, Any]) -> None:
+        """After each batch appended: the cost so far goes into eval.json, so a kill loses none of it. Under torchrun it
+        is rank 0's own tokens: a kill loses the other ranks' (the whole run's is written once it completes)."""
+        if world.main:
+            record["timings"] = _add_timings(earlier, {"seconds": time.perf_counter() - t0, **throughput})
+            save_json(out / EVAL_JSON, record)
+
     def generate() -> dict[str, Any]:
         if config.generation.backend == "vllm":
             from .vllm_backend import run_vllm
 
-            return run_vllm(config, problems, done, out / SAMPLES_JSONL)
+            return run_vllm(config, problems, done, out / SAMPLES_JSONL, batch_done)
         model = loaded or load_model(config.model, causal_lm=True)
         if steering is not None:
             steering.check_model(model.fingerprint, what=f"the model {model.name}")
         part = out / (SAMPLES_JSONL if not world.distributed else f"{SAMPLES_JSONL}.rank{world.rank}")
-        return _run_hf(config, model, steering, problems, done, part, world)
+        return _run_hf(config, model, steering, problems, done, part, world, batch_done)
 
     finished = len(done) == len(problems)  # done again: nothing to load or generate, and no cost to add
     throughput = world.together(generate) if not finished else {}
@@ -243,16 +288,21 @@ def _join_parts(out: Path) -> None:
     join_in_batch_order(out / SAMPLES_JSONL, sorted(out.glob(f"{SAMPLES_JSONL}.rank*")))
 
 
-def _check_golds(problems: list[Problem], timeout: float) -> None:
+def _check_golds(problems: list[Problem], timeout: float, path: str) -> None:
     """Every gold parses (graded against itself) before anything is generated: a bad one is an error now, not after
     hours of sampling."""
     from .grading import Grader
 
     with Grader(timeout=timeout) as grader:
         for problem in problems:
-            if not grader.grade(f"\\boxed{{{problem.gold}}}", problem.gold).correct:
-                raise AutoskillError(f"problem {problem.id!r}: its gold answer {problem.gold!r} does not equal itself "
-                                     "when graded; fix the answer field")
+            where = f"{path}: problem {problem.id!r} (row {problem.row})"
+            try:
+                correct = grader.grade(f"\\boxed{{{problem.gold}}}", problem.gold).correct
+            except AutoskillError as e:  # math-verify reads no answer from it
+                raise AutoskillError(f"{where}: {e}") from None
+            if not correct:
+                raise AutoskillError(f"{where}: its gold answer {problem.gold!r} does not equal itself when graded; "
+                                     "fix the answer field")
 
 
 def _model_fingerprint(config: EvalConfig, loaded: LoadedModel | None) -> dict[str, Any]:
@@ -272,7 +322,7 @@ def _load_steering(folder: str | None):
     return SteeringVector.load(folder)
 
 
-def _claim(out: Path, key: str, overwrite: bool) -> set[str]:
+def _claim(out: Path, key: str, fields: dict[str, Any], overwrite: bool) -> set[str]:
     """The ids whose samples are complete in `out` (the same evaluation), after dropping an unfinished batch."""
     record_path = out / EVAL_JSON
     if not record_path.is_file():
@@ -286,9 +336,8 @@ def _claim(out: Path, key: str, overwrite: bool) -> set[str]:
     record = load_json(record_path)
     if not isinstance(record, dict) or record.get("key") != key:
         if not overwrite:
-            raise AutoskillError(f"{out}: holds an evaluation with other options (model, dtype, problems, "
-                                 "sampling, metric or steering vector), or made by an earlier version; pass "
-                                 "--overwrite to replace it (or, for `eval`, choose another --out)")
+            raise AutoskillError(f"{out}: holds an evaluation with other options ({_what_differs(record, fields)}); "
+                                 "pass --overwrite to replace it (or, for `eval`, choose another --out)")
         _drop_samples(out)
         record_path.unlink()
         return set()
@@ -300,27 +349,52 @@ def _claim(out: Path, key: str, overwrite: bool) -> set[str]:
     return {line["id"] for line in keep}
 
 
+def _what_differs(record: Any, fields: dict[str, Any]) -> str:
+    """The options on which an earlier evaluation's record and this one's key fields differ, in words."""
+    earlier = record.get("key_fields") if isinstance(record, dict) else None
+    if not isinstance(earlier, dict):
+        return ("model, dtype, problems, sampling, metric or steering vector; it was made by an earlier version, "
+                "which did not record which")
+    differences = _differing_fields(earlier, fields)
+    if not differences:
+        return "the same options under another key: made by another version"
+    shown = [f"{name.removeprefix('config.')} {json.dumps(old)[:60]} now {json.dumps(new)[:60]}"
+             for name, old, new in differences[:3]]
+    more = f"; and {len(differences) - 3} more" if len(differences) > 3 else ""
+    return "; ".join(shown) + more
+
+
 def _run_hf(config: EvalConfig, loaded: LoadedModel, steering, problems: list[Problem], done: set[str],
-            samples: Path, world: World) -> dict[str, Any]:
+            samples: Path, world: World, batch_done: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     gen = config.generation
     bar = Progress(disable=config.quiet or not world.main, desc="eval", initial_examples=len(done))
     if config.metric == "nll":
         from .nll import NLLScorer
 
         scorer = NLLScorer(loaded.model, loaded.tokenizer, chat=gen.chat, steering=steering)
+
+        def scored() -> dict[str, Any]:
+            return {"scored_tokens": scorer.tokens, "forward_s": scorer.seconds,
+                    "tokens_per_s": scorer.tokens / max(scorer.seconds, 1e-9)}
+
         for b, batch in enumerate(batches_of(problems, gen.batch_size)):
             if b % world.size != world.rank or all(p.id in done for p in batch):
                 continue
             before = scorer.tokens
             values = scorer.score(batch)
             append_batch(samples, [{"batch": b, "id": p.id, "nll": v} for p, v in zip(batch, values)])
+            batch_done(scored())
             bar.update(len(batch), scorer.tokens - before)
         bar.close()
-        return {"scored_tokens": scorer.tokens, "forward_s": scorer.seconds,
-                "tokens_per_s": scorer.tokens / max(scorer.seconds, 1e-9)}
+        return scored()
     from .grading import Grader
 
     generator = HFGenerator(loaded.model, loaded.tokenizer, gen, steering=steering)
+
+    def generated() -> dict[str, Any]:
+        return {"generated_tokens": generator.generated_tokens, "generate_s": generator.seconds,
+                "tokens_per_s": generator.generated_tokens / max(generator.seconds, 1e-9)}
+
     with Grader(timeout=config.grade_timeout) as grader:
         for b, batch in enumerate(batches_of(problems, gen.batch_size)):
             if b % world.size != world.rank or all(p.id in done for p in batch):
@@ -335,10 +409,10 @@ def _run_hf(config: EvalConfig, loaded: LoadedModel, steering, problems: list[Pr
                                   "extracted": v.extracted, "gold": problem.gold, "correct": v.correct,
                                   "timed_out": v.timed_out, "tokens": c.tokens, "finished": c.finished})
             append_batch(samples, lines)
+            batch_done(generated())
             bar.update(len(batch), sum(c.tokens for s in completions for c in s))
     bar.close()
-    return {"generated_tokens": generator.generated_tokens, "generate_s": generator.seconds,
-            "tokens_per_s": generator.generated_tokens / max(generator.seconds, 1e-9)}
+    return generated()
 
 
 def _summarize(config: EvalConfig, problems: list[Problem], lines: list[dict[str, Any]], out: Path,
@@ -412,16 +486,18 @@ def load_eval(folder: str | Path) -> EvalResult:
     return EvalResult(folder, record, ids, correct, None)
 
 
-def finished_evaluation(config: EvalConfig, model_fp: dict[str, Any], *, dtype: str) -> EvalResult | None:
-    """The finished evaluation in `config.out` that `evaluate(config)` would reuse whole, given the fingerprint and
-    dtype its model would have (so a model no longer on disk, such as a removed baked checkpoint, need not be made
-    again to know); None when there is none."""
+def finished_evaluation(config: EvalConfig, model_fp: dict[str, Any], *, dtype: str,
+                        stops: list[int] | None) -> EvalResult | None:
+    """The finished evaluation in `config.out` that `evaluate(config)` would reuse whole, given the fingerprint,
+    dtype and stop tokens its model would have (so a model no longer on disk, such as a removed baked checkpoint, need
+    not be made again to know); None when there is none."""
     record = load_json(Path(config.out) / EVAL_JSON) if (Path(config.out) / EVAL_JSON).is_file() else None
     if not isinstance(record, dict) or record.get("status") != "complete":
         return None
     steering = _load_steering(config.steering)
     key = eval_key(config, model_fp, split_record(config.problems, load_problems(config.problems)),
-                   None if steering is None else steering.digest(), dtype=dtype)
+                   None if steering is None else steering.digest(), dtype=dtype,
+                   stops=stops if config.metric == "passk" else None)
     return load_eval(config.out) if record.get("key") == key else None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from ..config import (ConfigError, CorpusConfig, CorpusFormat, Split, check_template, cli, default_corpus_path,
@@ -36,6 +37,9 @@ class ProblemsConfig:
     """The field holding the problem."""
     answer_field: str = "answer"
     """The field holding the worked solution: its gold answer follows "####", or is its last \\boxed{}."""
+    gold_field: str | None = None
+    """The field holding the bare final answer, for a problem set that keeps it apart from the solution (MATH-500's
+    and AIME's "answer"); default: the solution's "####" line, or its last \\boxed{}."""
     question_template: str | None = None
     """A template for the question over several fields, e.g. "{problem}\\n{choices}"."""
     id_field: str | None = None
@@ -85,14 +89,24 @@ class Problem:
 def gold_answer(solution: str) -> str | None:
     """The gold answer of a worked solution: its last line's "#### answer" (GSM8K), else its last
     \\boxed{} (a "#### Step 1" heading of such a solution is not its answer), else its last "#### answer" line, else
-    None. Thousands separators are dropped from a "####" answer; other commas are part of it."""
-    from .grading import extract_boxed
+    None. A "####" answer is read as `grading.final_line_answer` reads a completion's (a number followed by words, e.g.
+    "18 dollars", is the number), with thousands separators dropped; other commas are part of it. A trailing period is
+    not part of an answer."""
+    from .grading import extract_boxed, final_line_answer
 
     answers = _GSM8K_GOLD.findall(solution)
     last_line = solution.rstrip().rpartition("\n")[2]
     if answers and not _GSM8K_GOLD.search(last_line) and (boxed := extract_boxed(solution)) is not None:
-        return boxed
-    return _THOUSANDS.sub("", answers[-1]) if answers else extract_boxed(solution)
+        return _bare(boxed)
+    if answers:
+        return _THOUSANDS.sub("", final_line_answer(answers[-1]))
+    boxed = extract_boxed(solution)
+    return None if boxed is None else _bare(boxed)
+
+
+def _bare(answer: str) -> str:
+    """An answer without a trailing period ("7." is 7 at the end of a sentence)."""
+    return answer.strip().removesuffix(".")
 
 
 def load_problems(config: ProblemsConfig) -> list[Problem]:
@@ -101,8 +115,11 @@ def load_problems(config: ProblemsConfig) -> list[Problem]:
     for record in iter_records(config.corpus):
         problem = problem_from_record(record, config)
         if not problem.gold:
+            if config.gold_field is not None:
+                raise AutoskillError(f"{record.where}: no gold answer in field {config.gold_field!r} (--gold-field)")
             raise AutoskillError(f"{record.where}: no gold answer in field {config.answer_field!r} (expected "
-                                 "'#### answer' or a \\boxed{answer})")
+                                 "'#### answer' or a \\boxed{answer}); if the answer is in a field of its own, name "
+                                 "it with --gold-field")
         problems.append(problem)
     if not problems:
         raise AutoskillError(f"{config.path}: no problems in the {config.split} part (--split); check --dev-size and "
@@ -126,15 +143,30 @@ def problem_from_record(record, config: ProblemsConfig) -> Problem:
     else:
         question = _text_field(data, config.question_field, record.where, "--question-field")
     solution = _text_field(data, config.answer_field, record.where, "--answer-field")
-    return Problem(record.id, record.row, question, solution, gold_answer(solution))
+    if config.gold_field is None:
+        return Problem(record.id, record.row, question, solution, gold_answer(solution))
+    gold = _as_text(data.get(config.gold_field))  # "" when absent: a pool example needs none
+    return Problem(record.id, record.row, question, solution, _bare(gold))
 
 
 def _text_field(data: dict[str, Any], name: str, where: str, flag: str) -> str:
-    value = data.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise AutoskillError(f"{where}: no text in field {name!r}; fields present: {sorted(data)}; name another with "
+    value = _as_text(data.get(name))
+    if not value.strip():
+        state = "is missing" if name not in data else f"holds no text ({type(data[name]).__name__} {data[name]!r:.40})"
+        raise AutoskillError(f"{where}: field {name!r} {state}; fields present: {sorted(data)}; name another with "
                              f"{flag}")
     return value
+
+
+def _as_text(value: Any) -> str:
+    """A field's text: a string as it is, a number as it reads (an answer field of 18), else ""."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return format(Decimal(repr(value)), "f")  # 1e-05 as 0.00001: math-verify reads "1e-05" as e - 5
+    return ""
 
 
 def split_record(config: ProblemsConfig, problems: list[Problem]) -> dict[str, Any]:

@@ -46,12 +46,20 @@ def rewrite_samples(path: Path, lines: list[dict[str, Any]]) -> None:
 
 def join_in_batch_order(path: Path, parts: list[Path] = ()) -> None:
     """`path`'s lines and those of `parts` (which are then deleted) as one `path`, in batch order: what one process
-    appending batch after batch writes. Stable: a batch's lines keep their order. Not rewritten when already so."""
+    appending batch after batch writes. Stable: a batch's lines keep their order. A line already there (a kill after
+    the joined file was written and before every part was deleted) is kept once. Not rewritten when already so."""
     lines = read_samples(path) + [line for part in parts for line in read_samples(part)]
-    batches = [line["batch"] for line in lines]
-    if parts or batches != sorted(batches):
-        lines.sort(key=lambda line: line["batch"])
-        rewrite_samples(path, lines)
+    seen: set[tuple[Any, ...]] = set()
+    unique = []
+    for line in lines:
+        sample = (line["batch"], line["id"], line.get("sample"))
+        if sample not in seen:
+            seen.add(sample)
+            unique.append(line)
+    batches = [line["batch"] for line in unique]
+    if parts or len(unique) < len(lines) or batches != sorted(batches):
+        unique.sort(key=lambda line: line["batch"])
+        rewrite_samples(path, unique)
     for part in parts:
         part.unlink()
 

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from typing import Any
 from ..capture.models import resolve_device, resolve_dtype, resolve_model_path
 from ..errors import AutoskillError
 from ..progress import Progress
-from .generation import Completion, batch_seed, prompt_text
+from .generation import batch_seed, completion_of, model_generation_config, prompt_text, stop_token_ids
 from .problems import Problem
 from .samples import append_batch, batches_of, join_in_batch_order
 
@@ -100,9 +100,11 @@ def engine_gpus(engines: int, tensor_parallel: int) -> list[str | None]:
     return [",".join(visible[e * tensor_parallel:(e + 1) * tensor_parallel]) for e in range(engines)]
 
 
-def run_vllm(config, problems: list[Problem], done: set[str], samples_path: Path) -> dict[str, Any]:
+def run_vllm(config, problems: list[Problem], done: set[str], samples_path: Path,
+             batch_done: Callable[[dict[str, Any]], None] = lambda throughput: None) -> dict[str, Any]:
     """Sample, grade and append to `samples_path` every batch of an `EvalConfig`'s evaluation not yet complete; return
-    the throughput (generated tokens, generate seconds, tokens/s, engine load seconds)."""
+    the throughput (generated tokens, generate seconds, tokens/s, engine load seconds), which `batch_done` is also
+    given after each batch appended."""
     if config.metric == "nll":
         raise AutoskillError("--metric nll scores the gold solutions with transformers; run it with --backend hf "
                              "(the vllm backend only samples)")
@@ -130,13 +132,15 @@ def run_vllm(config, problems: list[Problem], done: set[str], samples_path: Path
         raise AutoskillError(f"problem {problems[longest].id}: its prompt ({len(prompts[longest])} tokens) plus "
                              f"--max-new-tokens {gen.max_new_tokens} exceeds the model's context of {context} tokens; "
                              "lower --max-new-tokens")
-    dtype = resolve_dtype(config.model.dtype, resolve_device(config.model.device))
+    # as the hf backend resolves --dtype (job.key_dtype: the evaluation's key holds it)
+    dtype = str(resolve_dtype(config.model.dtype, resolve_device(config.model.device))).removeprefix("torch.")
     gpus = engine_gpus(min(gen.vllm_engines, len(todo)), gen.tensor_parallel)
-    engine = {"model": str(path), "dtype": str(dtype).removeprefix("torch."), "max_model_len": max_model_len,
+    engine = {"model": str(path), "dtype": dtype, "max_model_len": max_model_len,
               "enforce_eager": True, "seed": gen.seed, "trust_remote_code": remote,
               "tensor_parallel": gen.tensor_parallel}
+    stops = stop_token_ids(tokenizer, model_generation_config(path, trust_remote_code=remote))
     sampling = {"n": gen.n, "temperature": gen.temperature, "top_p": gen.top_p, "max_tokens": gen.max_new_tokens,
-                "eos_token_id": tokenizer.eos_token_id}
+                "stop_token_ids": stops}
     from .grading import Grader
 
     bar = Progress(disable=config.quiet, desc="eval", initial_examples=len(done))
@@ -159,20 +163,25 @@ def run_vllm(config, problems: list[Problem], done: set[str], samples_path: Path
                 load_s[e] = record["load_s"]
                 continue
             b = record["batch"]
-            append_batch(samples_path, _graded_lines(b, batches[b], record["outputs"], tokenizer, grader))
+            append_batch(samples_path, _graded_lines(b, batches[b], record["outputs"], tokenizer, stops, grader))
             received.append(b)
             throughput["generated_tokens"] += record["generated_tokens"]
             generate_s[e] += record["generate_s"]
+            _side_by_side(throughput, load_s, generate_s)
+            batch_done(throughput)
             bar.update(len(batches[b]), record["generated_tokens"])
     bar.close()
     if sorted(received) != todo:
         raise AutoskillError(f"the vLLM worker ({python}) exited without generating batches "
                              f"{sorted(set(todo) - set(received))}; rerun to resume")
     join_in_batch_order(samples_path)  # engines side by side, or an earlier run's, may have appended out of order
-    # The engines ran side by side: their wall time is the slowest one's.
+    return throughput
+
+
+def _side_by_side(throughput: dict[str, Any], load_s: list[float], generate_s: list[float]) -> None:
+    """The engines ran side by side: their wall time is the slowest one's."""
     throughput["load_s"], throughput["generate_s"] = max(load_s), max(generate_s)
     throughput["tokens_per_s"] = throughput["generated_tokens"] / max(throughput["generate_s"], 1e-9)
-    return throughput
 
 
 def _records_of(workers: list["_Worker"]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -193,26 +202,18 @@ def _records_of(workers: list["_Worker"]) -> Iterator[tuple[int, dict[str, Any]]
             time.sleep(POLL_S)
 
 
-def _graded_lines(b: int, batch: list[Problem], outputs: list[list[dict[str, Any]]], tokenizer,
+def _graded_lines(b: int, batch: list[Problem], outputs: list[list[dict[str, Any]]], tokenizer, stops: list[int],
                   grader) -> list[dict[str, Any]]:
     """samples.jsonl lines of one batch, as the hf backend writes them."""
     lines = []
     for problem, samples_of in zip(batch, outputs):
-        completions = [_completion(o["token_ids"], tokenizer) for o in samples_of]
+        completions = [completion_of(o["token_ids"], stops, tokenizer) for o in samples_of]
         verdicts = grader.grade_many([(c.text, problem.gold) for c in completions])
         for i, (c, v) in enumerate(zip(completions, verdicts)):
             lines.append({"batch": b, "id": problem.id, "sample": i, "completion": c.text, "extracted": v.extracted,
                           "gold": problem.gold, "correct": v.correct, "timed_out": v.timed_out, "tokens": c.tokens,
                           "finished": c.finished})
     return lines
-
-
-def _completion(token_ids: list[int], tokenizer) -> Completion:
-    """As the hf backend counts and decodes a sample: its tokens up to and including EOS."""
-    eos = tokenizer.eos_token_id
-    finished = eos in token_ids
-    used = token_ids[:token_ids.index(eos) + 1] if finished else token_ids
-    return Completion(tokenizer.decode(used, skip_special_tokens=True), len(used), finished)
 
 
 class _Worker:

@@ -6,7 +6,7 @@ Run by whichever Python has vLLM (here .venv-vllm, see scripts/vllm_env.sh; on a
 
 Only vLLM and the standard library are imported: the vLLM environment does not have autoskill-fast installed.
 request.json (written by vllm_backend.py) holds the engine options (model, dtype, max_model_len, enforce_eager, seed,
-tensor_parallel), the sampling options (n, temperature, top_p, max_tokens, eos_token_id) and the batches, in order,
+tensor_parallel), the sampling options (n, temperature, top_p, max_tokens, stop_token_ids) and the batches, in order,
 each {"batch": b, "seed": s, "prompts": [[token ids], ...]}. out.jsonl receives one line when the engine is loaded
 ({"kind": "load", "load_s", "vllm"}) and then one line per batch as soon as it is generated ({"kind": "batch",
 "batch", "outputs": per prompt, its n samples as {"token_ids", "finish_reason"}, "generate_s", "generated_tokens"}),
@@ -16,9 +16,9 @@ generated_tokens counts what the engine generated (when greedy, one sample per p
 Randomness: prompt i of a batch seeded s is sampled with the seed `request_seed(s, i)` and vLLM gives its n samples
 the seeds seed, seed + 1, ..., seed + n - 1. Each batch is one `generate` call holding the same requests whether or
 not earlier batches ran in this process, so a batch's samples do not depend on where a run was resumed. Temperature 0
-is greedy. Generation stops at the end-of-sequence token given in the request (the tokenizer's, as the hf backend
-does) and at max_tokens; the model's generation_config.json is not read, so it adds no other stop tokens and no
-default sampling options.
+is greedy. Generation stops at the tokens given in the request (the tokenizer's end of sequence and those the
+model's generation_config.json lists, as the hf backend stops) and at max_tokens; vLLM does not read
+generation_config.json itself (generation_config="vllm"), so it adds no default sampling options.
 """
 
 import argparse
@@ -69,7 +69,7 @@ def main() -> None:
             # vLLM refuses n > 1 when greedy: sample once and repeat it (the hf backend's n greedy copies are equal).
             params = [SamplingParams(n=1 if greedy else sampling["n"], temperature=sampling["temperature"],
                                      top_p=1.0 if greedy else sampling["top_p"], max_tokens=sampling["max_tokens"],
-                                     stop_token_ids=[sampling["eos_token_id"]], seed=request_seed(batch["seed"], i))
+                                     stop_token_ids=sampling["stop_token_ids"], seed=request_seed(batch["seed"], i))
                       for i in range(len(prompts))]
             t = time.perf_counter()
             results = llm.generate(prompts, params, use_tqdm=False)

@@ -41,7 +41,7 @@ from ..data.corpus import fingerprint as corpus_fingerprint
 from ..data.stream import InputTally, iter_batches, iter_tokenized
 from ..decomposition.components import fit_components
 from ..decomposition.statistics import SketchedCovariance, Statistics, StreamingCovariance
-from ..errors import AutoskillError
+from ..errors import AutoskillError, StoppedByBadExample
 from ..progress import Progress
 from ..run.checkpoint import PROGRESS_JSON, Checkpoint
 from ..run.features import FeatureWriter, iter_feature_shards
@@ -395,7 +395,8 @@ def _check_k_before_forward(config: ProfileConfig, resolved: ResolvedPooling) ->
     index, n_shards = config.shard
     path = Path(config.corpus.path)
     if path.is_file() and path.stat().st_size <= COUNT_RECORDS_BYTES:
-        most = sum(1 for record in iter_records(config.corpus) if record.row % n_shards == index)
+        # at most: a line that cannot be read counts (a bad example, for the policy to refuse once it is reached)
+        most = sum(1 for record in iter_records(config.corpus, unreadable=True) if record.row % n_shards == index)
     elif config.corpus.limit is not None:
         most = len(range(index, config.corpus.limit, n_shards))
     else:
@@ -440,6 +441,8 @@ def _run_batches(config: ProfileConfig, loaded: LoadedModel, resolved: ResolvedP
                 break
             except Exception as e:  # this rank stops, and tells the others at their next meeting
                 if not world.distributed:
+                    if isinstance(e, StoppedByBadExample) and profiler.counts.batches > meetings.saved_at:
+                        _save_checkpoint(checkpoint, profiler, writer, world, profiler.counts.batches)
                     raise
                 failure = e
                 break

@@ -162,7 +162,7 @@ def _check_pool(folder: RunFolder, record, problems: ProblemsConfig, dev_ids: se
     else:
         dev_questions = {" ".join(p.question.split()) for p in load_problems(replace(problems, split="dev"))}
         try:
-            overlap = {r.id for r in iter_records(record.corpus_reading())
+            overlap = {r.id for r in iter_records(record.corpus_reading(), unreadable=True)  # as it was profiled
                        if " ".join(str(r.data.get(problems.question_field, "")).split()) in dev_questions}
         except AutoskillError as e:
             return [f"the pool's disjointness from the dev set could not be checked ({e})"]

@@ -42,7 +42,7 @@ from ..capture.fingerprint import fingerprint
 from ..capture.models import LoadedModel
 from ..errors import AutoskillError
 from ..evaluation.job import (EVAL_JSON, SAMPLES_JSONL, EvalConfig, EvalResult, eval_key, evaluate, key_dtype,
-                              load_eval, paired_differences)
+                              key_stops, load_eval, paired_differences)
 from ..evaluation.nll import NLLScorer, collate_solutions
 from ..evaluation.passk import mean_interval
 from ..evaluation.problems import Problem, load_problems, problem_from_record, split_record
@@ -181,8 +181,9 @@ class _Trainer:
                 raise AutoskillError(f"{folder}: holds a pilot trained on other examples or with other options; pass "
                                      "--overwrite to train it again with these options, or rank another run")
             state = None  # trained again below, over the old pilot's files
+        stops = key_stops(eval_config, self.loaded) if eval_config.metric == "passk" else None
         if state is not None and _complete(folder, eval_key(eval_config, state["model"], self.dev_record, None,
-                                                            dtype=key_dtype(eval_config, self.loaded))):
+                                                            dtype=key_dtype(eval_config, self.loaded), stops=stops)):
             result = load_eval(folder)
             return Pilot(name, state, result, float(result.record.get("timings", {}).get("seconds", 0.0)), True)
         model = self.loaded.model

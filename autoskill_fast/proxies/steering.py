@@ -16,7 +16,8 @@ from ..artifacts import load_json, save_json
 from ..basis import SkillBasis
 from ..capture.fingerprint import fingerprint_folder, model_identity
 from ..capture.models import LoadedModel, resolve_model_path
-from ..evaluation.job import EvalConfig, EvalResult, evaluate, finished_evaluation, key_dtype, paired_differences
+from ..evaluation.job import (EvalConfig, EvalResult, evaluate, finished_evaluation, key_dtype, key_stops,
+                              paired_differences)
 from ..evaluation.passk import mean_interval
 from ..run.ranking import RankingEntry
 from ..steering.baking import bake
@@ -66,23 +67,24 @@ def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, direc
     return entries, baseline
 
 
-def _served_base(config: EvalConfig) -> tuple[str, str]:
-    """The base model's identity and the dtype vLLM serves it in (a baked checkpoint keeps the base's config, so
-    --dtype auto resolves the same for it)."""
+def _served_base(config: EvalConfig) -> tuple[str, str, list[int]]:
+    """The base model's identity, the dtype vLLM serves it in and the tokens its samples end at (a baked checkpoint
+    keeps the base's config, tokenizer and generation config, so these are the same for it)."""
     from transformers import AutoConfig
 
     model_dir, _ = resolve_model_path(config.model.model)
     hf_config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    return model_identity(fingerprint_folder(model_dir, hf_config, model_dir.name)), key_dtype(config, None)
+    return (model_identity(fingerprint_folder(model_dir, hf_config, model_dir.name)), key_dtype(config, None),
+            key_stops(config, None))
 
 
 def _baked_evaluation(vector: SteeringVector, name: str, config: EvalConfig, work: Path, keep_checkpoint: bool,
-                      served: tuple[str, str]) -> tuple[EvalResult, float]:
+                      served: tuple[str, str, list[int]]) -> tuple[EvalResult, float]:
     """The evaluation of the model with `vector` baked into a checkpoint that vLLM serves, and the seconds the bake
     took. A note beside the checkpoint keeps the base model's identity, the dtype it is served in (`served`) and the
     baked model's fingerprint, so a rerun whose evaluation is finished reuses it without baking again (a full copy of
     the model) while the base model and the dtype are the same; a checkpoint of another base model is baked again."""
-    base, dtype = served
+    base, dtype, stops = served
     model_dir, _ = resolve_model_path(config.model.model)
     # resolved: the checkpoint's path is part of its evaluation's key, which another spelling of the run must not change
     baked = (work / "checkpoints" / f"{name}-{vector.digest()[:12]}").resolve()  # a refit's vector: a new bake
@@ -92,7 +94,7 @@ def _baked_evaluation(vector: SteeringVector, name: str, config: EvalConfig, wor
     note = note if isinstance(note, dict) else {}
     same = note.get("base") == base and note.get("dtype") == dtype and isinstance(note.get("fingerprint"), dict)
     if same and not (keep_checkpoint and not (baked / "config.json").is_file()):
-        finished = finished_evaluation(config, note["fingerprint"], dtype=dtype)
+        finished = finished_evaluation(config, note["fingerprint"], dtype=dtype, stops=stops)
         if finished is not None:
             if not keep_checkpoint:
                 shutil.rmtree(baked, ignore_errors=True)  # left by a run stopped before it removed it

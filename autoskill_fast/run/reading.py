@@ -98,8 +98,12 @@ def fetch_records(config: CorpusConfig, wanted: dict[int, str]) -> dict[int, Rec
     if not wanted:
         return found
     last = max(wanted)
-    for record in iter_records(config):
+    for record in iter_records(config, unreadable=True):  # a line the profile skipped as unreadable is not wanted
         if record.row in wanted:
+            if record.problem is not None:
+                raise AutoskillError(f"{record.where}: {record.problem}, but the profile scored a record at this row "
+                                     f"(id {wanted[record.row]!r}); the corpus changed since it was profiled: pass "
+                                     "the original corpus (--corpus) or profile again")
             if record.id != wanted[record.row]:
                 unknown = ("; with no id field known (a run folder without run.json records none), a record's id "
                            "here is its row number" if config.id_field is None else "")
