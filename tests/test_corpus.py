@@ -274,6 +274,13 @@ def test_records_a_template_or_chat_template_cannot_render_are_bad_examples(tmp_
     with pytest.raises(BadExampleError, match=r"s.jsonl:1: example '0': the text holds '\\ud800' at character 5, a "
                                               "lone surrogate"):
         render(next(iter_records(plain)), plain)
+    # A message without content (an assistant's tool call) is the template's to render, not refused before it.
+    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m.get('content') or "
+                               "m['tool_calls'][0]['name'] }}\n{% endfor %}")
+    write_jsonl(tmp_path / "tools.jsonl", [{"messages": [{"role": "user", "content": "2 + 2?"},
+                                                         {"role": "assistant", "tool_calls": [{"name": "calc"}]}]}])
+    tools = CorpusConfig(str(tmp_path / "tools.jsonl"), messages_field="messages")
+    assert render(next(iter_records(tools)), tools, tokenizer).text == "user: 2 + 2?\nassistant: calc\n"
 
 
 def test_missing_field_and_empty_text_are_bad_examples(tmp_path):

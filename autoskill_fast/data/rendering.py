@@ -85,7 +85,8 @@ def _chat_text(record: Record, tokenizer, messages: list, **options) -> str:
 def _render_chat(record: Record, config: CorpusConfig, tokenizer, *, prompt_only: bool,
                  need_prompt: bool) -> Example:
     messages = record.data.get(config.messages_field)
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+    # A message needs a role; its content is the template's business (an assistant's tool call may have none)
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m for m in messages):
         raise BadExampleError(record.id, f"field {config.messages_field!r} must be a non-empty list of "
                                          "{'role': ..., 'content': ...} messages", source=record.where)
     if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
@@ -99,7 +100,7 @@ def _render_chat(record: Record, config: CorpusConfig, tokenizer, *, prompt_only
     text = _chat_text(record, tokenizer, messages)
     prompt = None
     if need_prompt and messages[-1]["role"] == "assistant" and len(messages) > 1:
-        reply = messages[-1]["content"]
+        reply = messages[-1].get("content")
         if isinstance(reply, str) and not reply.strip():
             raise BadExampleError(record.id, "the assistant's reply is empty: nothing to pool", source=record.where)
         prompt = _chat_text(record, tokenizer, messages[:-1], add_generation_prompt=True)
