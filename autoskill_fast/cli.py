@@ -19,6 +19,7 @@ from .analysis.selection import SelectConfig
 from .config import FeatureScaling, ProfileConfig, ProjectConfig, choices
 from .evaluation.job import EvalConfig
 from .proxies.job import RankConfig
+from .run.ranking import alpha_label
 from .errors import AutoskillError
 from .options import build_config, config_options, given_params
 from .steering.export import SteerConfig
@@ -339,11 +340,13 @@ def format_ranking(ranking, limit: int = 10) -> str:
     lines = [f"{ranking.proxy} proxy, metric {ranking.metric}: {len(ranking.entries)} (direction, sign) entries, "
              f"best first ({'own and joint ' if joint else ''}95% intervals)"]
     for e in ranking.entries[:limit]:
-        alpha = f" alpha {e.alpha:g} ({e.alpha_unit})" if e.alpha is not None else ""
+        alpha = f" alpha {alpha_label(e.alpha)} ({e.alpha_unit})" if e.alpha is not None else ""
         mark = "  **" if e.jointly_significant else "  *" if e.significant else ""
         together = f"  joint [{e.joint_low:+.4f}, {e.joint_high:+.4f}]" if joint else ""
         lines.append(f"  {e.pole:>4}{alpha}: {e.effect:+.4f}  [{e.low:+.4f}, {e.high:+.4f}]{together}  "
                      f"{e.statistic}{mark}")
+    if len(ranking.entries) > limit:
+        lines.append(f"  ... and {len(ranking.entries) - limit} more in ranking.json (and the report)")
     marks = "* its own interval lies above zero, ** its joint interval too" if joint else \
         "* the interval lies above zero"
     lines.append(f"  ({marks}; {ranking.multiplicity_note})")

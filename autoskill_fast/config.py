@@ -78,7 +78,7 @@ def parse_layers(spec: str | None) -> tuple[int, ...] | None:
             else:
                 layers.append(int(part))
         except ValueError:
-            raise AutoskillError(f"cannot read the layers {part!r}; write e.g. 1,3,5-8 or -2") from None
+            raise AutoskillError(f"cannot read {part!r} in {spec!r}; write a list of indices such as 1,3,5-8") from None
     return tuple(layers)
 
 

@@ -179,8 +179,10 @@ def test_steering_recovers_a_planted_direction(tmp_path, tiny_model):
     ranking = Ranking("steer", "nll", None, entries)
     assert (ranking.entries[0].direction, ranking.entries[0].sign) == (0, 1) and ranking.entries[0].significant
     assert ranking.joint and ranking.entries[0].jointly_significant
-    for entry in ranking.entries:  # four entries on the same six problems: each joint interval is wider than its own
-        assert entry.joint_low < entry.low <= entry.effect <= entry.high < entry.joint_high, entry
+    for entry in ranking.entries:  # four entries on the same six problems: each joint interval holds its own
+        assert entry.joint_low <= entry.low <= entry.effect <= entry.high <= entry.joint_high, entry
+    # and reaches further somewhere (on six problems the own interval has Student's width: as far, on some sides)
+    assert any(e.joint_low < e.low or e.high < e.joint_high for e in ranking.entries)
     assert (ranking.entries[-1].direction, ranking.entries[-1].sign) == (0, -1) and ranking.entries[-1].high < 0
     assert all(e.alpha == 6.0 and e.alpha_unit == "norm" and e.cost_s > 0 for e in ranking.entries)
     assert "nll" in baseline and (tmp_path / "work" / "base" / "eval.json").is_file()
@@ -200,7 +202,7 @@ def test_alpha_in_standard_deviations(tmp_path):
         SteeringVector.from_basis(basis, 1, unit="sigma")
 
 
-def test_rank_then_select_and_steer_along_the_ranking(tmp_path, tiny_model):
+def test_rank_then_select_and_steer_along_the_ranking(tmp_path, tiny_model, monkeypatch):
     import json
 
     from click.testing import CliRunner
@@ -254,6 +256,17 @@ def test_rank_then_select_and_steer_along_the_ranking(tmp_path, tiny_model):
                      tmp_path / "vec2")):
         code, out = invoke(*command)
         assert code == 2 and "before a refit" in out, out
+    # A direction the basis lacks is refused before the model is loaded (it was after)
+    from autoskill_fast.proxies import job as rank_job
+
+    with monkeypatch.context() as patched:
+        patched.setattr(rank_job, "load_model", lambda *a, **k: pytest.fail("loaded the model first"))
+        code, out = invoke("rank", tmp_path / "pool", "--proxy", "steer", "--directions", "0,7", "--corpus", corpus)
+    assert code == 2 and "direction 7 out of range" in out, out
+    # and the report leaves it out, saying why (it showed the old basis's ranking as this one's)
+    code, out = invoke("inspect", tmp_path / "pool", "--show", 0)
+    assert code == 0 and "before a refit" in out and "the report leaves it out" in out, out
+    assert "Which directions help" not in (tmp_path / "pool" / "report.html").read_text()
 
     # A profile of the whole file holds the dev problems: ranking notes it, selecting along the ranking is refused.
     code, out = invoke("profile", "--model", model, "--corpus", corpus, "--template", "{question}\n{answer}",
@@ -264,6 +277,31 @@ def test_rank_then_select_and_steer_along_the_ranking(tmp_path, tiny_model):
     assert code == 0 and "note: 6 of the run's examples are in the dev set" in out, out
     code, out = invoke("select", tmp_path / "all", "--ranking", tmp_path / "all", "-n", 4, "--out", tmp_path / "x.jsonl")
     assert code == 2 and "are in the dev set" in out and "--split pool" in out, out
+
+    # The same problems escaped every check when they were not matched by the ids of the same reading: read with an
+    # id field (ids "u7", the dev set's "7"), or in another file asked through a template (the field was compared).
+    with_ids = write_jsonl(tmp_path / "ids.jsonl", [{"uid": f"u{i}", **r} for i, r in enumerate(records)])
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"q": r["question"], "a": r["answer"]} for r in records])
+    copy = write_jsonl(tmp_path / "copy.jsonl", [{"q": r["question"], "a": r["answer"], "src": 1} for r in records])
+    for name, run_corpus, rank_corpus, profiled, asked in (
+            ("ids", with_ids, with_ids, ("--id-field", "uid", "--template", "{question}\n{answer}"), ()),
+            ("copy", copy, qa, ("--template", "{q}\n{a}"), ("--question-template", "{q}", "--answer-field", "a"))):
+        code, out = invoke("profile", "--model", model, "--corpus", run_corpus, "--out", tmp_path / name, "-k", 3,
+                           "--quiet", *profiled)
+        assert code == 0, out
+        code, out = invoke("rank", tmp_path / name, "--proxy", "correlation", "--metric", "nll", "--corpus",
+                           rank_corpus, *split, *asked, "--resamples", 100, "--quiet")
+        assert code == 0 and "note: 6 of the run's examples are in the dev set" in out, (name, out)
+        code, out = invoke("select", tmp_path / name, "--ranking", tmp_path / name, "-n", 4, "--out",
+                           tmp_path / f"selected-{name}.jsonl")
+        assert code == 2 and "are in the dev set" in out, (name, out)
+    # Asked by a field the run's records lack, nothing could be matched: said so, not taken for disjoint.
+    code, out = invoke("rank", tmp_path / "copy", "--proxy", "correlation", "--metric", "nll", "--corpus", corpus,
+                       *split, "--resamples", 100, "--quiet", "--overwrite")
+    assert code == 0 and "disjointness from the dev set could not be checked" in out, out
+    code, out = invoke("select", tmp_path / "copy", "--ranking", tmp_path / "copy", "-n", 4, "--out",
+                       tmp_path / "selected-unchecked.jsonl")
+    assert code == 0 and "could not check that this run's examples are not in its dev set" in out, out
 
 
 def test_the_best_poles_or_directions_of_a_ranking_take_each_once_at_its_best_alpha():
@@ -391,3 +429,31 @@ def test_a_steering_strength_must_be_finite(alpha, tmp_path):
     basis = load_run(make_run(tmp_path / "run", torch.randn(20, 3))).basis
     with pytest.raises(AutoskillError, match="alpha and weights must be finite numbers"):
         SteeringVector.from_basis(basis, 0, alpha=alpha)
+
+
+def test_rank_and_steer_options_that_would_be_ignored_or_collide_are_refused(tmp_path):
+    from autoskill_fast.config import parse_layers
+    from autoskill_fast.proxies.job import RankConfig
+    from autoskill_fast.proxies.steering import steering_name
+    from autoskill_fast.steering.export import SteerConfig
+
+    for options, message in (({"directions": parse_layers("1-0")}, "in a range written low to high"),
+                             ({"directions": (0, 0)}, "must name each direction once"),
+                             ({"alphas": (2.0, 2.0)}, "names a strength twice"),
+                             ({"pilot_lr": 0.0}, "must be a positive learning rate"),
+                             ({"pilot_lr": float("nan")}, "must be a positive learning rate")):
+        with pytest.raises(AutoskillError, match=message):
+            RankConfig(run="r", **options)
+    # a folder per strength: two alphas that print alike under %g were one folder
+    assert steering_name(0, 1, 0.1234567, "norm") != steering_name(0, 1, 0.1234568, "norm")
+    assert steering_name(0, -1, 2.0, "std") == "d0-a2std"  # as before, where %g is exact
+    with pytest.raises(AutoskillError, match="give either a ranking or --direction"):
+        SteerConfig(run="r", out="o", ranking="r", sign=-1)
+    SteerConfig(run="r", out="o", ranking="r", alpha=4.0, alpha_unit="std")  # a correlation ranking's strength
+    with pytest.raises(AutoskillError, match=r"ranking.json: no ranking; run `autoskill-fast rank` on the run first"):
+        Ranking.load(tmp_path)
+    from autoskill_fast.cli import format_ranking
+    from autoskill_fast.run.ranking import RankingEntry
+
+    many = Ranking("steer", "nll", None, [RankingEntry(d, 1, 0.1, 0.0, 0.2, "NLL drop") for d in range(13)])
+    assert "... and 3 more in ranking.json" in format_ranking(many)

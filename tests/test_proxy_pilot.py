@@ -104,6 +104,17 @@ def test_pilot_ranks_both_poles_against_random_and_leaves_the_base_model(setup, 
         [(e.pole, e.effect, e.low, e.high, e.joint_low, e.joint_high) for e in ranking.entries]
     assert all(e.details["reused"] for e in again.entries) and again.baseline["reused"]
     assert {p: p.stat().st_mtime_ns for p in work.rglob("*.json*")} == stamps
+    # Asked to keep adapters that a finished run did not keep: none is named (it named folders that did not exist).
+    kept = rank(config(run, corpus, directions=(0, 1), keep_adapters=True), loaded=loaded)
+    assert all(e.details["adapter"] is None for e in kept.entries) and kept.baseline["adapter"] is None
+
+
+def test_a_pool_too_small_for_its_pilots_is_a_note_of_the_ranking(setup, monkeypatch):
+    """It was kept in the baseline's record, which neither the CLI nor the report shows."""
+    tmp, corpus, _, run, loaded = setup
+    note = "the pool has only 24 examples: every pilot trains on all of them, in another order"
+    monkeypatch.setattr(pilot_module, "pilot_proxy", lambda *args, **kwargs: ([], {"note": note}))
+    assert note in rank(config(run, corpus), loaded=loaded).notes
 
 
 def test_kept_adapters_resume_an_interrupted_evaluation(setup, monkeypatch):

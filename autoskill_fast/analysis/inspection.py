@@ -11,6 +11,7 @@ HTML itself is drawn in `report_html.py`.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,12 +320,26 @@ def inspect(config: InspectConfig) -> InspectResult:
     if not config.no_html:
         from .report_html import render_report
 
-        ranking = Ranking.load(run.folder) if (run.folder / RANKING_JSON).is_file() else None
         html = render_report(run, result.directions, shown=shown, scatter=scatter, comparison=result.comparison,
-                             ranking=ranking, excerpt_chars=config.excerpt_chars, full_text_chars=REPORT_TEXT_CHARS,
+                             ranking=_current_ranking(run), excerpt_chars=config.excerpt_chars,
+                             full_text_chars=REPORT_TEXT_CHARS,
                              color=color, id_note=_id_note(run, records))
         result.html = save_text(Path(config.html) if config.html else run.folder / REPORT_HTML, html)
     return result
+
+
+def _current_ranking(run: ProfileRun) -> Ranking | None:
+    """The run's ranking.json for the report, if it ranks this basis; one of a basis since refitted is left out, with
+    a warning (select and steer refuse it too)."""
+    if not (run.folder / RANKING_JSON).is_file():
+        return None
+    ranking = Ranking.load(run.folder)
+    try:
+        ranking.check_basis(run.basis, run.folder / RANKING_JSON)
+    except AutoskillError as e:
+        warnings.warn(f"{e}; the report leaves it out", stacklevel=2)
+        return None
+    return ranking
 
 
 def _id_note(run: ProfileRun, records: dict[int, Record]) -> str | None:

@@ -20,6 +20,7 @@ import torch
 
 from ..basis import CONCENTRATION_WARNING
 from ..basis import block_ranges
+from ..run.ranking import alpha_label
 from ..run.reading import ProfileRun, excerpt
 from .report_page import Figures, index_axis, meta_table, page
 
@@ -276,7 +277,7 @@ def _ranking_section(figs: Figures, ranking) -> str:
     """Which directions help (ranking.json): each (direction, sign[, alpha])'s effect with its interval, best first."""
     go = figs.go
     entries = ranking.entries
-    names = [e.pole + (f" a{e.alpha:g}{e.alpha_unit}" if e.alpha is not None else "") for e in entries]
+    names = [e.pole + (f" a{alpha_label(e.alpha)}{e.alpha_unit}" if e.alpha is not None else "") for e in entries]
     effects = [e.effect for e in entries]
     joint = ranking.joint
     fig = go.Figure()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,7 @@ import torch
 from ..artifacts import save_json, save_jsonl
 from ..basis import ROUNDING_VARIANCE
 from ..config import ConfigError, choices, cli
+from ..data.corpus import same_reading
 from ..errors import AutoskillError
 from ..run.ranking import Ranking
 from ..run.reading import ProfileRun, fetch_records, iter_texts, load_run
@@ -191,12 +193,16 @@ def ranking_poles(run: ProfileRun, path: str, top: int) -> list[Pole]:
     ranking = Ranking.load(path)
     ranking.check_basis(run.basis, path)
     dev = set(ranking.dev.get("ids") or ())
-    same_file = run.record is not None and (ranking.dev.get("corpus") or {}).get("sha256") == run.record.corpus.get("sha256")
-    overlap = sorted(dev & set(run.scores.ids)) if same_file else []
+    same_file = run.record is not None and same_reading(ranking.dev.get("corpus") or {}, run.record.corpus)
+    found = ranking.dev.get("run_overlap", [])  # by `rank` (another file, matched by question); None: not looked for
+    if found is None and not same_file:
+        warnings.warn(f"{path}: rank could not check that this run's examples are not in its dev set; select from a "
+                      "profile of a pool you know to be disjoint from it", stacklevel=2)
+    overlap = sorted(set(found or ()) | (dev & set(run.scores.ids) if same_file else set()))
     if overlap:
         raise AutoskillError(f"{run.folder}: {len(overlap)} of its examples (e.g. {overlap[:3]}) are in the dev set "
                              f"{path} was measured on; select from a profile of the pool (--split pool with the same "
-                             "--dev-size and --split-seed)")
+                             "--dev-size and --split-seed, or a corpus without the dev set's problems)")
     return [Pole(entry.direction, entry.sign) for entry in ranking.best(top, per="pole")]
 
 

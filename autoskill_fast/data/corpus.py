@@ -269,6 +269,12 @@ def _named_format(path: Path) -> str | None:
         return None
 
 
+def same_reading(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two corpus fingerprints of the same file read with the same ids (else record "q7" of one is "7" of the other,
+    and ids cannot match records)."""
+    return a.get("sha256") == b.get("sha256") and a.get("id_field") == b.get("id_field")
+
+
 def content_identity(fingerprint: dict[str, Any]) -> str:
     """What tells one corpus file's content from another's in its fingerprint, in words (its path is not part of it)."""
     return f"sha256 {fingerprint['sha256'][:16]}, {fingerprint['bytes']} bytes"

@@ -358,10 +358,15 @@ def _what_differs(record: Any, fields: dict[str, Any]) -> str:
     differences = _differing_fields(earlier, fields)
     if not differences:
         return "the same options under another key: made by another version"
-    shown = [f"{name.removeprefix('config.')} {json.dumps(old)[:60]} now {json.dumps(new)[:60]}"
-             for name, old, new in differences[:3]]
+    shown = [f"{name.removeprefix('config.')} {_shown(old)} now {_shown(new)}" for name, old, new in differences[:3]]
     more = f"; and {len(differences) - 3} more" if len(differences) > 3 else ""
     return "; ".join(shown) + more
+
+
+def _shown(value: Any, width: int = 60) -> str:
+    """A value as JSON, its end kept when long (two paths differ at their ends)."""
+    text = json.dumps(value)
+    return text if len(text) <= width else "..." + text[-(width - 3):]
 
 
 def _run_hf(config: EvalConfig, loaded: LoadedModel, steering, problems: list[Problem], done: set[str],

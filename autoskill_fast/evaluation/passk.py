@@ -22,6 +22,7 @@ one), where the bootstrap of a rare proportion is short, get the score interval 
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
@@ -42,9 +43,11 @@ class Estimate:
     value: float
     """The estimate on the data as given (the mean over all problems, or of their paired differences)."""
     low: float
-    """Lower end: the (1 - confidence) / 2 quantile of the bootstrap means, or the lower end of `bounded`'s interval."""
+    """Lower end: the (1 - confidence) / 2 quantile of the bootstrap means (widened about the mean for an unbounded
+    metric, `small_sample_widening`), or the lower end of `bounded`'s interval."""
     high: float
-    """Upper end: the (1 + confidence) / 2 quantile of the bootstrap means, or the upper end of `bounded`'s."""
+    """Upper end: the (1 + confidence) / 2 quantile of the bootstrap means (widened likewise), or the upper end of
+    `bounded`'s."""
     confidence: float
     """Nominal coverage of [low, high], e.g. 0.95."""
 
@@ -167,7 +170,10 @@ def mean_interval(values: ArrayLike, *, confidence: float = 0.95, resamples: int
       on the other (exactly, for a 0/1 metric at 50 problems, 0.911 held at the worst share when it took all of it;
       0.925 with Clopper-Pearson's interval from three on);
     - otherwise values that all lie on the range's ends and its middle get `score_interval`.
-    Without, values all equal give the point itself.
+    Without, one value gives (-inf, inf), two or more all equal give the point itself, and otherwise the percentile
+    interval is widened about the mean by `small_sample_widening`, which it needs on few problems (plain, it held a
+    normal mean 50% of the time at 2 problems, 85% at 5, 90% at 10; widened, 93-96% from 2 to 30, and 87-91% for
+    exponential values, which no symmetric form holds at so few).
     """
     _check_bootstrap(confidence, resamples)
     values = _per_problem("values", values)
@@ -183,7 +189,67 @@ def mean_interval(values: ArrayLike, *, confidence: float = 0.95, resamples: int
         return Estimate(float(values.mean()), low, high, float(confidence))
     means = _bootstrap_means(values, resamples, seed)
     low, high = np.quantile(means, [(1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0])
-    return Estimate(float(values.mean()), float(low), float(high), float(confidence))
+    mean = float(values.mean())
+    if bounds is None and values.shape[0] == 1:
+        return Estimate(mean, -math.inf, math.inf, float(confidence))  # one value says nothing of its spread
+    if bounds is None:
+        widen = small_sample_widening(values.shape[0], confidence)
+        low, high = mean - widen * (mean - low), mean + widen * (high - mean)
+    return Estimate(mean, float(low), float(high), float(confidence))
+
+
+def small_sample_widening(count: int, confidence: float) -> float:
+    """The factor that turns the percentile bootstrap interval of a mean of `count` values into one of Student's width:
+    t(count - 1) sqrt(count / (count - 1)) / z, as in Hesterberg's expanded percentile interval (which widens by level
+    instead; by scale, it holds from 2 values on). The bootstrap's spread is the values' own, divided by count rather
+    than count - 1, and the normal quantile is too short for an estimated spread. 1.02 at 100 values, 1.22 at 10,
+    1.58 at 5, 9.2 at 2, inf at 1."""
+    if count < 2:
+        return float("inf")
+    z = NormalDist().inv_cdf((1.0 + confidence) / 2.0)
+    return student_t_quantile(confidence, count - 1) * float(np.sqrt(count / (count - 1))) / z
+
+
+def student_t_quantile(confidence: float, df: int) -> float:
+    """The t such that |T| < t with probability `confidence`, for Student's T with integer `df` degrees of freedom:
+    the closed form of its distribution (Abramowitz and Stegun 26.7.3-4) inverted by bisection; above 100 degrees,
+    their expansion about the normal quantile (26.7.5). To about 1e-9 relative for confidences up to 1 - 1e-9."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    if int(df) != df or df < 1:
+        raise ValueError(f"df must be a positive integer, got {df}")
+    df = int(df)
+    if df > 100:
+        z = NormalDist().inv_cdf((1.0 + confidence) / 2.0)
+        terms = [(z ** 3 + z) / 4, (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96,
+                 (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384,
+                 (79 * z ** 9 + 776 * z ** 7 + 1482 * z ** 5 - 1920 * z ** 3 - 945 * z) / 92160]
+        return z + sum(term / df ** (i + 1) for i, term in enumerate(terms))
+    low, high = 0.0, 1.0
+    while _student_t_within(high, df) < confidence:
+        high *= 2.0
+    for _ in range(100):
+        middle = (low + high) / 2.0
+        low, high = (middle, high) if _student_t_within(middle, df) < confidence else (low, middle)
+    return high
+
+
+def _student_t_within(t: float, df: int) -> float:
+    """P(|T| < t) for Student's T with integer `df` degrees of freedom."""
+    theta = np.arctan(t / np.sqrt(df))
+    cos2 = np.cos(theta) ** 2
+    term, total = 1.0, 1.0
+    if df % 2:  # odd: (2 / pi) (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ... up to cos^(df-3)))
+        if df == 1:
+            return float(2.0 * theta / np.pi)
+        for j in range(1, (df - 1) // 2):
+            term *= cos2 * (2 * j) / (2 * j + 1)
+            total += term
+        return float(2.0 / np.pi * (theta + np.sin(theta) * np.cos(theta) * total))
+    for j in range(1, df // 2):  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ... up to cos^(df-2))
+        term *= cos2 * (2 * j - 1) / (2 * j)
+        total += term
+    return float(np.sin(theta) * total)
 
 
 def paired_mean_difference(a: ArrayLike, b: ArrayLike, *, confidence: float = 0.95, resamples: int = 2000,
@@ -296,7 +362,9 @@ def simultaneous_mean_intervals(values_pe: ArrayLike, *, confidence: float = 0.9
     the paired differences of E interventions against one baseline), with the joint intervals of `simultaneous_band`
     (bootstrap-t) over resamples of the problems, cut to `bounds`.
 
-    Without `bounds`, an entry whose values are all equal (all of them, with one problem) gets its point. With them,
+    Without `bounds`, an entry whose values are all equal (all of them, with one problem) gets its point; on few
+    problems the band holds less than `confidence` (4 normal entries: 0.85 at 3 problems, 0.92 at 5, 0.94 at 10, 0.95
+    at 30 once each entry's own interval is added, as `rank` does). With them,
     an entry whose values all equal one but for at most MAX_FEW_CHANGES gets `few_changes_interval` at
     1 - FEW_CHANGES_MISS (1 - confidence) / E, and the band of the others is taken at
     1 - (1 - FEW_CHANGES_MISS) (1 - confidence): shares fixed before the data are seen, so the chances of a miss add

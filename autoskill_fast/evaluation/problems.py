@@ -131,6 +131,17 @@ def problem_from_record(record, config: ProblemsConfig) -> Problem:
     """One corpus record as a problem: its question (field or template), worked solution and gold answer ("" when the
     solution states none)."""
     data = record.data
+    question = question_of(record, config)
+    solution = _text_field(data, config.answer_field, record.where, "--answer-field")
+    if config.gold_field is None:
+        return Problem(record.id, record.row, question, solution, gold_answer(solution))
+    gold = _as_text(data.get(config.gold_field))  # "" when absent: a pool example needs none
+    return Problem(record.id, record.row, question, solution, _bare(gold))
+
+
+def question_of(record, config: ProblemsConfig) -> str:
+    """A record's question, as `eval` asks it (the question field, or the template over fields)."""
+    data = record.data
     if config.question_template is not None:
         missing = [f for f in template_fields(config.question_template) if data.get(f) is None]
         if missing:
@@ -142,11 +153,7 @@ def problem_from_record(record, config: ProblemsConfig) -> Problem:
                                  f"({type(e).__name__}: {e})") from None
     else:
         question = _text_field(data, config.question_field, record.where, "--question-field")
-    solution = _text_field(data, config.answer_field, record.where, "--answer-field")
-    if config.gold_field is None:
-        return Problem(record.id, record.row, question, solution, gold_answer(solution))
-    gold = _as_text(data.get(config.gold_field))  # "" when absent: a pool example needs none
-    return Problem(record.id, record.row, question, solution, _bare(gold))
+    return question
 
 
 def _text_field(data: dict[str, Any], name: str, where: str, flag: str) -> str:

@@ -25,12 +25,12 @@ import numpy as np
 from ..basis import SkillBasis
 from ..capture.models import LoadedModel, load_model
 from ..config import BatchingConfig, ConfigError, ModelConfig, cli, number_list, parse_layers, template_fields
-from ..data.corpus import fingerprint, iter_records
+from ..data.corpus import fingerprint, iter_records, same_reading
 from ..errors import AutoskillError
 from ..evaluation.generation import GenerationConfig
 from ..evaluation.job import EvalConfig, Metric, evaluate
 from ..evaluation.samples import SAMPLES_JSONL, read_samples
-from ..evaluation.problems import ProblemsConfig, load_problems
+from ..evaluation.problems import ProblemsConfig, load_problems, question_of
 from ..run.folder import RunFolder
 from ..run.ranking import Ranking, RankingEntry
 from .correlation import (auroc_score_interval, auroc_with_error, cluster_bootstrap, entries_from, pearson,
@@ -107,6 +107,13 @@ class RankConfig:
         if not self.alphas or not all(a > 0 and math.isfinite(a) for a in self.alphas):
             raise ConfigError(owner, "alphas", f"must be positive strengths (the sign is tried both ways), got "
                                                f"{self.alphas}")
+        if len(set(self.alphas)) < len(self.alphas):
+            raise ConfigError(owner, "alphas", f"names a strength twice: {list(self.alphas)}")
+        if self.directions is not None and (not self.directions or len(set(self.directions)) < len(self.directions)):
+            raise ConfigError(owner, "directions", f"must name each direction once, in a range written low to high "
+                                                   f"(e.g. 0-3), got {list(self.directions)}")
+        if not (self.pilot_lr > 0 and math.isfinite(self.pilot_lr)):
+            raise ConfigError(owner, "pilot_lr", f"must be a positive learning rate, got {self.pilot_lr}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,16 +124,16 @@ def rank(config: RankConfig, *, loaded: LoadedModel | None = None) -> Ranking:
     folder = RunFolder(config.run)
     record = folder.record()
     basis = folder.basis(record)
+    directions = list(config.directions) if config.directions is not None else \
+        list(range(basis.k if config.proxy == "correlation" else min(4, basis.k)))
+    for d in directions:  # before the model is loaded
+        basis.direction(d)  # range check with the basis's own message
     model = config.model if config.model.model is not None else replace(
         config.model, model=(record.config.get("model") or {}).get("model"))
     loaded = loaded or load_model(model, causal_lm=True)
     basis.check_model(loaded.fingerprint, what=f"the model {loaded.name}")
-    directions = list(config.directions) if config.directions is not None else \
-        list(range(basis.k if config.proxy == "correlation" else min(4, basis.k)))
-    for d in directions:
-        basis.direction(d)  # range check with the basis's own message
     dev_ids = config.problems.dev_ids()
-    notes = _check_pool(folder, record, config.problems, dev_ids, needs_pool=config.proxy == "pilot")
+    notes, overlap = _check_pool(folder, record, config.problems, dev_ids, needs_pool=config.proxy == "pilot")
     work = folder / "rank" / config.proxy / config.metric
     eval_base = EvalConfig(out=str(work), problems=replace(config.problems, split="dev"), model=model,
                            generation=config.generation, k=(config.k,), metric=config.metric, quiet=config.quiet,
@@ -143,37 +150,53 @@ def rank(config: RankConfig, *, loaded: LoadedModel | None = None) -> Ranking:
         from .pilot import pilot_proxy
 
         entries, baseline = pilot_proxy(config, basis, folder, record, loaded, work, directions, eval_base)
+        notes += [baseline.pop("note")] if "note" in baseline else []  # a pool too small to tell poles from random
     ranking = Ranking(config.proxy, config.metric, basis.run_key, entries, config.to_json(),
                       {"ids": sorted(dev_ids), "corpus": fingerprint(replace(config.problems, split="all").corpus),
-                       "dev_size": config.problems.dev_size, "split_seed": config.problems.split_seed},
+                       "dev_size": config.problems.dev_size, "split_seed": config.problems.split_seed,
+                       "run_overlap": None if overlap is None else sorted(overlap)},
                       baseline, notes, basis.digest())
     ranking.save(folder.path)
     return ranking
 
 
 def _check_pool(folder: RunFolder, record, problems: ProblemsConfig, dev_ids: set[str], *,
-                needs_pool: bool) -> list[str]:
-    """The run's examples (the pool that is selected and trained on) must not include the dev set: refused when this
-    proxy trains on them, noted otherwise (`select --ranking` refuses them later). Examples of the same file are
-    matched by id; of another file, by the text of their question."""
-    same_file = record.corpus.get("sha256") == fingerprint(replace(problems, split="all").corpus)["sha256"]
+                needs_pool: bool) -> tuple[list[str], set[str] | None]:
+    """(notes, the run's examples found in the dev set: None when they could not be looked for). The run's examples
+    (the pool that is selected and trained on) must not include the dev set: refused when this proxy trains on them,
+    noted and recorded otherwise (`select --ranking` refuses them later). Examples of the same file read with the same
+    ids are matched by id; otherwise by the text of their question, as `eval` asks it (field or template)."""
+    same_file = same_reading(record.corpus, fingerprint(replace(problems, split="all").corpus))
     if same_file:
         overlap = set(folder.scores(record).ids) & dev_ids
     else:
         dev_questions = {" ".join(p.question.split()) for p in load_problems(replace(problems, split="dev"))}
         try:
-            overlap = {r.id for r in iter_records(record.corpus_reading(), unreadable=True)  # as it was profiled
-                       if " ".join(str(r.data.get(problems.question_field, "")).split()) in dev_questions}
+            questions = {r.id: _normalized_question(r, problems)  # as it was profiled
+                         for r in iter_records(record.corpus_reading(), unreadable=True)}
         except AutoskillError as e:
-            return [f"the pool's disjointness from the dev set could not be checked ({e})"]
+            return [f"the pool's disjointness from the dev set could not be checked ({e})"], None
+        if not any(questions.values()):
+            return ["the pool's disjointness from the dev set could not be checked: no record of the run's corpus has "
+                    "a question as --question-field / --question-template ask it"], None
+        overlap = {rid for rid, question in questions.items() if question in dev_questions}
+    pool = ("--split pool with the same --dev-size and --split-seed" if same_file else
+            "a corpus without the dev set's problems")
     if overlap and needs_pool:
         raise AutoskillError(f"{folder.path}: the profiled corpus holds {len(overlap)} of the dev set's problems (e.g. "
-                             f"{sorted(overlap)[:3]}); profile the pool (--split pool with the same --dev-size and "
-                             "--split-seed) to train pilots on it")
+                             f"{sorted(overlap)[:3]}); profile {pool} to train pilots on it")
     if overlap:
-        return [f"{len(overlap)} of the run's examples are in the dev set: selecting from this run for the dev set is "
-                "refused; profile the pool (--split pool, same --dev-size and --split-seed) to select"]
-    return []
+        return [f"{len(overlap)} of the run's examples are in the dev set: selecting from this run with this ranking "
+                f"is refused; profile {pool} to select"], overlap
+    return [], overlap
+
+
+def _normalized_question(record, problems: ProblemsConfig) -> str | None:
+    """A run record's question, whitespace normalized; None for a record that has none (not a problem)."""
+    try:
+        return " ".join(question_of(record, problems).split())
+    except AutoskillError:
+        return None
 
 
 def _correlation(config: RankConfig, basis: SkillBasis, record, loaded: LoadedModel, work: Path,

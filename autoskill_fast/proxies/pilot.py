@@ -137,7 +137,12 @@ def _summary(pilot: Pilot, k: int, nll: bool, keep: bool, work: Path) -> dict[st
             "first_loss": r["losses"][0], "final_loss": r["losses"][-1],
             "last_epoch_loss": sum(r["losses"][-epoch:]) / len(r["losses"][-epoch:]), "train_s": r["train_s"],
             "step_s": r["train_s"] / max(len(r["losses"]), 1), "eval_s": pilot.eval_s, "reused": pilot.reused,
-            "seed": r["settings"]["seed"], "adapter": str(work / "adapters" / pilot.name) if keep else None}
+            "seed": r["settings"]["seed"], "adapter": _kept_adapter(work / "adapters" / pilot.name, keep)}
+
+
+def _kept_adapter(adapter: Path, keep: bool) -> str | None:
+    """Where a kept adapter lies; None when not kept, or not there (a pilot reused from a run that did not keep it)."""
+    return str(adapter) if keep and (adapter / ADAPTER_FILE).is_file() else None
 
 
 class _Trainer:

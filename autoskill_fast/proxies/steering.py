@@ -19,14 +19,14 @@ from ..capture.models import LoadedModel, resolve_model_path
 from ..evaluation.job import (EvalConfig, EvalResult, evaluate, finished_evaluation, key_dtype, key_stops,
                               paired_differences)
 from ..evaluation.passk import mean_interval
-from ..run.ranking import RankingEntry
+from ..run.ranking import RankingEntry, alpha_label
 from ..steering.baking import bake
 from ..steering.vector import SteeringVector
 from .joint import set_joint_intervals
 
 
 def steering_name(direction: int, sign: int, alpha: float, unit: str) -> str:
-    return f"d{direction}{'+' if sign > 0 else '-'}a{alpha:g}{unit}"
+    return f"d{direction}{'+' if sign > 0 else '-'}a{alpha_label(alpha)}{unit}"
 
 
 def steer_proxy(basis: SkillBasis, base_config: EvalConfig, work: Path, *, directions: list[int],

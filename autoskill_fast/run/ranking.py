@@ -23,6 +23,13 @@ RANKING_JSON = "ranking.json"
 SCHEMA = 1
 
 
+def alpha_label(alpha: float) -> str:
+    """A steering strength as text: short where %g is exact ("0.5", "2"), else in full (0.1234567 and 0.1234568 are
+    two strengths)."""
+    short = f"{alpha:g}"
+    return short if float(short) == alpha else repr(alpha)
+
+
 @dataclass
 class RankingEntry:
     direction: int
@@ -65,7 +72,8 @@ class Ranking:
     run_key: str | None
     entries: list[RankingEntry]
     config: dict[str, Any] = field(default_factory=dict)
-    dev: dict[str, Any] = field(default_factory=dict)  # {"ids": [...], "corpus": ..., "dev_size", "split_seed"}
+    # {"ids": [...], "corpus": ..., "dev_size", "split_seed", "run_overlap": the run's ids in it (None: unchecked)}
+    dev: dict[str, Any] = field(default_factory=dict)
     baseline: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     basis_digest: str | None = None  # the basis ranked (`SkillBasis.digest`): a refit of the run is not it
@@ -144,6 +152,8 @@ class Ranking:
         path = Path(path)
         if path.is_dir():
             path = path / RANKING_JSON
+        if not path.is_file():
+            raise AutoskillError(f"{path}: no ranking; run `autoskill-fast rank` on the run first")
         data = load_json(path)
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise AutoskillError(f"{path}: not a ranking.json of this version (schema {SCHEMA}); rerun `autoskill-fast "

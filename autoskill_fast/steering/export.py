@@ -10,7 +10,7 @@ Output folder by format (each also holds the vector and the resolved config, `st
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +93,9 @@ class SteerConfig:
             raise ConfigError(owner, "alpha_unit", f"must be norm or std, got {self.alpha_unit!r}")
         if self.top < 1:
             raise ConfigError(owner, "top", f"must be positive, got {self.top}")
+        if self.ranking is not None and (self.directions, self.weights, self.sign) != ((0,), (1.0,), 1):  # typed
+            raise ConfigError(owner, "ranking", "the ranking gives the directions and signs; give either a ranking or "
+                                                "--direction / --sign, not both")
         if self.format not in choices(SteerFormat):
             raise ConfigError(owner, "format", f"unknown value {self.format!r}; choose one of "
                                                f"{', '.join(choices(SteerFormat))}")
@@ -133,8 +136,14 @@ def _ranked_vector(config: SteerConfig, basis) -> SteeringVector:
     (the opposite pole of a direction taken is left out: it would cancel it)."""
     ranking = Ranking.load(config.ranking)
     ranking.check_basis(basis, config.ranking)
+    chosen = ranking.best(config.top, per="direction")
+    defaults = {f.name: f.default for f in fields(SteerConfig)}
+    typed = (config.alpha, config.alpha_unit) != (defaults["alpha"], defaults["alpha_unit"])
+    if typed and any(entry.alpha is not None for entry in chosen):
+        raise AutoskillError(f"{config.ranking}: a steer ranking gives each direction its alpha; drop --alpha / "
+                             "--alpha-unit (they set the strength of a correlation or pilot ranking's directions)")
     vector = None
-    for entry in ranking.best(config.top, per="direction"):
+    for entry in chosen:
         alpha = entry.alpha if entry.alpha is not None else config.alpha
         unit = entry.alpha_unit or config.alpha_unit
         term = SteeringVector.from_basis(basis, entry.direction, alpha=alpha, sign=entry.sign, layers=config.layers,
