@@ -172,8 +172,8 @@ def mean_interval(values: ArrayLike, *, confidence: float = 0.95, resamples: int
     - otherwise values that all lie on the range's ends and its middle get `score_interval`.
     Without, one value gives (-inf, inf), two or more all equal give the point itself, and otherwise the percentile
     interval is widened about the mean by `small_sample_widening`, which it needs on few problems (plain, it held a
-    normal mean 50% of the time at 2 problems, 85% at 5, 90% at 10; widened, 93-96% from 2 to 30, and 87-91% for
-    exponential values, which no symmetric form holds at so few).
+    normal mean 53% of the time at 2 problems, 83% at 5, 90% at 10; widened, 92-95% from 2 to 30, and 86-92% for
+    skewed values, which no symmetric form holds at so few; bench/RESULTS.md).
     """
     _check_bootstrap(confidence, resamples)
     values = _per_problem("values", values)
@@ -363,8 +363,8 @@ def simultaneous_mean_intervals(values_pe: ArrayLike, *, confidence: float = 0.9
     (bootstrap-t) over resamples of the problems, cut to `bounds`.
 
     Without `bounds`, an entry whose values are all equal (all of them, with one problem) gets its point; on few
-    problems the band holds less than `confidence` (4 normal entries: 0.85 at 3 problems, 0.92 at 5, 0.94 at 10, 0.95
-    at 30 once each entry's own interval is added, as `rank` does). With them,
+    problems the band holds less than `confidence` (4 normal entries, each widened to its own interval as `rank`
+    does: 0.75 at 2 problems, 0.84 at 3, 0.93 at 5; bench/RESULTS.md). With them,
     an entry whose values all equal one but for at most MAX_FEW_CHANGES gets `few_changes_interval` at
     1 - FEW_CHANGES_MISS (1 - confidence) / E, and the band of the others is taken at
     1 - (1 - FEW_CHANGES_MISS) (1 - confidence): shares fixed before the data are seen, so the chances of a miss add
