@@ -133,14 +133,13 @@ def bench_fp32_sweep(D: int, N: int, device: torch.device) -> list[dict]:
                    num_stages=stages, input_precision=precision)
         cov = torch.zeros(D, D, device=device)
         settings = dict(block_d=block_d, block_n=block_n, num_warps=warps, num_stages=stages, input_precision=precision)
-        try:
+        try:  # the whole of it: a CUDA error may surface only at the next synchronization
             cov_update_triton(cov, x, **settings)
-        except Exception as e:  # e.g. triton's OutOfResources for shared memory
-            row.update(error=f"{type(e).__name__}: {e}"[:200])
-        else:
             max_rel_err = float(((cov[:256, :256].double().triu() - want.triu()).abs() / scale).max())
             t = median_ms(lambda: cov_update_triton(cov, x, **settings), device)
             row.update(kernel_ms=t, useful_tflops=2 * N * D * D / t / 1e9, max_rel_err_vs_fp64=max_rel_err)
+        except Exception as e:  # e.g. triton's OutOfResources for shared memory
+            row.update(error=f"{type(e).__name__}: {e}"[:200])
         print(json.dumps(row), flush=True)
         return row
 
@@ -207,29 +206,46 @@ def main(argv: list[str] | None = None) -> list[dict]:
     else:
         parser.error("no CUDA device: run on a GPU, or pass --cpu-smoke to check the script")
 
-    results = []
-    for D in args.dims:
-        # The square fp32 accumulator takes 4 * D^2 bytes: where that is over half the free memory, time only the
-        # block-packed one (about 2 * D^2 bytes), which is what StreamingCovariance keeps.
-        for packed in ([False, True] if 4 * D * D < free_bytes(device) / 2 else [True]):
-            results.append(bench_covariance(D, args.n, packed, device))
-            print(json.dumps(results[-1]), flush=True)
-    if args.fp32_sweep:
-        results.extend(bench_fp32_sweep(args.fp32_sweep, args.n, device))
-    for shape in args.pool_shapes.split(","):
-        B, S, H = (int(v) for v in shape.split("x"))
-        results.append(bench_pooling(B, S, H, layers=4, device=device))
-        print(json.dumps(results[-1]), flush=True)
-
     header = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), command=" ".join(sys.argv),
                   device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
                   torch=torch.__version__, triton=triton.__version__, threads=torch.get_num_threads(),
                   interpreted=os.environ.get("TRITON_INTERPRET") == "1")
     print(json.dumps(header))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(header, results=results), f, indent=1)
+    results = []
+
+    def record(rows: list[dict], printed: bool = False) -> None:
+        """Print the rows (unless their bench did) and write everything so far: a kill or a failed row keeps what
+        ran."""
+        for row in [] if printed else rows:
+            print(json.dumps(row), flush=True)
+        results.extend(rows)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(header, results=results), f, indent=1)
+
+    for D in args.dims:
+        # The square fp32 accumulator takes 4 * D^2 bytes: where that is over half the free memory, time only the
+        # block-packed one (about 2 * D^2 bytes), which is what StreamingCovariance keeps.
+        for packed in ([False, True] if 4 * D * D < free_bytes(device) / 2 else [True]):
+            record(attempt(bench_covariance, D, args.n, packed, device, row=dict(op="covariance", D=D, packed=packed)))
+    if args.fp32_sweep:
+        swept = attempt(bench_fp32_sweep, args.fp32_sweep, args.n, device,
+                        row=dict(op="covariance-fp32-sweep", D=args.fp32_sweep))
+        record(swept, printed="error" not in swept[0])  # the sweep prints each setting as it is timed
+    for shape in args.pool_shapes.split(","):
+        B, S, H = (int(v) for v in shape.split("x"))
+        record(attempt(bench_pooling, B, S, H, 4, device, row=dict(op="pooling", shape=shape)))
     return results
+
+
+def attempt(bench, *args, row: dict) -> list[dict]:
+    """bench(*args) as a list of rows, or [`row` with the error it raised]: a failed item costs itself, not the items
+    after it (the device runs this once, unattended)."""
+    try:
+        out = bench(*args)
+    except Exception as e:
+        return [dict(row, error=f"{type(e).__name__}: {e}"[:300])]
+    return out if isinstance(out, list) else [out]
 
 
 if __name__ == "__main__":

@@ -318,8 +318,8 @@ def print_tables(models: list[dict], covs: list[dict]) -> None:
           f"{'profiler ms':>11} {'flush ms':>8} {'capture %':>9} {'overhead %':>10} {'floor tok/s':>11} "
           f"{'profiler tok/s':>14} {'peak floor GiB':>14} {'peak profiler GiB':>17} {'fit s':>7} {'peak fit GiB':>12}")
     for r in models:
-        if "skipped" in r:
-            print(f"{r['model']:<12} skipped: {r['skipped']}")
+        if "skipped" in r or "error" in r:
+            print(f"{r['model']:<12} {'skipped: ' + r['skipped'] if 'skipped' in r else 'failed: ' + r['error']}")
             continue
         print(f"{r['model']:<12} {r['feature_dim']:>7} {r['cov_storage']:<30} {r['tokens_per_pass']:>11} "
               f"{r['floor_ms']:>9.1f} {r['capture_ms']:>10.1f} {r['profiler_ms']:>11.1f} {r['flush_ms']:>8.1f} "
@@ -334,8 +334,8 @@ def print_tables(models: list[dict], covs: list[dict]) -> None:
           f"{'D':>7} {'N':>6} {'kernel ms':>10} {'kernel TFLOP/s':>14} {'matmul ms':>10} {'matmul TFLOP/s':>14} "
           f"{'kernel/matmul':>13} {'fp32-rows TFLOP/s':>17} {'fp32/matmul':>11}")
     for r in covs:
-        if "skipped" in r:
-            print(f"{r['D']:>7} {r['N']:>6} skipped: {r['skipped']}")
+        if "skipped" in r or "error" in r:
+            print(f"{r['D']:>7} {r['N']:>6} {'skipped: ' + r['skipped'] if 'skipped' in r else 'failed: ' + r['error']}")
             continue
         print(f"{r['D']:>7} {r['N']:>6} {r['kernel_ms']:>10.3f} {r['kernel_tflops']:>14.2f} {r['matmul_ms']:>10.3f} "
               f"{r['matmul_tflops']:>14.2f} {r['ratio']:>13.2f} {r['fp32_kernel_tflops']:>17.2f} "
@@ -383,22 +383,35 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     args.peak_tflops = peak_bf16_tflops(device)
     print(json.dumps({"peak_bf16_tflops": args.peak_tflops}), flush=True)
-    models = []
+    models, covs = [], []
+    out = dict(header, models=models, covariance=covs)  # written again after each row: a kill keeps what ran
     for name in names:
-        models.append(bench_model(name, args, device))
+        models.append(attempt(bench_model, name, args, device, row=dict(model=name)))
         print(json.dumps(models[-1]), flush=True)
+        save(out, args.json)
         gc.collect()  # the model, its hooks and the accumulator are garbage now; hand their memory back
         reset_peak(device)
-    covs = []
     for D in args.cov_dims:
-        covs.append(bench_cov_rate(D, args.cov_rows, device))
+        covs.append(attempt(bench_cov_rate, D, args.cov_rows, device, row=dict(D=D, N=args.cov_rows)))
         print(json.dumps(covs[-1]), flush=True)
+        save(out, args.json)
     print_tables(models, covs)
-    out = dict(header, models=models, covariance=covs)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
     return out
+
+
+def attempt(bench, *args, row: dict) -> dict:
+    """bench(*args), or `row` with the error it raised: a failed row costs itself, not the rows after it (the device
+    runs this once, unattended). A CUDA error that leaves the context broken fails the later rows too, each said."""
+    try:
+        return bench(*args)
+    except Exception as e:
+        return dict(row, error=f"{type(e).__name__}: {e}"[:300])
+
+
+def save(out: dict, path: str | None) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

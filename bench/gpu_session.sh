@@ -8,15 +8,17 @@
 #    with --covariance-rows bfloat16, the covariance kernel against a bf16 matmul (target >= 70%), the fit at
 #    D = 122,880, peak memory, MFU.
 # 2. bench/gpu_kernels.py: the Triton kernels against the device's two ceilings.
-# 3. A 1-GPU torchrun profile of a random-weight Qwen2.5-0.5B-shaped model over a synthetic corpus, against the same
-#    profile without torchrun (the world of one), and with --prefetch 4 (batches prepared on a thread): all timed,
-#    and their bases compared with the plain run's.
-# 4. The tests of the CUDA paths, with whatever time is left (about 60 s with 8 workers on an H200): the kernel tests
-#    (each path against fp64 references, on the device) and the tests marked gpu (the CUDA eigensolver, SkillPCA on
-#    CUDA against sklearn, device tensors written to safetensors). The CPU tests are CI's.
+# 3. Profiles of a random-weight Qwen2.5-0.5B-shaped model over a synthetic corpus: plain, with --prefetch 4 (batches
+#    prepared on a thread; the new item, so before torchrun's, which is measured already), and under a 1-GPU torchrun:
+#    all timed (the pass alone: total less load, fit and scores), and their bases compared with the plain run's.
+#    Then the tokenization of that corpus, 256 texts per tokenizer call against 1 (tokenize.json).
+# 4. The tests of the CUDA paths, with whatever time is left (about 60 s with 8 workers on an H200): the tests marked
+#    gpu first (the CUDA eigensolver, SkillPCA on CUDA against sklearn, device tensors written to safetensors), then
+#    the kernel tests (each path against fp64 references, on the device). The CPU tests are CI's.
 # The device has torch, triton and transformers but no internet: the package runs from the tree (PYTHONPATH), without
 # its C++ core (the CUDA paths do not use it). The device returns at most 8 files: everything printed goes to one log,
-# session.log, beside gpu_profile.json, gpu_kernels.json and runs.json. A failed step does not stop the others.
+# session.log, beside gpu_profile.json, gpu_kernels.json, runs.json and tokenize.json (each written again after every
+# row, so a kill keeps what ran). A failed step does not stop the others, nor a failed row the rest of its step.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/gpu-results}"
@@ -40,7 +42,7 @@ step() {
     fi
     echo "=== $name (at most ${limit} s; ${SECONDS} s into the session)"
     local start=$SECONDS
-    timeout --kill-after 5 "$limit" "$@"
+    timeout --kill-after "${KILL_AFTER:-5}" "$limit" "$@"
     echo "=== $name: exit $?, $((SECONDS - start)) s"
 }
 
@@ -85,24 +87,28 @@ with open(work / "corpus.txt", "w") as f:
         f.write(" ".join(rng.choice(words) for _ in range(rng.randint(64, 512))) + "\n")
 print("model and corpus ready in", work)
 PY
-for name in torchrun python prefetch; do
+for name in python prefetch torchrun; do
     launcher="$PY"  # torchrun is `python -m torch.distributed.run`, whichever folder its script landed in
     [[ $name == torchrun ]] && launcher="$PY -m torch.distributed.run --standalone --nproc-per-node 1"
     extra=()
     [[ $name == prefetch ]] && extra=(--prefetch 4)  # batches prepared on a thread while the GPU runs (default: off)
-    step "profile via $name" 90 $launcher -m autoskill_fast profile --model "$work/model" --corpus "$work/corpus.txt" \
-        --out "$work/run-$name" -k 64 --quiet --no-scores ${extra[@]+"${extra[@]}"}
+    # torchrun's workers run in a session of their own: give its agent time to stop them before it is killed
+    KILL_AFTER=30 step "profile via $name" 90 $launcher -m autoskill_fast profile --model "$work/model" \
+        --corpus "$work/corpus.txt" --out "$work/run-$name" -k 64 --quiet --no-scores ${extra[@]+"${extra[@]}"}
 done
 step compare_runs 30 "$PY" - "$work" "$OUT/runs.json" <<'PY'
 import json, sys, torch
 from pathlib import Path
 from autoskill_fast.run.folder import load_basis
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
-names = ("torchrun", "python", "prefetch")
+names = ("python", "prefetch", "torchrun")
 runs = {name: json.loads((work / f"run-{name}" / "run.json").read_text()) for name in names
         if (work / f"run-{name}" / "run.json").exists()}
 result = dict(runs=runs)
-for name in ("torchrun", "prefetch"):  # each against the plain run: the same basis, and its time
+def pass_s(timings):  # the forward pass and its input, without loading the model, fitting and scoring
+    return timings["total_s"] - timings["load_model_s"] - timings["fit_s"] - timings.get("scores_s", 0.0)
+
+for name in ("prefetch", "torchrun"):  # each against the plain run: the same basis, and its time
     if name in runs and "python" in runs:
         a, b = (load_basis(work / f"run-{n}") for n in (name, "python"))
         cosines = torch.linalg.svdvals(a.components_.double() @ b.components_.double().T)
@@ -110,10 +116,33 @@ for name in ("torchrun", "prefetch"):  # each against the plain run: the same ba
                             eigenvalue_max_rel_diff=float(((a.pca.explained_variance - b.pca.explained_variance).abs()
                                                            / a.pca.explained_variance[0]).max()),
                             mean_max_abs_diff=float((a.mean_ - b.mean_).abs().max()),
-                            total_s_ratio=runs[name]["timings"]["total_s"] / runs["python"]["timings"]["total_s"])
+                            total_s_ratio=runs[name]["timings"]["total_s"] / runs["python"]["timings"]["total_s"],
+                            pass_s_ratio=pass_s(runs[name]["timings"]) / pass_s(runs["python"]["timings"]))
         print(name, "against python:", result[name])
 out.write_text(json.dumps(result, indent=1))
 print(json.dumps(runs, indent=1)[:6000])
+PY
+step tokenize 45 "$PY" - "$work" "$OUT/tokenize.json" <<'PY'
+# The corpus's tokenization and batching alone (what --prefetch overlaps with the forward), 256 texts per tokenizer
+# call (the default: a fast tokenizer encodes them in parallel) against 1, interleaved, twice each.
+import json, sys, time
+from pathlib import Path
+from transformers import AutoTokenizer
+from autoskill_fast.config import BatchingConfig, CorpusConfig, PoolingConfig
+from autoskill_fast.data import stream
+work, out = Path(sys.argv[1]), Path(sys.argv[2])
+tokenizer = AutoTokenizer.from_pretrained(work / "model")
+rows = []
+for chunk in (256, 1, 256, 1):
+    stream.TOKENIZE_CHUNK = chunk
+    t0, tokens = time.perf_counter(), 0
+    items = stream.iter_tokenized(CorpusConfig(str(work / "corpus.txt")), tokenizer, PoolingConfig(), stream.InputTally())
+    for batch in stream.iter_batches(items, BatchingConfig(), token_budget=65536, pad_id=tokenizer.pad_token_id,
+                                     mode="mean"):
+        tokens += batch.n_tokens
+    rows.append(dict(texts_per_call=chunk, seconds=time.perf_counter() - t0, tokens=tokens))
+    print(json.dumps(rows[-1]), flush=True)
+    out.write_text(json.dumps(dict(rows=rows), indent=1))
 PY
 rm -rf "$work"
 
@@ -121,9 +150,11 @@ if ((SMOKE)); then
     echo "=== cuda_tests: skipped in smoke mode"
 else
     workers=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8")  # pytest-xdist, where installed
+    step gpu_tests 90 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider --continue-on-collection-errors \
+        $workers -m gpu $(grep -l "mark.gpu" tests/test_*.py)
     step kernel_tests 120 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider $workers \
         tests/test_kernels_covariance.py tests/test_kernels_pooling.py
-    step gpu_tests 90 "$PY" -m pytest -q -rfE --tb=short -p no:cacheprovider $workers -m gpu \
-        $(grep -l "mark.gpu" tests/test_*.py)
 fi
 echo "=== session end, ${SECONDS} s"
+exec >&- 2>&-  # the log's tee ends with its input: wait for it, so the last lines are in $OUT when it is collected
+wait

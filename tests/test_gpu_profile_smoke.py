@@ -55,3 +55,20 @@ def test_accumulator_fit_at_llama_3_8b_size():
     assert bench.packed_bytes(122880) / GIB == pytest.approx(28.2, abs=0.05)  # D = 122,880, block-packed fp32
     assert bench.accumulator_fits(122880, 40 * GIB, reserve)
     assert not bench.accumulator_fits(122880, 30 * GIB, reserve)
+
+
+def test_a_failed_row_is_recorded_and_the_rest_still_run(tmp_path, monkeypatch):
+    """The device runs the script once, unattended: one row's error (a model that fails to build, a kernel setting
+    the device cannot hold) lost every row after it and the JSON, which was written only at the end."""
+    bench = _load_script()
+
+    def fails(*args):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(bench, "bench_model", fails)
+    out_json = tmp_path / "gpu_profile.json"
+    out = bench.main(["--cpu-smoke", "--models", "qwen2.5-3b", "--json", str(out_json)])
+    assert out["models"] == [{"model": "qwen2.5-3b", "error": "RuntimeError: CUDA error: an illegal memory access was "
+                                                               "encountered"}]
+    assert [c["D"] for c in out["covariance"]] == [64, 96] and all("ratio" in c for c in out["covariance"])
+    assert json.loads(out_json.read_text())["models"] == out["models"]
