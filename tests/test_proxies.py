@@ -229,6 +229,16 @@ def test_rank_then_select_and_steer_along_the_ranking(tmp_path, tiny_model, monk
     assert code == 0, out
     ranking = Ranking.load(tmp_path / "pool")
     assert len(ranking.entries) == 6 and ranking.notes == [] and len(ranking.dev["ids"]) == 6
+    # A rerun pools the pool's texts again only if something they depend on changed (it always did)
+    from autoskill_fast.proxies import job as rank_job
+
+    with monkeypatch.context() as patched:
+        patched.setattr(rank_job, "score_texts", lambda *a, **k: pytest.fail("pooled the same texts again"))
+        code, out = invoke("rank", tmp_path / "pool", "--proxy", "correlation", "--metric", "nll", "--corpus", corpus,
+                           *split, "--resamples", 200, "--quiet")
+    assert code == 0, out
+    assert [(e.pole, e.effect, e.low, e.high) for e in Ranking.load(tmp_path / "pool").entries] == \
+        [(e.pole, e.effect, e.low, e.high) for e in ranking.entries]
     best = ranking.entries[0]
     assert best.effect >= ranking.entries[-1].effect and best.low <= best.effect <= best.high
 
@@ -257,8 +267,6 @@ def test_rank_then_select_and_steer_along_the_ranking(tmp_path, tiny_model, monk
         code, out = invoke(*command)
         assert code == 2 and "before a refit" in out, out
     # A direction the basis lacks is refused before the model is loaded (it was after)
-    from autoskill_fast.proxies import job as rank_job
-
     with monkeypatch.context() as patched:
         patched.setattr(rank_job, "load_model", lambda *a, **k: pytest.fail("loaded the model first"))
         code, out = invoke("rank", tmp_path / "pool", "--proxy", "steer", "--directions", "0,7", "--corpus", corpus)

@@ -169,7 +169,7 @@ def test_rank_correlation_gives_its_entries_the_score_intervals(monkeypatch, tmp
     monkeypatch.setattr(job, "evaluate", lambda config, loaded: SimpleNamespace(
         folder=str(tmp_path), ids=ids, record={"pass_at_k": {"1": float(correct.mean())}}))
     monkeypatch.setattr(job, "read_samples", lambda path: lines)
-    monkeypatch.setattr(job, "score_texts", lambda basis, model, tokenizer, texts, batching: scores)
+    monkeypatch.setattr(job, "_pool_scores", lambda work, basis, loaded, texts, batching: scores)
     entries, baseline = job._correlation(job.RankConfig(run=str(tmp_path), resamples=200), SimpleNamespace(k=3),
                                          SimpleNamespace(config={}), SimpleNamespace(model=None, tokenizer=None),
                                          tmp_path, [0, 1, 2], EvalConfig(out=str(tmp_path)))

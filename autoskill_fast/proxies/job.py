@@ -13,6 +13,8 @@ and `steer --ranking` use.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 import warnings
@@ -21,7 +23,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
 
+from ..artifacts import save_tensors
 from ..basis import SkillBasis
 from ..capture.models import LoadedModel, load_model
 from ..config import BatchingConfig, ConfigError, ModelConfig, cli, number_list, parse_layers, template_fields
@@ -160,6 +165,31 @@ def rank(config: RankConfig, *, loaded: LoadedModel | None = None) -> Ranking:
     return ranking
 
 
+SCORES_CACHE = "pool_scores.safetensors"
+
+
+def _pool_scores(work: Path, basis: SkillBasis, loaded: LoadedModel, texts: list[str],
+                 batching: BatchingConfig) -> np.ndarray:
+    """`score_texts` of the pool's texts, kept beside the ranking's evaluation: a rerun (other --resamples or
+    --directions) pools them again only when the basis, the model, the texts or the batching changed (a forward pass
+    over every pool solution: the proxy's main cost after the evaluation)."""
+    key = hashlib.sha256(json.dumps([basis.digest(), loaded.fingerprint, asdict(batching)], sort_keys=True,
+                                    default=str).encode())
+    for text in texts:
+        key.update(text.encode() + b"\0")
+    path = work / SCORES_CACHE
+    if path.is_file():
+        try:
+            with safe_open(str(path), "pt") as f:
+                if f.metadata().get("key") == key.hexdigest():
+                    return f.get_tensor("scores").numpy()
+        except (SafetensorError, OSError):  # a damaged cache is pooled again
+            pass
+    scores = score_texts(basis, loaded.model, loaded.tokenizer, texts, batching)
+    save_tensors(path, {"scores": torch.from_numpy(scores)}, {"key": key.hexdigest()})
+    return scores
+
+
 def _check_pool(folder: RunFolder, record, problems: ProblemsConfig, dev_ids: set[str], *,
                 needs_pool: bool) -> tuple[list[str], set[str] | None]:
     """(notes, the run's examples found in the dev set: None when they could not be looked for). The run's examples
@@ -211,7 +241,7 @@ def _correlation(config: RankConfig, basis: SkillBasis, record, loaded: LoadedMo
     if config.metric == "nll":
         ids = result.ids
         texts = [_text(template, problems[i].question, problems[i].solution) for i in ids]
-        scores = score_texts(basis, loaded.model, loaded.tokenizer, texts, batching)[:, directions]
+        scores = _pool_scores(work, basis, loaded, texts, batching)[:, directions]
         keep = _scored_rows(scores)
         scores, target = scores[keep], -result.nll[keep]  # a larger score should go with a lower NLL
         groups = np.arange(len(target))
@@ -228,7 +258,7 @@ def _correlation(config: RankConfig, basis: SkillBasis, record, loaded: LoadedMo
         lines = read_samples(Path(result.folder) / SAMPLES_JSONL)
         texts = [_text(template, problems[line["id"]].question, line["completion"]) for line in lines]
         position = {pid: i for i, pid in enumerate(result.ids)}
-        scores = score_texts(basis, loaded.model, loaded.tokenizer, texts, batching)[:, directions]
+        scores = _pool_scores(work, basis, loaded, texts, batching)[:, directions]
         keep = _scored_rows(scores)
         labels = np.array([bool(line["correct"]) for line in lines])[keep]
         groups = np.array([position[line["id"]] for line in lines])[keep]
