@@ -415,3 +415,12 @@ def test_truncation_keeps_the_token_that_is_pooled(default_model_dir):
     assert no_bos.input_ids == [114, 115, 116, 117, 118, 119]
     mean = tokenize(example, tokenizer, PoolingConfig(max_length=6), ids=ids)
     assert mean.truncated and mean.input_ids == ids[:6]
+
+
+def test_a_tool_call_turn_reads_without_none(tmp_path):
+    from autoskill_fast.run.reading import record_text
+
+    write_jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "user", "content": "2 + 2?"},
+                                                     {"role": "assistant", "content": None, "tool_calls": []}]}])
+    config = CorpusConfig(str(tmp_path / "c.jsonl"), messages_field="messages")
+    assert record_text(next(iter_records(config)), config) == "user: 2 + 2?\nassistant: "

@@ -351,3 +351,29 @@ def test_sampling_options_are_ours_alone_and_the_models_end_tokens_stop_a_sample
     # The stops are part of what an evaluation is: the finished one is not taken for this one's.
     with pytest.raises(AutoskillError, match=rf"other options \(stops \[2\] now \[2, {token}\]\)"):
         evaluate(replace(config, model=ModelConfig(str(folder)), problems=few))
+
+
+def test_a_line_profile_skipped_is_left_out_of_a_problem_set_with_the_same_split(tmp_path):
+    """`profile --on-bad-example skip` keeps a malformed line's row; the dev set and the problems were read without
+    it, and stopped: "fix or remove the line", which made the file another one that no run of it matched."""
+    lines = [json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"}) for i in range(12)]
+    lines[10] = '{"question": "cut off'
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    config = ProblemsConfig(path=str(tmp_path / "p.jsonl"), dev_size=3, split_seed=0)
+    pool = CorpusConfig(str(tmp_path / "p.jsonl"), split="pool", dev_size=3, split_seed=0)
+    profiled = {r.id for r in iter_records(pool, unreadable=True)}  # what `profile --split pool` reads
+    assert config.dev_ids().isdisjoint(profiled) and len(config.dev_ids() | profiled) == 12
+    with pytest.warns(UserWarning, match=r"1 line\(s\) of .*p.jsonl cannot be read as problems and are left out: "
+                                          r".*p.jsonl:11 \(malformed JSON"):
+        everything = load_problems(config)
+    assert [p.id for p in everything] == [str(i) for i in range(12) if i != 10]
+
+
+def test_a_baseline_sampled_by_an_earlier_protocol_is_refused(tmp_path, tiny_model):
+    passk = evaluate(tiny_eval(tmp_path, tiny_model, name="passk", generation={"n": 1, "max_new_tokens": 2}))
+    record = json.loads((passk.folder / "eval.json").read_text())
+    record["key_fields"]["protocol"] = 1
+    (passk.folder / "eval.json").write_text(json.dumps(record))
+    with pytest.raises(AutoskillError, match="--baseline .*passk: sampled by an earlier version"):
+        evaluate(tiny_eval(tmp_path, tiny_model, name="again", generation={"n": 1, "max_new_tokens": 2},
+                           baseline=str(passk.folder)))

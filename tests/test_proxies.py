@@ -465,3 +465,28 @@ def test_rank_and_steer_options_that_would_be_ignored_or_collide_are_refused(tmp
 
     many = Ranking("steer", "nll", None, [RankingEntry(d, 1, 0.1, 0.0, 0.2, "NLL drop") for d in range(13)])
     assert "... and 3 more in ranking.json" in format_ranking(many)
+
+
+def test_the_pool_scores_are_pooled_again_when_what_they_depend_on_changes(tmp_path, monkeypatch):
+    """The cache's key left out the dtype (the fingerprint ignores it) and the pooling: fp32 scores were paired with a
+    bf16 evaluation."""
+    from types import SimpleNamespace
+
+    from autoskill_fast.config import BatchingConfig, PoolingConfig
+    from autoskill_fast.proxies import job as rank_job
+
+    calls = []
+    monkeypatch.setattr(rank_job, "score_texts", lambda basis, model, tokenizer, texts, batching:
+                        calls.append(1) or np.full((len(texts), 2), float(len(calls))))
+    basis = SimpleNamespace(digest=lambda: "b", pooling_config=PoolingConfig())
+    fp32 = SimpleNamespace(model=None, tokenizer=None, fingerprint={"weights": "w"}, dtype=torch.float32)
+    first = rank_job._pool_scores(tmp_path, basis, fp32, ["a", "b"], BatchingConfig())
+    assert (rank_job._pool_scores(tmp_path, basis, fp32, ["a", "b"], BatchingConfig()) == first).all()
+    assert len(calls) == 1
+    for changed in (dict(loaded=SimpleNamespace(**{**vars(fp32), "dtype": torch.bfloat16})),
+                    dict(basis=SimpleNamespace(digest=lambda: "b", pooling_config=PoolingConfig(max_length=8))),
+                    dict(texts=["a", "c"])):
+        args = dict(basis=basis, loaded=fp32, texts=["a", "b"]) | changed
+        rank_job._pool_scores(tmp_path, args["basis"], args["loaded"], args["texts"], BatchingConfig())
+        rank_job._pool_scores(tmp_path, basis, fp32, ["a", "b"], BatchingConfig())  # back: pooled again too
+    assert len(calls) == 7

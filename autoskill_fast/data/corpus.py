@@ -107,8 +107,8 @@ def _all_records(config: CorpusConfig, unreadable: bool) -> Iterator[Record]:
     for row, (where, data) in enumerate(itertools.islice(readers[fmt](path), config.limit)):  # no record past it
         if isinstance(data, dict) and config.id_field is not None and data.get(config.id_field) is None:
             missing = f"missing id field {config.id_field!r}; fields present: {sorted(data)}"
-            if not seen_ids:  # the first record: the field is more likely misnamed than missing from every record
-                raise AutoskillError(f"{where}: {missing}; check --id-field")
+            if not seen_ids:  # the first readable record: the field is more likely misnamed than missing from all
+                raise AutoskillError(f"{where}: {missing}, and no record before it has one; check --id-field")
             data = _Unreadable(missing)
         if isinstance(data, _Unreadable):
             if not unreadable:

@@ -215,6 +215,11 @@ def evaluate(config: EvalConfig, *, loaded: LoadedModel | None = None) -> EvalRe
                                          f"with {base.n} sample(s) per problem; compare with an evaluation of the "
                                          f"same metric and at least {max(config.k)} samples")
                 _check_same_problem_file(base.record, record, f"--baseline {config.baseline}", out)
+                protocol = (base.record.get("key_fields") or {}).get("protocol")
+                if config.metric == "passk" and protocol != PROTOCOL:
+                    raise AutoskillError(f"--baseline {config.baseline}: sampled by an earlier version (with the "
+                                         "model's generation_config.json defaults, ending at EOS only); a paired "
+                                         "difference needs both sampled alike: evaluate the baseline again")
             save_json(out / EVAL_JSON, record)
         except AutoskillError as e:
             done = f"error: {e}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -74,7 +75,8 @@ class ProblemsConfig:
     def dev_ids(self) -> set[str]:
         """The ids of this problem set's dev set (whichever part `split` chose)."""
         whole = CorpusConfig(self.path, format=self.format, id_field=self.id_field, limit=self.limit)
-        return split_dev_ids((r.id for r in iter_records(whole)), self.dev_size, self.split_seed)
+        # as the split itself and `profile --split` read the file: a line that cannot be read keeps its row's id
+        return split_dev_ids((r.id for r in iter_records(whole, unreadable=True)), self.dev_size, self.split_seed)
 
 
 @dataclass(frozen=True)
@@ -110,9 +112,14 @@ def _bare(answer: str) -> str:
 
 
 def load_problems(config: ProblemsConfig) -> list[Problem]:
-    """The problems of `config` (its part of the split), in corpus order."""
-    problems = []
-    for record in iter_records(config.corpus):
+    """The problems of `config` (its part of the split), in corpus order. A line that cannot be read as a record is
+    left out with a warning, as `profile --on-bad-example skip` leaves it out (its row and the ids after it kept):
+    fixing the file would make it another file, which a profile of it no longer matches."""
+    problems, unreadable = [], []
+    for record in iter_records(config.corpus, unreadable=True):
+        if record.problem is not None:
+            unreadable.append(f"{record.where} ({record.problem})")
+            continue
         problem = problem_from_record(record, config)
         if not problem.gold:
             if config.gold_field is not None:
@@ -121,6 +128,9 @@ def load_problems(config: ProblemsConfig) -> list[Problem]:
                                  "'#### answer' or a \\boxed{answer}); if the answer is in a field of its own, name "
                                  "it with --gold-field")
         problems.append(problem)
+    if unreadable:
+        warnings.warn(f"{len(unreadable)} line(s) of {config.path} cannot be read as problems and are left out: "
+                      f"{unreadable[0]}", stacklevel=2)
     if not problems:
         raise AutoskillError(f"{config.path}: no problems in the {config.split} part (--split); check --dev-size and "
                              "--limit")

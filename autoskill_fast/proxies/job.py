@@ -171,10 +171,10 @@ SCORES_CACHE = "pool_scores.safetensors"
 def _pool_scores(work: Path, basis: SkillBasis, loaded: LoadedModel, texts: list[str],
                  batching: BatchingConfig) -> np.ndarray:
     """`score_texts` of the pool's texts, kept beside the ranking's evaluation: a rerun (other --resamples or
-    --directions) pools them again only when the basis, the model, the texts or the batching changed (a forward pass
-    over every pool solution: the proxy's main cost after the evaluation)."""
-    key = hashlib.sha256(json.dumps([basis.digest(), loaded.fingerprint, asdict(batching)], sort_keys=True,
-                                    default=str).encode())
+    --directions) pools them again only when the basis or its pooling, the model or its dtype, the texts or the
+    batching changed (a forward pass over every pool solution: the proxy's main cost after the evaluation)."""
+    key = hashlib.sha256(json.dumps([basis.digest(), basis.pooling_config, loaded.fingerprint, str(loaded.dtype),
+                                     asdict(batching)], sort_keys=True, default=str).encode())
     for text in texts:
         key.update(text.encode() + b"\0")
     path = work / SCORES_CACHE

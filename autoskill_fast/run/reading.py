@@ -126,7 +126,7 @@ def record_text(record: Record, config: CorpusConfig) -> str:
     if config.messages_field is not None:
         messages = record.data.get(config.messages_field)
         if isinstance(messages, list):
-            return "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" for m in messages if isinstance(m, dict))
+            return "\n".join(f"{m.get('role', '?')}: {m.get('content') or ''}" for m in messages if isinstance(m, dict))
         return ""
     try:
         return render(record, config).text
