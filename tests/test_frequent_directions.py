@@ -151,6 +151,20 @@ def test_merge_in_exact_regime_equals_one_pass():
     assert torch.allclose(v1, v2, atol=1e-8)
 
 
+def test_a_sketch_merged_with_itself_holds_its_rows_twice():
+    """Its buffer, sums and shrinkage were read while they changed (torch refused the overlapping copy)."""
+    for n in (5, 13, 21):  # fewer rows than the sketch keeps, and more (torch refused those)
+        x = synthetic(n, 40, offset=2.0, seed=n)
+        doubled = FrequentDirections(40, 8, dtype=torch.float64).update(x)
+        doubled.merge(doubled)
+        reference = FrequentDirections(40, 8, dtype=torch.float64).update(x)
+        reference.merge(FrequentDirections(40, 8, dtype=torch.float64).update(x))
+        assert doubled.count == reference.count == 2 * n and torch.equal(doubled.sum, reference.sum)
+        values, expected = doubled.components(2)[0], reference.components(2)[0]
+        assert torch.allclose(values, expected, rtol=1e-12)
+        assert float(doubled.shrinkage) == pytest.approx(float(reference.shrinkage))
+
+
 @pytest.mark.parametrize("D,ell", [(10, 14), (33, 8)])
 def test_merge_across_shifts_keeps_the_guarantee(D, ell):
     """Two sketches around their own pilot means (as two shards or two ranks make them) merge exactly: count, sum and

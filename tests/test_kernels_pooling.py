@@ -188,6 +188,11 @@ def test_masked_pool_validates_arguments():
         masked_pool(hidden, torch.ones(2, 3), torch.empty(2, 4), torch.zeros(3))
     with pytest.raises(ValueError, match="packed"):
         masked_pool(hidden, torch.ones(2, 3), torch.empty(2, 4), cu_seqlens=torch.tensor([0, 3]))
+    packed = torch.randn(6, 4)
+    # past the packed tokens (the kernel read there), before them, falling
+    for bounds in ([0, 3, 40], [-1, 3, 6], [0, 4, 2]):
+        with pytest.raises(ValueError, match="cu_seqlens must rise from >= 0 to at most T = 6"):
+            masked_pool(packed, torch.ones(6), torch.empty(2, 4), cu_seqlens=torch.tensor(bounds))
 
 
 # ---- dispatch -------------------------------------------------------------------------------------------------------

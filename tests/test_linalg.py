@@ -404,3 +404,67 @@ def test_core_operator_boundary_errors():
     seen = []
     values, *_ = _core.topk_eigh_krylov_operator(lambda x: seen.append(x.dtype) or eye @ x, 40, "float32", 3)
     assert seen and set(seen) == {np.dtype(np.float32)} and np.allclose(values, 1.0)
+
+
+@pytest.mark.parametrize("core", ["core", "torch"])
+@pytest.mark.parametrize("magnitude", [1e-200, 1e-160, 1e200])
+def test_krylov_on_fp64_entries_far_from_one_equals_it_on_the_matrix_scaled_to_one(magnitude, core, monkeypatch):
+    """The solver's fp64 sums of squares underflowed near 1e-150: every product looked zero, each direction was
+    replaced by a random one, and wrong pairs came back reported converged (eigenvalues a third of the truth)."""
+    if core == "core" and not core_available():
+        pytest.skip("autoskill_fast._core is not built")
+    if core == "torch":
+        monkeypatch.setenv(linalg.DISABLE_CORE_ENV, "1")
+    a64 = make_matrix("covariance", 513, seed=4)
+    result = topk_eigh(torch.from_numpy(a64 * magnitude), 5, method="krylov", tol=1e-10)
+    reference = np.linalg.eigvalsh(a64)[::-1][:5]
+    np.testing.assert_allclose(result.eigenvalues.numpy() / magnitude, reference, rtol=1e-9)
+    unit = topk_eigh(torch.from_numpy(a64), 5, method="krylov", tol=1e-10)
+    torch.testing.assert_close(result.eigenvectors, unit.eigenvectors, rtol=0, atol=1e-6)
+
+
+class LaterNaN(DenseOperator):
+    def __matmul__(self, x):
+        out = super().__matmul__(x)
+        return out if self.products < 3 else out * float("nan")
+
+
+def test_an_operator_whose_products_turn_non_finite_later_is_named(monkeypatch):
+    """A fixed matrix shows a NaN in its first product; an operator's later products were not checked (LAPACK then
+    said it "returned 0 eigenpairs")."""
+    for core in ([True] if core_available() else []) + [False]:
+        if not core:
+            monkeypatch.setenv(linalg.DISABLE_CORE_ENV, "1")
+        with pytest.raises(ValueError, match="the operator's product holds NaN or Inf"):
+            topk_eigh(LaterNaN(torch.from_numpy(make_matrix("covariance", 513, seed=2))), 8, method="krylov")
+
+
+def test_the_seed_is_checked_before_the_solver():
+    for seed in (-1, 2 ** 64, 1.5, True):
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
+            topk_eigh(torch.eye(600), 2, method="krylov", seed=seed)
+
+
+def test_a_sign_decided_between_near_equal_entries_takes_the_first():
+    """Two-valued one-hot columns give a direction whose two largest entries are equal and opposite: the sign was
+    decided by rounding (another chunking of the same rows flipped every score of it)."""
+    v = torch.tensor([[0.1, 0.5 - 1e-9], [-0.7 + 1e-9, -0.5], [0.7, 0.3], [0.0, 0.4]], dtype=torch.float64)
+    signed = linalg.canonical_signs(v)
+    assert float(signed[1, 0]) > 0 and float(signed[0, 1]) > 0  # column 0: row 1 first of the tie; column 1: row 0
+    assert torch.equal(linalg.canonical_signs(-v), signed)
+    clear = torch.tensor([[0.5], [-0.6]])  # a clear largest entry is still the one made positive
+    assert float(linalg.canonical_signs(clear)[1, 0]) > 0
+
+
+@needs_core
+def test_overlapping_solves_restore_the_thread_count_the_first_found():
+    """Two fits in two Python threads interleaved the save and restore of the process-wide OpenBLAS count, and left
+    it at 1."""
+    before = linalg._core.get_num_threads()
+    first, second = linalg._core_threads(1), linalg._core_threads(1)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first to start ends first
+    assert linalg._core.get_num_threads() == 1  # the second still solves
+    second.__exit__(None, None, None)
+    assert linalg._core.get_num_threads() == before

@@ -564,6 +564,39 @@ def test_other_errors_are_clear():
     with pytest.raises(AutoskillError, match=r"X is complex \(torch.complex64\); give real rows"):
         pca.partial_fit(torch.ones(3, 4, dtype=torch.complex64))
     assert pca.n_samples_seen_ == 20 and repr(pca) == "SkillPCA(n_components=2, n_samples_seen_=20)"
+    for bad in (np.array([[1, "a"], [2, 3]], dtype=object), np.ones((5, 3), dtype=np.longdouble),
+                np.ones((5, 3), dtype=">f8"), np.ones((5, 3), dtype=np.complex128)):  # tracebacks from torch before
+        with pytest.raises(AutoskillError, match=r"X holds .* values; give real numbers in the machine's byte order"):
+            SkillPCA(1).fit(bad)
+    with pytest.raises(AutoskillError, match=r"X has no features \(shape \(5, 0\)\)"):
+        SkillPCA(1).fit(np.zeros((5, 0)))
+    with pytest.raises(AutoskillError, match="the statistics are not finite: the features' squares overflowed float64"):
+        SkillPCA(2).fit(rows(50, 6, seed=1) * 1e200)
+
+
+@pytest.mark.parametrize("magnitude,dtype_name", [(1e-30, "fp32"), (1e30, "fp32"), (1e-100, "fp64"), (1e120, "fp64")])
+@pytest.mark.parametrize("d", [97, 700])  # exact and Krylov
+def test_rows_far_from_unit_scale_fit_as_the_same_rows_at_unit_scale(magnitude, dtype_name, d):
+    """The fp32 products of the Krylov path rounded variances below ~1e-38 to 0 (every eigenvalue 0, silently) and
+    overflowed sums above ~1e38; the fp64 solver's norms underflowed below ~1e-150 (wrong pairs reported converged)."""
+    dtype = DTYPES[dtype_name]
+    x = rows(401, d, seed=d)
+    scaled = SkillPCA(6).fit((x * magnitude).astype(NUMPY[dtype]))
+    unit = SkillPCA(6).fit(x.astype(NUMPY[dtype]))
+    rtol = 1e-5 if dtype == torch.float32 else 1e-9
+    np.testing.assert_allclose(scaled.explained_variance_.numpy() / magnitude ** 2, unit.explained_variance_.numpy(),
+                               rtol=rtol)
+    cosines = (scaled.components_.double() * unit.components_.double()).sum(dim=1)
+    assert float(cosines.min()) > 1 - 1e-4  # the same directions, with the same signs
+    assert scaled.components_.dtype == unit.components_.dtype == dtype
+
+
+def test_components_come_in_the_rows_dtype_whichever_solver_ran():
+    """fp32 rows gave fp64 components up to D = 384 (the exact fp64 solve) and fp32 above."""
+    for d in (EXACT_MAX_DIM_CPU, EXACT_MAX_DIM_CPU + 1):
+        for dtype in DTYPES.values():
+            pca = SkillPCA(3).fit(rows(60, d, seed=d).astype(NUMPY[dtype]))
+            assert pca.components_.dtype == dtype and pca.transform(torch.ones(2, d, dtype=dtype)).dtype == dtype
 
 
 def test_options_take_numpy_integers_and_refuse_what_is_not_a_number():

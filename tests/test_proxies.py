@@ -202,18 +202,20 @@ def test_alpha_in_standard_deviations(tmp_path):
         SteeringVector.from_basis(basis, 1, unit="sigma")
 
 
-def test_rank_then_select_and_steer_along_the_ranking(tmp_path, tiny_model, monkeypatch):
-    import json
-
+def invoke(*args):
+    """The CLI in this process: (exit code, output and any exception that is not an exit)."""
     from click.testing import CliRunner
 
     from autoskill_fast.cli import cli
-    from autoskill_fast.steering import SteeringVector
 
-    def invoke(*args):
-        result = CliRunner().invoke(cli, [str(a) for a in args])
-        return result.exit_code, result.output + ("" if result.exception is None or isinstance(result.exception, SystemExit)
-                                                  else repr(result.exception))
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    failure = result.exception
+    shown = "" if failure is None or isinstance(failure, SystemExit) else repr(failure)
+    return result.exit_code, result.output + shown
+
+
+def test_rank_then_select_and_steer_along_the_ranking(tmp_path, tiny_model, monkeypatch):
+    from autoskill_fast.steering import SteeringVector
 
     records = [{"question": f"Ann has {i} pens and {i % 5} pencils. How many items?",
                 "answer": f"{i} + {i % 5} = {i + i % 5}\n#### {i + i % 5}"} for i in range(24)]
@@ -310,6 +312,75 @@ def test_rank_then_select_and_steer_along_the_ranking(tmp_path, tiny_model, monk
     code, out = invoke("select", tmp_path / "copy", "--ranking", tmp_path / "copy", "-n", 4, "--out",
                        tmp_path / "selected-unchecked.jsonl")
     assert code == 0 and "could not check that this run's examples are not in its dev set" in out, out
+
+
+def test_rank_correlation_with_passk_pairs_each_sampled_solution_with_its_score_and_verdict(tmp_path, tiny_model,
+                                                                                           monkeypatch):
+    """End to end through the CLI: the pool's sampled solutions are scored as `project` scores them (the run's
+    template over question and completion), each with its own verdict, and every entry is that AUROC minus 0.5."""
+    from autoskill_fast.evaluation import grading
+    from autoskill_fast.proxies import job as rank_job
+    from autoskill_fast.run.scores import Scores
+
+    def right(completion):  # a verdict that depends on the text alone, so it can be recomputed from samples.jsonl
+        return len(completion) % 2 == 0
+
+    class Planted:
+        def __init__(self, **_):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_):
+            pass
+
+        def grade(self, completion, gold):  # the golds' self-check
+            return grading.Verdict(correct=completion == f"\\boxed{{{gold}}}", timed_out=False, extracted=gold)
+
+        def grade_many(self, pairs):
+            return [grading.Verdict(correct=right(c), timed_out=False, extracted=None) for c, _ in pairs]
+
+    monkeypatch.setattr(grading, "Grader", Planted)
+    records = [{"question": f"Bo has {i} cards and gets {i % 4} more. How many?",
+                "answer": f"{i} + {i % 4} = {i + i % 4}\n#### {i + i % 4}"} for i in range(18)]
+    corpus = write_jsonl(tmp_path / "p.jsonl", records)
+    model = tiny_model("llama")
+    split = ("--dev-size", 6, "--split-seed", 2)
+    code, out = invoke("profile", "--model", model, "--corpus", corpus, "--template", "{question}|{answer}",
+                       "--split", "pool", *split, "--out", tmp_path / "pool", "-k", 3, "--quiet")
+    assert code == 0, out
+    rank = ("rank", tmp_path / "pool", "--proxy", "correlation", "--metric", "passk", "--corpus", corpus, *split,
+            "--model", model, "-n", 2, "--k", 1, "--max-new-tokens", 6, "--batch-size", 4, "--quiet")
+    code, out = invoke(*rank, "--resamples", 200)
+    assert code == 0, out
+    ranking = Ranking.load(tmp_path / "pool")
+    lines = [json.loads(line) for line in
+             (tmp_path / "pool" / "rank" / "correlation" / "passk" / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(lines) == 12 * 2 and all(line["correct"] == right(line["completion"]) for line in lines)
+    labels = np.array([right(line["completion"]) for line in lines])
+    assert 0 < labels.sum() < len(labels)
+    question = {str(i): r["question"] for i, r in enumerate(records)}
+    solutions = write_jsonl(tmp_path / "solutions.jsonl", [{"question": question[line["id"]],
+                                                            "answer": line["completion"]} for line in lines])
+    code, out = invoke("project", tmp_path / "pool", "--model", model, "--corpus", solutions, "--template",
+                       "{question}|{answer}", "--out", tmp_path / "scored", "--quiet")
+    assert code == 0, out
+    projected = Scores.load(tmp_path / "scored").projection.double().numpy()
+    expected = auroc(projected, labels) - 0.5
+    assert ranking.metric == "passk" and ranking.baseline["samples"] == 24
+    assert ranking.baseline["correct"] == int(labels.sum())
+    assert len(ranking.entries) == 2 * 3
+    for entry in ranking.entries:
+        assert entry.effect == pytest.approx(entry.sign * expected[entry.direction], abs=1e-6)
+        assert entry.low <= entry.effect <= entry.high
+    assert [e.effect for e in ranking.entries] == sorted((e.effect for e in ranking.entries), reverse=True)
+    # Another --resamples reuses the samples and the pool's scores: no new sampling, no new pooling.
+    monkeypatch.setattr(rank_job, "score_texts", lambda *a, **k: pytest.fail("pooled the same texts again"))
+    code, out = invoke(*rank, "--resamples", 300)
+    assert code == 0, out
+    assert {(e.direction, e.sign): e.effect for e in Ranking.load(tmp_path / "pool").entries} == \
+        {(e.direction, e.sign): e.effect for e in ranking.entries}
 
 
 def test_the_best_poles_or_directions_of_a_ranking_take_each_once_at_its_best_alpha():

@@ -206,6 +206,14 @@ def test_covariance_operator_is_the_covariance(accum):
             assert float((got.double() - want @ q).abs().max()) <= rtol * float((want.abs() @ q.abs()).max())
         assert torch.allclose(stats.covariance_operator(ddof=ddof).to_dense().double(), want,
                               rtol=0, atol=(1e-10 if accum == torch.float64 else 1e-4) * float(cov.abs().max()))
+    # times a power of 4, through a scaled copy (fp64 sums, fp32 products) or a scaled product (the sums' dtype)
+    for dtype in (torch.float64, torch.float32):
+        plain, scaled = stats.covariance_operator(dtype=dtype), stats.covariance_operator(dtype=dtype, factor=4.0 ** -9)
+        assert torch.equal(scaled @ q, (plain @ q) * 4.0 ** -9)
+    assert torch.equal(stats.covariance_operator(factor=16.0).to_dense(), stats.covariance_operator().to_dense() * 16)
+    for factor in (2.0, 3.0, 0.0, -4.0):
+        with pytest.raises(ValueError, match="factor must be a power of 4"):
+            stats.covariance_operator(factor=factor)
 
 
 def test_top_eigenpairs_from_the_packed_sums_match_numpy():

@@ -7,6 +7,7 @@ see `decomposition.pca`.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -135,6 +136,11 @@ def fit_components(stats, k: int, *, tol: float = 1e-6, dtype: torch.dtype | Non
         advice = f"ask for {rank_bound} or fewer" if rank_bound >= 1 else "add at least 2 examples"
         raise AutoskillError(f"k={k} is more directions than the data has: {stats.n} examples in {stats.dim} dims give "
                              f"at most {rank_bound}; {advice}")
+    total_variance = stats.total_variance(scale=scale)
+    if not math.isfinite(total_variance):
+        raise AutoskillError("the statistics are not finite: the features' squares overflowed float64 (values near "
+                             "1e154 or beyond); divide the features by a constant (the directions do not change)")
+    requested = dtype
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EighConvergenceWarning)
@@ -158,11 +164,13 @@ def fit_components(stats, k: int, *, tol: float = 1e-6, dtype: torch.dtype | Non
             result = stats.top_eigenpairs(k, tol=tight, dtype=dtype, scale=scale)
     seconds = time.perf_counter() - t0
     return PrincipalComponents(
-        components=result.eigenvectors.T.cpu().contiguous(),  # canonical signs already (topk_eigh's rule)
+        # canonical signs already (topk_eigh's rule); in the dtype asked for, whichever solver (fp64 exact for small
+        # D, an fp64 retry) gave them
+        components=result.eigenvectors.T.to("cpu", requested or result.eigenvectors.dtype).contiguous(),
         explained_variance=result.eigenvalues.to(torch.float64).cpu(),
         mean=stats.mean.cpu(),
         n_samples=stats.n,
-        total_variance=stats.total_variance(scale=scale),
+        total_variance=total_variance,
         solver={"method": result.method, "tol": tol, "max_residual": float(result.residuals.max()), "seconds": seconds},
         scale=None if scale is None else scale.to(torch.float64).cpu(),
     )

@@ -72,6 +72,9 @@ class FrequentDirections:
         The other sketch is left as it was."""
         if other.dim != self.dim:
             raise ValueError(f"cannot merge a sketch of {other.dim} dims into one of {self.dim} dims")
+        if other is self:  # its rows, sums and shrinkage are read while they change
+            other = FrequentDirections.from_state_dict({name: t.clone() for name, t in self.state_dict().items()},
+                                                       device=self.device)
         self._append(other._buffer[:other._filled].to(self.device))
         self.count += other.count
         self.sum += other.sum.to(self.device)

@@ -18,14 +18,17 @@ the top one is therefore accurate to about ``tol * lambda_0`` in absolute terms,
 fp32 carry rounding of about 1e-7 * ||A||: the default ``tol=1e-6`` is reached on covariances, but when the top-k are
 much smaller in magnitude than ||A|| (an indefinite matrix) fp32 may not reach tol; the Krylov solver then stops at
 that floor with an `EighConvergenceWarning` and returns the residuals it reached. Eigenvectors have a deterministic
-sign: the largest-magnitude entry of each is positive. ``AUTOSKILL_FAST_DISABLE_CORE=1`` ignores the compiled
-extension. Block Krylov resolves an eigenvalue of multiplicity up to its block size (16-32 on CPU) reliably.
+sign: the largest-magnitude entry of each is positive (`canonical_signs`: near-ties go to the first).
+``AUTOSKILL_FAST_DISABLE_CORE=1`` ignores the compiled extension. Block Krylov resolves an eigenvalue of multiplicity
+up to its block size (16-32 on CPU) reliably. fp64 matrices whose entries lie far from 1 are solved scaled by a power
+of two (`_krylov_factor`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,7 +131,7 @@ def _choose_method(method: str, matrix: torch.Tensor, k: int, block_size: int) -
 
 
 def _check_eigh_args(matrix: torch.Tensor | SymmetricOperator, k: int, tol: float, method: str,
-                     max_iter: int | None) -> None:
+                     max_iter: int | None, seed: int) -> None:
     if not isinstance(matrix, (torch.Tensor, SymmetricOperator)):
         raise TypeError(f"matrix must be a torch.Tensor or a SymmetricOperator, got {type(matrix).__name__}")
     if matrix.dtype not in (torch.float32, torch.float64):
@@ -143,6 +146,8 @@ def _check_eigh_args(matrix: torch.Tensor | SymmetricOperator, k: int, tol: floa
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if max_iter is not None and (not isinstance(max_iter, int) or max_iter < 1):
         raise ValueError(f"max_iter must be a positive integer or None, got {max_iter!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
 
 
 def _check_symmetric_sample(matrix: torch.Tensor) -> None:
@@ -168,10 +173,17 @@ def _relative_residuals(matrix: torch.Tensor, values: torch.Tensor, vectors: tor
     return torch.linalg.vector_norm(product - vectors.double() * values.double(), dim=0) / scale
 
 
+SIGN_TIE = 1e-4  # entries within this fraction of a column's largest magnitude tie for deciding its sign
+
+
 def canonical_signs(vectors_dk: torch.Tensor) -> torch.Tensor:
     """The sign rule of every direction autoskill-fast returns: flip each column of [D, k] so that its entry of largest
-    magnitude (the first one on ties) is positive. scikit-learn's PCA (>= 1.5) applies the same rule to its rows."""
-    rows = vectors_dk.abs().argmax(dim=0)
+    magnitude is positive, the first one among those within `SIGN_TIE` of it (scikit-learn's PCA, >= 1.5, takes the
+    first exact maximum). Data that makes a direction's two largest entries equal and opposite (one-hot columns of a
+    two-valued field) would otherwise have its sign decided by rounding, which differs with the chunking of the rows."""
+    magnitude = vectors_dk.abs()
+    near_top = magnitude >= (1 - SIGN_TIE) * magnitude.amax(dim=0, keepdim=True)
+    rows = near_top.to(torch.uint8).argmax(dim=0)  # the first True of each column
     signs = torch.sign(vectors_dk[rows, torch.arange(vectors_dk.shape[1], device=vectors_dk.device)])
     return vectors_dk * torch.where(signs == 0, torch.ones_like(signs), signs)
 
@@ -192,6 +204,7 @@ def _krylov_torch(matrix: torch.Tensor, k: int, tol: float, max_steps: int, bloc
     steps, converged).
     """
     n, dev, f64 = matrix.shape[0], matrix.device, torch.float64
+    is_operator = isinstance(matrix, SymmetricOperator)
     b = min(block_size, n)
     mmax = min(max(2 * k + 2 * b, k + 6 * b), n)
     full_space = mmax == n  # never restart: at m == n the Rayleigh-Ritz step is exact
@@ -217,8 +230,9 @@ def _krylov_torch(matrix: torch.Tensor, k: int, tol: float, max_steps: int, bloc
         q[:, m:m + bw] = p_low.to(f64)
         w[:, m:m + bw] = (matrix @ p_low).to(f64)
         w_new = w[:, m:m + bw]
-        if steps == 0 and not bool(torch.isfinite(w_new).all()):
-            raise ValueError("matrix contains NaN or Inf")
+        if (steps == 0 or is_operator) and not bool(torch.isfinite(w_new).all()):  # a matrix shows it at once
+            raise ValueError("matrix contains NaN or Inf" if steps == 0 else "the operator's product holds NaN or Inf: "
+                             "its matrix is not finite")
         steps += 1
         coef = q[:, :m + bw].T @ w_new  # new block column of H = Q^T A Q
         h[:m, m:m + bw] = coef[:m].cpu()
@@ -294,7 +308,7 @@ def topk_eigh(matrix: torch.Tensor | SymmetricOperator, k: int, *, tol: float = 
     EighConvergenceWarning says why and the result carries the residuals reached. seed: starting block of the Krylov
     solver (deterministic per seed, device and thread count).
     """
-    _check_eigh_args(matrix, k, tol, method, max_iter)
+    _check_eigh_args(matrix, k, tol, method, max_iter, seed)
     block_size = _default_block_size(k, matrix.is_cuda)
     chosen = _choose_method(method, matrix, k, block_size)
     max_steps = DEFAULT_MAX_ITER if max_iter is None else max_iter
@@ -304,7 +318,11 @@ def topk_eigh(matrix: torch.Tensor | SymmetricOperator, k: int, *, tol: float = 
         matrix = matrix.to_dense()
     dense = matrix.detach()
     if chosen == "krylov":
-        return _krylov(dense, k, tol, max_steps, block_size, seed)
+        factor = _krylov_factor(dense)
+        if factor == 1.0:
+            return _krylov(dense, k, tol, max_steps, block_size, seed)
+        result = _krylov(dense * factor, k, tol, max_steps, block_size, seed)
+        return EighResult(result.eigenvalues / factor, result.eigenvectors, result.residuals, result.method)
     if chosen == "exact" and _use_core(dense):
         values, vectors, residuals, _, _ = _core.topk_eigh_exact(dense.contiguous().numpy(), k)
         values, vectors, residuals = map(torch.from_numpy, (values, vectors, residuals.astype("float64")))
@@ -317,17 +335,43 @@ def topk_eigh(matrix: torch.Tensor | SymmetricOperator, k: int, *, tol: float = 
     return EighResult(values, canonical_signs(vectors), residuals, "torch-eigh")
 
 
+KRYLOV_NORMAL_RANGE = (2.0 ** -300, 2.0 ** 300)  # fp64 entries outside it: the solver's sums of squares leave fp64
+
+
+def _krylov_factor(dense: torch.Tensor) -> float:
+    """1, or the power of two that brings an fp64 matrix's largest |entry| to 1 when it lies outside
+    `KRYLOV_NORMAL_RANGE` (an exact scaling: the Krylov solver's norms underflowed near 1e-150 and returned wrong
+    pairs reported converged). fp32 entries cannot leave it. (Covariances come normalized: `StreamingCovariance`.)"""
+    if dense.dtype != torch.float64:
+        return 1.0
+    largest = float(dense.abs().amax())
+    if not (math.isfinite(largest) and largest > 0) or KRYLOV_NORMAL_RANGE[0] <= largest <= KRYLOV_NORMAL_RANGE[1]:
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(largest)[1])
+
+
+_core_threads_lock = threading.Lock()
+_core_threads_held = {"solves": 0, "previous": 0}
+
+
 @contextmanager
 def _core_threads(n: int):
     """The core's OpenBLAS on `n` threads for a while. Used while torch computes an operator's products: idle
     OpenBLAS threads spin-wait beside torch's and took a core away (2x slower products on 2 cores), and the core's
-    own O(D m b) work is small."""
-    previous = _core.get_num_threads()
-    _core.set_num_threads(n)
+    own O(D m b) work is small. The thread count is the process's: solves in several Python threads share one
+    setting, and the last to finish restores the count found by the first (each restoring its own left 1 behind)."""
+    with _core_threads_lock:
+        if _core_threads_held["solves"] == 0:
+            _core_threads_held["previous"] = _core.get_num_threads()
+            _core.set_num_threads(n)
+        _core_threads_held["solves"] += 1
     try:
         yield
     finally:
-        _core.set_num_threads(previous)
+        with _core_threads_lock:
+            _core_threads_held["solves"] -= 1
+            if _core_threads_held["solves"] == 0:
+                _core.set_num_threads(_core_threads_held["previous"])
 
 
 @contextmanager
@@ -347,7 +391,10 @@ def _krylov(matrix: torch.Tensor | SymmetricOperator, k: int, tol: float, max_st
     if matrix.device.type == "cpu" and _use_core():
         if operator:
             def multiply(x):
-                return (matrix @ torch.from_numpy(x)).to(torch.float64).numpy()
+                product = (matrix @ torch.from_numpy(x)).to(torch.float64)
+                if not bool(torch.isfinite(product).all()):  # an operator's products are not one fixed matrix's
+                    raise ValueError("the operator's product holds NaN or Inf: its matrix is not finite")
+                return product.numpy()
 
             dtype = str(matrix.dtype).removeprefix("torch.")
             with _core_threads(1):

@@ -47,6 +47,9 @@ def as_tensor(x: Any, what: str = "X") -> torch.Tensor:
         except (TypeError, ValueError) as e:
             raise AutoskillError(f"{what} is a list that is not a 2-D table of numbers ({e})") from None
     if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "biuf" or x.dtype.itemsize > 8 or not x.dtype.isnative:
+            raise AutoskillError(f"{what} holds {x.dtype.str} ({x.dtype.name}) values; give real numbers in the "
+                                 f"machine's byte order, e.g. np.asarray({what}, dtype=np.float64)")
         # A [1, D] or [0, D] view with a negative row stride counts as contiguous, so ascontiguousarray keeps it, and
         # torch.from_numpy refuses negative strides: copy those.
         x = torch.from_numpy(x.copy() if any(s < 0 for s in x.strides) else np.ascontiguousarray(x))
@@ -58,7 +61,9 @@ def as_tensor(x: Any, what: str = "X") -> torch.Tensor:
         x = x.to(torch.float64)
     if x.ndim != 2:
         raise AutoskillError(f"{what} must be 2-D [n_samples, n_features], got shape {tuple(x.shape)}")
-    return x
+    if x.shape[1] == 0:
+        raise AutoskillError(f"{what} has no features (shape {tuple(x.shape)})")
+    return x.detach()
 
 
 def first_non_finite(x: torch.Tensor) -> tuple[int, int] | None:

@@ -11,7 +11,9 @@ products with (S2 - S1 S1^T / n) / (n - ddof) without ever forming the D x D cov
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -266,20 +268,32 @@ class StreamingCovariance(Statistics):
         out_dtype = torch.float64 if self.device.type == "cpu" else self.accum_dtype
         return self.covariance_operator(ddof=ddof).to_dense(out_dtype)
 
-    def covariance_operator(self, *, ddof: int = 1, dtype: torch.dtype | None = None) -> "CovarianceOperator":
-        """The covariance as a `SymmetricOperator` over the packed sums, its products in `dtype` (default: the
-        sums' dtype): no D x D copy."""
+    def covariance_operator(self, *, ddof: int = 1, dtype: torch.dtype | None = None,
+                            factor: float = 1.0) -> "CovarianceOperator":
+        """The covariance (times `factor`, a power of 4) as a `SymmetricOperator` over the packed sums, its products in
+        `dtype` (default: the sums' dtype): no D x D copy."""
         self._require_rows(ddof + 1)
         self.flush()
-        return CovarianceOperator(self.sumsq, self.sum / self.n, self.n, ddof, dtype=dtype)
+        return CovarianceOperator(self.sumsq, self.sum / self.n, self.n, ddof, dtype=dtype, factor=factor)
 
     def top_eigenpairs(self, k: int, *, tol: float = 1e-6, dtype: torch.dtype | None = None,
                        scale: torch.Tensor | None = None) -> EighResult:
         """Top-k eigenpairs of the covariance (or of diag(scale) C diag(scale)): block Krylov over products in `dtype`
         (default fp32: fp64 basis and Rayleigh-Ritz, residuals near 1e-7 of the top eigenvalue, under the default tol;
-        fp64 where every digit matters), or exact LAPACK on the fp64 covariance for small D."""
-        operator = self.covariance_operator(dtype=dtype or torch.float32)
-        return topk_eigh(operator if scale is None else ScaledOperator(operator, scale), k, tol=tol)
+        fp64 where every digit matters), or exact LAPACK on the fp64 covariance for small D.
+
+        Variances far from 1 are solved as the covariance times a power of 4 that brings the largest near 1 (exact:
+        the directions do not change, the eigenvalues are divided back in fp64). Unscaled, variances below ~1e-38 were
+        rounded to 0 by the fp32 products (every eigenvalue 0), sums above ~1e38 overflowed them, and eigenvalues
+        below ~1e-150 underflowed the solver's fp64 norms (wrong pairs, reported converged)."""
+        factor = _normalizing_factor(self.variances())
+        operator = self.covariance_operator(dtype=dtype or torch.float32, factor=factor)
+        if scale is not None:  # diag(s / sqrt(f)) (f C) diag(s / sqrt(f)) is the scaled covariance itself
+            return topk_eigh(ScaledOperator(operator, scale.to(torch.float64) / math.sqrt(factor)), k, tol=tol)
+        result = topk_eigh(operator, k, tol=tol)
+        if factor == 1.0:
+            return result
+        return replace(result, eigenvalues=result.eigenvalues.to(torch.float64) / factor)
 
     def total_variance(self, *, ddof: int = 1, scale: torch.Tensor | None = None) -> float:
         variances = self.variances(ddof=ddof)
@@ -409,36 +423,62 @@ class CovarianceOperator(SymmetricOperator):
     """
 
     def __init__(self, sumsq: PackedSymmetric, mean_shifted: torch.Tensor, n: int, ddof: int, *,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, factor: float = 1.0):
         self.sumsq = sumsq
         self.shape = sumsq.shape
         self.dtype = dtype or sumsq.dtype
         self.device = sumsq.device
         self.mean_shifted = mean_shifted.to(self.device)
         self.n, self.ddof = n, ddof
-        self._products: tuple[PackedSymmetric, list[torch.Tensor]] | None = None
+        self.factor = float(factor)  # the operator is factor * the covariance (a power of 4: exact, its root too)
+        if not (self.factor > 0 and math.frexp(math.sqrt(self.factor))[0] == 0.5):
+            raise ValueError(f"CovarianceOperator: factor must be a power of 4, got {factor}")
+        self._products: tuple[PackedSymmetric, list[torch.Tensor], torch.Tensor, float] | None = None
 
-    def _prepare_products(self) -> tuple[PackedSymmetric, list[torch.Tensor]]:
-        """The packed sums in the product dtype (one cast, made on the first product) and their diagonal tiles."""
+    def _prepare_products(self) -> tuple[PackedSymmetric, list[torch.Tensor], torch.Tensor, float]:
+        """The packed sums in the product dtype (one cast, made on the first product), their diagonal tiles, the mean
+        scaled like them, and what is left of the factor to multiply each product by. A cast to a lower dtype takes
+        the factor in (fp64 sums far from 1 would leave fp32's range); sums read in place leave it to the product."""
         if self._products is None:
-            packed = self.sumsq.to(dtype=self.dtype)
-            self._products = (packed, packed.diagonal_tiles())
+            if self.factor == 1.0 or self.sumsq.dtype == self.dtype:
+                packed, root, after = self.sumsq.to(dtype=self.dtype), 1.0, self.factor
+            else:
+                packed = PackedSymmetric(torch.empty_like(self.sumsq.data, dtype=self.dtype), self.sumsq.layout)
+                step = 1 << 22  # a slice at a time: no full-size temporary in the sums' dtype
+                for start in range(0, packed.data.numel(), step):
+                    packed.data[start:start + step] = self.sumsq.data[start:start + step] * self.factor
+                root, after = math.sqrt(self.factor), 1.0
+            mean = (self.mean_shifted.to(torch.float64) * root).to(self.dtype)  # small: shifted by a pilot mean
+            self._products = (packed, packed.diagonal_tiles(), mean, after)
         return self._products
 
     def __matmul__(self, x_dc: torch.Tensor) -> torch.Tensor:
-        packed, tiles = self._prepare_products()
+        packed, tiles, mean, after = self._prepare_products()
         x = x_dc.to(self.device, self.dtype)
         out = packed.matmul(x, diagonal_tiles=tiles)
-        mean = self.mean_shifted.to(self.dtype)  # small: the sums were shifted by a pilot mean
         out.addr_(mean, mean @ x, alpha=-self.n)
-        return out.div_(self.n - self.ddof)
+        out.div_(self.n - self.ddof)
+        return out if after == 1.0 else out.mul_(after)
 
     def to_dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The full [D, D] covariance in `dtype` (default: the sums' own precision)."""
+        """The full [D, D] covariance (times the factor) in `dtype` (default: the sums' own precision)."""
         cov = self.sumsq.to_dense(dtype)
         mean = self.mean_shifted.to(cov.dtype)
         cov.addr_(mean, mean, alpha=-self.n)
-        return cov.div_(self.n - self.ddof)
+        cov.div_(self.n - self.ddof)
+        return cov if self.factor == 1.0 else cov.mul_(self.factor)
+
+
+NORMAL_VARIANCES = (2.0 ** -40, 2.0 ** 40)  # a largest variance in here is solved as it is
+
+
+def _normalizing_factor(variances_d: torch.Tensor) -> float:
+    """1, or the power of 4 that brings the largest variance near 1 when it lies outside `NORMAL_VARIANCES`."""
+    largest = float(variances_d.max()) if variances_d.numel() else 0.0
+    if not (math.isfinite(largest) and largest > 0) or NORMAL_VARIANCES[0] <= largest <= NORMAL_VARIANCES[1]:
+        return 1.0
+    exponent = max(-500, min(500, round(math.log2(largest) / 2)))
+    return math.ldexp(1.0, -2 * exponent)
 
 
 class SketchedCovariance(Statistics):

@@ -49,7 +49,7 @@ def _masked_pool_kernel(
 ):
     # Grid: (row b, block of BLOCK_H features, split of the sequence). Split k reads the sequence blocks k,
     # k + num_splits, ... so short and long rows spread their work the same way and no sequence length is needed
-    # on the host (varlen lengths stay on the device).
+    # on the host (varlen lengths stay on the device; the launcher's caller checked that they stay within T).
     b = tl.program_id(0).to(tl.int64)
     offs_h = tl.program_id(1).to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
     split = tl.program_id(2).to(tl.int64)
@@ -194,6 +194,12 @@ def _check_pool_args(hidden, weights, out, shift, cu_seqlens) -> None:
             raise ValueError(f"masked_pool: cu_seqlens must be a 1-D int32/int64 tensor [B + 1], got "
                              f"{cu_seqlens.dtype} {tuple(cu_seqlens.shape)}")
         n_rows = cu_seqlens.shape[0] - 1
+        # The kernel reads tokens cu_seqlens[b]:cu_seqlens[b + 1] unmasked by T: an offset past the packed tokens would
+        # read another allocation. Checked here (one small device-to-host copy; the package's hooks pass no cu_seqlens).
+        bounds = cu_seqlens.cpu()
+        if bounds[0] < 0 or bounds[-1] > hidden.shape[0] or (bounds[1:] < bounds[:-1]).any():
+            raise ValueError(f"masked_pool: cu_seqlens must rise from >= 0 to at most T = {hidden.shape[0]} packed "
+                             f"tokens, got {bounds.tolist()[:8]}{' ...' if bounds.numel() > 8 else ''}")
         if weights.shape != hidden.shape[:1]:
             raise ValueError(f"masked_pool: with cu_seqlens, weights must be [T] = ({hidden.shape[0]},), got "
                              f"{tuple(weights.shape)}")
