@@ -102,12 +102,27 @@ def save_text(path: str | Path, text: str) -> Path:
 
 
 def save_jsonl(path: str | Path, items: Iterable[Any]) -> Path:
-    """One JSON value per line, UTF-8 (non-ASCII kept as is), written atomically."""
+    """One JSON value per line, UTF-8 (non-ASCII kept as is), written atomically. Strict JSON: a NaN or infinite
+    number (a Parquet float column's missing value) is written null, which every JSON reader takes."""
     with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for item in items:
             # default=str: values JSON cannot hold (dates, bytes from Parquet) are written as text.
-            f.write(json.dumps(item, ensure_ascii=False, default=str) + "\n")
+            try:
+                line = json.dumps(item, ensure_ascii=False, default=str, allow_nan=False)
+            except ValueError:  # a non-finite float somewhere in it
+                line = json.dumps(_finite_or_null(item), ensure_ascii=False, default=str, allow_nan=False)
+            f.write(line + "\n")
     return Path(path)
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def save_json(path: str | Path, obj: Any) -> None:

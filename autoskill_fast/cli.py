@@ -194,10 +194,9 @@ def run_inputs(run_dir: str, start_from: dict, given: set[str]) -> tuple[dict, d
     if not folder.has_record():
         return start_from, {}
     record = folder.record()
-    resolved = {"path": record.corpus["path"]} if "path" in record.corpus else {}  # as profiled: from any directory
     model = {k: v for k, v in (record.config.get("model") or {}).items() if k in ("model", "dtype")}
     fixed = {} if "on_bad_example" in given else {"on_bad_example": record.config.get("on_bad_example", "error")}
-    return {**start_from, "corpus": record.corpus_reading(**resolved), "model": ModelConfig(**model)}, fixed
+    return {**start_from, "corpus": record.corpus_reading(), "model": ModelConfig(**model)}, fixed
 
 
 # ---- steer, inspect, select, compare ---------------------------------------------------------------------------------

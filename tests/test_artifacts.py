@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -9,8 +10,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from autoskill_fast.artifacts import (TensorReader, atomic_folder, load_tensors, save_json, save_row_pieces,
-                                     save_tensors, write_safetensors)
+from autoskill_fast.artifacts import (TensorReader, atomic_folder, load_tensors, save_json, save_jsonl,
+                                     save_row_pieces, save_tensors, write_safetensors)
 from autoskill_fast.errors import AutoskillError
 
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int8,
@@ -213,3 +214,16 @@ def test_device_tensors_are_streamed_through_pinned_chunks(tmp_path):
         out = torch.empty_like(big)
         reader.read_into("big", out, chunk_bytes=1 << 20)
         assert torch.equal(out, big)
+
+
+def test_jsonl_lines_are_strict_json_with_non_finite_numbers_as_null(tmp_path):
+    """A Parquet float column's missing value reached `select`'s records as a bare NaN, which jq, JavaScript and
+    serde_json refuse."""
+    items = [{"x": float("nan"), "nested": [1.5, {"y": float("inf")}], "t": (float("-inf"), 2)}, {"plain": 1.0}]
+    save_jsonl(tmp_path / "a.jsonl", items)
+
+    def strict(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    lines = [json.loads(line, parse_constant=strict) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert lines == [{"x": None, "nested": [1.5, {"y": None}], "t": [None, 2]}, {"plain": 1.0}]

@@ -200,6 +200,28 @@ def test_compare_errors(tmp_path):
         CompareConfig(run_a="a", run_b="b", permutations=-1)
 
 
+def test_runs_that_took_their_ids_differently_are_refused(tmp_path):
+    """One file profiled with --id-field and without: the ids 1..n of one were matched with the row numbers of the
+    other, each example paired with its neighbour, and no warning."""
+    ids = [str(i) for i in range(1, 41)]
+    scores = torch.randn(40, 3, generator=torch.Generator().manual_seed(1))
+
+    def run(name, sha, id_field):
+        folder = make_run(tmp_path / name, scores, ids=ids)
+        record = json.loads((folder / "run.json").read_text())
+        record["corpus"].update(sha256=sha, id_field=id_field)
+        (folder / "run.json").write_text(json.dumps(record))
+        return str(folder)
+
+    by_field, by_row, by_other = run("field", "s1", "id"), run("row", "s1", None), run("other", "s1", "uid")
+    for a, b in ((by_field, by_row), (by_row, by_field), (by_field, by_other)):
+        with pytest.raises(AutoskillError, match="so the same id names different examples.*the same --id-field"):
+            compare(CompareConfig(run_a=a, run_b=b))
+    # Two files whose id fields name the same examples (a problem set and its solutions) still compare.
+    elsewhere = run("elsewhere", "s2", "uid")
+    assert compare(CompareConfig(run_a=by_field, run_b=elsewhere)).n_shared == 40
+
+
 def test_cli_compare(tmp_path):
     run_a, run_b = two_models(tmp_path)
     result = CliRunner().invoke(cli, ["compare", str(run_a), str(run_b), "--n-pole", "20", "--json",

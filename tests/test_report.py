@@ -111,6 +111,11 @@ def test_read_labels_formats_and_errors(tmp_path):
     assert read_labels(tmp_path / "d.json", 3) == [None, None, "c vs d"]
     (tmp_path / "l.txt").write_text("first\n\nthird\n")
     assert read_labels(tmp_path / "l.txt", 3) == ["first", None, "third"]
+    (tmp_path / "trailing.txt").write_text("first\nsecond\nthird\n\n \n")  # blank lines at the end label nothing
+    assert read_labels(tmp_path / "trailing.txt", 3) == ["first", "second", "third"]
+    (tmp_path / "long.txt").write_text("a\nb\nc\nd\n")
+    with pytest.raises(AutoskillError, match="4 lines of labels for a basis of 3 directions"):
+        read_labels(tmp_path / "long.txt", 3)
     (tmp_path / "bad.jsonl").write_text('{"direction": 7, "label": "z"}\n')
     with pytest.raises(AutoskillError, match=r"bad.jsonl:1: direction 7 out of range"):
         read_labels(tmp_path / "bad.jsonl", 3)

@@ -196,10 +196,20 @@ def test_whitened_coverage_scales_by_the_examples_own_spread_not_the_eigenvalues
     noise = proj.clone()  # a direction of rounding noise: fewer distinct examples than directions
     noise[:, 4] = 1e-9 * torch.randn(len(noise), generator=torch.Generator().manual_seed(1))
     with pytest.raises(AutoskillError, match=r"direction 4 varies only \d\.\de-\d\d as much as the most varying "
-                                             "direction .* in these 200 examples and cannot be whitened; use --dims 4"):
+                                             "direction in these 200 examples .* and cannot be whitened; use --dims 4"):
         select(SelectConfig(run=str(make_run(tmp_path / "noise", noise)), out=str(tmp_path / "n.jsonl"), budget=2))
     noise[:, 4] *= 1e7  # 1e-2: a small direction, whitened
     select(SelectConfig(run=str(make_run(tmp_path / "small", noise)), out=str(tmp_path / "m.jsonl"), budget=2))
+    # bf16 scores give a rounding direction bf16's spread (3e-4 of the largest here), which passed the scores' own
+    # check; the basis's eigenvalue (1e-12 of the first) says what it is.
+    rounded = proj.clone()
+    rounded[:, 4] = 3e-4 * 5 * torch.randn(len(rounded), generator=torch.Generator().manual_seed(2))
+    eigenvalues = rounded.double().var(0)
+    eigenvalues[4] = 1e-12 * eigenvalues[0]
+    with pytest.raises(AutoskillError, match=r"direction 4 explains at most 1e-08 of direction 0's variance in the "
+                                             r"basis \(rounding.* cannot be whitened; use --dims 4"):
+        select(SelectConfig(run=str(make_run(tmp_path / "bf16", rounded, eigenvalues=eigenvalues)),
+                            out=str(tmp_path / "b.jsonl"), budget=2))
 
 
 def dominant_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -389,6 +399,30 @@ def test_a_corpus_without_ids_must_be_the_file_profiled(tmp_path):
     select(SelectConfig(run=str(run), out=str(tmp_path / "c.jsonl"), budget=3, method="pole", directions=("+0",),
                         corpus=str(moved)))
     assert read_jsonl(tmp_path / "c.jsonl") == read_jsonl(tmp_path / "a.jsonl")
+
+
+def test_a_corpus_typed_as_a_relative_path_is_read_from_any_directory(planted, tmp_path, monkeypatch):
+    """run.json keeps the path as typed and the file it resolved to: select and inspect read the typed one from the
+    current directory, so from another one they took another file's records of the same ids (or found none)."""
+    from autoskill_fast.analysis.inspection import InspectConfig, inspect
+
+    run, _ = planted
+    record = json.loads((run / "run.json").read_text())
+    record["config"]["corpus"]["path"] = "corpus.jsonl"  # profiled from inside the run folder
+    record["corpus"]["path"] = str((run / "corpus.jsonl").resolve())
+    (run / "run.json").write_text(json.dumps(record))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    profiled = read_jsonl(run / "corpus.jsonl")
+    (elsewhere / "corpus.jsonl").write_text("".join(json.dumps({"uid": r["uid"], "text": f"UNRELATED {i}"}) + "\n"
+                                                    for i, r in enumerate(profiled)))
+    monkeypatch.chdir(elsewhere)
+    select(SelectConfig(run=str(run), out=str(tmp_path / "s.jsonl"), budget=3, method="pole", directions=("+0",)))
+    selected = read_jsonl(tmp_path / "s.jsonl")
+    assert selected and not any("UNRELATED" in r["text"] for r in selected)
+    shown = json.dumps([d.to_json() if hasattr(d, "to_json") else str(d)
+                        for d in inspect(InspectConfig(run=str(run), no_html=True, n_examples=2)).directions])
+    assert "example number" in shown and "UNRELATED" not in shown
 
 
 def test_previous_annotation_is_kept(planted, tmp_path):

@@ -221,14 +221,23 @@ def _run_name(run: ProfileRun) -> str:
 
 
 def _check_same_rows(run_a: ProfileRun, run_b: ProfileRun) -> str | None:
-    """Ids that are row numbers (no id field) match examples only within one corpus file: refuse two files; a warning
-    when a run has no run.json to say which file it profiled."""
+    """Ids that are row numbers (no id field) match examples only within one corpus file: refuse two files, and a run
+    by row against one by an id field (or one file read by two id fields); a warning when a run has no run.json to say
+    which file it profiled."""
     missing = [str(run.folder) for run in (run_a, run_b) if run.record is None]
     if missing:
         return (f"{' and '.join(missing)} has no run.json, so whether both profiled one corpus file is not checked: "
                 "examples are matched by id (row numbers, without an id field)")
     corpus_a, corpus_b = run_a.record.corpus, run_b.record.corpus
-    by_row = corpus_a.get("id_field") is None or corpus_b.get("id_field") is None
+    field_a, field_b = corpus_a.get("id_field"), corpus_b.get("id_field")
+    if field_a != field_b and (field_a is None or field_b is None or corpus_a.get("sha256") == corpus_b.get("sha256")):
+        def ids(field: str | None) -> str:
+            return f"ids from --id-field {field}" if field else "row numbers for ids (no --id-field)"
+
+        raise AutoskillError(f"{run_a.folder} took {ids(field_a)} and {run_b.folder} {ids(field_b)}, so the same id "
+                             "names different examples (record 7 of one is not the example with id 7 of the other); "
+                             "profile both with the same --id-field")
+    by_row = field_a is None or field_b is None
     if by_row and corpus_a.get("sha256") and corpus_b.get("sha256") and corpus_a["sha256"] != corpus_b["sha256"]:
         raise AutoskillError(f"{run_a.folder} and {run_b.folder} profiled different corpus files "
                              f"({content_identity(corpus_a)}; {content_identity(corpus_b)}) whose examples are named "

@@ -278,6 +278,8 @@ def read_labels(path: str | Path, k: int) -> list[str | None]:
             raise AutoskillError(f"{path}: expected a JSON list of labels or an object {{\"i\": \"label\"}}")
     else:
         lines = text.splitlines()
+        while lines and not lines[-1].strip():  # blank lines at the end label nothing (one within: no label)
+            lines.pop()
         if len(lines) > k:
             raise AutoskillError(f"{path}: {len(lines)} lines of labels for a basis of {k} directions")
         for i, line in enumerate(lines):

@@ -272,14 +272,20 @@ def choose(run: ProfileRun, config: SelectConfig) -> Selection:
         points = scores.projection[:, :dims].float()
         if config.metric == "whitened":  # by the examples' own spread: a sketched basis's eigenvalues are bounds
             std = points.double().std(dim=0, correction=0)
-            if not (std > NOISE_SPREAD * std.max()).all():
-                bad = int((std <= NOISE_SPREAD * std.max()).nonzero()[0])
+            # Rounding, by the scores' spread or by the basis's eigenvalues: bf16 scores (--features-dtype bfloat16)
+            # give a rounding direction bf16's spread, which whitening then made most of the distances.
+            eigenvalues = basis.eigenvalues_[:dims].to(torch.float64)
+            spread_noise = std <= NOISE_SPREAD * std.max()
+            noise = spread_noise | (eigenvalues <= ROUNDING_VARIANCE * eigenvalues[0])
+            if noise.any():
+                bad = int(noise.nonzero()[0])
                 hint = f"; use --dims {bad}" if bad else ""
-                spread = ("has no variance" if std[bad] == 0 else
-                          f"varies only {float(std[bad] / std.max()):.1e} as much as the most varying direction "
-                          "(rounding: more directions than distinct examples?)")
-                raise AutoskillError(f"direction {bad} {spread} in these {n} examples and cannot be whitened{hint} (or "
-                                     "--metric euclidean)")
+                why = (f"has no variance in these {n} examples" if std[bad] == 0 else
+                       f"varies only {float(std[bad] / std.max()):.1e} as much as the most varying direction in these "
+                       f"{n} examples (rounding: more directions than distinct examples?)" if spread_noise[bad] else
+                       f"explains at most {ROUNDING_VARIANCE:g} of direction 0's variance in the basis (rounding: "
+                       "more directions than distinct examples?)")
+                raise AutoskillError(f"direction {bad} {why} and cannot be whitened{hint} (or --metric euclidean)")
             points = (points.double() / std).float()
         positions, distance = farthest_point_order(points, config.budget)
         reasons = [{"method": "coverage", "rank": r, "distance": float(d)} for r, d in enumerate(distance.tolist())]

@@ -61,9 +61,15 @@ class RunRecord:
 
     def corpus_reading(self, **changes: Any) -> CorpusConfig:
         """How the profile read its corpus, as a CorpusConfig: the recorded options it takes (a record of another
-        version may hold others), with `changes` (e.g. another path)."""
+        version may hold others), with `changes` (e.g. another path). The path is the file profiled, resolved when it
+        was fingerprinted, while it is there: the path as typed may be relative to another directory (then another
+        file of that name, or none, was read); the typed one where the file has moved away."""
         names = {f.name for f in fields(CorpusConfig)}
-        return CorpusConfig(**{**{k: v for k, v in self.corpus_config.items() if k in names}, **changes})
+        recorded = {k: v for k, v in self.corpus_config.items() if k in names}
+        profiled = self.corpus.get("path")
+        if profiled and Path(profiled).exists():
+            recorded["path"] = profiled
+        return CorpusConfig(**{**recorded, **changes})
 
     @classmethod
     def from_json(cls, data: Any, source: str | Path) -> "RunRecord":
