@@ -50,6 +50,10 @@ _EXPORTS = {
     "steer": ".steering.hooks",
     "bake": ".steering.baking",
     "export_llamacpp": ".steering.llamacpp",
+    "EvalConfig": ".evaluation.job",
+    "evaluate": ".evaluation.job",
+    "RankConfig": ".proxies.job",
+    "rank": ".proxies.job",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -25,9 +25,6 @@ from .options import build_config, config_options, given_params
 from .steering.export import SteerConfig
 
 
-POSITIVE = click.FloatRange(min=0, min_open=True)
-
-
 def friendly_errors(fn):
     """Print user errors as one line (no traceback) and exit with status 2; warnings as one line each."""
 
@@ -95,40 +92,44 @@ def profile_cmd(threads, **values):
     if config.quiet:
         logging.getLogger("autoskill_fast").setLevel(logging.WARNING)
     profile(config)
+    summary, notices = profile_summary(Path(config.out))
     if not config.quiet:
-        click.echo(profile_summary(Path(config.out)))
+        click.echo(summary)
+    for notice in notices:  # under --quiet too: what went wrong or is suspect
+        click.echo(notice, err=True)
 
 
-def profile_summary(folder: Path) -> str:
-    """What a finished run did, from its run.json."""
+def profile_summary(folder: Path) -> tuple[str, list[str]]:
+    """What a finished run did, from its run.json: the summary, and the notices (skipped and truncated examples, the
+    basis's warnings) that go to stderr."""
     from .run.folder import RUN_JSON, RunFolder
 
     record = RunFolder(folder).record()
     counts, timings, basis = record.counts, record.timings, record.basis or {}
     forward_s = timings.get("forward_s", 0.0)
-    lines = []
+    lines, notices = [], []
     if "examples" in counts:
         lines.append(f"profiled {counts['examples']} examples ({counts.get('tokens', 0)} tokens) in {forward_s:.1f}s "
                      f"[{timings.get('examples_per_s', 0):.1f} ex/s, {timings.get('tokens_per_s', 0):.0f} tok/s]")
     if counts.get("skipped"):
-        lines.append(f"skipped {counts['skipped']} example(s); ids in {folder / RUN_JSON}")
+        notices.append(f"skipped {counts['skipped']} example(s); ids in {folder / RUN_JSON}")
     if counts.get("truncated"):
-        lines.append(f"truncated {counts['truncated']} example(s) to {record.pooling.get('max_length')} tokens "
-                     "(--max-length)")
+        notices.append(f"truncated {counts['truncated']} example(s) to {record.pooling.get('max_length')} tokens "
+                       "(--max-length)")
     evr = basis.get("explained_variance_ratio") or []
     top = ", ".join(f"{v:.3f}" for v in evr[:5])
     dim = len(record.layout.get("layer_ids", [])) * record.layout.get("hidden_size", 0)
     lines.append(f"basis: k={basis.get('k')}, D={dim}, scaling {basis.get('scaling', 'none')}; explained variance of "
                  f"the first directions: {top}; top {basis.get('k')} explain {sum(evr):.3f}")
-    lines.extend(f"warning: {warning}" for warning in basis.get("warnings", []))
+    notices.extend(f"warning: {warning}" for warning in basis.get("warnings", []))
     lines.append(f"wrote {folder}")
-    return "\n".join(lines)
+    return "\n".join(lines), notices
 
 
 @cli.command("fit")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-k", "k", type=click.IntRange(min=1), required=True, help="Number of directions.")
-@click.option("--eig-tol", type=POSITIVE, default=1e-6, show_default=True,
+@click.option("--eig-tol", type=float, default=1e-6, show_default=True,
               help="Relative residual every eigenpair must reach.")
 @click.option("--scaling", type=click.Choice(choices(FeatureScaling)), default=None,
               help="Feature scaling, from the saved statistics: none, layer or coordinate (default: the run's).")
@@ -142,7 +143,7 @@ def fit_cmd(run_dir, k, eig_tol, scaling):
     click.echo(f"refit {run_dir}: k={basis.k}, scaling {basis.scaling}; direction 0 explains {float(evr[0]):.3f}, the "
                f"top {basis.k} {float(evr.sum()):.3f} of the variance")
     for warning in basis.warnings:
-        click.echo(f"warning: {warning}")
+        click.echo(f"warning: {warning}", err=True)
     if not (Path(run_dir) / "scores.safetensors").exists():
         click.echo(f"no saved features, so the old scores were removed; rescore with `autoskill-fast project {run_dir} "
                    f"--out {run_dir}`")
@@ -152,7 +153,7 @@ def fit_cmd(run_dir, k, eig_tol, scaling):
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(), help="The merged run's folder.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=None, help="Number of directions (default: the shards' k).")
-@click.option("--eig-tol", type=POSITIVE, default=1e-6, show_default=True,
+@click.option("--eig-tol", type=float, default=1e-6, show_default=True,
               help="Relative residual every eigenpair must reach.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in the output folder instead of refusing.")
 @friendly_errors
@@ -203,7 +204,7 @@ def run_inputs(run_dir: str, start_from: dict, given: set[str]) -> tuple[dict, d
 
 
 @cli.command("steer")
-@click.argument("run_dir", type=click.Path(exists=True))
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @config_options(SteerConfig, skip=("run",))
 @friendly_errors
 def steer_cmd(run_dir, **values):
@@ -211,6 +212,10 @@ def steer_cmd(run_dir, **values):
     from .steering import SteeringVector, export_steering
     from .steering.export import build_vector
 
+    given = given_params()
+    if values.get("ranking") is not None and given & {"directions", "sign", "weights"}:  # typed as the defaults are
+        raise AutoskillError("the ranking gives the directions and signs; give either --ranking or --direction / "
+                             "--sign, not both")
     config = build_config(SteerConfig, values, skip=("run",), run=run_dir)
     path = export_steering(config)
     vector = SteeringVector.load(path) if path.is_dir() else build_vector(config)

@@ -9,6 +9,8 @@ Fields with a `cli(...)` entry in their metadata tell the CLI their flag when it
 from __future__ import annotations
 
 import importlib.util
+import math
+import numbers
 import re
 import string
 from dataclasses import asdict, dataclass, field
@@ -64,6 +66,26 @@ def _check_positive(owner: str, name: str, value: int | float | None) -> None:
         raise ConfigError(owner, name, f"must be positive, got {value}")
 
 
+def check_tolerance(owner: str, name: str, value: float) -> None:
+    """A solver tolerance: a positive, finite number (inf passed `_check_positive` and failed in the solver)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ConfigError(owner, name, f"must be a positive number, got {value!r}")
+
+
+def check_fit_options(k: int | None, tol: float) -> None:
+    """`fit` and `merge` (API and CLI alike): k a positive integer (None: the run's own), tol a positive number."""
+    if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1):
+        raise AutoskillError(f"k (-k) must be a positive integer, got {k!r}")
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (math.isfinite(tol) and tol > 0):
+        raise AutoskillError(f"tol (--eig-tol) must be a positive number, got {tol!r}")
+
+
+def check_out(owner: str, value: str | None) -> None:
+    """An output path that names something: "" wrote the run's files into the current directory."""
+    if value is not None and not str(value).strip():
+        raise ConfigError(owner, "out", "is empty; name the output folder")
+
+
 def parse_layers(spec: str | None) -> tuple[int, ...] | None:
     """"1,3,5-8,-2" -> (1, 3, 5, 6, 7, 8, -2)."""
     if not spec:
@@ -74,7 +96,11 @@ def parse_layers(spec: str | None) -> tuple[int, ...] | None:
         try:
             if "-" in part[1:]:
                 lo, hi = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
-                layers.extend(range(int(lo), int(hi) + 1))
+                lo, hi = int(lo), int(hi)
+                if hi < lo:  # range() would drop it without a word
+                    raise AutoskillError(f"the range {part!r} in {spec!r} runs backwards; write it low to high, e.g. "
+                                         f"{hi}-{lo}")
+                layers.extend(range(lo, hi + 1))
             else:
                 layers.append(int(part))
         except ValueError:
@@ -314,10 +340,11 @@ class ProfileConfig:
     overwrite: bool = False
     """Replace the run already in the output folder (its files only) instead of refusing."""
     quiet: bool = False
-    """No progress bar."""
+    """No progress bar and no summary (warnings, skipped and truncated examples are still said, on stderr)."""
 
     def __post_init__(self):
         owner = "ProfileConfig"
+        check_out(owner, self.out)
         _check_positive(owner, "k", self.k)
         _check_choice(owner, "features_dtype", self.features_dtype, FeaturesDType)
         _check_choice(owner, "covariance_rows", self.covariance_rows, CovarianceRows)
@@ -333,7 +360,7 @@ class ProfileConfig:
                                                     f"{2 * self.k}")
         _check_positive(owner, "checkpoint_every", self.checkpoint_every)
         _check_positive(owner, "checkpoint_seconds", self.checkpoint_seconds)
-        _check_positive(owner, "eig_tol", self.eig_tol)
+        check_tolerance(owner, "eig_tol", self.eig_tol)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -360,6 +387,7 @@ class ProjectConfig:
     """No progress bar."""
 
     def __post_init__(self):
+        check_out("ProjectConfig", self.out)
         _check_choice("ProjectConfig", "on_bad_example", self.on_bad_example, BadExamplePolicy)
 
     def to_json(self) -> dict[str, Any]:

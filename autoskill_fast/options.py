@@ -88,6 +88,8 @@ class Option:
         flags = [f for f in (self.meta.get("short"), self.flag) if f]
         flags = list(dict.fromkeys(flags))
         help_text = field_docs(self.owner).get(self.field.name, "")
+        if self.negated:  # the field's docstring says what the default (on) does; the flag turns it off
+            help_text = f"Turn off (on by default): {help_text}"
         if self.note:
             help_text = f"{help_text.split(' Default: ')[0]} {self.note}"
         base = _base_type(self.annotation)
@@ -222,9 +224,17 @@ def _build(cls: type, values: dict[str, Any], prefix: tuple[str, ...], skip: tup
             kwargs[f.name] = getattr(base, f.name)  # not typed: the starting instance's
             continue
         if option.param in values:
-            kwargs[f.name] = option.value(values[option.param])
-        for param, value in zip(option.params[1:], (option.meta.get("aliases") or {}).values()):
+            try:
+                kwargs[f.name] = option.value(values[option.param])
+            except ConfigError:
+                raise
+            except AutoskillError as e:  # a parser's message ("cannot read '1-x' ..."): name the option it read
+                raise AutoskillError(f"{option.flag}: {e}") from None
+        for param, (alias, value) in zip(option.params[1:], (option.meta.get("aliases") or {}).items()):
             if values.get(param):
+                if kwargs.get(f.name, option.default) not in (option.default, value):  # typed otherwise
+                    raise AutoskillError(f"{option.flag} {values[option.param]} and {alias} contradict each other; "
+                                         "give one of them")
                 kwargs[f.name] = value
     return cls(**kwargs)
 

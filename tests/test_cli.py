@@ -344,3 +344,73 @@ def test_every_option_of_a_torchrun_command_has_a_spelling_torchrun_lets_through
     assert not blocked
     if command == "eval":
         assert not passes("--n") and passes("-n")  # the case that was found; -n is the documented spelling
+
+
+def test_mistyped_options_are_one_line_errors_before_any_work(tmp_path, tiny_model, corpus):
+    """From an audit of the options: each of these was a traceback, an option silently dropped or ignored, or an
+    output written over a file."""
+    model = tiny_model("llama")
+    run = tmp_path / "run"
+    code, out = invoke("profile", "--model", model, "--corpus", corpus, "--out", run, "-k", 2, "--quiet",
+                       "--save-features")
+    assert code == 0, out
+    profile = ("profile", "--model", model, "--corpus", corpus, "--out", tmp_path / "x", "-k", 2, "--quiet")
+    for typed, message in (
+            (("--eig-tol", "inf"), "--eig-tol: must be a positive number, got inf"),  # failed after the forward pass
+            (("--layers", "1,3-2"), "--layers: the range '3-2' in '1,3-2' runs backwards; write it low to high"),
+            (("--layers", "1-x"), "--layers: cannot read '1-x'"),  # the parser's message named no option
+            (("--device", "meta"), "--device meta: autoskill-fast runs on cpu or cuda"),
+            (("--first-token", "drop_bos", "--keep-first-token"), "--first-token drop_bos and --keep-first-token "
+                                                                  "contradict each other")):
+        one_line_error(*invoke(*profile, *typed), message)
+    one_line_error(*invoke("profile", "--model", model, "--corpus", corpus, "--out", "", "-k", 2),
+                   "--out: is empty")  # the run was written into the current folder
+    assert not (tmp_path / "x").exists()
+    for value in ("inf", "nan"):
+        one_line_error(*invoke("fit", run, "-k", 2, "--eig-tol", value), "tol (--eig-tol) must be a positive number")
+    from autoskill_fast import merge
+    from autoskill_fast.errors import AutoskillError
+
+    for kwargs, message in ((dict(k=0), r"k \(-k\) must be a positive integer, got 0"),  # was the shards' k
+                            (dict(tol=0.0), r"tol \(--eig-tol\) must be a positive number")):
+        with pytest.raises(AutoskillError, match=message):
+            merge([run, run], tmp_path / "m", **kwargs)
+    assert not (tmp_path / "m").exists()
+    one_line_error(*invoke("eval", "--model", model, "--out", tmp_path / "e", "--temperature", "nan"),
+                   "--temperature: must be 0 (greedy) or more, got nan")  # NaN decoded greedily
+    victim = tmp_path / "weights.gguf"
+    victim.write_bytes(b"a model's weights")
+    steer = ("steer", run)
+    for typed, message in ((("--out", victim, "--format", "llamacpp"), "weights.gguf: already exists"),
+                           (("--out", tmp_path / "v", "--format", "vector", "--model", model),
+                            "--model: is the model a baked checkpoint is made from"),
+                           (("--out", tmp_path / "v", "-d", "0:inf"), "--direction: weights must be finite numbers"),
+                           (("--out", tmp_path / "v", "--ranking", run, "--sign", "+"), "give either --ranking or "
+                                                                                         "--direction / --sign")):
+        one_line_error(*invoke(*steer, *typed), message)
+    assert victim.read_bytes() == b"a model's weights"
+    code, out = invoke("steer", corpus, "--out", tmp_path / "v")
+    assert code == 2 and "is a file" in out and "Traceback" not in out
+    for typed, message in ((("--method", "pole", "-d", "+0", "--dims", 2), "--dims: shapes the coverage method's "
+                                                                            "space, not the pole method's"),
+                           (("--top", 2), "--top: picks the best entries of a ranking")):
+        one_line_error(*invoke("select", run, "--out", tmp_path / "s.jsonl", "-n", 2, *typed), message)
+    # project scores with the run's model when --model is not given, as steer and rank do (it refused the default)
+    code, out = invoke("project", run, "--corpus", corpus, "--out", tmp_path / "p", "--quiet")
+    assert code == 0 and "scored 12 examples" in out, out
+    code, out = invoke("eval", "--model", model, "--out", tmp_path / "e", "--steering", corpus, "--metric", "nll")
+    assert code == 2 and f"{corpus}: is a file, not a steering vector" in out, out
+    help_text = invoke("profile", "--help")[1]
+    assert "--no-scores" in help_text and "Turn off (on by default): Write per-example scores" in " ".join(
+        help_text.split())
+
+
+def test_quiet_keeps_the_warnings_on_stderr(tmp_path, tiny_model):
+    """--quiet hid the basis's warnings and the skipped examples with the summary."""
+    duplicated = write_jsonl(tmp_path / "d.jsonl", [{"text": "one two three" if i % 2 else "four five six seven"}
+                                                    for i in range(8)] + [{"text": ""}])
+    result = CliRunner().invoke(cli, ["profile", "--model", str(tiny_model("llama")), "--corpus", str(duplicated),
+                                      "--out", str(tmp_path / "r"), "-k", "3", "--quiet", "--on-bad-example", "skip"])
+    assert result.exit_code == 0, result.output
+    assert "profiled" not in result.stdout and "warning: directions 1-2 explain at most 1e-08" in result.stderr
+    assert "skipped 1 example(s)" in result.stderr

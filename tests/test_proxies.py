@@ -516,7 +516,9 @@ def test_rank_and_steer_options_that_would_be_ignored_or_collide_are_refused(tmp
     from autoskill_fast.proxies.steering import steering_name
     from autoskill_fast.steering.export import SteerConfig
 
-    for options, message in (({"directions": parse_layers("1-0")}, "in a range written low to high"),
+    with pytest.raises(AutoskillError, match="the range '1-0' in '1-0' runs backwards"):  # was an empty range
+        parse_layers("1-0")
+    for options, message in (({"directions": ()}, "must name each direction once"),
                              ({"directions": (0, 0)}, "must name each direction once"),
                              ({"alphas": (2.0, 2.0)}, "names a strength twice"),
                              ({"pilot_lr": 0.0}, "must be a positive learning rate"),

@@ -324,8 +324,15 @@ def test_cli_inspect(planted, tmp_path):
     assert "direction 1:" in result.output and "[ex0005] long division problem 0" in result.output
     assert "one" in result.output and f"report: {tmp_path / 'r.html'}" in result.output
     assert len(read_jsonl(tmp_path / "p.jsonl")) == 3
-    bad = CliRunner().invoke(cli, ["inspect", str(planted), "--scatter", "0,9", "--no-html"])
+    bad = CliRunner().invoke(cli, ["inspect", str(planted), "--scatter", "0,9", "--html", str(tmp_path / "x.html")])
     assert bad.exit_code == 2 and "direction 9 out of range" in bad.output
+    # Options the run would ignore are refused (they were accepted, and nothing they asked for was done)
+    for ignored, what in ((["--no-html", "--scatter", "0,2"], "--scatter: is for the HTML report"),
+                          (["--no-html", "--html", str(tmp_path / "y.html")], "--html: is for the HTML report"),
+                          (["--n-pole", "3"], "--n-pole: sizes the poles of a comparison")):
+        bad = CliRunner().invoke(cli, ["inspect", str(planted), *ignored])
+        assert bad.exit_code == 2 and what in bad.output, bad.output
+    assert not (tmp_path / "y.html").exists()
     moved = CliRunner().invoke(cli, ["inspect", str(planted), "--no-html", "--corpus", str(tmp_path / "labels.txt")])
     assert moved.exit_code == 2 and "error:" in moved.output and "Traceback" not in moved.output
 
@@ -342,7 +349,7 @@ def test_a_basis_of_one_direction_is_inspected_without_a_scatter(tmp_path):
     assert 'id="scatter-section"' in two_page
     for asked in ((1, 0), (0, 1)):
         with pytest.raises(AutoskillError, match="direction 1 out of range"):
-            inspect(InspectConfig(run=str(run), scatter=asked, no_html=True))
+            inspect(InspectConfig(run=str(run), scatter=asked, html=str(tmp_path / "none.html")))
     with pytest.raises(AutoskillError, match="--color-by colours the report's scatter on two directions, and this "
                                              "basis has one"):
         inspect(InspectConfig(run=str(run), color_by="meta"))

@@ -454,9 +454,20 @@ def test_cli_select(planted, tmp_path):
     corpus = run / "corpus.jsonl"
     before = corpus.read_bytes()
     over = CliRunner().invoke(cli, ["select", str(run), "--out", str(run / "." / "corpus.jsonl"), "-n", "5"])
-    assert over.exit_code == 2 and "is the corpus the selection is read from; write the selection to another file" \
-        in over.output, over.output
+    assert over.exit_code == 2 and f"is the corpus {run} read; write it to another file" in over.output, over.output
     assert corpus.read_bytes() == before
+    # The other commands' outputs overwrote the corpus, or the run's own files, without a word
+    record, basis = (run / "run.json").read_bytes(), (run / "basis.json").read_bytes()
+    for command, what in ((["select", run, "--out", run / "run.json", "-n", "5"], "is run.json of the run"),
+                          (["inspect", run, "--no-html", "--labeling-prompts", corpus], "is the corpus"),
+                          (["inspect", run, "--html", run / "basis.json"], "--html"),
+                          (["compare", run, run, "--json", run / "run.json"], "--json"),
+                          (["compare", run, run, "--html", corpus], "--html")):
+        result = CliRunner().invoke(cli, [str(a) for a in command])
+        assert result.exit_code == 2 and what in result.output and "write it to another file" in result.output, \
+            (command, result.output)
+    assert (corpus.read_bytes(), (run / "run.json").read_bytes(), (run / "basis.json").read_bytes()) == \
+        (before, record, basis)
 
 
 def test_records_are_fetched_past_a_line_the_profile_skipped_as_unreadable(tmp_path):

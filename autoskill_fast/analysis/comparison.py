@@ -304,6 +304,10 @@ class CompareConfig:
 
 def compare(config: CompareConfig) -> Comparison:
     run_a, run_b = load_run(config.run_a), load_run(config.run_b)
+    for option, path in (("--json", config.json), ("--html", config.html)):
+        if path:
+            run_a.check_output(path, option)
+            run_b.check_output(path, option)
     comparison = compare_runs(run_a, run_b, n_pole=config.n_pole, by=config.by, permutations=config.permutations,
                               seed=config.seed)
     if config.json:

@@ -42,6 +42,9 @@ def parse_pair(spec: str) -> tuple[int, int]:
     return first, second
 
 
+N_POLE = 50  # examples per pole in a comparison's overlaps, by default
+
+
 @dataclass
 class InspectConfig:
     """What `inspect` shows and writes."""
@@ -62,7 +65,7 @@ class InspectConfig:
     """Read direction labels from this file (JSONL, JSON or one label per line) into the report and the basis."""
     compare: str | None = None
     """Another profile of the same corpus (another model, or another run): adds the compare section."""
-    n_pole: int = 50
+    n_pole: int = N_POLE
     """For compare: examples per pole in the Jaccard overlaps."""
     corpus: str | None = None
     """Read the records from this path instead of the one recorded in run.json."""
@@ -90,6 +93,13 @@ class InspectConfig:
             raise ConfigError(owner, "color_by", "needs a field name, e.g. category")
         if self.color_by is not None and self.no_html:
             raise ConfigError(owner, "color_by", "colours the HTML report's scatter; drop no_html (--no-html)")
+        for name in ("html", "scatter"):
+            if getattr(self, name) is not None and self.no_html:
+                raise ConfigError(owner, name, "is for the HTML report, which no_html (--no-html) leaves out; drop one")
+        if self.n_pole <= 0:
+            raise ConfigError(owner, "n_pole", f"must be positive, got {self.n_pole}")
+        if self.compare is None and self.n_pole != N_POLE:
+            raise ConfigError(owner, "n_pole", "sizes the poles of a comparison (compare, --compare); there is none")
 
 
 @dataclass
@@ -310,6 +320,9 @@ def inspect(config: InspectConfig) -> InspectResult:
         run.basis.save(run.folder)
         result.labels_saved = True
     corpus = run.corpus_config(config.corpus)
+    for option, path in (("--labeling-prompts", config.labeling_prompts), ("--html", config.html)):
+        if path:
+            run.check_output(path, option, corpus)
     poles = _pole_positions(run, config.n_examples)
     shown = scatter_positions(run.n, config.max_points)
     records = _read(run, _needed(poles) | (set(shown.tolist()) if config.color_by else set()), config.corpus)

@@ -97,6 +97,9 @@ class SelectConfig:
             self.method = "pole"  # along the ranking's best directions
         elif self.method is None:
             self.method = "coverage"
+        if self.ranking is None and self.top != 1:
+            raise ConfigError(owner, "top", "picks the best entries of a ranking (--ranking); there is none to pick "
+                                            "from")
         if self.method not in choices(SelectMethod):
             raise ConfigError(owner, "method", f"unknown value {self.method!r}; choose one of "
                                                f"{', '.join(choices(SelectMethod))}")
@@ -112,6 +115,9 @@ class SelectConfig:
             raise ConfigError(owner, "directions", f"only applies to the pole method, not {self.method}")
         if self.dims is not None and self.dims <= 0:
             raise ConfigError(owner, "dims", f"must be positive, got {self.dims}")
+        if self.method != "coverage" and (self.dims is not None or self.metric != "whitened"):
+            raise ConfigError(owner, "dims" if self.dims is not None else "metric",
+                              f"shapes the coverage method's space, not the {self.method} method's; drop it")
         if self.text_dim <= 0:
             raise ConfigError(owner, "text_dim", f"must be positive, got {self.text_dim}")
         self.directions = tuple(str(d) for d in self.directions)
@@ -308,9 +314,7 @@ def select(config: SelectConfig) -> Selection:
     run = load_run(config.run)
     corpus = run.corpus_config(config.corpus)
     out = Path(config.out)
-    if _same_file(out, Path(corpus.path)):
-        raise AutoskillError(f"--out {out} is the corpus the selection is read from; write the selection to another "
-                             "file")
+    run.check_output(out, "--out", corpus)
     selection = choose(run, config)
     t_selected = time.perf_counter()
     ids, rows = run.scores.ids, run.scores.row
@@ -338,13 +342,6 @@ def select(config: SelectConfig) -> Selection:
     }
     save_json(manifest_path(out), selection.manifest)
     return selection
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.samefile(b)
-    except OSError:  # one of them does not exist (yet)
-        return False
 
 
 def manifest_path(out: str | Path) -> Path:

@@ -179,6 +179,8 @@ def resolve_device(device: str) -> torch.device:
         resolved = torch.device(device)
     except RuntimeError as e:
         raise AutoskillError(f"bad --device {device!r}: {e}") from None
+    if resolved.type not in ("cpu", "cuda"):  # mps, xpu, meta: tracebacks from deep inside the model before
+        raise AutoskillError(f"--device {device}: autoskill-fast runs on cpu or cuda; use --device cpu, cuda or auto")
     if resolved.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

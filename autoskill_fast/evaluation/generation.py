@@ -16,6 +16,7 @@ Llama-3-Instruct's <|eot_id|>), as vLLM ends it by default (`stop_token_ids`).
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ class GenerationConfig:
             if getattr(self, name) > 1 and self.backend != "vllm":
                 raise ConfigError(owner, name, "applies to --backend vllm; the hf backend runs one process per GPU "
                                                "under torchrun")
-        if self.temperature < 0:
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):  # NaN decoded greedily, without a word
             raise ConfigError(owner, "temperature", f"must be 0 (greedy) or more, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(owner, "top_p", f"must be in (0, 1], got {self.top_p}")

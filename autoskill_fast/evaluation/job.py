@@ -25,7 +25,7 @@ import numpy as np
 from ..artifacts import load_json, save_json
 from ..capture.fingerprint import fingerprint_folder, model_identity
 from ..capture.models import LoadedModel, load_model, resolve_device, resolve_dtype, resolve_model_path
-from ..config import ConfigError, ModelConfig, cli, number_list
+from ..config import ConfigError, ModelConfig, check_out, cli, number_list
 from ..data.corpus import content_identity
 from ..errors import AutoskillError
 from ..jobs.world import World, current_world
@@ -67,6 +67,7 @@ class EvalConfig:
 
     def __post_init__(self):
         owner = "EvalConfig"
+        check_out(owner, self.out)
         self.k = tuple(int(k) for k in self.k)
         if not self.k or min(self.k) < 1:
             raise ConfigError(owner, "k", f"must be positive integers, got {self.k}")

@@ -132,8 +132,7 @@ def load_problems(config: ProblemsConfig) -> list[Problem]:
         warnings.warn(f"{len(unreadable)} line(s) of {config.path} cannot be read as problems and are left out: "
                       f"{unreadable[0]}", stacklevel=2)
     if not problems:
-        raise AutoskillError(f"{config.path}: no problems in the {config.split} part (--split); check --dev-size and "
-                             "--limit")
+        raise AutoskillError(f"{config.path}: no problems in its {config.split} part; check --dev-size and --limit")
     return problems
 
 

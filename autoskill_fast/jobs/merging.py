@@ -16,6 +16,7 @@ import torch
 from ..basis import SkillBasis, diagnose, feature_scale
 from ..capture.fingerprint import describe_mismatch, model_mismatch
 from ..capture.layout import FeatureLayout, check_same_pooling
+from ..config import check_fit_options, check_out
 from ..decomposition.components import fit_components
 from ..decomposition.statistics import SketchedCovariance, load_statistics, saved_statistics_kind
 from ..errors import AutoskillError
@@ -28,6 +29,8 @@ from ..run.scores import save_scores
 def merge(run_dirs: list[str | Path], out: str | Path, *, k: int | None = None, tol: float = 1e-6,
           overwrite: bool = False) -> SkillBasis:
     """Merge the statistics of shard runs exactly and fit one basis; scores too when every shard saved features."""
+    check_fit_options(k, tol)
+    check_out("merge", str(out))
     if len(run_dirs) < 2:
         raise AutoskillError("merge needs at least two run folders")
     shards = [RunFolder(d) for d in run_dirs]

@@ -73,6 +73,10 @@ def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> dict
                              "projection to a folder of its own (or, to score a run that has none, --out the run)")
     world.check_shared(out)
     basis = load_basis(config.basis)
+    run = RunFolder(config.basis)
+    if config.model.model is None and run.has_record():  # as steer and rank: the model the run profiled
+        profiled = (run.record().config.get("model") or {}).get("model")
+        config = replace(config, model=replace(config.model, model=profiled))
     if world.distributed:
         config = replace(config, model=replace(config.model, device=str(world.device(config.model.device))))
     loaded = loaded or load_model(config.model)

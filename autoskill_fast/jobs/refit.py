@@ -13,6 +13,7 @@ import torch
 
 from ..basis import SkillBasis, diagnose, feature_scale
 from ..capture.layout import FeatureLayout
+from ..config import check_fit_options
 from ..decomposition.components import fit_components
 from ..decomposition.statistics import load_statistics
 from ..errors import AutoskillError
@@ -24,6 +25,7 @@ from ..run.scores import save_scores
 def fit(run_dir: str | Path, k: int, *, tol: float = 1e-6, scaling: str | None = None) -> SkillBasis:
     """Refit a run's basis with k directions from its saved statistics (rescoring if features were saved); `scaling`
     (none, layer, coordinate; default: the run's) is computed from the same statistics, with no second pass."""
+    check_fit_options(k, tol)
     folder = RunFolder(run_dir)
     record = folder.record()
     if record.status == "running":

@@ -16,7 +16,8 @@ from ..config import CorpusConfig
 from ..data.corpus import Record, content_identity, fingerprint, iter_records
 from ..data.rendering import render
 from ..errors import AutoskillError, BadExampleError
-from .folder import RUN_JSON, RunFolder
+from .folder import REPORT_HTML, RUN_FILES, RUN_JSON, RunFolder
+from .ranking import RANKING_JSON
 from .record import RunRecord
 from .scores import Scores
 
@@ -57,6 +58,17 @@ class ProfileRun:
                                  "found by row, and these rows hold other records: pass the original corpus "
                                  "(--corpus) or profile again")
         self._checked.add(config.path)
+
+    def check_output(self, path: str | Path, option: str, corpus: CorpusConfig | None = None) -> None:
+        """Refuse an output file that is what this run reads: its corpus (`corpus`, else the one it profiled) or one
+        of its own files (its report excepted, which `inspect` rewrites)."""
+        out = Path(path)
+        corpus_path = corpus.path if corpus is not None else (self.record.corpus.get("path") if self.record else None)
+        if corpus_path and same_file(out, Path(corpus_path)):
+            raise AutoskillError(f"{option} {out} is the corpus {self.folder} read; write it to another file")
+        for name in (*RUN_FILES, RANKING_JSON):
+            if name != REPORT_HTML and same_file(out, self.folder / name):
+                raise AutoskillError(f"{option} {out} is {name} of the run {self.folder}; write it to another file")
 
     def basis_fingerprint(self) -> dict[str, Any]:
         """What identifies the basis used: its model, k, sample count and a hash of its tensors file."""
@@ -145,3 +157,11 @@ def excerpt(text: str, chars: int) -> str:
     """The start of a text on one line, cut at `chars` characters with an ellipsis."""
     flat = " ".join(text.split())
     return flat if len(flat) <= chars else flat[: max(chars - 1, 0)].rstrip() + "…"
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (False while either does not exist)."""
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False

@@ -82,9 +82,11 @@ class SteerConfig:
                 raise ConfigError(owner, "weights", f"give one weight per direction ({len(directions)}), either here "
                                                     "or as INDEX:WEIGHT entries, not both")
             weights = [float(w) for w in self.weights]
+        typed_apart = self.weights is not None  # else as INDEX:WEIGHT entries of --direction
         self.directions, self.weights = tuple(directions), tuple(weights)
         if not all(math.isfinite(w) for w in self.weights):
-            raise ConfigError(owner, "weights", f"must be finite numbers, got {list(self.weights)}")
+            raise ConfigError(owner, "weights" if typed_apart else "directions",
+                              f"weights must be finite numbers, got {list(self.weights)}")
         if not math.isfinite(self.alpha):
             raise ConfigError(owner, "alpha", f"must be a finite number, got {self.alpha}")
         if self.sign not in (1, -1):
@@ -96,6 +98,9 @@ class SteerConfig:
         if self.ranking is not None and (self.directions, self.weights, self.sign) != ((0,), (1.0,), 1):  # typed
             raise ConfigError(owner, "ranking", "the ranking gives the directions and signs; give either a ranking or "
                                                 "--direction / --sign, not both")
+        if self.model is not None and self.format != "hf":
+            raise ConfigError(owner, "model", "is the model a baked checkpoint is made from (--format hf); the "
+                                              f"{self.format} format holds the vector alone: drop it")
         if self.format not in choices(SteerFormat):
             raise ConfigError(owner, "format", f"unknown value {self.format!r}; choose one of "
                                                f"{', '.join(choices(SteerFormat))}")
@@ -161,6 +166,8 @@ def export_steering(config: SteerConfig) -> Path:
     if config.format == "llamacpp" and out.suffix.lower() == ".gguf":
         if out.is_dir():
             raise AutoskillError(f"{out}: is a folder; --out NAME.gguf writes the control-vector file itself")
+        if out.exists():  # a mistyped name could be a model's weights
+            raise AutoskillError(f"{out}: already exists; choose a new name for the control vector, or remove it")
         return export_llamacpp(vector, out)  # the recipe is in the file's metadata (autoskill.steering)
     if config.format == "hf":
         spec = config.model if config.model is not None else run_model_spec(Path(config.run))

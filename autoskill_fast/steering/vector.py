@@ -232,6 +232,9 @@ class SteeringVector:
         """Load from a vector folder, or from a baked model folder (which keeps its vector in `steering/`)."""
         folder = Path(folder)
         if folder.is_file():
+            if folder.name != VECTOR_JSON:
+                raise AutoskillError(f"{folder}: is a file, not a steering vector (a folder with {VECTOR_JSON}, made "
+                                     "by `autoskill-fast steer`)")
             folder = folder.parent
         if not (folder / VECTOR_JSON).is_file() and (folder / "steering" / VECTOR_JSON).is_file():
             folder = folder / "steering"
