@@ -9,13 +9,8 @@ import torch
 from click.testing import CliRunner
 
 from autoskill_fast.cli import cli
+from helpers import invoke
 from model_fixtures import write_jsonl
-
-
-def invoke(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    crashed = "" if result.exception is None or isinstance(result.exception, SystemExit) else repr(result.exception)
-    return result.exit_code, result.output + crashed
 
 
 @pytest.fixture

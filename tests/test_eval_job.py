@@ -19,6 +19,7 @@ from autoskill_fast.evaluation import generation as generation_mod
 from autoskill_fast.evaluation.generation import GenerationConfig
 from autoskill_fast.evaluation.job import EvalConfig, compare_evals, evaluate, load_eval
 from autoskill_fast.evaluation.problems import ProblemsConfig, gold_answer, load_problems
+from helpers import planted_grader
 from model_fixtures import write_jsonl
 
 
@@ -115,27 +116,8 @@ def test_samples_and_the_pass_at_k_table(tmp_path, tiny_model, monkeypatch):
     # A grader that calls every even problem's first sample correct: the table is then known exactly.
     from autoskill_fast.evaluation import grading
 
-    class Planted:
-        def __init__(self, **_):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *_):
-            pass
-
-        def grade(self, completion, gold):  # the golds' self-check before generating
-            return grading.Verdict(correct=completion == f"\\boxed{{{gold}}}", timed_out=False, extracted=gold)
-
-        def grade_many(self, pairs):
-            out = []
-            for i, (completion, gold) in enumerate(pairs):
-                good = i == 0 and int(gold) % 4 == 2 if gold.isdigit() else False
-                out.append(grading.Verdict(correct=good, timed_out=False, extracted=None))
-            return out
-
-    monkeypatch.setattr(grading, "Grader", Planted)
+    monkeypatch.setattr(grading, "Grader", planted_grader(
+        lambda i, completion, gold: i == 0 and gold.isdigit() and int(gold) % 4 == 2))
     result = evaluate(tiny_eval(tmp_path, tiny_model, k=(1, 2)))
     lines = [json.loads(line) for line in (tmp_path / "e" / "samples.jsonl").read_text().splitlines()]
     assert len(lines) == 20 and {line["sample"] for line in lines} == {0, 1}

@@ -21,6 +21,7 @@ from autoskill_fast.evaluation.problems import ProblemsConfig
 from autoskill_fast.proxies.correlation import (auroc, auroc_with_error, cluster_bootstrap, entries_from, pearson,
                                                 pearson_with_error)
 from autoskill_fast.run.ranking import Ranking
+from helpers import invoke, planted_grader
 from model_fixtures import write_jsonl
 
 
@@ -202,18 +203,6 @@ def test_alpha_in_standard_deviations(tmp_path):
         SteeringVector.from_basis(basis, 1, unit="sigma")
 
 
-def invoke(*args):
-    """The CLI in this process: (exit code, output and any exception that is not an exit)."""
-    from click.testing import CliRunner
-
-    from autoskill_fast.cli import cli
-
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    failure = result.exception
-    shown = "" if failure is None or isinstance(failure, SystemExit) else repr(failure)
-    return result.exit_code, result.output + shown
-
-
 def test_rank_then_select_and_steer_along_the_ranking(tmp_path, tiny_model, monkeypatch):
     from autoskill_fast.steering import SteeringVector
 
@@ -325,23 +314,7 @@ def test_rank_correlation_with_passk_pairs_each_sampled_solution_with_its_score_
     def right(completion):  # a verdict that depends on the text alone, so it can be recomputed from samples.jsonl
         return len(completion) % 2 == 0
 
-    class Planted:
-        def __init__(self, **_):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *_):
-            pass
-
-        def grade(self, completion, gold):  # the golds' self-check
-            return grading.Verdict(correct=completion == f"\\boxed{{{gold}}}", timed_out=False, extracted=gold)
-
-        def grade_many(self, pairs):
-            return [grading.Verdict(correct=right(c), timed_out=False, extracted=None) for c, _ in pairs]
-
-    monkeypatch.setattr(grading, "Grader", Planted)
+    monkeypatch.setattr(grading, "Grader", planted_grader(lambda i, completion, gold: right(completion)))
     records = [{"question": f"Bo has {i} cards and gets {i % 4} more. How many?",
                 "answer": f"{i} + {i % 4} = {i + i % 4}\n#### {i + i % 4}"} for i in range(18)]
     corpus = write_jsonl(tmp_path / "p.jsonl", records)
