@@ -106,6 +106,12 @@ def test_fit_without_features_drops_stale_scores(tmp_path, tiny_model, corpus):
     assert run.scores.projection.shape == (before["n"], 2) and not (tmp_path / "r" / "project.json").exists()
     one_line_error(*invoke("project", tmp_path / "r", "--out", tmp_path / "r"), "already has scores")
     (tmp_path / "r" / "scores.safetensors").unlink()
+    # and so does the Python API (it refused: the embedded corpus is not the run's)
+    from autoskill_fast import ProjectConfig, project
+
+    project(ProjectConfig(basis=str(tmp_path / "r"), out=str(tmp_path / "r"), quiet=True))
+    assert torch.equal(load_run(tmp_path / "r").scores.projection, run.scores.projection)
+    (tmp_path / "r" / "scores.safetensors").unlink()
     # the profile command again: it said "already complete" and wrote nothing; now it says how to get what it asks
     model = tiny_model("llama")
     again = ("profile", "--model", model, "--corpus", corpus, "--out", tmp_path / "r", "-k", 2, "--quiet")

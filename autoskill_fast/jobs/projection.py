@@ -17,7 +17,7 @@ from ..capture.features import PooledBatches, resolve_pooling
 from ..capture.fingerprint import model_identity
 from ..capture.layout import check_same_pooling, pooling_record
 from ..capture.models import LoadedModel, load_model
-from ..config import ProjectConfig
+from ..config import CorpusConfig, ModelConfig, ProjectConfig
 from ..data.corpus import content_identity
 from ..data.corpus import fingerprint as corpus_fingerprint
 from ..data.stream import InputTally, iter_tokenized
@@ -28,6 +28,24 @@ from ..run.scores import SCORES_TENSORS, ScoreWriter, write_scores
 from .world import current_world
 
 PROJECT_JSON = "project.json"
+
+
+def _run_defaults(config: ProjectConfig) -> ProjectConfig:
+    """`project RUN --out RUN` in Python as on the command line: the options left at their defaults (the corpus, the
+    model and dtype, --on-bad-example) are the run's own, so that the scores are of its rows. (The CLI also keeps the
+    run's corpus when only some of its reading options are typed.)"""
+    run = RunFolder(config.basis)
+    if not run.has_record():
+        return config
+    record = run.record()
+    if config.corpus == CorpusConfig():
+        config = replace(config, corpus=record.corpus_reading())
+    if config.model == ModelConfig():
+        recorded = record.config.get("model") or {}
+        config = replace(config, model=ModelConfig(**{k: v for k, v in recorded.items() if k in ("model", "dtype")}))
+    if config.on_bad_example == "error":
+        config = replace(config, on_bad_example=record.config.get("on_bad_example", "error"))
+    return config
 
 
 def _check_rescoring(run: Path, corpus_fp: dict) -> None:
@@ -65,6 +83,8 @@ def project(config: ProjectConfig, *, loaded: LoadedModel | None = None) -> dict
     if out.exists() and not out.is_dir():
         raise AutoskillError(f"{out}: is a file, not a folder; choose another output folder")
     in_place = out.resolve() == Path(config.basis).resolve()  # rescoring a run whose scores are gone
+    if in_place:
+        config = _run_defaults(config)
     corpus_fp = corpus_fingerprint(config.corpus)  # a missing corpus is told before the model loads
     if in_place:
         _check_rescoring(out, corpus_fp)
