@@ -98,8 +98,10 @@ def parse_layers(spec: str | None) -> tuple[int, ...] | None:
                 lo, hi = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
                 lo, hi = int(lo), int(hi)
                 if hi < lo:  # range() would drop it without a word
-                    raise AutoskillError(f"the range {part!r} in {spec!r} runs backwards; write it low to high, e.g. "
-                                         f"{hi}-{lo}")
+                    fix = (f"write it low to high, e.g. {hi}-{lo}" if (lo < 0) == (hi < 0) else
+                           "a range cannot run from a block counted from the start to one counted from the end "
+                           "(negative); list the end's blocks one by one, e.g. 1-5,-3,-2")
+                    raise AutoskillError(f"the range {part!r} in {spec!r} runs backwards; {fix}")
                 layers.extend(range(lo, hi + 1))
             else:
                 layers.append(int(part))

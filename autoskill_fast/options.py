@@ -232,11 +232,18 @@ def _build(cls: type, values: dict[str, Any], prefix: tuple[str, ...], skip: tup
                 raise AutoskillError(f"{option.flag}: {e}") from None
         for param, (alias, value) in zip(option.params[1:], (option.meta.get("aliases") or {}).items()):
             if values.get(param):
-                if kwargs.get(f.name, option.default) not in (option.default, value):  # typed otherwise
+                if option.param in _typed(given) and kwargs.get(f.name) != value:
                     raise AutoskillError(f"{option.flag} {values[option.param]} and {alias} contradict each other; "
                                          "give one of them")
                 kwargs[f.name] = value
     return cls(**kwargs)
+
+
+def _typed(given: set[str] | None) -> set[str]:
+    """The params typed: `given`, else those of the running click command (none outside one)."""
+    if given is not None:
+        return given
+    return given_params() if click.get_current_context(silent=True) is not None else set()
 
 
 def given_params() -> set[str]:

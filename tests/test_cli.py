@@ -362,7 +362,10 @@ def test_mistyped_options_are_one_line_errors_before_any_work(tmp_path, tiny_mod
             (("--layers", "1-x"), "--layers: cannot read '1-x'"),  # the parser's message named no option
             (("--device", "meta"), "--device meta: autoskill-fast runs on cpu or cuda"),
             (("--first-token", "drop_bos", "--keep-first-token"), "--first-token drop_bos and --keep-first-token "
-                                                                  "contradict each other")):
+                                                                  "contradict each other"),
+            (("--first-token", "drop", "--keep-first-token"), "contradict each other"),  # typed as the default is
+            (("--layers", "1--2"), "a range cannot run from a block counted from the start to one counted from the "
+                                   "end")):
         one_line_error(*invoke(*profile, *typed), message)
     one_line_error(*invoke("profile", "--model", model, "--corpus", corpus, "--out", "", "-k", 2),
                    "--out: is empty")  # the run was written into the current folder

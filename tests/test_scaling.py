@@ -161,3 +161,21 @@ def test_scaling_needs_exact_statistics(tmp_path, tiny_model):
     assert code == 0, out
     code, out = invoke("fit", tmp_path / "sketch", "-k", 2, "--scaling", "coordinate")
     assert code == 2 and "needs each feature's variance" in out and "no --sketch-size" in out, out
+
+
+@pytest.mark.parametrize("big,small", [(1e7, 1e-18), (1e-20, 1e-20), (1e30, 1e30)])
+def test_coordinate_scaling_is_the_correlation_matrix_at_any_scale_of_the_features(big, small):
+    """Half the features 1e25 times the other half's scale: the fp32 copy of the sums (scaled to the largest
+    variance) rounded the small half to 0, which standardizing weighs like the rest (wrong pairs, reported
+    converged); features all far from 1 left fp32's range."""
+    g = torch.Generator().manual_seed(1)
+    dim = 600  # the Krylov path
+    x = torch.randn(400, 4, generator=g, dtype=torch.float64) @ torch.randn(4, dim, generator=g, dtype=torch.float64)
+    x += 0.3 * torch.randn(400, dim, generator=g, dtype=torch.float64)
+    x[:, :dim // 2] *= big
+    x[:, dim // 2:] *= small
+    stats = StreamingCovariance(dim)
+    stats.update(x)
+    pca = fit_components(stats, 4, scale=feature_scale(stats.variances(), "coordinate", FeatureLayout((0,), dim)))
+    expected = np.linalg.eigvalsh(np.corrcoef(x.numpy().T))[::-1][:4]
+    np.testing.assert_allclose(pca.explained_variance.numpy(), expected, rtol=1e-6)

@@ -468,6 +468,25 @@ def test_cli_select(planted, tmp_path):
             (command, result.output)
     assert (corpus.read_bytes(), (run / "run.json").read_bytes(), (run / "basis.json").read_bytes()) == \
         (before, record, basis)
+    # The report is inspect's to rewrite, and only through --html: the prompts were written, then replaced by it
+    for command, what in ((["inspect", run, "--labeling-prompts", run / "report.html"], "is report.html of the run"),
+                          (["inspect", run, "--labeling-prompts", tmp_path / "x", "--html", tmp_path / "x"],
+                           "is where the report goes"),
+                          (["compare", run, run, "--html", run / "report.html"], "is report.html of the run"),
+                          (["select", run, "--out", run / "report.html", "-n", "5"], "is report.html of the run")):
+        result = CliRunner().invoke(cli, [str(a) for a in command])
+        assert result.exit_code == 2 and what in result.output, (command, result.output)
+    # A file written into a corpus folder (datasets.save_to_disk) makes it another corpus
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "data-00000-of-00001.arrow").write_bytes(b"arrow")
+    profiled = json.loads((run / "run.json").read_text())
+    profiled["corpus"]["path"] = profiled["config"]["corpus"]["path"] = str(folder)
+    (run / "run.json").write_text(json.dumps(profiled))
+    for out in (folder / "sel.jsonl", folder / "data-00000-of-00001.arrow"):
+        result = CliRunner().invoke(cli, ["select", str(run), "--out", str(out), "-n", "5"])
+        assert result.exit_code == 2 and "is in the corpus" in result.output, result.output
+    assert sorted(p.name for p in folder.iterdir()) == ["data-00000-of-00001.arrow"]
 
 
 def test_records_are_fetched_past_a_line_the_profile_skipped_as_unreadable(tmp_path):

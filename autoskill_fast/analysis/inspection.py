@@ -320,9 +320,14 @@ def inspect(config: InspectConfig) -> InspectResult:
         run.basis.save(run.folder)
         result.labels_saved = True
     corpus = run.corpus_config(config.corpus)
-    for option, path in (("--labeling-prompts", config.labeling_prompts), ("--html", config.html)):
-        if path:
-            run.check_output(path, option, corpus)
+    report = None if config.no_html else Path(config.html) if config.html else run.folder / REPORT_HTML
+    if config.labeling_prompts:
+        run.check_output(config.labeling_prompts, "--labeling-prompts", corpus)
+        if report is not None and Path(config.labeling_prompts).resolve() == report.resolve():
+            raise AutoskillError(f"--labeling-prompts {config.labeling_prompts} is where the report goes; write the "
+                                 "prompts to another file (or --no-html)")
+    if report is not None:
+        run.check_output(report, "--html", corpus, report=True)
     poles = _pole_positions(run, config.n_examples)
     shown = scatter_positions(run.n, config.max_points)
     records = _read(run, _needed(poles) | (set(shown.tolist()) if config.color_by else set()), config.corpus)

@@ -286,7 +286,11 @@ class StreamingCovariance(Statistics):
         the directions do not change, the eigenvalues are divided back in fp64). Unscaled, variances below ~1e-38 were
         rounded to 0 by the fp32 products (every eigenvalue 0), sums above ~1e38 overflowed them, and eigenvalues
         below ~1e-150 underflowed the solver's fp64 norms (wrong pairs, reported converged)."""
-        factor = _normalizing_factor(self.variances())
+        variances = self.variances()
+        factor = _normalizing_factor(variances)
+        if scale is not None and self.sumsq.dtype == torch.float64 and _spread(variances) > 2.0 ** 100:
+            # fp32 products would round the smallest variances to 0, and scaling (whitening) weighs them like the rest
+            dtype = torch.float64
         operator = self.covariance_operator(dtype=dtype or torch.float32, factor=factor)
         if scale is not None:  # diag(s / sqrt(f)) (f C) diag(s / sqrt(f)) is the scaled covariance itself
             return topk_eigh(ScaledOperator(operator, scale.to(torch.float64) / math.sqrt(factor)), k, tol=tol)
@@ -470,6 +474,12 @@ class CovarianceOperator(SymmetricOperator):
 
 
 NORMAL_VARIANCES = (2.0 ** -40, 2.0 ** 40)  # a largest variance in here is solved as it is
+
+
+def _spread(variances_d: torch.Tensor) -> float:
+    """The largest variance over the smallest positive one (1 when none is positive)."""
+    positive = variances_d[variances_d > 0]
+    return float(positive.max() / positive.min()) if positive.numel() else 1.0
 
 
 def _normalizing_factor(variances_d: torch.Tensor) -> float:

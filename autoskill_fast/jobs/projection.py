@@ -31,9 +31,10 @@ PROJECT_JSON = "project.json"
 
 
 def _run_defaults(config: ProjectConfig) -> ProjectConfig:
-    """`project RUN --out RUN` in Python as on the command line: the options left at their defaults (the corpus, the
-    model and dtype, --on-bad-example) are the run's own, so that the scores are of its rows. (The CLI also keeps the
-    run's corpus when only some of its reading options are typed.)"""
+    """`project RUN --out RUN` in Python as on the command line: the corpus and the model left at their defaults are
+    the run's own, so that the scores are of its rows. (The CLI also keeps the run's corpus when only some of its
+    reading options are typed, and its --on-bad-example when that is not typed; in Python "error" is not told from a
+    default, so it stays.)"""
     run = RunFolder(config.basis)
     if not run.has_record():
         return config
@@ -43,8 +44,6 @@ def _run_defaults(config: ProjectConfig) -> ProjectConfig:
     if config.model == ModelConfig():
         recorded = record.config.get("model") or {}
         config = replace(config, model=ModelConfig(**{k: v for k, v in recorded.items() if k in ("model", "dtype")}))
-    if config.on_bad_example == "error":
-        config = replace(config, on_bad_example=record.config.get("on_bad_example", "error"))
     return config
 
 

@@ -59,15 +59,19 @@ class ProfileRun:
                                  "(--corpus) or profile again")
         self._checked.add(config.path)
 
-    def check_output(self, path: str | Path, option: str, corpus: CorpusConfig | None = None) -> None:
-        """Refuse an output file that is what this run reads: its corpus (`corpus`, else the one it profiled) or one
-        of its own files (its report excepted, which `inspect` rewrites)."""
+    def check_output(self, path: str | Path, option: str, corpus: CorpusConfig | None = None, *,
+                     report: bool = False) -> None:
+        """Refuse an output file that is what this run reads: its corpus (`corpus`, else the one it profiled; a file
+        in a corpus folder too, which would make the folder another corpus) or one of its own files (its report
+        excepted, for `report`: inspect's --html rewrites it)."""
         out = Path(path)
         corpus_path = corpus.path if corpus is not None else (self.record.corpus.get("path") if self.record else None)
-        if corpus_path and same_file(out, Path(corpus_path)):
-            raise AutoskillError(f"{option} {out} is the corpus {self.folder} read; write it to another file")
+        if corpus_path and (same_file(out, Path(corpus_path)) or
+                            Path(corpus_path).is_dir() and out.resolve().is_relative_to(Path(corpus_path).resolve())):
+            raise AutoskillError(f"{option} {out} is {'in ' if Path(corpus_path).is_dir() else ''}the corpus "
+                                 f"{self.folder} read; write it to another file")
         for name in (*RUN_FILES, RANKING_JSON):
-            if name != REPORT_HTML and same_file(out, self.folder / name):
+            if not (report and name == REPORT_HTML) and same_file(out, self.folder / name, before_written=True):
                 raise AutoskillError(f"{option} {out} is {name} of the run {self.folder}; write it to another file")
 
     def basis_fingerprint(self) -> dict[str, Any]:
@@ -159,9 +163,9 @@ def excerpt(text: str, chars: int) -> str:
     return flat if len(flat) <= chars else flat[: max(chars - 1, 0)].rstrip() + "…"
 
 
-def same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file (False while either does not exist)."""
+def same_file(a: Path, b: Path, *, before_written: bool = False) -> bool:
+    """Whether two paths name one file (a link too); with `before_written`, also two that will (one path, resolved)."""
     try:
         return a.samefile(b)
     except OSError:
-        return False
+        return before_written and a.resolve() == b.resolve()
