@@ -155,6 +155,23 @@ def test_batching_padding_and_order_do_not_change_statistics(tmp_path, tiny_mode
         assert_same_stats(stats_of(tmp_path / "base"), stats_of(tmp_path / name))
 
 
+def test_shards_that_hold_no_more_examples_than_k_are_profiled_for_their_merge(tmp_path, tiny_model, caplog):
+    """8 shards of 29 examples hold 3 or 4 each: `-k 5` was refused for every one (at most n - 1 directions), though
+    their merge has 29 examples. A shard's own basis keeps n - 1; the merge fits 5, as one pass does."""
+    model_dir = tiny_model("llama")
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(29, seed=4)])))
+    whole = run(tmp_path, model_dir, corpus, name="whole", k=5)
+    with caplog.at_level("WARNING", logger="autoskill_fast"):
+        shards = [run(tmp_path, model_dir, corpus, name=f"s{i}", k=5, shard=(i, 8)) for i in range(8)]
+    assert [b.k for b in shards] == [3] * 5 + [2] * 3  # rows 0-28 dealt to 8 shards: 4 4 4 4 4 3 3 3 examples
+    assert "this shard holds 3 examples, so its own basis keeps 2 directions; `merge` fits -k 5" in caplog.text
+    assert run(tmp_path, model_dir, corpus, name="s7", k=5, shard=(7, 8)).k == 2  # the same command: complete
+    merged = merge([tmp_path / f"s{i}" for i in range(8)], tmp_path / "merged")
+    assert merged.k == 5
+    assert_same_stats(stats_of(tmp_path / "whole"), stats_of(tmp_path / "merged"))
+    assert torch.allclose(merged.components_, whole.components_, atol=1e-4)
+
+
 def test_shards_merge_to_one_pass_and_basis_matches_numpy(tmp_path, tiny_model):
     model_dir = tiny_model("llama")
     corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(29, seed=4)])))

@@ -142,8 +142,9 @@ class FrequentDirections:
             True returns the upper end: every shrink subtracts its delta from all l retained directions, so a direction
             that stayed in the sketch throughout (the top ones, for k well below l and a decaying spectrum) lost
             exactly the total shrinkage, and adding it back is nearly exact. With l near 2k on a flat spectrum the
-            top directions do not stay, and the upper end can be several times the exact eigenvalue (still within
-            the bound). False returns the raw sketch eigenvalues (the lower end).
+            top directions do not stay, and the upper end can be many times the exact eigenvalue (14-20 times on
+            white noise at l = 2k = 20, D = 1000-2000; still within the bound). False returns the raw sketch
+            eigenvalues (the lower end).
         """
         exact = 2 * self.negative.shape[0] + 1  # the exact rows and the mean
         max_k = min(self.dim, self._filled + exact)

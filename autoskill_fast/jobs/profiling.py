@@ -259,7 +259,7 @@ def _finished(folder: RunFolder, config: ProfileConfig, status: str, world: Worl
     if status == "complete":
         record = folder.record()
         basis = folder.basis(record)
-        if (basis.k, basis.scaling) == (config.k, config.scaling):
+        if (basis.k, basis.scaling) == (shard_k(config, basis.n_samples_), config.scaling):
             if config.save_features and folder.feature_dir(record) is None:
                 raise AutoskillError(f"{folder.path}: this run is complete and kept no features, so --save-features "
                                      "asks for a second pass of the model: rerun with --overwrite (or another --out)")
@@ -368,7 +368,11 @@ def _write_run(config: ProfileConfig, folder: RunFolder, record: RunRecord, stat
         raise AutoskillError(f"{config.corpus.path}: only {stats.n} usable example(s) in this corpus (shard); "
                              "a basis needs at least 2")
     t_fit = time.perf_counter()
-    basis = _fit_beside_write(stats, folder, record, config, resolved, scale, model_fp, device)
+    k = shard_k(config, stats.n)
+    if k < config.k:
+        log.warning("%s: this shard holds %d examples, so its own basis keeps %d directions; `merge` fits -k %d over "
+                    "all the shards", folder.path, stats.n, k, config.k)
+    basis = _fit_beside_write(stats, folder, record, replace(config, k=k), resolved, scale, model_fp, device)
     t_scores = time.perf_counter()
     features_dir = folder / (FEATURES_DIR if config.save_features else TEMP_FEATURES_DIR)
     if config.scores:
@@ -384,6 +388,12 @@ def _write_run(config: ProfileConfig, folder: RunFolder, record: RunRecord, stat
     folder.write_record(record)
     shutil.rmtree(folder / CHECKPOINT_DIR, ignore_errors=True)
     return basis
+
+
+def shard_k(config: ProfileConfig, n: int) -> int:
+    """The directions a run's own basis keeps: -k, or, for one shard of several (`--shard i/n`) with n examples, at
+    most n - 1 (a shard of a small corpus may hold fewer than k + 1; its statistics are what `merge` needs)."""
+    return config.k if config.shard[1] == 1 else min(config.k, n - 1)
 
 
 def _check_k_before_forward(config: ProfileConfig, resolved: ResolvedPooling) -> None:
@@ -404,7 +414,7 @@ def _check_k_before_forward(config: ProfileConfig, resolved: ResolvedPooling) ->
     if most == 0:
         raise AutoskillError(f"{config.corpus.path}: no record to profile (none in the file, or none left by --split, "
                              "--limit or --shard)")
-    if config.k > most - 1:
+    if config.k > most - 1 and n_shards == 1:  # a shard's own basis keeps fewer (`shard_k`); merge fits all k
         raise AutoskillError(f"-k {config.k} is more directions than the data has: {most} examples give at most "
                              f"{max(most - 1, 0)}; lower -k")
 
