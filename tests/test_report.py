@@ -47,7 +47,7 @@ def planted(tmp_path):
 
 
 LAYERS = (2, 5, 9)  # blocks of the diagnosed basis, 4 hidden coordinates each
-CATEGORIES = ["arithmetic", "poetry", "a<b & c"]
+CATEGORIES = ["arithmetic", "poetry", "a<b & c <b>d</b><br>e"]  # plotly's markup, to be shown as text
 
 
 def composed_directions() -> torch.Tensor:
@@ -271,7 +271,7 @@ def test_report_shows_make_up_warnings_and_colours_in_chromium(diagnosed):
     torch.testing.assert_close(torch.tensor(values["z"]), 100 * torch.tensor(weights))
     assert values["z"][0] == pytest.approx([36.0, 40.96, 23.04])
     assert values["heatmap_drawn"] >= 1 and values["bars"] == 3
-    assert values["legend"][:4] == ["arithmetic", "a<b & c", "poetry", "(no category)"]  # by count, then name
+    assert values["legend"][:4] == ["arithmetic", "a<b & c <b>d</b><br>e", "poetry", "(no category)"]  # by count, name
     assert {"highest on direction 0", "lowest on direction 1"} <= set(values["legend"])
     assert values["points"] >= 120 and "coloured by category" in values["scatter_title"]
     assert values["headers"] == ["rank", "id", "score", "text (click for more)"]

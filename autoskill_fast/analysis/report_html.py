@@ -28,11 +28,17 @@ MAX_CATEGORIES = 20  # categories of --color-by with their own legend entry; the
 NUMERIC_DISTINCT = 12  # a numeric field with more distinct values than this gets a colour scale, not categories
 
 
+def plain(text: str) -> str:
+    """Text from the corpus or the user (values, ids, labels) as plotly shows it: its pseudo-HTML (<b>, <br>) would
+    otherwise be rendered; plotly turns the entities back into the characters."""
+    return html.escape(text, quote=False)
+
+
 def _scree(figs: Figures, run: ProfileRun) -> str:
     go = figs.go
     evr = run.basis.explained_variance_ratio_.to(torch.float64)
     x = list(range(run.basis.k))
-    names = [f"{i}: {label}" if label else str(i) for i, label in enumerate(run.basis.labels)]
+    names = [f"{i}: {plain(label)}" if label else str(i) for i, label in enumerate(run.basis.labels)]
     fig = go.Figure([
         go.Bar(x=x, y=(100 * evr).tolist(), name="explained variance (%)", hovertext=names),
         go.Scatter(x=x, y=(100 * torch.cumsum(evr, 0)).tolist(), name="cumulative (%)", mode="lines+markers",
@@ -124,9 +130,10 @@ def _colored_traces(go, proj, shown: list[int], pair, ids, color) -> list:
     name = color.name
 
     def trace(positions, label, marker):
-        hover = [f"{ids[p]}: {name} = {excerpt(str(color.values.get(p, '')), 60)}" for p in positions]
-        return go.Scatter(x=proj[positions, i].tolist(), y=proj[positions, j].tolist(), mode="markers", name=label,
-                          marker={"size": 5, "opacity": 0.75, **marker}, hovertext=hover, hoverinfo="text+x+y")
+        hover = [plain(f"{ids[p]}: {name} = {excerpt(str(color.values.get(p, '')), 60)}") for p in positions]
+        return go.Scatter(x=proj[positions, i].tolist(), y=proj[positions, j].tolist(), mode="markers",
+                          name=plain(label), marker={"size": 5, "opacity": 0.75, **marker}, hovertext=hover,
+                          hoverinfo="text+x+y")
 
     missing = [p for p in shown if p not in color.values]
     present = [p for p in shown if p in color.values]
@@ -135,7 +142,7 @@ def _colored_traces(go, proj, shown: list[int], pair, ids, color) -> list:
     traces = []
     if numeric and len(set(values)) > NUMERIC_DISTINCT:
         traces.append(trace(present, name, {"color": values, "colorscale": "Viridis", "showscale": True,
-                                            "colorbar": {"title": name, "x": 1.02}}))
+                                            "colorbar": {"title": plain(name), "x": 1.02}}))
     else:
         keys = {p: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for p, v in zip(present, values)}
         counts = Counter(keys.values())
@@ -160,7 +167,7 @@ def _scatter(figs: Figures, run: ProfileRun, dirs, pair: tuple[int, int], shown:
     if color is None:
         traces = [go.Scatter(x=proj[shown, i].tolist(), y=proj[shown, j].tolist(), mode="markers", name="examples",
                              marker={"size": 4, "color": "#8c959f", "opacity": 0.6},
-                             hovertext=[ids[p] for p in shown.tolist()], hoverinfo="text+x+y")]
+                             hovertext=[plain(ids[p]) for p in shown.tolist()], hoverinfo="text+x+y")]
     else:
         traces = _colored_traces(go, proj, shown.tolist(), pair, ids, color)
     for d, tint in ((dirs[i], "#cf222e"), (dirs[j], "#0969da")):
@@ -172,11 +179,12 @@ def _scatter(figs: Figures, run: ProfileRun, dirs, pair: tuple[int, int], shown:
                                      name=f"{word} on direction {d.index}",
                                      marker={"size": 10, "color": tint, "symbol": symbol,
                                              "line": {"width": 1, "color": "#1d2430"}},
-                                     hovertext=[f"{e.id}: {excerpt(e.text, 80)}" for e in examples],
+                                     hovertext=[plain(f"{e.id}: {excerpt(e.text, 80)}") for e in examples],
                                      hoverinfo="text"))
-    label = {k: (f"direction {k}: {run.basis.labels[k]}" if run.basis.labels[k] else f"direction {k}") for k in pair}
+    label = {k: (f"direction {k}: {plain(run.basis.labels[k])}" if run.basis.labels[k] else f"direction {k}")
+             for k in pair}
     subset = f" ({len(shown)} of {n} examples shown)" if len(shown) < n else ""
-    colored = f", coloured by {color.name}" if color is not None else ""
+    colored = f", coloured by {plain(color.name)}" if color is not None else ""
     fig = go.Figure(traces)
     fig.update_layout(title=f"Corpus on directions {i} and {j} (centered projection){colored}{subset}",
                       xaxis_title=label[i], yaxis_title=label[j], legend={"orientation": "h", "y": -0.2})
