@@ -51,6 +51,8 @@ _EXPORTS = {
     "bake": ".steering.baking",
     "export_llamacpp": ".steering.llamacpp",
     "EvalConfig": ".evaluation.job",
+    "ProblemsConfig": ".evaluation.problems",
+    "GenerationConfig": ".evaluation.generation",
     "evaluate": ".evaluation.job",
     "RankConfig": ".proxies.job",
     "rank": ".proxies.job",

@@ -474,3 +474,28 @@ def test_frequent_directions_fallback_against_exact(tmp_path, tiny_model):
     assert (small.eigenvalues_ - exact.eigenvalues_).abs().max() <= bound + 1e-9 * float(exact.eigenvalues_[0])
     assert float((small.components_[0] * exact.components_[0]).sum().abs()) > 0.95
     assert json.loads((tmp_path / "small" / "run.json").read_text())["basis"]["solver"]["method"] == "frequent-directions"
+
+
+def test_the_exported_profiler_step_by_step_gives_profile_s_statistics(tmp_path, tiny_model):
+    """The per-batch step README names for tools that run their own loop: Profiler(model, resolved pooling), then
+    prepare, step per batch of iter_batches(iter_tokenized(...)), finish. A PoolingConfig is refused by name (it
+    failed with "no attribute 'layout'")."""
+    from autoskill_fast import Profiler, load_model
+    from autoskill_fast.capture.features import resolve_pooling
+    from autoskill_fast.data.stream import InputTally, iter_batches, iter_tokenized
+
+    model_dir = tiny_model("llama")
+    corpus = CorpusConfig(str(write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in make_texts(23, seed=2)])))
+    run(tmp_path, model_dir, corpus, name="whole", k=4)
+    loaded = load_model(ModelConfig(str(model_dir)))
+    with pytest.raises(TypeError, match="Profiler takes the pooling resolved for its model, got PoolingConfig"):
+        Profiler(loaded.model, PoolingConfig())
+    resolved = resolve_pooling(PoolingConfig(), loaded.model, loaded.tokenizer)
+    profiler = Profiler(loaded.model, resolved).prepare()
+    tokenized = iter_tokenized(corpus, loaded.tokenizer, resolved.config, InputTally())
+    for batch in iter_batches(tokenized, BatchingConfig(), token_budget=256, pad_id=loaded.tokenizer.pad_token_id,
+                              mode=resolved.config.mode):
+        profiler.step(batch)
+    stats = profiler.finish()
+    assert_same_stats(stats, stats_of(tmp_path / "whole"))
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in loaded.model.modules())  # the hooks are gone

@@ -71,6 +71,9 @@ class Profiler:
     def __init__(self, model: nn.Module, pooling: ResolvedPooling, *, on_bad_example: BadExamplePolicy = "error",
                  sketch_size: int | None = None, writer: FeatureWriter | None = None, context: str = "",
                  rows_dtype: torch.dtype | None = None):
+        if not isinstance(pooling, ResolvedPooling):  # a PoolingConfig failed with "no attribute 'layout'"
+            raise TypeError(f"Profiler takes the pooling resolved for its model, got {type(pooling).__name__}: pass "
+                            "resolve_pooling(PoolingConfig(...), model, tokenizer) (autoskill_fast.capture.features)")
         self.pooling = pooling
         self.capture = PooledCapture(model, pooling.layout, layer_scaling=pooling.config.layer_scaling)
         self.device = self.capture.device
