@@ -66,9 +66,13 @@ def _check_positive(owner: str, name: str, value: int | float | None) -> None:
         raise ConfigError(owner, name, f"must be positive, got {value}")
 
 
-def check_tolerance(owner: str, name: str, value: float) -> None:
+def _is_tolerance(value: Any) -> bool:
     """A solver tolerance: a positive, finite number (inf passed `_check_positive` and failed in the solver)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value) and value > 0
+
+
+def check_tolerance(owner: str, name: str, value: float) -> None:
+    if not _is_tolerance(value):
         raise ConfigError(owner, name, f"must be a positive number, got {value!r}")
 
 
@@ -76,7 +80,7 @@ def check_fit_options(k: int | None, tol: float) -> None:
     """`fit` and `merge` (API and CLI alike): k a positive integer (None: the run's own), tol a positive number."""
     if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1):
         raise AutoskillError(f"k (-k) must be a positive integer, got {k!r}")
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (math.isfinite(tol) and tol > 0):
+    if not _is_tolerance(tol):
         raise AutoskillError(f"tol (--eig-tol) must be a positive number, got {tol!r}")
 
 

@@ -344,7 +344,7 @@ def inspect(config: InspectConfig) -> InspectResult:
                              ranking=_current_ranking(run), excerpt_chars=config.excerpt_chars,
                              full_text_chars=REPORT_TEXT_CHARS,
                              color=color, id_note=_id_note(run, records))
-        result.html = save_text(Path(config.html) if config.html else run.folder / REPORT_HTML, html)
+        result.html = save_text(report, html)
     return result
 
 
